@@ -1,0 +1,379 @@
+//! Distributed locks: the user-facing [`Lock`], and what a backend implements
+//! ([`LockBackend`], [`HeldLock`]) plus the shared renewal loop ([`keep_alive`]).
+//!
+//! # The lock contract (every backend)
+//!
+//! * [`Store::new_lock`](crate::Store::new_lock) returns an unheld [`Lock`]; nothing is sent.
+//! * [`Lock::lock`] waits until the lock is acquired. Acquiring means the lock's key did not
+//!   exist and now holds [`LockOptions::value`](crate::LockOptions), bound to a lease of
+//!   [`LockOptions::ttl`](crate::LockOptions) that the holder renews in the background. While
+//!   held, every client's `get(key)` returns that value. A key that exists for any other
+//!   reason (a plain `put`) keeps the lock unavailable until it is deleted.
+//! * `lock` is cancel-safe: dropping its future (or a `tokio::time::timeout` around it) stops
+//!   the wait, and a lock acquired at that very moment is released in the background.
+//! * The returned [`LockLease`] carries a *fencing token*: the key's `last_index` at
+//!   acquisition, which strictly rises with every acquisition of that key on every backend.
+//!   Pass it to the resource you protect so it can refuse a stale holder.
+//! * [`LockLease::lost`] completes when the lock stops being held: it expired because renewal
+//!   failed for a whole TTL, someone deleted or overwrote the key, the store was closed, or it
+//!   was unlocked. [`LockLease::state`] says which.
+//! * [`Lock::unlock`] deletes the key if this holder still owns it. It returns
+//!   [`Error::LockLost`] if the lock had been lost meanwhile, [`Error::LockNotHeld`] if it was
+//!   not locked. The same `Lock` can be locked again afterwards.
+//! * Locking a `Lock` that is already held is [`Error::LockAlreadyHeld`].
+//! * A held lock whose `Lock` is dropped is released in the background;
+//!   [`Store::close`](crate::Store::close) releases every lock of the handle before returning.
+//! * After release or expiry the key is gone: a lock never leaves its value behind (so the
+//!   next `lock` is not blocked by a stale value).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::tasks::TaskSet;
+
+/// Where an acquisition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// This holder owns the lock.
+    Held,
+    /// Released on purpose: `unlock`, the `Lock` dropped, or the store closed.
+    Released,
+    /// Lost involuntarily: renewal failed past the TTL, or the key was deleted or taken over.
+    Lost,
+}
+
+/// One acquisition of a lock: its fencing token and its lost signal. Cheap to clone.
+#[derive(Clone)]
+pub struct LockLease {
+    fencing_token: u64,
+    state: watch::Receiver<LockState>,
+}
+
+impl fmt::Debug for LockLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLease")
+            .field("fencing_token", &self.fencing_token)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl LockLease {
+    /// A number that strictly rises with every acquisition of this key, on every backend.
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// The acquisition's state now.
+    pub fn state(&self) -> LockState {
+        *self.state.borrow()
+    }
+
+    /// True while held.
+    pub fn is_held(&self) -> bool {
+        self.state() == LockState::Held
+    }
+
+    /// Completes when the lock is no longer held, and says why.
+    pub async fn lost(&self) -> LockState {
+        let mut rx = self.state.clone();
+        match rx.wait_for(|s| *s != LockState::Held).await {
+            Ok(state) => *state,
+            // The notifier is gone without a verdict: nobody can vouch for the lock any more.
+            Err(_) => LockState::Lost,
+        }
+    }
+}
+
+/// The backend's side of a [`LockLease`]: renewal loops report loss through it.
+#[derive(Debug, Clone)]
+pub struct LeaseNotifier {
+    tx: Arc<watch::Sender<LockState>>,
+}
+
+impl LeaseNotifier {
+    /// A notifier and the lease it controls, for an acquisition with `fencing_token`.
+    pub fn new(fencing_token: u64) -> (Self, LockLease) {
+        let (tx, rx) = watch::channel(LockState::Held);
+        (
+            LeaseNotifier { tx: Arc::new(tx) },
+            LockLease {
+                fencing_token,
+                state: rx,
+            },
+        )
+    }
+
+    /// Marks the lock lost (no effect once it has ended).
+    pub fn lost(&self) {
+        self.end(LockState::Lost);
+    }
+
+    /// Marks the lock released (no effect once it has ended).
+    pub fn released(&self) {
+        self.end(LockState::Released);
+    }
+
+    fn end(&self, state: LockState) {
+        self.tx.send_if_modified(|s| {
+            if *s == LockState::Held {
+                *s = state;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// True while held.
+    pub fn is_held(&self) -> bool {
+        *self.tx.borrow() == LockState::Held
+    }
+
+    /// Completes when the lock has ended, for whatever reason: renewal loops select on it.
+    pub async fn ended(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|s| *s != LockState::Held).await;
+    }
+}
+
+/// A successful acquisition, as a backend reports it.
+#[derive(Debug)]
+pub struct Acquired {
+    /// The key's `last_index` after the acquiring write.
+    pub fencing_token: u64,
+    /// The notifier the backend's renewal loop reports loss through.
+    pub notifier: LeaseNotifier,
+    /// The lease the user gets (made together with `notifier`).
+    pub lease: LockLease,
+    /// Releases the lock.
+    pub held: Box<dyn HeldLock>,
+}
+
+/// What a backend implements to offer locks; [`Lock`] adds the state machine, cancel-safety
+/// and bookkeeping on top, identically for every backend.
+#[async_trait]
+pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
+    /// Waits until the lock's key is absent, creates it with the lock's value bound to a lease
+    /// of the lock's TTL, starts background renewal (on the store's [`TaskSet`], reporting
+    /// loss through the notifier) and returns the acquisition. Must return promptly, with any
+    /// error, once `abandon` is cancelled while waiting.
+    async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired>;
+}
+
+/// A held lock, as the backend represents it.
+#[async_trait]
+pub trait HeldLock: Send + Sync + fmt::Debug {
+    /// Stops renewal and deletes the key if this holder still owns it. Must not fail because
+    /// the lock was already lost; report only failures to reach the server.
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// What a held lock's owner and the store's registry share: taken by whoever releases first.
+type SlotContent = Option<(LeaseNotifier, Box<dyn HeldLock>)>;
+type Slot = Arc<Mutex<SlotContent>>;
+
+/// Locks currently held through one store handle, so that closing the handle releases them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HeldRegistry {
+    slots: Arc<StdMutex<Vec<Weak<Mutex<SlotContent>>>>>,
+}
+
+impl HeldRegistry {
+    fn register(&self, slot: &Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|w| w.strong_count() > 0);
+        slots.push(Arc::downgrade(slot));
+    }
+
+    /// Releases every registered lock (each bounded by `limit`).
+    pub(crate) async fn release_all(&self, limit: Duration) {
+        let slots: Vec<_> = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *slots)
+        };
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            if let Some((notifier, held)) = slot.lock().await.take() {
+                notifier.released();
+                if let Err(error) = tokio::time::timeout(limit, held.release())
+                    .await
+                    .unwrap_or(Ok(()))
+                {
+                    tracing::warn!(%error, "releasing a lock while closing the store failed");
+                }
+            }
+        }
+    }
+}
+
+/// A distributed lock on one key. See the [module documentation](self) for the contract.
+pub struct Lock {
+    key: String,
+    backend: Arc<dyn LockBackend>,
+    tasks: TaskSet,
+    held: Option<(LockLease, Slot)>,
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("key", &self.key)
+            .field("lease", &self.held.as_ref().map(|(lease, _)| lease))
+            .finish()
+    }
+}
+
+impl Lock {
+    /// An unheld lock on the normalised `key`; for backends' `new_lock`.
+    pub fn new(key: String, backend: Arc<dyn LockBackend>, tasks: TaskSet) -> Self {
+        Lock {
+            key,
+            backend,
+            tasks,
+            held: None,
+        }
+    }
+
+    /// The lock's normalised key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The current acquisition, if any (it may have been lost since: check its state).
+    pub fn lease(&self) -> Option<&LockLease> {
+        self.held.as_ref().map(|(lease, _)| lease)
+    }
+
+    /// Waits until the lock is acquired. Cancel-safe. Bound the wait with
+    /// `tokio::time::timeout`.
+    pub async fn lock(&mut self) -> Result<LockLease> {
+        self.tasks.ensure_open()?;
+        if let Some((lease, _)) = &self.held {
+            if lease.is_held() {
+                return Err(Error::LockAlreadyHeld {
+                    key: self.key.clone(),
+                });
+            }
+            // The previous acquisition was lost: clean up what is left of it first.
+            if let Some((_, slot)) = self.held.take() {
+                release_slot(&slot).await.ok();
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let abandon = CancellationToken::new();
+        let backend = self.backend.clone();
+        let abandoned = abandon.clone();
+        self.tasks.spawn(async move {
+            let result = backend.acquire(abandoned).await;
+            if let Err(Ok(acquired)) = tx.send(result) {
+                // The caller gave up while the lock was being granted: hand it back.
+                acquired.notifier.released();
+                let _ = acquired.held.release().await;
+            }
+        });
+        let _abandon_on_drop = abandon.drop_guard();
+        let acquired = rx.await.map_err(|_| Error::Closed)??;
+        let slot: Slot = Arc::new(Mutex::new(Some((acquired.notifier, acquired.held))));
+        self.tasks.locks().register(&slot);
+        self.held = Some((acquired.lease.clone(), slot));
+        Ok(acquired.lease)
+    }
+
+    /// Releases the lock. [`Error::LockLost`] if it had been lost meanwhile (the key is
+    /// cleaned up all the same), [`Error::LockNotHeld`] if it was not locked.
+    pub async fn unlock(&mut self) -> Result<()> {
+        let Some((lease, slot)) = self.held.take() else {
+            return Err(Error::LockNotHeld {
+                key: self.key.clone(),
+            });
+        };
+        let was_lost = lease.state() == LockState::Lost;
+        let released = release_slot(&slot).await?;
+        if was_lost || lease.state() == LockState::Lost {
+            return Err(Error::LockLost {
+                key: self.key.clone(),
+            });
+        }
+        if !released {
+            // The store was closed, which released the lock already.
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+/// Releases what the slot holds; `Ok(false)` if it was empty.
+async fn release_slot(slot: &Slot) -> Result<bool> {
+    let Some((notifier, held)) = slot.lock().await.take() else {
+        return Ok(false);
+    };
+    notifier.released();
+    held.release().await?;
+    Ok(true)
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some((_, slot)) = self.held.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = release_slot(&slot).await;
+            });
+        }
+    }
+}
+
+/// The renewal period for a lease of `ttl`: a third of it, so two renewals can fail before
+/// the lease runs out.
+pub fn renew_interval(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
+/// The shared renewal loop. Calls `renew` every [`renew_interval`]; `Ok(true)` means renewed,
+/// `Ok(false)` means the lock is no longer ours (deleted or taken over) and marks it lost at
+/// once; errors are retried until no renewal has succeeded for a whole TTL (measured from the
+/// start of the last successful request), then the lock is marked lost — before the server
+/// can hand it to someone else. Returns when the lock ends.
+pub async fn keep_alive<F, Fut>(ttl: Duration, notifier: LeaseNotifier, mut renew: F)
+where
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = Result<bool>> + Send,
+{
+    let interval = renew_interval(ttl);
+    let mut last_success = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = notifier.ended() => return,
+        }
+        let attempt_started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(interval, renew()) => outcome,
+            _ = notifier.ended() => return,
+        };
+        match outcome {
+            Ok(Ok(true)) => last_success = attempt_started,
+            Ok(Ok(false)) => {
+                tracing::debug!("lock taken over or deleted: marking it lost");
+                notifier.lost();
+                return;
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "lock renewal failed"),
+            Err(_) => tracing::debug!("lock renewal timed out"),
+        }
+        if last_success.elapsed() + interval >= ttl {
+            tracing::warn!("lock renewal failed for a whole TTL: marking it lost");
+            notifier.lost();
+            return;
+        }
+    }
+}
