@@ -20,6 +20,12 @@ use async_trait::async_trait;
 use kv_core::{Result, Store};
 
 pub mod cases;
+pub mod support;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+}
 
 /// Yields independent handles to one store: each call opens a new connection or session,
 /// as a second process would.
@@ -30,17 +36,46 @@ pub trait StoreFactory: Send + Sync + 'static {
 }
 
 /// Expands into one `#[tokio::test]` per conformance case, each building its factory with
-/// `$factory` (an expression evaluated once per test).
+/// `$factory` (an expression evaluated once per test). The caller needs no tokio dependency of
+/// its own.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@cases $factory;
-            put_get_delete_exists
+            put_get_delete_exists,
+            values_are_binary_safe,
+            special_characters_in_keys,
+            last_index_rises_on_every_write,
+            key_is_also_a_directory,
+            list_is_recursive_sorted_and_path_aware,
+            delete_tree_scope,
+            atomic_put_create_only,
+            atomic_put_compare_and_swap,
+            atomic_delete_outcomes,
+            cas_race_loses_no_update,
+            invalid_keys_are_rejected,
+            oversized_values_are_rejected,
+            ttl_expires_for_every_reader,
+            ttl_range_is_checked,
+            watch_reports_every_change,
+            watch_missing_key,
+            watch_sees_expiry,
+            watch_burst_ends_on_final_value,
+            watch_tree_snapshots,
+            watch_tree_missing_directory_and_expiry,
+            dropping_a_watch_stops_its_task,
+            lock_unlock_relock,
+            lock_waits_for_release,
+            lock_renewal_keeps_it_held,
+            lock_contenders_never_overlap,
+            lock_lost_when_key_deleted,
+            close_releases_everything,
+            capabilities_are_honest,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$crate::__private::tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "$crate::__private::tokio")]
             async fn $case() {
                 let factory = $factory;
                 $crate::cases::$case(&factory).await;

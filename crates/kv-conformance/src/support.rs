@@ -1,0 +1,140 @@
+//! Small helpers shared by the cases: unique prefixes, connections, bounded waits.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kv_core::{Capabilities, Error, KvPair, ReadOptions, Store, WriteOptions};
+use rand::Rng;
+
+use crate::StoreFactory;
+
+/// How long a watch may take to report a change before the case fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Extra time allowed on top of a backend's declared TTL precision (network, scheduling).
+pub const TTL_SLACK: Duration = Duration::from_millis(700);
+
+/// A prefix no other case (or earlier run) uses: `conformance-<case>-<random>`.
+pub fn unique_prefix(case: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("conformance-{case}-{n:016x}")
+}
+
+/// Opens a handle or fails the case with the reason.
+pub async fn connect(factory: &dyn StoreFactory) -> Arc<dyn Store> {
+    match factory.connect().await {
+        Ok(store) => store,
+        Err(error) => panic!("cannot connect to the store under test: {error}"),
+    }
+}
+
+/// The TTL the cases use for keys: short, but within the backend's range.
+pub fn key_ttl(caps: &Capabilities) -> Duration {
+    caps.min_ttl.max(Duration::from_secs(1))
+}
+
+/// The TTL the cases use for locks.
+pub fn lock_ttl(caps: &Capabilities) -> Duration {
+    caps.min_ttl.max(Duration::from_secs(2))
+}
+
+/// The longest a key with `ttl` may stay visible.
+pub fn expiry_bound(caps: &Capabilities, ttl: Duration) -> Duration {
+    ttl + caps.ttl_precision + TTL_SLACK
+}
+
+/// `put` that must succeed.
+pub async fn put(store: &dyn Store, key: &str, value: &str) {
+    store
+        .put(key, value.to_owned().into(), WriteOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+}
+
+/// `get` that must succeed.
+pub async fn get(store: &dyn Store, key: &str) -> Option<KvPair> {
+    store
+        .get(key, ReadOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e}"))
+}
+
+/// `get` of a key that must exist; returns its pair.
+pub async fn get_some(store: &dyn Store, key: &str) -> KvPair {
+    get(store, key)
+        .await
+        .unwrap_or_else(|| panic!("{key} should exist"))
+}
+
+/// `list` that must succeed; returns the keys.
+pub async fn list_keys(store: &dyn Store, dir: &str) -> Vec<String> {
+    store
+        .list(dir, ReadOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+}
+
+/// The next item of a stream within [`EVENT_TIMEOUT`], or the case fails.
+pub async fn next_item<S, T>(stream: &mut S, what: &str) -> T
+where
+    S: Stream<Item = T> + Unpin,
+{
+    match tokio::time::timeout(EVENT_TIMEOUT, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("{what}: the stream ended"),
+        Err(_) => panic!("{what}: nothing within {EVENT_TIMEOUT:?}"),
+    }
+}
+
+/// Reads items until one satisfies `accept`, failing after `limit`.
+pub async fn until_item<S, T, F>(stream: &mut S, limit: Duration, what: &str, mut accept: F) -> T
+where
+    S: Stream<Item = T> + Unpin,
+    F: FnMut(&T) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(item)) if accept(&item) => return item,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("{what}: the stream ended"),
+            Err(_) => panic!("{what}: not seen within {limit:?}"),
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it is true, failing after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not true within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts that `result` is the error `matches` describes.
+#[track_caller]
+pub fn assert_err<T: std::fmt::Debug>(
+    result: kv_core::Result<T>,
+    what: &str,
+    matches: impl Fn(&Error) -> bool,
+) {
+    match result {
+        Err(ref e) if matches(e) => {}
+        other => panic!("{what}: unexpected outcome {other:?}"),
+    }
+}
