@@ -1,0 +1,379 @@
+//! Locks: the lock's key itself, created only if absent and bound to a lease that a
+//! background task keeps alive.
+//!
+//! * **Acquire**: read the key; if present, watch it (from the revision of that read + 1) until
+//!   it is deleted. If absent, grant a lease of the lock TTL (rounded up to whole seconds) and
+//!   run `txn(create_revision(key) == 0 → put(key, value, lease))`. Lost the race: revoke the
+//!   lease and wait again. The fencing token is the revision of that put, i.e. the key's
+//!   `last_index`.
+//! * **Hold**: one task per held lock renews the lease through etcd's keep-alive stream every
+//!   TTL/3 (a response with TTL 0 means the lease is gone: lost at once) and watches the key
+//!   from the fencing revision + 1: a deletion or a write by anyone else fires the lost signal
+//!   at once.
+//! * **Release**: stop the task, `txn(mod_revision(key) == token → delete(key))`, then revoke
+//!   the lease.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp, WatchOptions,
+};
+use kv_core::tasks::AbortOnDrop;
+use kv_core::{
+    Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result,
+    TaskSet,
+};
+use tokio::sync::Mutex;
+
+use crate::client::{Backoff, Inner, header_revision, map_error};
+use crate::store::revoke_quietly;
+
+/// The [`LockBackend`] of one lock key.
+pub(crate) struct EtcdLock {
+    inner: Inner,
+    tasks: TaskSet,
+    key: String,
+    full_key: Vec<u8>,
+    value: Bytes,
+    ttl: Duration,
+}
+
+impl fmt::Debug for EtcdLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdLock")
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+enum Attempt {
+    Acquired { lease_id: i64, revision: i64 },
+    Busy { revision: i64 },
+}
+
+impl EtcdLock {
+    pub(crate) fn new(inner: Inner, tasks: TaskSet, key: String, options: LockOptions) -> Self {
+        let full_key = inner.full_key(&key);
+        EtcdLock {
+            inner,
+            tasks,
+            key,
+            full_key,
+            value: options.value,
+            ttl: options.ttl,
+        }
+    }
+
+    async fn attempt(&self) -> Result<Attempt> {
+        let mut kv = self.inner.kv.clone();
+        let current = self
+            .inner
+            .call(
+                "lock",
+                kv.get(
+                    self.full_key.clone(),
+                    Some(GetOptions::new().with_count_only()),
+                ),
+            )
+            .await?;
+        if current.count() > 0 {
+            return Ok(Attempt::Busy {
+                revision: header_revision(current.header()),
+            });
+        }
+        let lease_id = crate::store::grant(&self.inner, self.ttl, "lock").await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.full_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                self.full_key.clone(),
+                self.value.to_vec(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        match self.inner.call("lock", kv.txn(txn)).await {
+            Ok(response) if response.succeeded() => Ok(Attempt::Acquired {
+                lease_id,
+                revision: header_revision(response.header()),
+            }),
+            Ok(response) => {
+                revoke_quietly(&self.inner, lease_id).await;
+                Ok(Attempt::Busy {
+                    revision: header_revision(response.header()),
+                })
+            }
+            Err(error) => {
+                // Whether or not the put was applied, revoking the lease undoes it.
+                revoke_quietly(&self.inner, lease_id).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits until the key is deleted after `revision` (or some time passed: the caller
+    /// checks again anyway).
+    async fn wait_for_delete(&self, revision: i64) -> Result<()> {
+        let options = WatchOptions::new().with_start_revision(revision + 1);
+        let mut client = self.inner.watch.clone();
+        let mut stream = self
+            .inner
+            .call("lock", client.watch(self.full_key.clone(), Some(options)))
+            .await?;
+        let recheck = self.ttl.max(Duration::from_secs(5));
+        let wait = async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(response)) => {
+                        if response.canceled() || response.compact_revision() > 0 {
+                            return Ok(());
+                        }
+                        if response
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == EventType::Delete)
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(error) => return Err(map_error(error, "lock", self.inner.timeout)),
+                }
+            }
+        };
+        tokio::time::timeout(recheck, wait).await.unwrap_or(Ok(()))
+    }
+}
+
+#[async_trait]
+impl LockBackend for EtcdLock {
+    async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
+        let shutdown = self.tasks.shutdown_token();
+        let mut backoff = Backoff::new();
+        let (lease_id, revision) = loop {
+            let step = async {
+                match self.attempt().await? {
+                    Attempt::Acquired { lease_id, revision } => Ok(Some((lease_id, revision))),
+                    Attempt::Busy { revision } => {
+                        self.wait_for_delete(revision).await?;
+                        Ok(None)
+                    }
+                }
+            };
+            let outcome: Result<Option<(i64, i64)>> = tokio::select! {
+                outcome = step => outcome,
+                _ = abandon.cancelled() => return Err(Error::LockNotHeld { key: self.key.clone() }),
+                _ = shutdown.cancelled() => return Err(Error::Closed),
+            };
+            match outcome {
+                Ok(Some(acquired)) => break acquired,
+                Ok(None) => backoff.reset(),
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(%error, key = %self.key, "lock attempt failed, retrying");
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = abandon.cancelled() => return Err(Error::LockNotHeld { key: self.key.clone() }),
+                        _ = shutdown.cancelled() => return Err(Error::Closed),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let fencing_token = revision as u64;
+        let (notifier, lease) = LeaseNotifier::new(fencing_token);
+        let task = self.tasks.spawn_owned(hold(
+            self.inner.clone(),
+            self.full_key.clone(),
+            lease_id,
+            revision,
+            self.ttl,
+            notifier.clone(),
+        ));
+        Ok(Acquired {
+            fencing_token,
+            notifier,
+            lease,
+            held: Box::new(EtcdHeldLock {
+                inner: self.inner.clone(),
+                key: self.key.clone(),
+                full_key: self.full_key.clone(),
+                lease_id,
+                revision,
+                task: Some(task),
+            }),
+        })
+    }
+}
+
+/// The keep-alive stream of a held lock's lease, reopened after a broken connection.
+type KeepAlive = Arc<Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>>;
+
+/// One renewal: `Ok(true)` renewed, `Ok(false)` the lease is gone.
+async fn renew(inner: Inner, keep_alive: KeepAlive, lease_id: i64) -> Result<bool> {
+    let mut slot = keep_alive.lock().await;
+    if let Some((keeper, stream)) = slot.as_mut() {
+        let exchange = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match inner.call("lock renewal", exchange).await {
+            Ok(Some(response)) => return Ok(response.ttl() > 0),
+            Ok(None) => {
+                *slot = None;
+                return Err(Error::unavailable(
+                    crate::client::BACKEND,
+                    "the lease keep-alive stream ended",
+                ));
+            }
+            Err(error) => {
+                *slot = None;
+                return Err(error);
+            }
+        }
+    }
+    // (Re)open the stream: opening sends one keep-alive and checks the answer.
+    let mut lease = inner.lease.clone();
+    match tokio::time::timeout(inner.timeout, lease.keep_alive(lease_id)).await {
+        Ok(Ok(opened)) => {
+            *slot = Some(opened);
+            Ok(true)
+        }
+        Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
+        Ok(Err(error)) => Err(map_error(error, "lock renewal", inner.timeout)),
+        Err(_) => Err(Error::Timeout {
+            backend: crate::client::BACKEND,
+            operation: "lock renewal",
+            after: inner.timeout,
+        }),
+    }
+}
+
+/// The task of a held lock: renews the lease and watches the key; ends when the lock ends.
+async fn hold(
+    inner: Inner,
+    full_key: Vec<u8>,
+    lease_id: i64,
+    revision: i64,
+    ttl: Duration,
+    notifier: LeaseNotifier,
+) {
+    let keep_alive: KeepAlive = Arc::new(Mutex::new(None));
+    let renewal = kv_core::lock::keep_alive(ttl, notifier.clone(), {
+        let inner = inner.clone();
+        move || renew(inner.clone(), keep_alive.clone(), lease_id)
+    });
+    tokio::select! {
+        _ = renewal => {}
+        _ = guard_key(&inner, &full_key, revision, &notifier) => {}
+        _ = notifier.ended() => {}
+    }
+}
+
+/// Watches a held lock's key: any event after our write (a delete, an expiry, someone else's
+/// write) means the lock is lost.
+async fn guard_key(inner: &Inner, full_key: &[u8], revision: i64, notifier: &LeaseNotifier) {
+    let mut backoff = Backoff::new();
+    let mut start = revision + 1;
+    loop {
+        let options = WatchOptions::new().with_start_revision(start);
+        let mut client = inner.watch.clone();
+        let opened = inner
+            .call("lock guard", client.watch(full_key.to_vec(), Some(options)))
+            .await;
+        if let Ok(mut stream) = opened {
+            while let Ok(Some(response)) = stream.message().await {
+                if response.compact_revision() > 0 {
+                    // History is gone: compare the key as it is now.
+                    let mut kv = inner.kv.clone();
+                    match inner
+                        .call("lock guard", kv.get(full_key.to_vec(), None))
+                        .await
+                    {
+                        Ok(current) => {
+                            let ours = current
+                                .kvs()
+                                .first()
+                                .is_some_and(|kv| kv.mod_revision() == revision);
+                            if !ours {
+                                notifier.lost();
+                                return;
+                            }
+                            start = header_revision(current.header()) + 1;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "lock guard: re-reading the key failed")
+                        }
+                    }
+                    break;
+                }
+                if response.canceled() {
+                    break;
+                }
+                backoff.reset();
+                if response
+                    .events()
+                    .iter()
+                    .any(|e| e.kv().is_some_and(|kv| kv.mod_revision() != revision))
+                {
+                    tracing::debug!("lock key deleted or overwritten: the lock is lost");
+                    notifier.lost();
+                    return;
+                }
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+/// A held etcd lock.
+struct EtcdHeldLock {
+    inner: Inner,
+    key: String,
+    full_key: Vec<u8>,
+    lease_id: i64,
+    revision: i64,
+    task: Option<AbortOnDrop>,
+}
+
+impl fmt::Debug for EtcdHeldLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdHeldLock")
+            .field("key", &self.key)
+            .field("lease_id", &self.lease_id)
+            .field("fencing_token", &self.revision)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl HeldLock for EtcdHeldLock {
+    async fn release(mut self: Box<Self>) -> Result<()> {
+        drop(self.task.take());
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.full_key.clone(),
+                CompareOp::Equal,
+                self.revision,
+            )])
+            .and_then([TxnOp::delete(self.full_key.clone(), None)]);
+        let mut kv = self.inner.kv.clone();
+        let deleted = self.inner.call("unlock", kv.txn(txn)).await;
+        // Revoking also deletes the key if the delete above did not go through but the key is
+        // still bound to our lease.
+        let mut lease = self.inner.lease.clone();
+        let revoked = self.inner.call("unlock", lease.revoke(self.lease_id)).await;
+        match (deleted, revoked) {
+            // Neither request reached the server: the key may still be there until the
+            // lease expires.
+            (Err(error), Err(revoke_error)) if revoke_error.is_transient() => Err(error),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The watch loops behind `watch` and `watch_tree`.
+//!
+//! One loop serves both: it reads the current state at revision `R` and publishes it, then
+//! opens an etcd watch on the same key or range starting at `R + 1`, so no change between the
+//! read and the watch is missed. Every event is applied to a local copy of the state, and the
+//! state is published once per etcd revision (a transaction that touches several keys, like
+//! `delete_tree`, is one change). If the gRPC stream breaks, the watch is reopened (with
+//! backoff) from the last seen revision + 1. If etcd compacted that revision away, the loop
+//! logs a warning and resynchronises from a fresh read: the stream then carries the current
+//! state (and nothing in between was lost that the current state does not reflect).
+
+use std::collections::BTreeMap;
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use kv_core::{Error, KvPair, Result, WatchSender};
+
+use crate::client::{Backoff, Inner, header_revision};
+
+/// What is watched: one stored key, or the stored range `[start, end)`.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    Key(Vec<u8>),
+    Tree(Vec<u8>, Vec<u8>),
+}
+
+/// The state a watch publishes, built from the watched keys in key order.
+pub(crate) trait Snapshot: Clone + PartialEq + Send + Sync + 'static {
+    fn from_map(map: &BTreeMap<String, KvPair>) -> Self;
+}
+
+impl Snapshot for Option<KvPair> {
+    fn from_map(map: &BTreeMap<String, KvPair>) -> Self {
+        map.values().next().cloned()
+    }
+}
+
+impl Snapshot for Vec<KvPair> {
+    fn from_map(map: &BTreeMap<String, KvPair>) -> Self {
+        map.values().cloned().collect()
+    }
+}
+
+/// Errors after which retrying cannot help: the stream ends with them.
+fn is_fatal(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::PermissionDenied { .. } | Error::Config(_) | Error::Closed
+    )
+}
+
+/// Reads the current state; returns it and the revision it was read at.
+async fn read(
+    inner: &Inner,
+    mode: &Mode,
+    consistent: bool,
+) -> Result<(BTreeMap<String, KvPair>, i64)> {
+    let mut map = BTreeMap::new();
+    let revision = match mode {
+        Mode::Key(key) => {
+            let mut options = GetOptions::new();
+            if !consistent {
+                options = options.with_serializable();
+            }
+            let mut kv = inner.kv.clone();
+            let response = inner
+                .call("watch", kv.get(key.clone(), Some(options)))
+                .await?;
+            for pair in response.kvs().iter().filter_map(|kv| inner.to_pair(kv)) {
+                map.insert(pair.key.clone(), pair);
+            }
+            header_revision(response.header())
+        }
+        Mode::Tree(start, end) => {
+            let (kvs, revision) = inner
+                .range_all(start.clone(), end.clone(), consistent, "watch_tree")
+                .await?;
+            for pair in kvs.iter().filter_map(|kv| inner.to_pair(kv)) {
+                map.insert(pair.key.clone(), pair);
+            }
+            revision
+        }
+    };
+    Ok((map, revision))
+}
+
+/// Opens an etcd watch on `mode` from `start_revision`.
+async fn open(inner: &Inner, mode: &Mode, start_revision: i64) -> Result<etcd_client::WatchStream> {
+    let (key, options) = match mode {
+        Mode::Key(key) => (key.clone(), WatchOptions::new()),
+        Mode::Tree(start, end) => (start.clone(), WatchOptions::new().with_range(end.clone())),
+    };
+    let options = options.with_start_revision(start_revision);
+    let mut client = inner.watch.clone();
+    inner.call("watch", client.watch(key, Some(options))).await
+}
+
+/// The loop: runs until the stream is dropped (the task is then aborted), the store is closed
+/// (likewise) or a fatal error ends the stream.
+pub(crate) async fn run<T: Snapshot>(
+    inner: Inner,
+    mode: Mode,
+    consistent: bool,
+    tx: WatchSender<T>,
+) {
+    let mut backoff = Backoff::new();
+    'resync: loop {
+        let (mut map, revision) = match read(&inner, &mode, consistent).await {
+            Ok(read) => read,
+            Err(error) if is_fatal(&error) => return tx.fail(error),
+            Err(error) => {
+                tracing::debug!(%error, "watch: reading the current state failed, retrying");
+                backoff.wait().await;
+                continue 'resync;
+            }
+        };
+        if !tx.send(T::from_map(&map)) {
+            return;
+        }
+        let mut next_revision = revision + 1;
+        loop {
+            let mut stream = match open(&inner, &mode, next_revision).await {
+                Ok(stream) => stream,
+                Err(error) if is_fatal(&error) => return tx.fail(error),
+                Err(error) => {
+                    tracing::debug!(%error, "watch: opening the etcd watch failed, retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            loop {
+                let response = match stream.message().await {
+                    Ok(Some(response)) => response,
+                    Ok(None) => {
+                        tracing::debug!("watch: the etcd watch stream ended, reopening");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "watch: the etcd watch stream broke, reopening");
+                        break;
+                    }
+                };
+                if response.compact_revision() > 0 {
+                    tracing::warn!(
+                        compact_revision = response.compact_revision(),
+                        wanted = next_revision,
+                        "etcd compacted the revisions a watch needed: resynchronising from a fresh read"
+                    );
+                    continue 'resync;
+                }
+                if response.canceled() {
+                    tracing::debug!(
+                        reason = response.cancel_reason(),
+                        "watch: etcd cancelled the watch, reopening"
+                    );
+                    break;
+                }
+                backoff.reset();
+                let mut pending: Option<i64> = None;
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let event_revision = kv.mod_revision();
+                    if pending.is_some_and(|r| r != event_revision) && !tx.send(T::from_map(&map)) {
+                        return;
+                    }
+                    pending = Some(event_revision);
+                    next_revision = next_revision.max(event_revision + 1);
+                    let Some(key) = inner.to_key(kv.key()) else {
+                        continue;
+                    };
+                    match event.event_type() {
+                        EventType::Put => {
+                            if let Some(pair) = inner.to_pair(kv) {
+                                map.insert(key, pair);
+                            }
+                        }
+                        EventType::Delete => {
+                            map.remove(&key);
+                        }
+                    }
+                }
+                if pending.is_some() && !tx.send(T::from_map(&map)) {
+                    return;
+                }
+            }
+            backoff.wait().await;
+        }
+    }
+}
