@@ -1,0 +1,365 @@
+//! [`BoltStore`]: the [`Store`] implementation.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kv_core::ttl::deadline_millis;
+use kv_core::{
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
+    WatchStream, WatchTreeStream, WriteOptions,
+};
+
+use crate::config::{Config, Durability};
+use crate::engine::{BACKEND, Conflict, Engine, Entry};
+use crate::lock::BoltLock;
+use crate::watch;
+
+/// How long `close` waits for each held lock's release.
+const RELEASE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A handle to an embedded database. See the [crate documentation](crate).
+///
+/// Each handle has its own background tasks and locks; several handles (from
+/// [`BoltStore::open`] on the same path, or [`BoltStore::handle`]) share one database and see
+/// each other's writes, watches and locks at once. Closing or dropping a handle does not affect
+/// the others; the database closes when its last handle goes.
+pub struct BoltStore {
+    inner: Arc<Handle>,
+}
+
+/// What a handle's tasks and locks reach it through.
+pub(crate) struct Handle {
+    pub(crate) config: Config,
+    pub(crate) caps: Capabilities,
+    pub(crate) tasks: TaskSet,
+    /// `None` once closed.
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// Stored-key prefix of the namespace (`""` or `"ns/"`).
+    pub(crate) prefix: String,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // A handle dropped without `close`: stop its tasks (lock renewals included: its locks
+        // then expire by their TTL, like a crashed process's).
+        self.tasks.shutdown_token().cancel();
+    }
+}
+
+impl fmt::Debug for BoltStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoltStore")
+            .field("config", &self.inner.config)
+            .field("closed", &self.inner.tasks.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The capabilities of this backend.
+pub(crate) fn capabilities() -> Capabilities {
+    let mut caps = Capabilities::full(BACKEND);
+    // sled stores large values as separate blobs; 16 MiB is tested, more works but is slow.
+    caps.max_value_len = 16 * 1024 * 1024;
+    // Expiry is enforced on every read with the wall clock: short TTLs are exact.
+    caps.min_ttl = Duration::from_millis(100);
+    // Reads filter to the millisecond; watchers arm a timer for each deadline. 100 ms covers
+    // timer and scheduling delays on a loaded machine.
+    caps.ttl_precision = Duration::from_millis(100);
+    caps
+}
+
+impl Handle {
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
+        self.tasks.ensure_open()?;
+        self.engine
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::Closed)
+    }
+
+    pub(crate) fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    pub(crate) fn pair(&self, key: &str, entry: Entry) -> KvPair {
+        KvPair {
+            key: key.strip_prefix(self.prefix.as_str()).unwrap_or(key).to_owned(),
+            value: entry.value,
+            last_index: entry.index,
+        }
+    }
+}
+
+/// Runs a blocking engine call on the blocking pool, within `timeout`.
+pub(crate) async fn blocking<T, F>(
+    engine: Arc<Engine>,
+    timeout: Duration,
+    operation: &'static str,
+    call: F,
+) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T> + Send + 'static,
+{
+    let task = tokio::task::spawn_blocking(move || call(&engine));
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(Error::backend(
+            BACKEND,
+            format!("{operation} failed inside sled: {join}"),
+        )),
+        Err(_) => Err(Error::Timeout {
+            backend: BACKEND,
+            operation,
+            after: timeout,
+        }),
+    }
+}
+
+impl BoltStore {
+    /// Opens the database `config` describes, or joins it when another handle of this process
+    /// has it open. Fails with [`Error::Config`] for a path that cannot hold a database,
+    /// [`Error::PermissionDenied`] for an unwritable one, [`Error::Unavailable`] when another
+    /// process keeps it locked for longer than [`Config::lock_timeout`].
+    pub async fn open(config: Config) -> Result<Self> {
+        let cfg = config.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::open(&cfg))
+            .await
+            .map_err(|e| Error::backend(BACKEND, format!("opening the database panicked: {e}")))??;
+        Ok(Self::with_engine(config, engine))
+    }
+
+    /// Same as [`open`](Self::open): the name every backend's constructor has.
+    pub async fn connect(config: Config) -> Result<Self> {
+        Self::open(config).await
+    }
+
+    fn with_engine(config: Config, engine: Arc<Engine>) -> Self {
+        let prefix = config.key_prefix();
+        BoltStore {
+            inner: Arc::new(Handle {
+                config,
+                caps: capabilities(),
+                tasks: TaskSet::new(),
+                engine: RwLock::new(Some(engine)),
+                prefix,
+            }),
+        }
+    }
+
+    /// A new, independent handle on the same database (own tasks, own locks, closed
+    /// separately): the way to share a temporary database.
+    pub fn handle(&self) -> Result<Self> {
+        let engine = self.inner.engine()?;
+        Ok(Self::with_engine(self.inner.config.clone(), engine))
+    }
+
+    /// This handle's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The database directory (sled's generated one for a temporary database without a path).
+    pub fn path(&self) -> Result<PathBuf> {
+        Ok(self.inner.engine()?.path().to_path_buf())
+    }
+
+    /// Every key physically stored in this namespace, sorted, **including expired keys the
+    /// background sweeper has not removed yet** (readers never see those). For diagnostics and
+    /// tests.
+    pub async fn stored_keys(&self) -> Result<Vec<String>> {
+        let engine = self.inner.engine()?;
+        let prefix = self.inner.prefix.clone();
+        let keys = blocking(engine, self.inner.config.timeout, "stored_keys", move |e| {
+            e.stored_keys(&prefix)
+        })
+        .await?;
+        Ok(keys
+            .into_iter()
+            .map(|k| k[self.inner.prefix.len()..].to_owned())
+            .collect())
+    }
+
+    /// Writes everything to disk now, whatever the [`Durability`].
+    pub async fn flush(&self) -> Result<()> {
+        let engine = self.inner.engine()?;
+        blocking(engine, self.inner.config.timeout, "flush", |e| e.flush()).await
+    }
+
+    async fn call<T, F>(&self, operation: &'static str, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> Result<T> + Send + 'static,
+    {
+        let engine = self.inner.engine()?;
+        blocking(engine, self.inner.config.timeout, operation, call).await
+    }
+
+    async fn after_write(&self) -> Result<()> {
+        if self.inner.config.durability == Durability::EveryWrite {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn deadline(&self, ttl: Option<Duration>) -> Result<u64> {
+        Ok(self.inner.caps.check_ttl(ttl)?.map(deadline_millis).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Store for BoltStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        self.inner.caps.check_value(&key, &value)?;
+        let deadline = self.deadline(options.ttl)?;
+        let full = self.inner.full_key(&key);
+        self.call("put", move |e| e.put(full, value, deadline)).await?;
+        self.after_write().await
+    }
+
+    async fn get(&self, key: &str, _options: ReadOptions) -> Result<Option<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let full = self.inner.full_key(&key);
+        let (entry, _) = self.call("get", move |e| e.get(&full)).await?;
+        Ok(entry.map(|entry| KvPair {
+            key,
+            value: entry.value,
+            last_index: entry.index,
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let full = self.inner.full_key(&key);
+        let existed = self.call("delete", move |e| e.delete(full)).await?;
+        self.after_write().await?;
+        Ok(existed)
+    }
+
+    async fn list(&self, directory: &str, _options: ReadOptions) -> Result<Vec<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let directory = self.inner.caps.check_directory(directory)?;
+        let prefix = self.inner.full_key(&kv_core::key::child_prefix(&directory));
+        let (entries, _) = self.call("list", move |e| e.list(&prefix)).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(key, entry)| self.inner.pair(&key, entry))
+            .collect())
+    }
+
+    async fn delete_tree(&self, directory: &str) -> Result<()> {
+        self.inner.tasks.ensure_open()?;
+        let directory = self.inner.caps.check_directory(directory)?;
+        let exact = (!directory.is_empty()).then(|| self.inner.full_key(&directory));
+        let prefix = self.inner.full_key(&kv_core::key::child_prefix(&directory));
+        self.call("delete_tree", move |e| e.delete_tree(exact, &prefix))
+            .await?;
+        self.after_write().await
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: WriteOptions,
+    ) -> Result<KvPair> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        self.inner.caps.check_value(&key, &value)?;
+        let deadline = self.deadline(options.ttl)?;
+        let full = self.inner.full_key(&key);
+        let previous = previous.map(|p| p.last_index);
+        let outcome = self
+            .call("atomic_put", move |e| {
+                e.atomic_put(full, value, previous, deadline)
+            })
+            .await?;
+        match outcome {
+            Ok(entry) => {
+                self.after_write().await?;
+                Ok(KvPair {
+                    key,
+                    value: entry.value,
+                    last_index: entry.index,
+                })
+            }
+            Err(Conflict::Exists(_)) => Err(Error::KeyExists { key }),
+            Err(Conflict::NotFound) => Err(Error::KeyNotFound { key }),
+            Err(Conflict::Modified) => Err(Error::KeyModified { key }),
+        }
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let full = self.inner.full_key(&key);
+        let previous = previous.last_index;
+        match self
+            .call("atomic_delete", move |e| e.atomic_delete(full, previous))
+            .await?
+        {
+            Ok(()) => self.after_write().await,
+            Err(Conflict::NotFound) | Err(Conflict::Exists(_)) => Err(Error::KeyNotFound { key }),
+            Err(Conflict::Modified) => Err(Error::KeyModified { key }),
+        }
+    }
+
+    async fn watch(&self, key: &str, _options: ReadOptions) -> Result<WatchStream> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let engine = self.inner.engine()?;
+        watch::watch_key(&self.inner, engine, self.inner.full_key(&key)).await
+    }
+
+    async fn watch_tree(&self, directory: &str, _options: ReadOptions) -> Result<WatchTreeStream> {
+        self.inner.tasks.ensure_open()?;
+        let directory = self.inner.caps.check_directory(directory)?;
+        let engine = self.inner.engine()?;
+        let prefix = self.inner.full_key(&kv_core::key::child_prefix(&directory));
+        watch::watch_tree(&self.inner, engine, prefix).await
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_lock(key, &options)?;
+        let backend = BoltLock::new(&self.inner, self.inner.full_key(&key), options);
+        Ok(Lock::new(key, Arc::new(backend), self.inner.tasks.clone()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.tasks.close(RELEASE_LIMIT).await;
+        let engine = self
+            .inner
+            .engine
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(engine) = engine {
+            // Flush, and drop our reference off the runtime: if it is the last one, sled
+            // flushes again and closes the files, which blocks.
+            let flushed = blocking(engine, self.inner.config.timeout, "close", |e| e.flush()).await;
+            if let Err(error) = flushed {
+                tracing::warn!(%error, "kv-bolt: flushing on close failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn background_tasks(&self) -> usize {
+        self.inner.tasks.running()
+    }
+}
