@@ -1,0 +1,503 @@
+//! A thin client for the parts of Consul's HTTP API this backend uses: KV reads (plain and
+//! blocking), compare-and-delete, `/v1/txn`, sessions, and two status calls.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use kv_core::{Error, Result};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use crate::config::Config;
+
+pub(crate) const BACKEND: &str = "consul";
+
+/// One KV entry as Consul returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Entry {
+    pub key: String,
+    #[serde(default)]
+    pub flags: u64,
+    #[serde(default, deserialize_with = "base64_value")]
+    pub value: Bytes,
+    #[serde(default)]
+    pub modify_index: u64,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+fn base64_value<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Bytes, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    match text {
+        None => Ok(Bytes::new()),
+        Some(text) => BASE64
+            .decode(text.as_bytes())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// A condition checked inside a write transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cond {
+    /// The key must not exist.
+    NotExists,
+    /// The key's `ModifyIndex` must be this.
+    Index(u64),
+}
+
+/// The outcome of a write transaction.
+#[derive(Debug)]
+pub(crate) enum TxnOutcome {
+    /// Committed at this Raft index (the written key's new `ModifyIndex`).
+    Committed(u64),
+    /// Rolled back: the operation at this position failed (its condition did not hold).
+    RolledBack(usize, String),
+}
+
+#[derive(Debug)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    token: Option<String>,
+    datacenter: Option<String>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) watch_wait: Duration,
+}
+
+struct Response {
+    status: StatusCode,
+    index: u64,
+    body: Bytes,
+}
+
+/// Percent-encodes a key for a URL path: unreserved characters and `/` stay, everything else
+/// (spaces, `?`, `#`, `%`, non-ASCII…) becomes `%XX`.
+pub(crate) fn encode_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &b in key.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+impl Client {
+    pub(crate) fn new(config: &Config) -> Result<Client> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(30));
+        let tls = &config.tls;
+        if let Some(ca) = &tls.ca_file {
+            let pem = read_file(ca, "CA file")?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("bad CA file {}: {e}", ca.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            let mut pem = read_file(cert, "client certificate")?;
+            pem.push(b'\n');
+            pem.extend(read_file(key, "client key")?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| Error::Config(format!("bad client certificate or key: {e}")))?;
+            builder = builder.identity(identity);
+        }
+        if tls.insecure_skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            endpoints: config.endpoints.clone(),
+            current: AtomicUsize::new(0),
+            token: config.token.clone(),
+            datacenter: config.datacenter.clone(),
+            request_timeout: config.request_timeout,
+            watch_wait: config.watch_wait,
+        })
+    }
+
+    /// Sends one request, failing over to the next endpoint when a connection cannot be made.
+    /// `path` is already encoded and may carry a query string.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        operation: &'static str,
+    ) -> Result<Response> {
+        let mut path = path.to_owned();
+        if let Some(dc) = &self.datacenter {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("dc=");
+            path.push_str(&encode_path(dc));
+        }
+        let mut last_error = None;
+        for _ in 0..self.endpoints.len() {
+            let at = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+            let url = format!("{}{}", self.endpoints[at], path);
+            let mut request = self.http.request(method.clone(), &url).timeout(timeout);
+            if let Some(token) = &self.token {
+                request = request.header("X-Consul-Token", token);
+            }
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(error) if error.is_connect() && !error.is_timeout() => {
+                    tracing::debug!(%url, %error, "Consul endpoint unreachable, trying the next one");
+                    self.current
+                        .compare_exchange(at, at + 1, Ordering::Relaxed, Ordering::Relaxed)
+                        .ok();
+                    last_error = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(map_reqwest(error, operation, timeout)),
+            };
+            let status = response.status();
+            let index = response
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| map_reqwest(e, operation, timeout))?;
+            return check_status(Response { status, index, body });
+        }
+        Err(match last_error {
+            Some(error) => Error::unavailable(BACKEND, error),
+            None => Error::unavailable(BACKEND, "no endpoint configured"),
+        })
+    }
+
+    fn read_query(consistent: bool, block: Option<(u64, Duration)>) -> String {
+        let mut query = String::new();
+        if consistent {
+            query.push_str("&consistent");
+        }
+        if let Some((index, wait)) = block
+            && index > 0
+        {
+            query.push_str(&format!("&index={index}&wait={}ms", wait.as_millis()));
+        }
+        query
+    }
+
+    fn read_timeout(&self, block: Option<(u64, Duration)>) -> Duration {
+        match block {
+            // Consul adds up to wait/16 of jitter to a blocking query.
+            Some((index, wait)) if index > 0 => self.request_timeout + wait + wait / 16,
+            _ => self.request_timeout,
+        }
+    }
+
+    /// Reads one key: the entry (if any) and the `X-Consul-Index`. With `block`, a blocking
+    /// query that returns once the key's index passes the given one (or the wait elapses).
+    pub(crate) async fn kv_get(
+        &self,
+        key: &str,
+        consistent: bool,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Option<Entry>, u64)> {
+        let path = format!("/v1/kv/{}?{}", encode_path(key), Self::read_query(consistent, block));
+        let response = self
+            .send(Method::GET, &path, None, self.read_timeout(block), "get")
+            .await?;
+        match response.status {
+            StatusCode::NOT_FOUND => Ok((None, response.index)),
+            StatusCode::OK => {
+                let mut entries: Vec<Entry> = parse(&response.body)?;
+                let entry = entries.drain(..).find(|e| e.key == key);
+                Ok((entry, response.index))
+            }
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Lists every entry whose key starts with `prefix` (plain string prefix).
+    pub(crate) async fn kv_list(
+        &self,
+        prefix: &str,
+        consistent: bool,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<Entry>, u64)> {
+        let path = format!(
+            "/v1/kv/{}?recurse{}",
+            encode_path(prefix),
+            Self::read_query(consistent, block)
+        );
+        let response = self
+            .send(Method::GET, &path, None, self.read_timeout(block), "list")
+            .await?;
+        match response.status {
+            StatusCode::NOT_FOUND => Ok((Vec::new(), response.index)),
+            StatusCode::OK => Ok((parse(&response.body)?, response.index)),
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Deletes `key` if its `ModifyIndex` is still `index`; `false` if it was not.
+    pub(crate) async fn kv_delete_cas(&self, key: &str, index: u64) -> Result<bool> {
+        let path = format!("/v1/kv/{}?cas={index}", encode_path(key));
+        let response = self
+            .send(Method::DELETE, &path, None, self.request_timeout, "delete")
+            .await?;
+        match response.status {
+            StatusCode::OK => parse::<bool>(&response.body),
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Runs a `/v1/txn` transaction made of KV operations.
+    pub(crate) async fn txn(&self, ops: Vec<Json>, operation: &'static str) -> Result<TxnOutcome> {
+        let body = serde_json::to_vec(&ops).map_err(|e| Error::backend(BACKEND, e))?;
+        let response = self
+            .send(Method::PUT, "/v1/txn", Some(body), self.request_timeout, operation)
+            .await?;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct TxnResult {
+            #[serde(default, rename = "KV")]
+            kv: Option<Entry>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct TxnError {
+            #[serde(default)]
+            op_index: usize,
+            #[serde(default)]
+            what: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct TxnResponse {
+            #[serde(default)]
+            results: Option<Vec<TxnResult>>,
+            #[serde(default)]
+            errors: Option<Vec<TxnError>>,
+        }
+        match response.status {
+            StatusCode::OK => {
+                let parsed: TxnResponse = parse(&response.body)?;
+                let index = parsed
+                    .results
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|r| r.kv.as_ref())
+                    .map(|e| e.modify_index)
+                    .max()
+                    .unwrap_or(response.index);
+                Ok(TxnOutcome::Committed(index))
+            }
+            StatusCode::CONFLICT => {
+                let parsed: TxnResponse = parse(&response.body)?;
+                let first = parsed.errors.unwrap_or_default().into_iter().next();
+                Ok(match first {
+                    Some(e) => TxnOutcome::RolledBack(e.op_index, e.what),
+                    None => TxnOutcome::RolledBack(0, String::new()),
+                })
+            }
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Creates a session with this TTL (whole milliseconds) and behaviour, without health
+    /// checks (only the TTL ends it) and without lock-delay.
+    pub(crate) async fn session_create(&self, ttl: Duration, behavior: &str, name: &str) -> Result<String> {
+        let body = json!({
+            "Name": name,
+            "TTL": format!("{}ms", ttl.as_millis()),
+            "Behavior": behavior,
+            "LockDelay": "0s",
+            "NodeChecks": [],
+        });
+        let response = self
+            .send(
+                Method::PUT,
+                "/v1/session/create",
+                Some(body.to_string().into_bytes()),
+                self.request_timeout,
+                "session create",
+            )
+            .await?;
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        match response.status {
+            StatusCode::OK => Ok(parse::<Created>(&response.body)?.id),
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Renews a session: `false` when it no longer exists.
+    pub(crate) async fn session_renew(&self, id: &str) -> Result<bool> {
+        let path = format!("/v1/session/renew/{}", encode_path(id));
+        let response = self
+            .send(Method::PUT, &path, None, self.request_timeout, "session renew")
+            .await?;
+        match response.status {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Destroys a session (no error if it is already gone).
+    pub(crate) async fn session_destroy(&self, id: &str) -> Result<()> {
+        let path = format!("/v1/session/destroy/{}", encode_path(id));
+        let response = self
+            .send(Method::PUT, &path, None, self.request_timeout, "session destroy")
+            .await?;
+        match response.status {
+            StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Checks that the agent answers and has a leader.
+    pub(crate) async fn status_leader(&self) -> Result<()> {
+        let response = self
+            .send(Method::GET, "/v1/status/leader", None, self.request_timeout, "connect")
+            .await?;
+        let leader: String = parse(&response.body).unwrap_or_default();
+        if response.status == StatusCode::OK && !leader.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::unavailable(BACKEND, "the Consul cluster has no leader"))
+        }
+    }
+
+    /// The agent's `session_ttl_min`, when the token may read the agent's configuration.
+    pub(crate) async fn session_ttl_min(&self) -> Option<Duration> {
+        let response = self
+            .send(Method::GET, "/v1/agent/self", None, self.request_timeout, "connect")
+            .await
+            .ok()?;
+        let parsed: Json = serde_json::from_slice(&response.body).ok()?;
+        let text = parsed.get("DebugConfig")?.get("SessionTTLMin")?.as_str()?;
+        crate::config::parse_duration(text)
+    }
+}
+
+/// A KV operation for `/v1/txn`.
+pub(crate) fn txn_op(verb: &str, key: &str) -> Json {
+    json!({ "KV": { "Verb": verb, "Key": key } })
+}
+
+/// A KV write operation for `/v1/txn` (`set`, `lock`, `unlock`).
+pub(crate) fn txn_write(verb: &str, key: &str, value: &[u8], flags: u64, session: Option<&str>) -> Json {
+    let mut op = json!({ "Verb": verb, "Key": key, "Value": BASE64.encode(value), "Flags": flags });
+    if let Some(session) = session {
+        op["Session"] = json!(session);
+    }
+    json!({ "KV": op })
+}
+
+/// A condition for `/v1/txn`.
+pub(crate) fn txn_cond(cond: Cond, key: &str) -> Json {
+    match cond {
+        Cond::NotExists => txn_op("check-not-exists", key),
+        Cond::Index(index) => json!({ "KV": { "Verb": "check-index", "Key": key, "Index": index } }),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::backend(BACKEND, format!("unexpected response from Consul: {e}")))
+}
+
+fn body_text(response: &Response) -> String {
+    String::from_utf8_lossy(&response.body).trim().chars().take(500).collect()
+}
+
+fn check_status(response: Response) -> Result<Response> {
+    let status = response.status;
+    if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+        return Err(Error::PermissionDenied {
+            backend: BACKEND,
+            message: body_text(&response),
+        });
+    }
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        let text = body_text(&response);
+        // Consul reports ACL failures from RPCs as 500 "Permission denied" on some paths.
+        if text.contains("Permission denied") || text.contains("ACL not found") {
+            return Err(Error::PermissionDenied {
+                backend: BACKEND,
+                message: text,
+            });
+        }
+        return Err(Error::unavailable(BACKEND, format!("HTTP {status}: {text}")));
+    }
+    Ok(response)
+}
+
+fn unexpected(response: &Response) -> Error {
+    Error::backend(
+        BACKEND,
+        format!("unexpected HTTP {} from Consul: {}", response.status, body_text(response)),
+    )
+}
+
+fn map_reqwest(error: reqwest::Error, operation: &'static str, after: Duration) -> Error {
+    if error.is_timeout() {
+        Error::Timeout {
+            backend: BACKEND,
+            operation,
+            after,
+        }
+    } else if error.is_builder() {
+        Error::backend(BACKEND, error)
+    } else {
+        Error::unavailable(BACKEND, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_paths() {
+        assert_eq!(encode_path("a/b c?d#e%f"), "a/b%20c%3Fd%23e%25f");
+        assert_eq!(encode_path("ü"), "%C3%BC");
+        assert_eq!(encode_path("a-b_c.d~e"), "a-b_c.d~e");
+    }
+
+    #[test]
+    fn decodes_entries() {
+        let entries: Vec<Entry> = serde_json::from_str(
+            r#"[{"LockIndex":0,"Key":"a","Flags":3,"Value":"aGk=","CreateIndex":5,"ModifyIndex":7},
+                {"Key":"b","Flags":0,"Value":null,"ModifyIndex":8,"Session":"s"}]"#,
+        )
+        .unwrap();
+        assert_eq!(entries[0].value, Bytes::from_static(b"hi"));
+        assert_eq!(entries[0].modify_index, 7);
+        assert_eq!(entries[1].value, Bytes::new());
+        assert_eq!(entries[1].session.as_deref(), Some("s"));
+    }
+}

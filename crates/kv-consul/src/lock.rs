@@ -1,0 +1,230 @@
+//! Locks on sessions.
+//!
+//! * Acquire: wait (blocking query on the key) until the key is absent, or present but past
+//!   its TTL deadline; then one transaction: the key is still absent (or still that expired
+//!   entry, whose session is detached), and `lock` it with the value and a session of TTL
+//!   `max(ttl / 2, session_ttl_min)`, `Behavior=delete`, `LockDelay=0s`, no health checks.
+//!   Consul invalidates a session twice its TTL after the last renewal, so a dead holder's key
+//!   disappears about `ttl` after its last renewal.
+//! * Fencing token: the key's `ModifyIndex` after the acquiring transaction (a Raft index:
+//!   it rises with every acquisition).
+//! * Renewal: `kv_core::lock::keep_alive` renews the session every `ttl / 3`; a renewal
+//!   answered 404 (session gone) marks the lock lost at once. Beside it, a blocking query on
+//!   the key marks the lock lost as soon as the key is deleted, overwritten or its session
+//!   changes.
+//! * Release: destroy the session. With `Behavior=delete`, Consul deletes the key in the same
+//!   Raft transaction — but only if the key is still held by that session, so a key someone
+//!   else has overwritten meanwhile is left alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kv_core::lock::keep_alive;
+use kv_core::ttl::now_millis;
+use kv_core::{Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result};
+
+use crate::client::{Cond, TxnOutcome};
+use crate::store::{Inner, deadline_of, is_live};
+use crate::watch::is_terminal;
+
+/// The lock backend of one `Lock`.
+#[derive(Debug)]
+pub(crate) struct ConsulLock {
+    inner: Arc<Inner>,
+    key: String,
+    full: String,
+    value: Bytes,
+    ttl: Duration,
+}
+
+impl ConsulLock {
+    pub(crate) fn new(inner: Arc<Inner>, key: &str, options: LockOptions) -> Self {
+        ConsulLock {
+            full: inner.full(key),
+            inner,
+            key: key.to_owned(),
+            value: options.value,
+            ttl: options.ttl,
+        }
+    }
+
+    /// A live session for the next attempt: the previous one renewed, or a new one.
+    async fn session(&self, previous: Option<String>) -> Result<String> {
+        if let Some(previous) = previous {
+            if self.inner.client.session_renew(&previous).await? {
+                return Ok(previous);
+            }
+        }
+        self.inner
+            .client
+            .session_create(
+                self.inner.session_ttl(self.ttl),
+                "delete",
+                &format!("kv-rs lock {}", self.key),
+            )
+            .await
+    }
+
+    async fn acquire_inner(&self, abandon: &CancellationToken, session: &mut Option<String>) -> Result<Acquired> {
+        let client = &self.inner.client;
+        let mut index = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let block = (index > 0).then_some((index, client.watch_wait));
+            let read = tokio::select! {
+                read = client.kv_get(&self.full, true, block) => read,
+                _ = abandon.cancelled() => return Err(Error::Closed),
+            };
+            let (entry, new_index) = match read {
+                Ok(read) => read,
+                Err(error) if is_terminal(&error) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "lock wait query failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = abandon.cancelled() => return Err(Error::Closed),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    index = 0;
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            index = if new_index < index { 0 } else { new_index };
+            let attempt = match &entry {
+                None => Some((Cond::NotExists, None)),
+                Some(e) if !is_live(e) => Some((Cond::Index(e.modify_index), e.session.clone())),
+                Some(_) => None,
+            };
+            let Some((cond, holder)) = attempt else {
+                // Held (or a plain value): wait for a change, or for its TTL deadline.
+                if let Some(deadline) = entry.as_ref().and_then(|e| deadline_of(e.flags)) {
+                    let wait = Duration::from_millis(deadline.saturating_sub(now_millis()) + 1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = abandon.cancelled() => return Err(Error::Closed),
+                    }
+                    index = 0;
+                }
+                continue;
+            };
+            let id = self.session(session.take()).await?;
+            *session = Some(id.clone());
+            if abandon.is_cancelled() {
+                return Err(Error::Closed);
+            }
+            let outcome = self
+                .inner
+                .write(&self.full, &self.value, 0, Some(cond), holder.as_deref(), Some(&id))
+                .await?;
+            match outcome {
+                TxnOutcome::Committed(token) => return Ok(self.start(id, token)),
+                TxnOutcome::RolledBack(op, what) => {
+                    tracing::debug!(op, %what, "lost the race for the lock, waiting again");
+                    index = 0;
+                }
+            }
+        }
+    }
+
+    /// Starts renewal and the held-watch, and builds the acquisition.
+    fn start(&self, session: String, token: u64) -> Acquired {
+        let (notifier, lease) = LeaseNotifier::new(token);
+        let inner = self.inner.clone();
+        let full = self.full.clone();
+        let ttl = self.ttl;
+        let task_notifier = notifier.clone();
+        let task_session = session.clone();
+        self.inner.tasks.spawn(async move {
+            let renew = {
+                let client = inner.client.clone();
+                let session = task_session.clone();
+                move || {
+                    let client = client.clone();
+                    let session = session.clone();
+                    async move { client.session_renew(&session).await }
+                }
+            };
+            tokio::select! {
+                _ = keep_alive(ttl, task_notifier.clone(), renew) => {}
+                _ = watch_held(&inner, &full, &task_session, token, &task_notifier) => {}
+                _ = task_notifier.ended() => {}
+            }
+        });
+        Acquired {
+            fencing_token: token,
+            notifier,
+            lease,
+            held: Box::new(ConsulHeld {
+                inner: self.inner.clone(),
+                session,
+            }),
+        }
+    }
+}
+
+/// Follows the held key with blocking queries; marks the lock lost as soon as the key is
+/// deleted, rewritten or held by another session.
+async fn watch_held(inner: &Inner, full: &str, session: &str, token: u64, notifier: &LeaseNotifier) {
+    let client = &inner.client;
+    let mut index = token;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.kv_get(full, true, Some((index, client.watch_wait))).await {
+            Ok((entry, new_index)) => {
+                backoff = Duration::from_millis(100);
+                let ours = entry
+                    .as_ref()
+                    .is_some_and(|e| e.modify_index == token && e.session.as_deref() == Some(session));
+                if !ours {
+                    tracing::debug!(key = full, "lock key deleted or taken over: lock lost");
+                    notifier.lost();
+                    return;
+                }
+                index = if new_index < index { token } else { new_index.max(token) };
+            }
+            Err(error) => {
+                // Renewal decides whether an unreachable server costs us the lock.
+                tracing::debug!(%error, "lock held-watch failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for ConsulLock {
+    async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
+        let mut session = None;
+        let result = self.acquire_inner(&abandon, &mut session).await;
+        if result.is_err()
+            && let Some(session) = session
+        {
+            // Never used to hold the key: destroy it (it would expire by itself anyway).
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.inner.client.session_destroy(&session),
+            )
+            .await;
+        }
+        result
+    }
+}
+
+/// A held lock: its session.
+#[derive(Debug)]
+struct ConsulHeld {
+    inner: Arc<Inner>,
+    session: String,
+}
+
+#[async_trait]
+impl HeldLock for ConsulHeld {
+    async fn release(self: Box<Self>) -> Result<()> {
+        // Destroying the session deletes the key if (and only if) it still holds it.
+        self.inner.client.session_destroy(&self.session).await
+    }
+}

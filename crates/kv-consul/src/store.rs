@@ -1,0 +1,458 @@
+//! [`ConsulStore`]: the [`Store`] implementation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kv_core::key::{child_prefix, is_descendant, normalize_key};
+use kv_core::ttl::{deadline_millis, now_millis};
+use kv_core::{
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet, WatchStream,
+    WatchTreeStream, WriteOptions,
+};
+
+use crate::client::{BACKEND, Client, Cond, Entry, TxnOutcome, txn_cond, txn_op, txn_write};
+use crate::config::Config;
+
+/// Largest value accepted: every write is one `/v1/txn` request, whose whole body (the value
+/// base64-encoded, plus the operations) Consul caps at `txn_max_req_len` = 512 KiB by default.
+/// 378 KiB of value is 504 KiB of base64, leaving 8 KiB for keys and JSON.
+pub const MAX_VALUE_LEN: usize = 378 * 1024;
+
+/// Consul's default `session_ttl_min`, used when the agent's configuration cannot be read.
+const DEFAULT_SESSION_TTL_MIN: Duration = Duration::from_secs(10);
+
+/// The tag in the top 16 bits of `Flags` that marks a deadline in the low 48 bits ("KV").
+const FLAGS_TAG: u64 = 0x4B56;
+const FLAGS_DEADLINE_MASK: u64 = (1 << 48) - 1;
+
+/// The `Flags` word written with a value: 0 without TTL, else the tag and the deadline.
+pub(crate) fn flags_for(deadline: Option<u64>) -> u64 {
+    deadline.map_or(0, |d| (FLAGS_TAG << 48) | (d & FLAGS_DEADLINE_MASK))
+}
+
+/// The deadline (Unix milliseconds) recorded in `Flags`, if this crate wrote one.
+pub(crate) fn deadline_of(flags: u64) -> Option<u64> {
+    (flags >> 48 == FLAGS_TAG).then_some(flags & FLAGS_DEADLINE_MASK)
+}
+
+/// True when an entry is visible: its deadline, if any, has not passed.
+pub(crate) fn is_live(entry: &Entry) -> bool {
+    deadline_of(entry.flags).is_none_or(|d| d > now_millis())
+}
+
+/// A handle to a Consul agent's KV store. See the [crate documentation](crate) for the storage
+/// layout and how each part of the contract is met.
+#[derive(Debug, Clone)]
+pub struct ConsulStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) client: Arc<Client>,
+    pub(crate) caps: Capabilities,
+    pub(crate) tasks: TaskSet,
+    /// The namespace prefix, `""` or `"ns/"` (with the slash).
+    pub(crate) prefix: String,
+    pub(crate) session_ttl_min: Duration,
+}
+
+impl Inner {
+    /// The Consul key of a normalised key.
+    pub(crate) fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The Consul key prefix of everything strictly below a normalised directory.
+    fn full_children(&self, directory: &str) -> String {
+        format!("{}{}", self.prefix, child_prefix(directory))
+    }
+
+    /// The normalised, namespace-relative key of a Consul key, if it is one of ours and valid.
+    pub(crate) fn relative(&self, full: &str) -> Option<String> {
+        let key = full.strip_prefix(&self.prefix)?;
+        match normalize_key(key) {
+            Ok(normalized) if normalized == key => Some(normalized),
+            _ => None,
+        }
+    }
+
+    /// The pair a live entry stands for.
+    pub(crate) fn pair(&self, entry: &Entry) -> Option<KvPair> {
+        if !is_live(entry) {
+            return None;
+        }
+        Some(KvPair {
+            key: self.relative(&entry.key)?,
+            value: entry.value.clone(),
+            last_index: entry.modify_index,
+        })
+    }
+
+    /// A `list`-shaped snapshot of `directory` from raw entries: live, ours, below it, sorted.
+    pub(crate) fn snapshot(&self, directory: &str, entries: &[Entry]) -> Vec<KvPair> {
+        let mut pairs: Vec<KvPair> = entries
+            .iter()
+            .filter_map(|e| self.pair(e))
+            .filter(|p| is_descendant(directory, &p.key))
+            .collect();
+        pairs.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+        pairs
+    }
+
+    /// The session TTL giving an invalidation after about `ttl`: Consul invalidates a session
+    /// at twice its TTL, so half of it, but never below the agent's minimum.
+    pub(crate) fn session_ttl(&self, ttl: Duration) -> Duration {
+        let half = Duration::from_millis((ttl.as_millis() as u64).div_ceil(2));
+        half.max(self.session_ttl_min)
+    }
+
+    /// Reads the raw entry (expired or not).
+    pub(crate) async fn read(&self, full: &str, consistent: bool) -> Result<Option<Entry>> {
+        Ok(self.client.kv_get(full, consistent, None).await?.0)
+    }
+
+    /// One write transaction: optional condition, detach the current holder session (so that a
+    /// plain value is never deleted by an old TTL session or a lock holder's session), then
+    /// `set`, or `lock` with `session` for TTL and lock keys.
+    pub(crate) async fn write(
+        &self,
+        full: &str,
+        value: &[u8],
+        flags: u64,
+        cond: Option<Cond>,
+        holder: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<TxnOutcome> {
+        let mut ops = Vec::with_capacity(3);
+        if let Some(cond) = cond {
+            ops.push(txn_cond(cond, full));
+        }
+        if let Some(holder) = holder {
+            ops.push(txn_write("unlock", full, b"", 0, Some(holder)));
+        }
+        match session {
+            Some(session) => ops.push(txn_write("lock", full, value, flags, Some(session))),
+            None => ops.push(txn_write("set", full, value, flags, None)),
+        }
+        self.client.txn(ops, "put").await
+    }
+
+    /// Backs off a little after a lost race, with jitter, so that contending writers spread out.
+    async fn conflict_pause(attempt: u32) {
+        let jitter = (now_millis() ^ u64::from(attempt).wrapping_mul(0x9E37_79B9)) % 7;
+        let ms = (u64::from(attempt.min(8)) * 3 + jitter).min(50);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Creates a TTL session for a key write (best-effort destroyed by the caller on failure).
+    async fn ttl_session(&self, key: &str, ttl: Duration) -> Result<String> {
+        self.client
+            .session_create(self.session_ttl(ttl), "delete", &format!("kv-rs ttl {key}"))
+            .await
+    }
+
+    async fn destroy_quietly(&self, session: &str) {
+        if let Err(error) = self.client.session_destroy(session).await {
+            tracing::debug!(%error, session, "could not destroy an unused session; it expires by itself");
+        }
+    }
+
+    async fn put_with(&self, full: &str, value: &[u8], ttl: Option<Duration>, session: Option<&str>) -> Result<u64> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let current = self.read(full, false).await?;
+            let cond = match &current {
+                None => Cond::NotExists,
+                Some(entry) => Cond::Index(entry.modify_index),
+            };
+            let holder = current.as_ref().and_then(|e| e.session.as_deref());
+            let flags = flags_for(ttl.map(deadline_millis));
+            match self.write(full, value, flags, Some(cond), holder, session).await? {
+                TxnOutcome::Committed(index) => return Ok(index),
+                TxnOutcome::RolledBack(op, what) => {
+                    tracing::debug!(op, %what, "put lost a race, retrying");
+                }
+            }
+            attempt += 1;
+            if started.elapsed() > self.client.request_timeout {
+                return Err(Error::Timeout {
+                    backend: BACKEND,
+                    operation: "put",
+                    after: self.client.request_timeout,
+                });
+            }
+            Self::conflict_pause(attempt).await;
+        }
+    }
+
+    async fn atomic_put_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        ttl: Option<Duration>,
+        session: Option<&str>,
+    ) -> Result<KvPair> {
+        let full = self.full(key);
+        let mut attempt = 0;
+        loop {
+            let current = self.read(&full, true).await?;
+            let live = current.as_ref().filter(|e| is_live(e));
+            let cond = match (previous, live, &current) {
+                (None, Some(_), _) => return Err(Error::KeyExists { key: key.to_owned() }),
+                (None, None, None) => Cond::NotExists,
+                // An expired key that Consul has not removed yet counts as absent.
+                (None, None, Some(expired)) => Cond::Index(expired.modify_index),
+                (Some(_), None, _) => return Err(Error::KeyNotFound { key: key.to_owned() }),
+                (Some(prev), Some(entry), _) if entry.modify_index != prev.last_index => {
+                    return Err(Error::KeyModified { key: key.to_owned() });
+                }
+                (Some(prev), Some(_), _) => Cond::Index(prev.last_index),
+            };
+            let holder = current.as_ref().and_then(|e| e.session.as_deref());
+            let flags = flags_for(ttl.map(deadline_millis));
+            match self.write(&full, value, flags, Some(cond), holder, session).await? {
+                TxnOutcome::Committed(index) => {
+                    return Ok(KvPair {
+                        key: key.to_owned(),
+                        value: Bytes::copy_from_slice(value),
+                        last_index: index,
+                    });
+                }
+                TxnOutcome::RolledBack(op, what) => {
+                    // Re-read: the verdict (exists, modified, gone) comes from the new state.
+                    tracing::debug!(op, %what, "atomic_put lost a race, re-reading");
+                }
+            }
+            attempt += 1;
+            if attempt > 50 {
+                return Err(Error::backend(BACKEND, "atomic_put kept conflicting"));
+            }
+            Self::conflict_pause(attempt).await;
+        }
+    }
+}
+
+impl ConsulStore {
+    /// Connects: checks that the agent answers and has a leader (else [`Error::Unavailable`]
+    /// or [`Error::Timeout`]), and reads its `session_ttl_min` unless the config gives it.
+    pub async fn connect(config: Config) -> Result<ConsulStore> {
+        let client = Client::new(&config)?;
+        client.status_leader().await?;
+        let session_ttl_min = match config.session_ttl_min {
+            Some(ttl) => ttl,
+            None => client.session_ttl_min().await.unwrap_or(DEFAULT_SESSION_TTL_MIN),
+        };
+        let prefix = if config.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", config.prefix)
+        };
+        let mut caps = Capabilities::full(BACKEND);
+        caps.max_value_len = MAX_VALUE_LEN;
+        // Keys: the deadline filter makes any TTL exact; 1 s keeps it meaningful. Sessions
+        // accept at most 24 h, and a lock's session TTL is half the lock's.
+        caps.min_ttl = Duration::from_secs(1);
+        caps.max_ttl = Duration::from_secs(24 * 3600);
+        caps.ttl_precision = Duration::from_millis(250);
+        caps.max_key_len = kv_core::key::MAX_KEY_LEN;
+        Ok(ConsulStore {
+            inner: Arc::new(Inner {
+                client: Arc::new(client),
+                caps,
+                tasks: TaskSet::new(),
+                prefix,
+                session_ttl_min,
+            }),
+        })
+    }
+
+    /// Connects with [`Config::from_url`].
+    pub async fn connect_url(url: &str) -> Result<ConsulStore> {
+        Self::connect(Config::from_url(url)?).await
+    }
+
+    /// The agent's `session_ttl_min` this handle works with.
+    pub fn session_ttl_min(&self) -> Duration {
+        self.inner.session_ttl_min
+    }
+
+    fn check_write(&self, key: &str, value: &[u8], options: &WriteOptions) -> Result<(String, Option<Duration>)> {
+        self.inner.tasks.ensure_open()?;
+        let caps = &self.inner.caps;
+        let key = caps.check_key(key)?;
+        caps.check_value(&key, value)?;
+        let ttl = caps.check_ttl(options.ttl)?;
+        Ok((key, ttl))
+    }
+}
+
+#[async_trait]
+impl Store for ConsulStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
+        let (key, ttl) = self.check_write(key, &value, &options)?;
+        let inner = &self.inner;
+        let full = inner.full(&key);
+        let session = match ttl {
+            Some(ttl) => Some(inner.ttl_session(&key, ttl).await?),
+            None => None,
+        };
+        let result = inner.put_with(&full, &value, ttl, session.as_deref()).await;
+        if let (Err(_), Some(session)) = (&result, &session) {
+            inner.destroy_quietly(session).await;
+        }
+        result.map(|_| ())
+    }
+
+    async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let entry = self.inner.read(&self.inner.full(&key), options.consistent).await?;
+        Ok(entry.and_then(|e| self.inner.pair(&e)))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let full = self.inner.full(&key);
+        loop {
+            let Some(entry) = self.inner.read(&full, true).await? else {
+                return Ok(false);
+            };
+            let live = is_live(&entry);
+            let deleted = self.inner.client.kv_delete_cas(&full, entry.modify_index).await?;
+            if !live {
+                // An expired key Consul has not removed yet: clean it up, report it absent.
+                return Ok(false);
+            }
+            if deleted {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn list(&self, directory: &str, options: ReadOptions) -> Result<Vec<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let directory = self.inner.caps.check_directory(directory)?;
+        let (entries, _) = self
+            .inner
+            .client
+            .kv_list(&self.inner.full_children(&directory), options.consistent, None)
+            .await?;
+        Ok(self.inner.snapshot(&directory, &entries))
+    }
+
+    async fn delete_tree(&self, directory: &str) -> Result<()> {
+        self.inner.tasks.ensure_open()?;
+        let directory = self.inner.caps.check_directory(directory)?;
+        let mut ops = vec![txn_op("delete-tree", &self.inner.full_children(&directory))];
+        if !directory.is_empty() {
+            ops.push(txn_op("delete", &self.inner.full(&directory)));
+        }
+        match self.inner.client.txn(ops, "delete_tree").await? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::RolledBack(op, what) => Err(Error::backend(
+                BACKEND,
+                format!("delete_tree transaction failed at operation {op}: {what}"),
+            )),
+        }
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: WriteOptions,
+    ) -> Result<KvPair> {
+        let (key, ttl) = self.check_write(key, &value, &options)?;
+        let inner = &self.inner;
+        let session = match ttl {
+            Some(ttl) => Some(inner.ttl_session(&key, ttl).await?),
+            None => None,
+        };
+        let result = inner
+            .atomic_put_with(&key, &value, previous, ttl, session.as_deref())
+            .await;
+        if let (Err(_), Some(session)) = (&result, &session) {
+            inner.destroy_quietly(session).await;
+        }
+        result
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let full = self.inner.full(&key);
+        let current = self.inner.read(&full, true).await?;
+        match current.filter(is_live) {
+            None => Err(Error::KeyNotFound { key }),
+            Some(entry) if entry.modify_index != previous.last_index => Err(Error::KeyModified { key }),
+            Some(_) => {
+                if self.inner.client.kv_delete_cas(&full, previous.last_index).await? {
+                    return Ok(());
+                }
+                match self.inner.read(&full, true).await?.filter(is_live) {
+                    None => Err(Error::KeyNotFound { key }),
+                    Some(_) => Err(Error::KeyModified { key }),
+                }
+            }
+        }
+    }
+
+    async fn watch(&self, key: &str, options: ReadOptions) -> Result<WatchStream> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        crate::watch::watch_key(self.inner.clone(), key, options.consistent).await
+    }
+
+    async fn watch_tree(&self, directory: &str, options: ReadOptions) -> Result<WatchTreeStream> {
+        self.inner.tasks.ensure_open()?;
+        let directory = self.inner.caps.check_directory(directory)?;
+        let prefix = self.inner.full_children(&directory);
+        crate::watch::watch_tree(self.inner.clone(), directory, prefix, options.consistent).await
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_lock(key, &options)?;
+        let backend = crate::lock::ConsulLock::new(self.inner.clone(), &key, options);
+        Ok(Lock::new(key, Arc::new(backend), self.inner.tasks.clone()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Releases held locks (destroying their sessions deletes their keys), then stops every
+        // watch and renewal task. The HTTP client's pool closes with the last handle.
+        self.inner.tasks.close(self.inner.client.request_timeout).await;
+        Ok(())
+    }
+
+    fn background_tasks(&self) -> usize {
+        self.inner.tasks.running()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_layout() {
+        assert_eq!(flags_for(None), 0);
+        let f = flags_for(Some(1_700_000_000_000));
+        assert_eq!(f >> 48, 0x4B56);
+        assert_eq!(deadline_of(f), Some(1_700_000_000_000));
+        assert_eq!(deadline_of(0), None);
+        assert_eq!(deadline_of(42), None);
+        // Consul's own api.Lock flag value is not mistaken for a deadline.
+        assert_eq!(deadline_of(0x2ddc_cbc0_58a5_0c18), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Watch loops on blocking queries.
+//!
+//! Each loop holds the last raw answer and its `X-Consul-Index`, publishes the state it
+//! stands for (filtered by TTL deadlines), then issues the next blocking query
+//! (`?index=N&wait=…`). The query returns when the key (or the prefix) changes, or unchanged
+//! after the wait; an unchanged state is not re-published (the `WatchSender` drops equal
+//! states). While a TTL key is visible, a timer armed at its deadline republishes the state
+//! without it, even if Consul deletes it later. An index that goes backwards (a restored
+//! snapshot, a new leader lagging) resets the index to 0 (one non-blocking read). Errors back
+//! off exponentially from 100 ms to 5 s; permission errors end the stream. Dropping the
+//! stream aborts the task, and with it the in-flight HTTP request.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::ttl::now_millis;
+use kv_core::{Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
+
+use crate::client::Entry;
+use crate::store::{Inner, deadline_of, is_live};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The next deadline (Unix ms) among visible entries, when the state must be recomputed.
+fn next_deadline<'a>(entries: impl Iterator<Item = &'a Entry>) -> Option<u64> {
+    entries
+        .filter(|e| is_live(e))
+        .filter_map(|e| deadline_of(e.flags))
+        .min()
+}
+
+/// Sleeps until a Unix-millisecond deadline, or forever when there is none.
+async fn sleep_until_millis(deadline: Option<u64>) {
+    match deadline {
+        Some(deadline) => {
+            let wait = deadline.saturating_sub(now_millis());
+            // One extra millisecond: `is_live` compares with `<=` on whole milliseconds.
+            tokio::time::sleep(Duration::from_millis(wait + 1)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// True for errors that retrying cannot cure.
+pub(crate) fn is_terminal(error: &Error) -> bool {
+    matches!(error, Error::PermissionDenied { .. } | Error::Config(_) | Error::Closed)
+}
+
+/// The shared loop: `fetch(index)` runs one (blocking) query, `project` turns the raw answer
+/// into the published state plus the deadline at which it must be recomputed.
+async fn run<R, T, F, Fut, P>(tx: WatchSender<T>, mut raw: R, mut index: u64, mut fetch: F, project: P)
+where
+    T: Clone + PartialEq + Send + Sync + 'static,
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<(R, u64)>>,
+    P: Fn(&R) -> (T, Option<u64>),
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let (state, deadline) = project(&raw);
+        if !tx.send(state) {
+            return;
+        }
+        tokio::select! {
+            result = fetch(index) => match result {
+                Ok((new_raw, new_index)) => {
+                    backoff = BACKOFF_MIN;
+                    raw = new_raw;
+                    index = if new_index < index { 0 } else { new_index };
+                }
+                Err(error) if is_terminal(&error) => {
+                    tx.fail(error);
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, ?backoff, "Consul watch query failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tx.closed() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // Resynchronise with a plain read first.
+                    index = 0;
+                }
+            },
+            // A TTL deadline passed: publish the state without the expired key(s).
+            _ = sleep_until_millis(deadline) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// `Store::watch`: reads the current state now (so that the first item is the state when
+/// `watch` returned), then follows it in a background task.
+pub(crate) async fn watch_key(inner: Arc<Inner>, key: String, consistent: bool) -> Result<WatchStream> {
+    let full = inner.full(&key);
+    let (entry, index) = inner.client.kv_get(&full, consistent, None).await?;
+    let stream = spawn_watch(&inner.tasks.clone(), move |tx| async move {
+        let wait = inner.client.watch_wait;
+        let fetch = |index: u64| {
+            let client = inner.client.clone();
+            let full = full.clone();
+            async move { client.kv_get(&full, consistent, Some((index, wait))).await }
+        };
+        let project = |entry: &Option<Entry>| -> (Option<KvPair>, Option<u64>) {
+            let pair = entry.as_ref().and_then(|e| inner.pair(e));
+            (pair, next_deadline(entry.iter()))
+        };
+        run(tx, entry, index, fetch, project).await;
+    });
+    Ok(stream)
+}
+
+/// `Store::watch_tree`: like [`watch_key`] on a `?recurse` listing of `prefix`.
+pub(crate) async fn watch_tree(
+    inner: Arc<Inner>,
+    directory: String,
+    prefix: String,
+    consistent: bool,
+) -> Result<WatchTreeStream> {
+    let (entries, index) = inner.client.kv_list(&prefix, consistent, None).await?;
+    let stream = spawn_watch(&inner.tasks.clone(), move |tx| async move {
+        let wait = inner.client.watch_wait;
+        let fetch = |index: u64| {
+            let client = inner.client.clone();
+            let prefix = prefix.clone();
+            async move { client.kv_list(&prefix, consistent, Some((index, wait))).await }
+        };
+        let project = |entries: &Vec<Entry>| -> (Vec<KvPair>, Option<u64>) {
+            let snapshot = inner.snapshot(&directory, entries);
+            let relevant = entries.iter().filter(|e| {
+                inner
+                    .relative(&e.key)
+                    .is_some_and(|k| kv_core::key::is_descendant(&directory, &k))
+            });
+            (snapshot, next_deadline(relevant))
+        };
+        run(tx, entries, index, fetch, project).await;
+    });
+    Ok(stream)
+}

@@ -1,0 +1,478 @@
+//! What only the Consul backend has: its storage layout as other clients see it, its limits,
+//! its failure modes and its background tasks. Runs against the live agent named by
+//! `KV_TEST_CONSUL_ADDR`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kv_consul::{Config, ConsulStore, MAX_VALUE_LEN};
+use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn address() -> String {
+    std::env::var("KV_TEST_CONSUL_ADDR").unwrap_or_else(|_| {
+        panic!("KV_TEST_CONSUL_ADDR not set: run the README test command or `eval \"$(scripts/servers env)\"`")
+    })
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("kv-consul-test-{name}-{nanos:x}")
+}
+
+async fn store_with_prefix(prefix: &str) -> ConsulStore {
+    let config = Config::builder()
+        .endpoint(address())
+        .prefix(prefix)
+        .build()
+        .unwrap();
+    ConsulStore::connect(config).await.unwrap()
+}
+
+#[allow(dead_code)]
+async fn store() -> ConsulStore {
+    store_with_prefix("").await
+}
+
+/// Percent-encodes a key the way any HTTP client would.
+fn encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A plain HTTP client, as another program would use Consul.
+struct Raw {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Raw {
+    fn new() -> Raw {
+        Raw {
+            http: reqwest::Client::new(),
+            base: address(),
+        }
+    }
+
+    async fn get_raw(&self, key: &str) -> Option<Bytes> {
+        let r = self
+            .http
+            .get(format!("{}/v1/kv/{}?raw", self.base, encode(key)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success(), "{}", r.status());
+        Some(r.bytes().await.unwrap())
+    }
+
+    async fn entry(&self, key: &str) -> Option<Json> {
+        let r = self
+            .http
+            .get(format!("{}/v1/kv/{}", self.base, encode(key)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        let mut entries: Vec<Json> = r.json().await.unwrap();
+        Some(entries.remove(0))
+    }
+
+    async fn put_raw(&self, key: &str, value: impl Into<reqwest::Body>) -> bool {
+        let r = self
+            .http
+            .put(format!("{}/v1/kv/{}", self.base, encode(key)))
+            .body(value)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json::<bool>().await.unwrap()
+    }
+
+    async fn session(&self, id: &str) -> Option<Json> {
+        let r = self
+            .http
+            .get(format!("{}/v1/session/info/{id}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let mut sessions: Vec<Json> = r.json().await.unwrap_or_default();
+        (!sessions.is_empty()).then(|| sessions.remove(0))
+    }
+}
+
+#[tokio::test]
+async fn values_are_plain_bytes_under_plain_keys() {
+    let p = unique("layout");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let binary: Vec<u8> = (0..=255u8).collect();
+    store
+        .put("dir/bin", binary.clone().into(), WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(raw.get_raw(&format!("{p}/dir/bin")).await.unwrap(), binary);
+    let entry = raw.entry(&format!("{p}/dir/bin")).await.unwrap();
+    assert_eq!(entry["Flags"], 0, "no metadata for a key without TTL");
+    assert!(entry["Session"].is_null());
+
+    // Keys with characters that need escaping in URLs are stored literally.
+    let odd = "sp ace/q?m#h%p/ü😀";
+    store.put(odd, "odd".into(), WriteOptions::default()).await.unwrap();
+    assert_eq!(raw.get_raw(&format!("{p}/{odd}")).await.unwrap(), "odd");
+
+    // What another client writes is read as it is.
+    assert!(raw.put_raw(&format!("{p}/other"), "from curl").await);
+    let pair = store.get("other", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!(pair.value, "from curl");
+    let entry = raw.entry(&format!("{p}/other")).await.unwrap();
+    assert_eq!(pair.last_index, entry["ModifyIndex"].as_u64().unwrap());
+
+    // Raw keys that are not valid normalised keys, and reserved segments, are not listed.
+    assert!(raw.put_raw(&format!("{p}/dir/"), "folder marker").await);
+    assert!(raw.put_raw(&format!("{p}/dir/__kvinternal"), "x").await);
+    let keys: Vec<String> = store
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(keys, vec!["dir/bin", "other", odd]);
+
+    // The namespace bounds delete_tree("").
+    raw.put_raw(&format!("{p}-sibling"), "outside").await;
+    store.delete_tree("").await.unwrap();
+    assert_eq!(raw.get_raw(&format!("{p}/dir/bin")).await, None);
+    assert_eq!(raw.get_raw(&format!("{p}-sibling")).await.unwrap(), "outside");
+    let other = store_with_prefix(&format!("{p}-sibling")).await;
+    assert!(other.list("", ReadOptions::default()).await.unwrap().is_empty());
+    Store::close(&store).await.unwrap();
+    Store::close(&other).await.unwrap();
+    reqwest::Client::new()
+        .delete(format!("{}/v1/kv/{p}-sibling", address()))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ttl_deadline_lives_in_flags_and_reads_filter_before_consul_deletes() {
+    let p = unique("ttl-flags");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let full = format!("{p}/k");
+    let started = Instant::now();
+    let before = kv_core::ttl::now_millis();
+    store
+        .put("k", "v".into(), WriteOptions::with_ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let entry = raw.entry(&full).await.unwrap();
+    let flags = entry["Flags"].as_u64().unwrap();
+    assert_eq!(flags >> 48, 0x4B56, "tagged deadline");
+    let deadline = flags & ((1 << 48) - 1);
+    assert!(deadline >= before + 1000 && deadline <= kv_core::ttl::now_millis() + 1000);
+    let session = entry["Session"].as_str().expect("held by a TTL session").to_owned();
+    let info = raw.session(&session).await.unwrap();
+    assert_eq!(info["Behavior"], "delete");
+    assert_eq!(raw.get_raw(&full).await.unwrap(), "v", "plain value beside the metadata");
+
+    // Past the TTL our readers see nothing, while Consul (session TTL ≥ 1 s, invalidated at
+    // twice that) still holds the entry for a while.
+    tokio::time::sleep(Duration::from_millis(1150).saturating_sub(started.elapsed())).await;
+    assert_eq!(store.get("k", ReadOptions::default()).await.unwrap(), None);
+    assert!(store.list("", ReadOptions::default()).await.unwrap().is_empty());
+    let still_there = raw.entry(&full).await.is_some();
+    let checked_at = started.elapsed();
+    if checked_at < Duration::from_millis(1900) {
+        assert!(still_there, "Consul had not deleted it yet at {checked_at:?}");
+    }
+    // Consul deletes it itself when the session is invalidated.
+    let limit = Instant::now() + Duration::from_secs(10);
+    while raw.entry(&full).await.is_some() {
+        assert!(Instant::now() < limit, "Consul never deleted the TTL key");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(raw.session(&session).await.is_none(), "the TTL session is gone");
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn put_without_ttl_detaches_the_session() {
+    let p = unique("detach");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    store
+        .put("k", "short".into(), WriteOptions::with_ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    store.put("k", "forever".into(), WriteOptions::default()).await.unwrap();
+    let entry = raw.entry(&format!("{p}/k")).await.unwrap();
+    assert!(entry["Session"].is_null());
+    assert_eq!(entry["Flags"], 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        store.get("k", ReadOptions::default()).await.unwrap().unwrap().value,
+        "forever",
+        "the old TTL session did not delete the permanent value"
+    );
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn overwriting_a_held_lock_key_loses_the_lock_and_keeps_the_value() {
+    let p = unique("lock-overwrite");
+    let holder = store_with_prefix(&p).await;
+    let other = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let mut lock = holder
+        .new_lock("l", LockOptions::default().value("mine").ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    let entry = raw.entry(&format!("{p}/l")).await.unwrap();
+    let session = entry["Session"].as_str().unwrap().to_owned();
+    assert_eq!(raw.session(&session).await.unwrap()["Behavior"], "delete");
+    assert_eq!(raw.session(&session).await.unwrap()["LockDelay"], 0);
+    assert_eq!(lease.fencing_token(), entry["ModifyIndex"].as_u64().unwrap());
+
+    other.put("l", "theirs".into(), WriteOptions::default()).await.unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(3), lease.lost()).await.unwrap();
+    assert_eq!(state, LockState::Lost);
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+    // The release destroyed the holder's session, which no longer held the key.
+    assert_eq!(
+        other.get("l", ReadOptions::default()).await.unwrap().unwrap().value,
+        "theirs"
+    );
+    other.delete_tree("").await.unwrap();
+    Store::close(&holder).await.unwrap();
+    Store::close(&other).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_holder_loses_the_key_within_its_ttl() {
+    // A holder that stops renewing: simulated by a session made like ours and never renewed.
+    let p = unique("dead-holder");
+    let store = store_with_prefix(&p).await;
+    let http = reqwest::Client::new();
+    let base = address();
+    let created: Json = http
+        .put(format!("{base}/v1/session/create"))
+        .body(r#"{"TTL":"1s","Behavior":"delete","LockDelay":"0s","NodeChecks":[]}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["ID"].as_str().unwrap();
+    let acquired: bool = http
+        .put(format!("{base}/v1/kv/{p}/l?acquire={id}"))
+        .body("dead")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(acquired);
+    let started = Instant::now();
+    let mut lock = store
+        .new_lock("l", LockOptions::default().ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(4), lock.lock())
+        .await
+        .expect("the dead holder's key vanished")
+        .unwrap();
+    assert!(started.elapsed() <= Duration::from_millis(2700), "{:?}", started.elapsed());
+    lock.unlock().await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn value_size_limit() {
+    let p = unique("limit");
+    let store = store_with_prefix(&p).await;
+    assert_eq!(store.capabilities().max_value_len, MAX_VALUE_LEN);
+    let at_limit = Bytes::from(vec![7u8; MAX_VALUE_LEN]);
+    store.put("big", at_limit.clone(), WriteOptions::with_ttl(Duration::from_secs(30))).await.unwrap();
+    let pair = store.get("big", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!(pair.value, at_limit);
+    let swapped = store
+        .atomic_put("big", at_limit.clone(), Some(&pair), WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(swapped.last_index > pair.last_index);
+    let over = Bytes::from(vec![7u8; MAX_VALUE_LEN + 1]);
+    assert!(matches!(
+        store.put("big2", over, WriteOptions::default()).await,
+        Err(Error::ValueTooLarge { .. })
+    ));
+    // Consul itself takes up to 512 KiB through the plain KV endpoint: such values, written
+    // by other clients, are read in full.
+    let raw = Raw::new();
+    let huge = vec![1u8; 512 * 1024];
+    assert!(raw.put_raw(&format!("{p}/huge"), huge.clone()).await);
+    assert_eq!(
+        store.get("huge", ReadOptions::default()).await.unwrap().unwrap().value.len(),
+        huge.len()
+    );
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_endpoint_is_unavailable_quickly_and_failover_works() {
+    let started = Instant::now();
+    let config = Config::builder()
+        .endpoint("http://127.0.0.1:1")
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let error = ConsulStore::connect(config).await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // A black-holed address (nothing answers the SYN) times out at the connect timeout.
+    let started = Instant::now();
+    let config = Config::builder()
+        .endpoint("http://10.255.255.1:8500")
+        .connect_timeout(Duration::from_millis(300))
+        .request_timeout(Duration::from_millis(600))
+        .build()
+        .unwrap();
+    let error = ConsulStore::connect(config).await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let config = Config::builder()
+        .endpoint("http://127.0.0.1:1")
+        .endpoint(address())
+        .build()
+        .unwrap();
+    let store = ConsulStore::connect(config).await.unwrap();
+    let k = format!("{}/k", unique("failover"));
+    store.put(&k, "v".into(), WriteOptions::default()).await.unwrap();
+    assert!(store.delete(&k).await.unwrap());
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_error_is_typed_not_a_panic() {
+    // An unknown datacenter makes Consul answer 500 "No path to datacenter".
+    let config = Config::builder()
+        .endpoint(address())
+        .datacenter("no-such-dc")
+        .session_ttl_min(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let store = ConsulStore::connect(config).await.unwrap();
+    let error = store.get("k", ReadOptions::default()).await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. } | Error::Backend { .. }), "{error:?}");
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_acl_token_is_sent_with_every_request() {
+    // The dev agent runs without ACLs (any token is accepted), so check the header itself:
+    // a one-shot listener records the first request and answers like /v1/status/leader.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let n = socket.read(&mut buffer).await.unwrap();
+        let body = "\"127.0.0.1:8300\"";
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&buffer[..n]).to_string()
+    });
+    let config = Config::from_url(&format!(
+        "consul://127.0.0.1:{port}?token=s3cr3t-token&session_ttl_min=1s"
+    ))
+    .unwrap();
+    let store = ConsulStore::connect(config).await.unwrap();
+    let request = server.await.unwrap().to_ascii_lowercase();
+    assert!(request.starts_with("get /v1/status/leader"), "{request}");
+    assert!(request.contains("x-consul-token: s3cr3t-token"), "{request}");
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn background_tasks_end_with_their_owners_and_on_close() {
+    let p = unique("tasks");
+    let store = store_with_prefix(&p).await;
+    assert_eq!(store.background_tasks(), 0);
+    let watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    let tree = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    let mut lock = store.new_lock("l", LockOptions::default().ttl(Duration::from_secs(2))).await.unwrap();
+    lock.lock().await.unwrap();
+    assert_eq!(store.background_tasks(), 3, "two watch loops and one renewal");
+    // The watches sit in 10 s blocking queries: dropping them must not wait those out.
+    drop(watch);
+    drop(tree);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.background_tasks(), 1);
+    drop(lock);
+    let limit = Instant::now() + Duration::from_secs(2);
+    while store.background_tasks() > 0 {
+        assert!(Instant::now() < limit, "renewal survived its lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.get("l", ReadOptions::default()).await.unwrap(), None, "dropped lock released");
+
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    let mut lock = store.new_lock("l", LockOptions::default().ttl(Duration::from_secs(2))).await.unwrap();
+    lock.lock().await.unwrap();
+    assert_eq!(store.background_tasks(), 2);
+    let started = Instant::now();
+    Store::close(&store).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(store.background_tasks(), 0);
+    assert!(matches!(watch.next().await, Some(Err(Error::Closed))));
+    let other = store_with_prefix(&p).await;
+    assert_eq!(other.get("l", ReadOptions::default()).await.unwrap(), None, "close released the lock");
+    assert!(matches!(store.get("k", ReadOptions::default()).await, Err(Error::Closed)));
+    Store::close(&other).await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_tree_is_one_transaction() {
+    let p = unique("tree");
+    let store = store_with_prefix(&p).await;
+    for k in ["d", "d/a", "d/b/c", "dx"] {
+        store.put(k, "v".into(), WriteOptions::default()).await.unwrap();
+    }
+    let mut tree = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    assert_eq!(tree.next().await.unwrap().unwrap().len(), 4);
+    store.delete_tree("d").await.unwrap();
+    let after: Vec<String> = tree.next().await.unwrap().unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(after, vec!["dx"], "one snapshot: every key went at once");
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
