@@ -1,1 +1,11 @@
-//! Not implemented yet: see the README feature matrix.
+//! # kv-zookeeper: the kv-core contract on Apache ZooKeeper
+//!
+//! (full documentation below is filled in later)
+
+mod config;
+mod lock;
+mod store;
+mod watch;
+
+pub use config::{Config, ConfigBuilder, Credentials, TlsConfig};
+pub use store::{MAX_VALUE_LEN, ZookeeperStore};

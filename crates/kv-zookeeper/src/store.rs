@@ -1,0 +1,815 @@
+//! [`ZookeeperStore`]: the [`Store`] implementation.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kv_core::{
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet, WatchStream,
+    WatchTreeStream, WriteOptions,
+};
+use zookeeper_client as zk;
+
+use crate::config::Config;
+
+/// The backend name used in capabilities and errors.
+pub(crate) const BACKEND: &str = "zookeeper";
+/// Name of the marker child that makes a znode a written key.
+pub(crate) const MARKER: &str = "__kv";
+/// Name of the directory (below the namespace root) that holds lock queues.
+pub(crate) const LOCKS_DIR: &str = "__kvlocks";
+/// How often a write retries after losing a race against another writer or the container
+/// sweeper before giving up.
+const MAX_ATTEMPTS: usize = 64;
+/// Nodes per multi-read request while walking a tree (each costs three reads).
+const READ_BATCH: usize = 32;
+
+/// The largest value accepted: ZooKeeper refuses requests over `jute.maxbuffer` (1 MiB - 1 by
+/// default) and a write carries the path, the ACL and the marker operations besides the value.
+pub const MAX_VALUE_LEN: usize = 1_000_000;
+
+/// A handle to a ZooKeeper ensemble implementing [`Store`]. See the [crate documentation](crate)
+/// for the storage layout and how each part of the contract is met.
+#[derive(Debug)]
+pub struct ZookeeperStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What the store, its watch loops and its locks share.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) root: String,
+    pub(crate) caps: Capabilities,
+    pub(crate) tasks: TaskSet,
+    client: StdMutex<Option<zk::Client>>,
+    rebuild: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    acl: zk::Acls<'static>,
+}
+
+/// A key's node and marker as read in one multi-read.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyState {
+    /// The key's znode: value and stat.
+    pub(crate) node: Option<(Vec<u8>, zk::Stat)>,
+    /// The marker znode's stat.
+    pub(crate) marker: Option<zk::Stat>,
+}
+
+impl KeyState {
+    /// True when the key is written and not expired.
+    pub(crate) fn visible(&self) -> bool {
+        self.node.is_some()
+            && self
+                .marker
+                .as_ref()
+                .is_some_and(|m| !kv_core::ttl::is_expired(marker_deadline(m)))
+    }
+
+    /// The visible pair, if any.
+    pub(crate) fn pair(&self, key: &str) -> Option<KvPair> {
+        if !self.visible() {
+            return None;
+        }
+        let (data, stat) = self.node.as_ref()?;
+        Some(KvPair::new(key, Bytes::copy_from_slice(data), stat.mzxid as u64))
+    }
+
+    /// The deadline (Unix ms, 0 = none) of a visible key.
+    pub(crate) fn deadline(&self) -> u64 {
+        match &self.marker {
+            Some(m) if self.visible() => marker_deadline(m),
+            _ => 0,
+        }
+    }
+}
+
+/// The expiry deadline of a marker in Unix milliseconds, 0 for none. A TTL node's
+/// `ephemeralOwner` is `0xFF << 56 | ttl_ms` (ZooKeeper's `EphemeralType.TTL`); the server
+/// deletes it once unmodified for `ttl` (lazily), so readers compare `mtime + ttl` to now.
+pub(crate) fn marker_deadline(stat: &zk::Stat) -> u64 {
+    let owner = stat.ephemeral_owner as u64;
+    if owner >> 56 == 0xFF && (owner >> 40) & 0xFFFF == 0 {
+        let ttl = owner & 0xFF_FFFF_FFFF;
+        (stat.mtime as u64).saturating_add(ttl)
+    } else {
+        0
+    }
+}
+
+/// Maps a client-library error.
+pub(crate) fn map_zk(error: zk::Error, operation: &'static str, after: Duration) -> Error {
+    use zk::Error as Z;
+    match error {
+        Z::NoHosts | Z::ConnectionLoss | Z::SessionExpired | Z::ClientClosed | Z::SessionMoved => {
+            Error::unavailable(BACKEND, error)
+        }
+        Z::Timeout => Error::Timeout {
+            backend: BACKEND,
+            operation,
+            after,
+        },
+        Z::NoAuth | Z::AuthFailed => Error::PermissionDenied {
+            backend: BACKEND,
+            message: format!("{operation}: {error}"),
+        },
+        other => Error::backend(BACKEND, other),
+    }
+}
+
+impl Inner {
+    /// The namespace-relative key's znode path.
+    pub(crate) fn node_path(&self, key: &str) -> String {
+        if key.is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/{}", self.root, key)
+        }
+    }
+
+    pub(crate) fn marker_path(&self, key: &str) -> String {
+        format!("{}/{}/{MARKER}", self.root, key)
+    }
+
+    pub(crate) fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'static> {
+        mode.with_acls(self.acl.clone())
+    }
+
+    /// Creation options for a key's marker.
+    pub(crate) fn marker_options(&self, ttl: Option<Duration>) -> zk::CreateOptions<'static> {
+        let options = self.options(zk::CreateMode::Persistent);
+        match ttl {
+            Some(ttl) => options.with_ttl(ttl),
+            None => options,
+        }
+    }
+
+    /// The session generation: bumped whenever an expired session is replaced.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The current client; replaces it first if its session has ended (expired). Fails with
+    /// [`Error::Closed`] after close.
+    pub(crate) async fn client(&self) -> Result<zk::Client> {
+        let current = self.current_client()?;
+        if !is_terminal(current.state()) {
+            return Ok(current);
+        }
+        let _guard = self.rebuild.lock().await;
+        let current = self.current_client()?;
+        if !is_terminal(current.state()) {
+            return Ok(current);
+        }
+        if current.state() == zk::SessionState::AuthFailed {
+            return Err(Error::PermissionDenied {
+                backend: BACKEND,
+                message: "the server rejected the credentials".into(),
+            });
+        }
+        tracing::info!("ZooKeeper session ended ({:?}): connecting a new one", current.state());
+        let fresh = connect_client(&self.config).await?;
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            return Err(Error::Closed);
+        }
+        *slot = Some(fresh.clone());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(fresh)
+    }
+
+    fn current_client(&self) -> Result<zk::Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::Closed)
+    }
+
+    fn take_client(&self) -> Option<zk::Client> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Runs one request with the configured timeout, mapping errors.
+    pub(crate) async fn timed<T, E>(
+        &self,
+        operation: &'static str,
+        request: impl Future<Output = std::result::Result<T, E>>,
+    ) -> Result<std::result::Result<T, zk::Error>>
+    where
+        E: Into<zk::Error>,
+    {
+        let after = self.config.request_timeout;
+        match tokio::time::timeout(after, request).await {
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                operation,
+                after,
+            }),
+            Ok(result) => Ok(result.map_err(Into::into)),
+        }
+    }
+
+    /// Like [`timed`](Self::timed), but every server error is a failure.
+    pub(crate) async fn request<T, E>(
+        &self,
+        operation: &'static str,
+        request: impl Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T>
+    where
+        E: Into<zk::Error>,
+    {
+        self.timed(operation, request)
+            .await?
+            .map_err(|e| map_zk(e, operation, self.config.request_timeout))
+    }
+
+    /// Reads a key's node and marker in one consistent multi-read.
+    pub(crate) async fn read_key(&self, client: &zk::Client, key: &str) -> Result<KeyState> {
+        let node = self.node_path(key);
+        let marker = self.marker_path(key);
+        let mut reader = client.new_multi_reader();
+        reader.add_get_data(&node).map_err(|e| Error::backend(BACKEND, e))?;
+        reader.add_get_data(&marker).map_err(|e| Error::backend(BACKEND, e))?;
+        let results = self.request("get", reader.commit()).await?;
+        let mut results = results.into_iter();
+        let node = match results.next() {
+            Some(zk::MultiReadResult::Data { data, stat }) => Some((data, stat)),
+            Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => None,
+            Some(zk::MultiReadResult::Error { err }) => {
+                return Err(map_zk(err, "get", self.config.request_timeout));
+            }
+            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+        };
+        let marker = match results.next() {
+            Some(zk::MultiReadResult::Data { stat, .. }) => Some(stat),
+            Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => None,
+            Some(zk::MultiReadResult::Error { err }) => {
+                return Err(map_zk(err, "get", self.config.request_timeout));
+            }
+            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+        };
+        Ok(KeyState { node, marker })
+    }
+
+    /// `sync` before a read when the caller wants a linearizable read (so that a follower has
+    /// caught up with the leader).
+    pub(crate) async fn sync_if(&self, client: &zk::Client, options: &ReadOptions) -> Result<()> {
+        if options.consistent {
+            self.request("sync", client.sync(&self.root)).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the missing ancestors of `path` (exclusive) as container nodes.
+    pub(crate) async fn ensure_parents(&self, client: &zk::Client, path: &str) -> Result<()> {
+        let Some((parent, _)) = path.rsplit_once('/') else {
+            return Ok(());
+        };
+        if parent.is_empty() {
+            return Ok(());
+        }
+        let options = self.options(zk::CreateMode::Container);
+        self.request("mkdir", client.mkdir(parent, &options)).await
+    }
+
+    /// Writes `value` at `key` with a marker of the given kind, whatever is there. Used by
+    /// `put` and, with `must_be_absent`, by create-only writes. Returns the write's stat
+    /// (`mzxid` = the new `last_index`).
+    pub(crate) async fn write_key(
+        &self,
+        client: &zk::Client,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        expect: Expect,
+    ) -> Result<zk::Stat> {
+        let node = self.node_path(key);
+        let marker = self.marker_path(key);
+        let marker_options = self.marker_options(ttl);
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.read_key(client, key).await?;
+            match expect {
+                Expect::Any => {}
+                Expect::Absent if state.visible() => {
+                    return Err(Error::KeyExists { key: key.to_owned() });
+                }
+                Expect::Absent => {}
+                Expect::Index(previous) => {
+                    if !state.visible() {
+                        return Err(Error::KeyNotFound { key: key.to_owned() });
+                    }
+                    let (_, stat) = state.node.as_ref().expect("visible");
+                    if stat.mzxid as u64 != previous {
+                        return Err(Error::KeyModified { key: key.to_owned() });
+                    }
+                }
+            }
+            let mut writer = client.new_multi_writer();
+            let build = (|| {
+                match &state.node {
+                    None => {
+                        writer.add_create(&node, &[], &self.options(zk::CreateMode::Container))?;
+                        writer.add_set_data(&node, value, Some(0))?;
+                    }
+                    Some((_, stat)) => writer.add_set_data(&node, value, Some(stat.version))?,
+                }
+                if let Some(m) = &state.marker {
+                    writer.add_delete(&marker, Some(m.version))?;
+                }
+                writer.add_create(&marker, &[], &marker_options)
+            })();
+            build.map_err(|e| Error::backend(BACKEND, e))?;
+            match self.timed("put", writer.commit()).await? {
+                Ok(results) => {
+                    return results
+                        .into_iter()
+                        .find_map(|r| match r {
+                            zk::MultiWriteResult::SetData { stat } => Some(stat),
+                            _ => None,
+                        })
+                        .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"));
+                }
+                Err(zk::Error::NoNode) if state.node.is_none() => {
+                    self.ensure_parents(client, &node).await?;
+                }
+                Err(zk::Error::NoNode | zk::Error::NodeExists | zk::Error::BadVersion) => {}
+                Err(error) => return Err(map_zk(error, "put", self.config.request_timeout)),
+            }
+        }
+        Err(Error::backend(BACKEND, format!("put {key}: too much contention, gave up")))
+    }
+
+    /// Deletes the key's marker (and its node when nothing else is below it) if the key is
+    /// visible and `check` accepts its state. Returns false when the key was absent.
+    pub(crate) async fn delete_key(
+        &self,
+        client: &zk::Client,
+        key: &str,
+        check: impl Fn(&KeyState) -> Result<()>,
+        require_visible: bool,
+    ) -> Result<bool> {
+        let node = self.node_path(key);
+        let marker = self.marker_path(key);
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.read_key(client, key).await?;
+            let (Some((_, stat)), Some(m)) = (&state.node, &state.marker) else {
+                return Ok(false);
+            };
+            if require_visible && !state.visible() {
+                return Ok(false);
+            }
+            check(&state)?;
+            let mut writer = client.new_multi_writer();
+            let build = (|| {
+                writer.add_delete(&marker, Some(m.version))?;
+                if stat.num_children <= 1 {
+                    writer.add_delete(&node, Some(stat.version))
+                } else {
+                    writer.add_set_data(&node, &[], Some(stat.version))
+                }
+            })();
+            build.map_err(|e| Error::backend(BACKEND, e))?;
+            match self.timed("delete", writer.commit()).await? {
+                Ok(_) => return Ok(true),
+                Err(zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NotEmpty) => {}
+                Err(error) => return Err(map_zk(error, "delete", self.config.request_timeout)),
+            }
+        }
+        Err(Error::backend(BACKEND, format!("delete {key}: too much contention, gave up")))
+    }
+
+    /// Every visible key strictly below `directory`, sorted, with its deadline.
+    pub(crate) async fn list_with_deadlines(
+        &self,
+        client: &zk::Client,
+        directory: &str,
+    ) -> Result<Vec<(KvPair, u64)>> {
+        let base = self.node_path(directory);
+        let top = match self.timed("list", client.list_children(&base)).await? {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(map_zk(e, "list", self.config.request_timeout)),
+        };
+        let prefix = kv_core::key::child_prefix(directory);
+        let mut frontier: Vec<String> = top
+            .into_iter()
+            .filter(|c| !c.starts_with(kv_core::key::RESERVED_PREFIX))
+            .map(|c| format!("{prefix}{c}"))
+            .collect();
+        let mut found = Vec::new();
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for chunk in frontier.chunks(READ_BATCH) {
+                let mut reader = client.new_multi_reader();
+                for key in chunk {
+                    let build = (|| {
+                        reader.add_get_data(&self.node_path(key))?;
+                        reader.add_get_children(&self.node_path(key))?;
+                        reader.add_get_data(&self.marker_path(key))
+                    })();
+                    build.map_err(|e| Error::backend(BACKEND, e))?;
+                }
+                let results = self.request("list", reader.commit()).await?;
+                let mut results = results.into_iter();
+                for key in chunk {
+                    let (data, children, marker) = (results.next(), results.next(), results.next());
+                    let node = match data {
+                        Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
+                        Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => continue,
+                        Some(zk::MultiReadResult::Error { err }) => {
+                            return Err(map_zk(err, "list", self.config.request_timeout));
+                        }
+                        _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+                    };
+                    if let Some(zk::MultiReadResult::Children { children }) = children {
+                        next.extend(
+                            children
+                                .into_iter()
+                                .filter(|c| !c.starts_with(kv_core::key::RESERVED_PREFIX))
+                                .map(|c| format!("{key}/{c}")),
+                        );
+                    }
+                    let marker = match marker {
+                        Some(zk::MultiReadResult::Data { stat, .. }) => Some(stat),
+                        _ => None,
+                    };
+                    let state = KeyState {
+                        node: Some(node),
+                        marker,
+                    };
+                    if let Some(pair) = state.pair(key) {
+                        found.push((pair, state.deadline()));
+                    }
+                }
+            }
+            frontier = next;
+        }
+        found.sort_by(|a, b| a.0.key.as_bytes().cmp(b.0.key.as_bytes()));
+        Ok(found)
+    }
+
+    /// Every znode path below `base` (the internal `__kv…` directories of the namespace root
+    /// excluded), parents before children.
+    async fn collect_tree(&self, client: &zk::Client, base: &str, is_root: bool) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        let mut queue = VecDeque::from([base.to_owned()]);
+        while !queue.is_empty() {
+            let level: Vec<String> = queue.drain(..).collect();
+            for chunk in level.chunks(READ_BATCH * 3) {
+                let mut reader = client.new_multi_reader();
+                for path in chunk {
+                    reader
+                        .add_get_children(path)
+                        .map_err(|e| Error::backend(BACKEND, e))?;
+                }
+                let results = self.request("delete_tree", reader.commit()).await?;
+                for (path, result) in chunk.iter().zip(results) {
+                    if let zk::MultiReadResult::Children { children } = result {
+                        for child in children {
+                            if is_root && path == base && child.starts_with(kv_core::key::RESERVED_PREFIX) {
+                                continue;
+                            }
+                            let child_path = format!("{path}/{child}");
+                            all.push(child_path.clone());
+                            queue.push_back(child_path);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    pub(crate) async fn close(&self) {
+        self.tasks.close(self.config.request_timeout).await;
+        drop(self.take_client());
+    }
+}
+
+/// What a write expects to find.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expect {
+    /// Anything (plain `put`).
+    Any,
+    /// No visible key (create-only).
+    Absent,
+    /// A visible key with this `last_index`.
+    Index(u64),
+}
+
+fn is_terminal(state: zk::SessionState) -> bool {
+    matches!(
+        state,
+        zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed
+    )
+}
+
+/// Opens a ZooKeeper session as configured.
+pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(config.session_timeout)
+        .with_fail_eagerly();
+    if let Some(credentials) = &config.credentials {
+        let auth = format!("{}:{}", credentials.username, credentials.password);
+        connector = connector.with_auth("digest", auth.as_bytes());
+    }
+    let connect_string = config.connect_string();
+    let after = config.connect_timeout;
+    let connecting = async {
+        match &config.tls {
+            None => connector.connect(&connect_string).await,
+            Some(tls) => {
+                let options = tls_options(tls)?;
+                connector.with_tls(options).secure_connect(&connect_string).await
+            }
+        }
+    };
+    match tokio::time::timeout(after, connecting).await {
+        Err(_) => Err(Error::Timeout {
+            backend: BACKEND,
+            operation: "connect",
+            after,
+        }),
+        Ok(Err(zk::Error::BadArguments(why))) => Err(Error::Config(format!("ZooKeeper rejected the settings: {why}"))),
+        Ok(Err(e)) => Err(map_zk(e, "connect", after)),
+        Ok(Ok(client)) => Ok(client),
+    }
+}
+
+fn tls_options(tls: &crate::config::TlsConfig) -> std::result::Result<zk::TlsOptions, zk::Error> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            zk::Error::UnexpectedError(format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let mut options = zk::TlsOptions::new();
+    if let Some(ca) = &tls.ca_file {
+        options = options.with_pem_ca(&read(ca)?)?;
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        options = options.with_pem_identity(&read(cert)?, &read(key)?)?;
+    }
+    Ok(options)
+}
+
+impl ZookeeperStore {
+    /// Connects to the ensemble, authenticates and creates the namespace root if needed.
+    pub async fn connect(config: Config) -> Result<Self> {
+        let client = connect_client(&config).await?;
+        let acl = if config.credentials.is_some() {
+            zk::Acls::creator_all()
+        } else {
+            zk::Acls::anyone_all()
+        };
+        let mut caps = Capabilities::full(BACKEND);
+        caps.max_value_len = MAX_VALUE_LEN;
+        // Room for the namespace, `/` and the `/__kv` marker in a path: ZooKeeper itself
+        // only bounds paths by jute.maxbuffer.
+        caps.max_key_len = kv_core::key::MAX_KEY_LEN;
+        let root = config.root_path();
+        let inner = Inner {
+            root: root.clone(),
+            caps,
+            tasks: TaskSet::new(),
+            client: StdMutex::new(Some(client.clone())),
+            rebuild: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            acl,
+            config,
+        };
+        let persistent = inner.options(zk::CreateMode::Persistent);
+        inner.request("connect", client.mkdir(&root, &persistent)).await?;
+        Ok(ZookeeperStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Connects with a URL (see [`Config::from_url`]).
+    pub async fn connect_url(url: &str) -> Result<Self> {
+        Self::connect(Config::from_url(url)?).await
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The current ZooKeeper session id (changes when an expired session is replaced).
+    pub fn session_id(&self) -> Option<i64> {
+        self.inner.current_client().ok().map(|c| c.session_id().0)
+    }
+
+    /// Makes the server expire this handle's session, exactly as a long network partition
+    /// would: a second connection attaches to the same session and closes it. For tests of
+    /// session-expiry handling (locks report loss, watches resume on a new session).
+    #[doc(hidden)]
+    pub async fn expire_session_for_tests(&self) -> Result<()> {
+        let client = self.inner.current_client()?;
+        let session = client.session().clone();
+        let connector = zk::Client::connector()
+            .with_session(session)
+            .with_session_timeout(self.inner.config.session_timeout);
+        let twin = self
+            .inner
+            .request("connect", connector.connect(&self.inner.config.connect_string()))
+            .await?;
+        drop(twin);
+        let mut state = client.state_watcher();
+        let waiting = async {
+            while !is_terminal(state.state()) {
+                state.changed().await;
+            }
+        };
+        tokio::time::timeout(self.inner.config.session_timeout * 2, waiting)
+            .await
+            .map_err(|_| Error::Timeout {
+                backend: BACKEND,
+                operation: "expire session",
+                after: self.inner.config.session_timeout * 2,
+            })
+    }
+}
+
+impl Drop for ZookeeperStore {
+    fn drop(&mut self) {
+        if !self.inner.tasks.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let inner = self.inner.clone();
+            runtime.spawn(async move { inner.close().await });
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ZookeeperStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.caps.check_value(&key, &value)?;
+        let ttl = inner.caps.check_ttl(options.ttl)?;
+        let client = inner.client().await?;
+        inner.write_key(&client, &key, &value, ttl, Expect::Any).await?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let client = inner.client().await?;
+        inner.sync_if(&client, &options).await?;
+        Ok(inner.read_key(&client, &key).await?.pair(&key))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let client = inner.client().await?;
+        inner.delete_key(&client, &key, |_| Ok(()), true).await
+    }
+
+    async fn list(&self, directory: &str, options: ReadOptions) -> Result<Vec<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let directory = inner.caps.check_directory(directory)?;
+        let client = inner.client().await?;
+        inner.sync_if(&client, &options).await?;
+        let found = inner.list_with_deadlines(&client, &directory).await?;
+        Ok(found.into_iter().map(|(pair, _)| pair).collect())
+    }
+
+    async fn delete_tree(&self, directory: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let directory = inner.caps.check_directory(directory)?;
+        let client = inner.client().await?;
+        let base = inner.node_path(&directory);
+        let is_root = directory.is_empty();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut paths = inner.collect_tree(&client, &base, is_root).await?;
+            if !is_root {
+                match inner.timed("delete_tree", client.check_stat(&base)).await? {
+                    Ok(Some(_)) => paths.insert(0, base.clone()),
+                    Ok(None) => {}
+                    Err(e) => return Err(map_zk(e, "delete_tree", inner.config.request_timeout)),
+                }
+            }
+            if paths.is_empty() {
+                return Ok(());
+            }
+            // Children before parents: the reverse of the breadth-first order.
+            paths.reverse();
+            let mut raced = false;
+            for batch in paths.chunks(inner.config.max_ops_per_multi) {
+                let mut writer = client.new_multi_writer();
+                for path in batch {
+                    writer
+                        .add_delete(path, None)
+                        .map_err(|e| Error::backend(BACKEND, e))?;
+                }
+                match inner.timed("delete_tree", writer.commit()).await? {
+                    Ok(_) => {}
+                    Err(zk::Error::NoNode | zk::Error::NotEmpty) => {
+                        raced = true;
+                        break;
+                    }
+                    Err(e) => return Err(map_zk(e, "delete_tree", inner.config.request_timeout)),
+                }
+            }
+            if !raced {
+                return Ok(());
+            }
+        }
+        Err(Error::backend(BACKEND, "delete_tree: too much contention, gave up"))
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: WriteOptions,
+    ) -> Result<KvPair> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.caps.check_value(&key, &value)?;
+        let ttl = inner.caps.check_ttl(options.ttl)?;
+        let client = inner.client().await?;
+        let expect = match previous {
+            None => Expect::Absent,
+            Some(previous) => Expect::Index(previous.last_index),
+        };
+        let stat = inner.write_key(&client, &key, &value, ttl, expect).await?;
+        Ok(KvPair::new(key, value, stat.mzxid as u64))
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let client = inner.client().await?;
+        let wanted = previous.last_index;
+        let deleted = inner
+            .delete_key(
+                &client,
+                &key,
+                |state| match &state.node {
+                    Some((_, stat)) if stat.mzxid as u64 == wanted => Ok(()),
+                    _ => Err(Error::KeyModified { key: key.clone() }),
+                },
+                true,
+            )
+            .await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::KeyNotFound { key })
+        }
+    }
+
+    async fn watch(&self, key: &str, options: ReadOptions) -> Result<WatchStream> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let _ = options;
+        Ok(crate::watch::watch_key(inner.clone(), key))
+    }
+
+    async fn watch_tree(&self, directory: &str, options: ReadOptions) -> Result<WatchTreeStream> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let directory = inner.caps.check_directory(directory)?;
+        let _ = options;
+        Ok(crate::watch::watch_tree(inner.clone(), directory))
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_lock(key, &options)?;
+        Ok(crate::lock::new_lock(inner.clone(), key, options))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await;
+        Ok(())
+    }
+
+    fn background_tasks(&self) -> usize {
+        self.inner.tasks.running()
+    }
+}

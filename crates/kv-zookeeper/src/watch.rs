@@ -1,0 +1,189 @@
+//! `watch` and `watch_tree`: persistent (recursive) watches, a re-read after every event, a
+//! timer for TTL deadlines, and a new session after expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kv_core::{Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
+use zookeeper_client as zk;
+
+use crate::store::{Inner, LOCKS_DIR, MARKER};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+type Reader<T> = for<'a> fn(&'a Inner, &'a zk::Client, &'a str) -> BoxFuture<'a, Result<(T, u64)>>;
+
+/// Watches one key.
+pub(crate) fn watch_key(inner: Arc<Inner>, key: String) -> WatchStream {
+    let tasks = inner.tasks.clone();
+    let path = inner.node_path(&key);
+    let read: Reader<Option<KvPair>> = |inner, client, key| {
+        Box::pin(async move {
+            let state = inner.read_key(client, key).await?;
+            Ok((state.pair(key), state.deadline()))
+        })
+    };
+    spawn_watch(&tasks, move |tx| run(inner, path, zk::AddWatchMode::Persistent, key, tx, read))
+}
+
+/// Watches a subtree.
+pub(crate) fn watch_tree(inner: Arc<Inner>, directory: String) -> WatchTreeStream {
+    let tasks = inner.tasks.clone();
+    let path = inner.node_path(&directory);
+    let read: Reader<Vec<KvPair>> = |inner, client, directory| {
+        Box::pin(async move {
+            let found = inner.list_with_deadlines(client, directory).await?;
+            let deadline = found.iter().map(|(_, d)| *d).filter(|d| *d != 0).min().unwrap_or(0);
+            Ok((found.into_iter().map(|(pair, _)| pair).collect(), deadline))
+        })
+    };
+    spawn_watch(&tasks, move |tx| {
+        run(inner, path, zk::AddWatchMode::PersistentRecursive, directory, tx, read)
+    })
+}
+
+/// What the loop does after a failure.
+enum Next {
+    Retry,
+    Stop,
+}
+
+/// Terminal errors end the stream; transient ones are retried with backoff.
+fn triage<T: Clone + PartialEq + Send + Sync + 'static>(error: Error, tx: &mut Option<WatchSender<T>>) -> Next {
+    match error {
+        Error::Closed => Next::Stop,
+        Error::PermissionDenied { .. } | Error::Config(_) => {
+            if let Some(tx) = tx.take() {
+                tx.fail(error);
+            }
+            Next::Stop
+        }
+        error => {
+            tracing::debug!(%error, "watch: retrying after a failure");
+            Next::Retry
+        }
+    }
+}
+
+/// True for events that cannot change what the watch reports: lock renewals (data writes to
+/// a marker) and lock queues.
+fn irrelevant(inner: &Inner, event: &zk::WatchedEvent) -> bool {
+    if event.event_type == zk::EventType::NodeDataChanged && event.path.ends_with(&format!("/{MARKER}")) {
+        return true;
+    }
+    event
+        .path
+        .strip_prefix(&inner.root)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|rest| rest.starts_with(LOCKS_DIR))
+}
+
+async fn run<T>(
+    inner: Arc<Inner>,
+    path: String,
+    mode: zk::AddWatchMode,
+    target: String,
+    tx: WatchSender<T>,
+    read: Reader<T>,
+) where
+    T: Clone + PartialEq + Send + Sync + 'static,
+{
+    let mut tx = Some(tx);
+    let mut backoff = MIN_BACKOFF;
+    'session: loop {
+        let Some(sender) = tx.as_ref() else { return };
+        if sender.is_closed() {
+            return;
+        }
+        let client = match inner.client().await {
+            Ok(client) => client,
+            Err(error) => match triage(error, &mut tx) {
+                Next::Stop => return,
+                Next::Retry => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue 'session;
+                }
+            },
+        };
+        // The watch is in place before the first read, so no change can slip in between.
+        let mut watcher = match inner.request("watch", client.watch(&path, mode)).await {
+            Ok(watcher) => watcher,
+            Err(error) => match triage(error, &mut tx) {
+                Next::Stop => return,
+                Next::Retry => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue 'session;
+                }
+            },
+        };
+        loop {
+            let (state, deadline) = match read(&inner, &client, &target).await {
+                Ok(read) => read,
+                Err(error) => match triage(error, &mut tx) {
+                    Next::Stop => return,
+                    Next::Retry => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        if matches!(
+                            client.state(),
+                            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed
+                        ) {
+                            continue 'session;
+                        }
+                        continue;
+                    }
+                },
+            };
+            backoff = MIN_BACKOFF;
+            let Some(sender) = tx.as_ref() else { return };
+            if !sender.send(state) {
+                return;
+            }
+            // Wait for something that may change the state: an event, or a TTL deadline.
+            loop {
+                let timer = async {
+                    if deadline == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    let wait = deadline.saturating_sub(kv_core::ttl::now_millis()) + 1;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                };
+                tokio::select! {
+                    event = watcher.changed() => {
+                        if event.event_type == zk::EventType::Session {
+                            match event.session_state {
+                                zk::SessionState::Disconnected => continue,
+                                zk::SessionState::AuthFailed => {
+                                    if let Some(tx) = tx.take() {
+                                        tx.fail(Error::PermissionDenied {
+                                            backend: crate::store::BACKEND,
+                                            message: "the server rejected the credentials".into(),
+                                        });
+                                    }
+                                    return;
+                                }
+                                zk::SessionState::Expired | zk::SessionState::Closed => {
+                                    // Terminal for this session: a new one is made and the
+                                    // watch re-installed, then the state read afresh.
+                                    continue 'session;
+                                }
+                                // Reconnected: events may have been lost (ZOOKEEPER-4698).
+                                _ => break,
+                            }
+                        }
+                        if irrelevant(&inner, &event) {
+                            continue;
+                        }
+                        break;
+                    }
+                    _ = timer => break,
+                    _ = sender.closed() => return,
+                }
+            }
+        }
+    }
+}
