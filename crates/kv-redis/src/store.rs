@@ -1,0 +1,765 @@
+//! [`RedisStore`]: the [`Store`] implementation.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, ReconnectPolicy,
+    ServerConfig,
+};
+use fred::types::config::{Config as FredConfig, TlsConfig as FredTlsConfig};
+use fred::types::scan::ScanType;
+use fred::types::{ConnectHandle, Value};
+use futures::{StreamExt, TryStreamExt};
+use kv_core::{
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
+    WatchStream, WatchTreeStream, WriteOptions, key,
+};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::config::{Config, Topology, parse_endpoint};
+use crate::scripts::SCRIPTS;
+use crate::watch::Subscriptions;
+
+pub(crate) const BACKEND: &str = "redis";
+
+/// How many keys are read or deleted concurrently by `list`, `watch_tree` and `delete_tree`.
+pub const BATCH: usize = 64;
+
+/// `SCAN ... COUNT` hint.
+const SCAN_COUNT: u32 = 1000;
+
+/// A handle to a Redis deployment implementing [`Store`]. See the [crate docs](crate) for
+/// the storage layout and how each part of the contract is met.
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: fred::clients::Client,
+    pub(crate) config: Config,
+    fred_config: FredConfig,
+    builder_parts: BuilderParts,
+    pub(crate) caps: Capabilities,
+    pub(crate) tasks: TaskSet,
+    subscriptions: OnceCell<Arc<Subscriptions>>,
+    connection: StdMutex<Option<ConnectHandle>>,
+}
+
+#[derive(Clone)]
+struct BuilderParts {
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.inner.config)
+            .field("background_tasks", &self.inner.tasks.running())
+            .finish()
+    }
+}
+
+/// The pair a read found, with its expiry deadline (for watches' timers).
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub pair: KvPair,
+    pub deadline: Option<Instant>,
+}
+
+impl RedisStore {
+    /// Connects to the deployment described by `config`. Fails with [`Error::Unavailable`]
+    /// when the server cannot be reached, [`Error::Timeout`] after
+    /// [`Config::connect_timeout`], [`Error::PermissionDenied`] on bad credentials.
+    pub async fn connect(config: Config) -> Result<Self> {
+        let fred_config = fred_config(&config)?;
+        let parts = BuilderParts {
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+        };
+        let client = builder(&fred_config, &parts)
+            .build()
+            .map_err(|e| map_err(e, "connect", config.connect_timeout))?;
+        let handle = match tokio::time::timeout(config.connect_timeout, client.init()).await {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(error)) => {
+                let _ = client.quit().await;
+                return Err(map_err(error, "connect", config.connect_timeout));
+            }
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+                return Err(Error::Timeout {
+                    backend: BACKEND,
+                    operation: "connect",
+                    after: config.connect_timeout,
+                });
+            }
+        };
+        let mut caps = Capabilities::full(BACKEND);
+        caps.max_value_len = config.max_value_len;
+        caps.min_ttl = MIN_TTL;
+        caps.ttl_precision = TTL_PRECISION;
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                fred_config,
+                builder_parts: parts,
+                caps,
+                tasks: TaskSet::new(),
+                subscriptions: OnceCell::new(),
+                connection: StdMutex::new(Some(handle)),
+            }),
+        };
+        // Authentication and reachability are checked here, not on first use.
+        store.inner.call("connect", store.inner.client.ping::<()>(None)).await?;
+        Ok(store)
+    }
+
+    /// Connects with a URL (see [`Config::from_url`]).
+    pub async fn connect_url(url: &str) -> Result<Self> {
+        Self::connect(Config::from_url(url)?).await
+    }
+
+    /// The configuration this handle was made with (prefix normalised).
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The underlying fred client, for what this crate does not cover. Writing our keys
+    /// through it bypasses the version metadata (see the crate docs).
+    pub fn client(&self) -> &fred::clients::Client {
+        &self.inner.client
+    }
+
+    /// The Redis key a (normalised) store key is stored at: namespace prefix + key.
+    pub fn value_key(&self, key: &str) -> String {
+        self.inner.full_key(key)
+    }
+
+    /// The Redis key of the metadata hash kept beside a (normalised) store key.
+    pub fn meta_key(&self, key: &str) -> String {
+        self.inner.meta_key(&self.inner.full_key(key))
+    }
+}
+
+/// Shortest TTL accepted: Redis expires with millisecond precision, but a TTL shorter than a
+/// few network round trips cannot be honoured meaningfully (nor renewed, for locks).
+pub const MIN_TTL: Duration = Duration::from_millis(100);
+
+/// How late a reader may still see a key after its TTL. Redis checks expiry on every access
+/// (reads never see an expired key); watches re-read at the deadline on their own timer, so
+/// the only lateness is scheduling and one round trip.
+pub const TTL_PRECISION: Duration = Duration::from_millis(100);
+
+fn builder(config: &FredConfig, parts: &BuilderParts) -> Builder {
+    let mut builder = Builder::from_config(config.clone());
+    let connect_timeout = parts.connect_timeout;
+    let request_timeout = parts.request_timeout;
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = request_timeout;
+            c.max_command_attempts = 3;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = request_timeout;
+            p.broadcast_channel_capacity = 4096;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    builder
+}
+
+fn fred_config(config: &Config) -> Result<FredConfig> {
+    let mut hosts = Vec::new();
+    for endpoint in &config.endpoints {
+        hosts.push(parse_endpoint(endpoint).map_err(Error::Config)?);
+    }
+    let server = match &config.topology {
+        Topology::Centralized => {
+            let (host, port) = hosts[0].clone();
+            ServerConfig::new_centralized(host, port)
+        }
+        Topology::Sentinel { service_name } => {
+            ServerConfig::new_sentinel(hosts, service_name.clone())
+        }
+    };
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => Some(tls_config(tls)?),
+    };
+    Ok(FredConfig {
+        server,
+        username: config.username.clone(),
+        password: config.password.clone(),
+        database: (config.database != 0).then_some(config.database),
+        tls,
+        fail_fast: true,
+        ..FredConfig::default()
+    })
+}
+
+fn tls_config(tls: &crate::config::TlsConfig) -> Result<FredTlsConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |what: &str, e: &dyn fmt::Display| Error::Config(format!("TLS {what}: {e}"));
+    if tls.ca_file.is_none() && tls.client_cert_file.is_none() {
+        let connector = fred::types::config::TlsConnector::default_rustls()
+            .map_err(|e| tls_err("system roots", &e))?;
+        return Ok(connector.into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls_err(&format!("CA file {}", path.display()), &e))?
+            {
+                let cert = cert.map_err(|e| tls_err(&format!("CA file {}", path.display()), &e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(&format!("CA file {}", path.display()), &e))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls_err("protocol versions", &e))?
+    .with_root_certificates(roots);
+    let client_config = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| tls_err(&format!("client certificate {}", cert.display()), &e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(&format!("client certificate {}", cert.display()), &e))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| tls_err(&format!("client key {}", key.display()), &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_err("client identity", &e))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(fred::types::config::TlsConnector::from(client_config).into())
+}
+
+/// Maps a fred error to the semantic [`Error`].
+pub(crate) fn map_err(error: FredError, operation: &'static str, after: Duration) -> Error {
+    let details = error.details().to_owned();
+    let upper = details.to_ascii_uppercase();
+    if upper.starts_with("NOPERM")
+        || upper.starts_with("NOAUTH")
+        || upper.starts_with("WRONGPASS")
+        || upper.contains("WRONGPASS")
+        || upper.contains("NOAUTH")
+    {
+        return Error::PermissionDenied {
+            backend: BACKEND,
+            message: details,
+        };
+    }
+    match error.kind() {
+        ErrorKind::Auth => Error::PermissionDenied {
+            backend: BACKEND,
+            message: details,
+        },
+        ErrorKind::Timeout => Error::Timeout {
+            backend: BACKEND,
+            operation,
+            after,
+        },
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Tls | ErrorKind::Sentinel => {
+            Error::unavailable(BACKEND, error)
+        }
+        ErrorKind::Config | ErrorKind::Url => Error::Config(error.to_string()),
+        _ => Error::backend(BACKEND, error),
+    }
+}
+
+impl Inner {
+    /// Runs one request with the configured time limit, mapping errors.
+    pub(crate) async fn call<T>(
+        &self,
+        operation: &'static str,
+        request: impl Future<Output = std::result::Result<T, FredError>>,
+    ) -> Result<T> {
+        let after = self.config.request_timeout;
+        match tokio::time::timeout(after, request).await {
+            Ok(result) => result.map_err(|e| map_err(e, operation, after)),
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                operation,
+                after,
+            }),
+        }
+    }
+
+    pub(crate) fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.config.prefix)
+    }
+
+    /// `<prefix>__kv:meta:{<prefix><key>}`: the braces make Redis Cluster hash only the
+    /// full key, so both live in one slot (when the key itself has no `{`).
+    pub(crate) fn meta_key(&self, full: &str) -> String {
+        format!("{}__kv:meta:{{{full}}}", self.config.prefix)
+    }
+
+    /// The store key of a Redis key, if it is one of ours (inside the namespace, a valid
+    /// normalised key, no reserved segment).
+    pub(crate) fn relative_key<'a>(&self, full: &'a str) -> Option<&'a str> {
+        let relative = full.strip_prefix(self.config.prefix.as_str())?;
+        match key::normalize_key(relative) {
+            Ok(normalized) if normalized == relative => Some(relative),
+            _ => None,
+        }
+    }
+
+    pub(crate) async fn eval(
+        &self,
+        operation: &'static str,
+        script: &fred::types::scripts::Script,
+        full: &str,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        let keys = vec![full.to_owned(), self.meta_key(full)];
+        self.call(
+            operation,
+            script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args),
+        )
+        .await
+    }
+
+    /// Reads one key (value, index, TTL) atomically.
+    pub(crate) async fn read(&self, key: &str) -> Result<Option<Found>> {
+        let full = self.full_key(key);
+        let reply = self.eval("get", &SCRIPTS.get, &full, vec![]).await?;
+        let read_at = Instant::now();
+        if reply.is_null() {
+            return Ok(None);
+        }
+        let mut items = reply.into_array().into_iter();
+        let (Some(value), Some(index), Some(pttl)) = (items.next(), items.next(), items.next())
+        else {
+            return Err(protocol_error("get"));
+        };
+        let value = value.into_bytes().ok_or_else(|| protocol_error("get"))?;
+        let last_index = parse_index(&index).ok_or_else(|| protocol_error("get"))?;
+        let deadline = pttl
+            .as_i64()
+            .filter(|ms| *ms >= 0)
+            .map(|ms| read_at + Duration::from_millis(ms as u64));
+        Ok(Some(Found {
+            pair: KvPair::new(key.to_owned(), value, last_index),
+            deadline,
+        }))
+    }
+
+    /// Every (normalised) store key strictly below `dir`, unsorted.
+    pub(crate) async fn scan_keys(&self, dir: &str) -> Result<Vec<String>> {
+        let prefix = format!("{}{}", self.config.prefix, key::child_prefix(dir));
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let scan = self
+            .client
+            .scan_buffered(pattern, Some(SCAN_COUNT), Some(ScanType::String))
+            .map_err(|e| map_err(e, "scan", self.config.request_timeout))
+            .try_filter_map(|k| {
+                let found = k
+                    .as_str()
+                    .and_then(|full| self.relative_key(full))
+                    .filter(|rel| key::is_descendant(dir, rel))
+                    .map(str::to_owned);
+                async move { Ok(found) }
+            })
+            .try_collect::<Vec<_>>();
+        // The whole scan is bounded by the request timeout per page; bound it overall too.
+        let limit = self.config.request_timeout * 10;
+        match tokio::time::timeout(limit, scan).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                operation: "scan",
+                after: limit,
+            }),
+        }
+    }
+
+    /// `list` with deadlines: the keys below `dir`, read in batches, sorted.
+    pub(crate) async fn list_found(&self, dir: &str) -> Result<Vec<Found>> {
+        let keys = self.scan_keys(dir).await?;
+        let mut found: Vec<Found> = futures::stream::iter(keys)
+            .map(|k| async move { self.read(&k).await })
+            .buffer_unordered(BATCH)
+            .try_filter_map(|f| async move { Ok(f) })
+            .try_collect()
+            .await?;
+        found.sort_by(|a, b| a.pair.key.cmp(&b.pair.key));
+        Ok(found)
+    }
+
+    pub(crate) async fn delete_key(&self, key: &str) -> Result<bool> {
+        let full = self.full_key(key);
+        let reply = self.eval("delete", &SCRIPTS.delete, &full, vec![]).await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// The shared subscriber connection for keyspace notifications (created on first use).
+    pub(crate) async fn subscriptions(&self) -> Result<Arc<Subscriptions>> {
+        self.subscriptions
+            .get_or_try_init(|| async {
+                let client: SubscriberClient = builder(&self.fred_config, &self.builder_parts)
+                    .build_subscriber_client()
+                    .map_err(|e| map_err(e, "subscribe", self.config.connect_timeout))?;
+                let handle = match tokio::time::timeout(self.config.connect_timeout, client.init())
+                    .await
+                {
+                    Ok(Ok(handle)) => handle,
+                    Ok(Err(e)) => {
+                        let _ = client.quit().await;
+                        return Err(map_err(e, "subscribe", self.config.connect_timeout));
+                    }
+                    Err(_) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+                        return Err(Error::Timeout {
+                            backend: BACKEND,
+                            operation: "subscribe",
+                            after: self.config.connect_timeout,
+                        });
+                    }
+                };
+                Ok(Arc::new(Subscriptions::new(
+                    client,
+                    handle,
+                    self.config.database,
+                    self.config.request_timeout,
+                )))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Fails with a clear [`Error::Config`] when the server does not publish the keyspace
+    /// notifications watches need. A server that forbids `CONFIG GET` (managed Redis) is
+    /// trusted.
+    pub(crate) async fn check_notifications(&self) -> Result<()> {
+        let reply = match self
+            .call(
+                "config get",
+                self.client.config_get::<Value, _>("notify-keyspace-events"),
+            )
+            .await
+        {
+            Ok(reply) => reply,
+            Err(Error::Timeout { .. }) | Err(Error::Unavailable { .. }) => {
+                return self
+                    .call(
+                        "config get",
+                        self.client.config_get::<Value, _>("notify-keyspace-events"),
+                    )
+                    .await
+                    .map(|_| ());
+            }
+            Err(error) => {
+                tracing::debug!(%error, "CONFIG GET notify-keyspace-events refused; assuming notifications are on");
+                return Ok(());
+            }
+        };
+        let flags = match reply {
+            Value::Array(items) => items.get(1).and_then(|v| v.as_string()),
+            Value::Map(map) => map.inner().values().next().and_then(|v| v.as_string()),
+            _ => None,
+        };
+        let Some(flags) = flags else {
+            return Ok(());
+        };
+        if notifications_sufficient(&flags) {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "redis: watches need keyspace notifications, but the server's \
+                 notify-keyspace-events is {flags:?}; it must contain K and either A or all of \
+                 g, $ and x (e.g. start redis-server with --notify-keyspace-events KA)"
+            )))
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Some(subs) = self.subscriptions.get() {
+            subs.shutdown().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.quit()).await;
+        let handle = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            // The connection task ends once QUIT went through; do not wait for long.
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), handle)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A handle dropped without close(): disconnect in the background.
+        let handle = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let client = self.client.clone();
+            let subs = self.subscriptions.get().cloned();
+            runtime.spawn(async move {
+                if let Some(subs) = subs {
+                    subs.shutdown().await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.quit()).await;
+                let abort = handle.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(2), handle)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+            });
+        }
+    }
+}
+
+/// True when `notify-keyspace-events` flags publish what watches need: keyspace channel (`K`)
+/// with string (`$`), generic (`g`) and expiry (`x`) events, or all of them (`A`).
+pub(crate) fn notifications_sufficient(flags: &str) -> bool {
+    flags.contains('K')
+        && (flags.contains('A') || (flags.contains('g') && flags.contains('$') && flags.contains('x')))
+}
+
+/// Escapes Redis glob metacharacters (`* ? [ ] \`) for `SCAN MATCH` and `PSUBSCRIBE`.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(crate) fn parse_index(value: &Value) -> Option<u64> {
+    match value {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        other => other.as_str()?.parse().ok(),
+    }
+    .filter(|i| *i > 0)
+}
+
+pub(crate) fn protocol_error(operation: &str) -> Error {
+    Error::backend(
+        BACKEND,
+        format!("unexpected reply from the {operation} script"),
+    )
+}
+
+fn ttl_arg(ttl: Option<Duration>) -> Value {
+    // Whole milliseconds, at least 1 (check_ttl already enforced min_ttl).
+    let ms = ttl.map(|t| t.as_millis().max(1) as i64).unwrap_or(0);
+    Value::Integer(ms)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.caps.check_value(&key, &value)?;
+        let ttl = inner.caps.check_ttl(options.ttl)?;
+        let full = inner.full_key(&key);
+        let reply = inner
+            .eval("put", &SCRIPTS.put, &full, vec![Value::Bytes(value), ttl_arg(ttl)])
+            .await?;
+        parse_index(&reply).ok_or_else(|| protocol_error("put"))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str, _options: ReadOptions) -> Result<Option<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        Ok(inner.read(&key).await?.map(|f| f.pair))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.delete_key(&key).await
+    }
+
+    async fn exists(&self, key: &str, options: ReadOptions) -> Result<bool> {
+        Ok(self.get(key, options).await?.is_some())
+    }
+
+    async fn list(&self, directory: &str, _options: ReadOptions) -> Result<Vec<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let dir = inner.caps.check_directory(directory)?;
+        Ok(inner
+            .list_found(&dir)
+            .await?
+            .into_iter()
+            .map(|f| f.pair)
+            .collect())
+    }
+
+    async fn delete_tree(&self, directory: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let dir = inner.caps.check_directory(directory)?;
+        let mut keys = inner.scan_keys(&dir).await?;
+        if !dir.is_empty() {
+            keys.push(dir);
+        }
+        futures::stream::iter(keys)
+            .map(|k| async move { inner.delete_key(&k).await })
+            .buffer_unordered(BATCH)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: WriteOptions,
+    ) -> Result<KvPair> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.caps.check_value(&key, &value)?;
+        let ttl = inner.caps.check_ttl(options.ttl)?;
+        let full = inner.full_key(&key);
+        let expected = previous
+            .map(|p| p.last_index.to_string())
+            .unwrap_or_default();
+        let reply = inner
+            .eval(
+                "atomic_put",
+                &SCRIPTS.atomic_put,
+                &full,
+                vec![Value::Bytes(value.clone()), ttl_arg(ttl), expected.into()],
+            )
+            .await?;
+        match reply.as_str().as_deref() {
+            Some("!exists") => Err(Error::KeyExists { key }),
+            Some("!notfound") => Err(Error::KeyNotFound { key }),
+            Some("!modified") => Err(Error::KeyModified { key }),
+            _ => {
+                let index = parse_index(&reply).ok_or_else(|| protocol_error("atomic_put"))?;
+                Ok(KvPair::new(key, value, index))
+            }
+        }
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let full = inner.full_key(&key);
+        let reply = inner
+            .eval(
+                "atomic_delete",
+                &SCRIPTS.atomic_delete,
+                &full,
+                vec![previous.last_index.to_string().into()],
+            )
+            .await?;
+        match reply.as_str().as_deref() {
+            Some("ok") => Ok(()),
+            Some("!notfound") => Err(Error::KeyNotFound { key }),
+            Some("!modified") => Err(Error::KeyModified { key }),
+            _ => Err(protocol_error("atomic_delete")),
+        }
+    }
+
+    async fn watch(&self, key: &str, _options: ReadOptions) -> Result<WatchStream> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        crate::watch::watch_key(inner.clone(), key).await
+    }
+
+    async fn watch_tree(&self, directory: &str, _options: ReadOptions) -> Result<WatchTreeStream> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let dir = inner.caps.check_directory(directory)?;
+        crate::watch::watch_tree(inner.clone(), dir).await
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_lock(key, &options)?;
+        Ok(crate::lock::new_lock(inner.clone(), key, options))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.tasks.is_closed() {
+            return Ok(());
+        }
+        inner.tasks.close(inner.config.request_timeout).await;
+        inner.shutdown().await;
+        Ok(())
+    }
+
+    fn background_tasks(&self) -> usize {
+        self.inner.tasks.running()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_eq!(glob_escape("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
+        assert!(notifications_sufficient("AKE"));
+        assert!(notifications_sufficient("g$xK"));
+        assert!(!notifications_sufficient(""));
+        assert!(!notifications_sufficient("EA"));
+        assert!(!notifications_sufficient("K$"));
+        assert_eq!(parse_index(&Value::from("12")), Some(12));
+        assert_eq!(parse_index(&Value::Integer(0)), None);
+    }
+}
