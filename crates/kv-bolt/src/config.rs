@@ -66,6 +66,7 @@ impl Config {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Config {
             path: Some(path.into()),
+            temporary: false,
             ..Self::temporary()
         }
     }
