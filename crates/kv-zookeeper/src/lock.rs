@@ -38,7 +38,7 @@ struct ZkLock {
 
 /// Where the queue of `key`'s waiters lives.
 fn queue_path(inner: &Inner, key: &str) -> String {
-    format!("{}/{LOCKS_DIR}/{key}", inner.root)
+    format!("{}/{LOCKS_DIR}/{}", inner.root, crate::store::encode_key(key))
 }
 
 fn ticket_sequence(name: &str) -> Option<i64> {
@@ -315,6 +315,19 @@ impl HeldLock for HeldHandle {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn escapes_what_zookeeper_refuses() {
+        use crate::store::{decode_name, encode_key};
+        for key in ["plain/key", "ünï😀", "\u{241A}x", "a😀b/c\u{241A}", "\u{10FFFF}"] {
+            let encoded = encode_key(key);
+            assert!(encoded.chars().all(|c| (c as u32) <= 0xFFFF), "{encoded}");
+            let decoded: Vec<String> = encoded.split('/').map(decode_name).collect();
+            assert_eq!(decoded.join("/"), key);
+        }
+        assert_eq!(encode_key("plain/key"), "plain/key");
+        assert_eq!(decode_name("x\u{241A}zz"), "x\u{241A}zz");
+    }
+
     #[test]
     fn parses_tickets() {
         assert_eq!(super::ticket_sequence("__kvlock-0000000042"), Some(42));

@@ -89,6 +89,58 @@ impl KeyState {
     }
 }
 
+/// The escape character of znode names: ZooKeeper refuses UTF-16 surrogates in paths, so a
+/// character outside the Basic Multilingual Plane (an emoji) is stored as `␚` followed by six
+/// hex digits of its code point, and `␚` itself as `␚00241A`. Every other key is stored as is.
+pub(crate) const ESCAPE: char = '\u{241A}';
+
+/// The znode spelling of a normalised key (see [`ESCAPE`]).
+pub(crate) fn encode_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(|c| c == ESCAPE || c as u32 > 0xFFFF) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 16);
+    for c in key.chars() {
+        if c == ESCAPE || c as u32 > 0xFFFF {
+            out.push(ESCAPE);
+            out.push_str(&format!("{:06X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The key segment a znode name stands for (the inverse of [`encode_key`]).
+pub(crate) fn decode_name(name: &str) -> String {
+    if !name.contains(ESCAPE) {
+        return name.to_owned();
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find(ESCAPE) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + ESCAPE.len_utf8()..];
+        let decoded = after
+            .get(..6)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .and_then(char::from_u32);
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &after[6..];
+            }
+            None => {
+                // Not written by this crate: keep it verbatim.
+                out.push(ESCAPE);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The expiry deadline of a marker in Unix milliseconds, 0 for none. A TTL node's
 /// `ephemeralOwner` is `0xFF << 56 | ttl_ms` (ZooKeeper's `EphemeralType.TTL`); the server
 /// deletes it once unmodified for `ttl` (lazily), so readers compare `mtime + ttl` to now.
@@ -128,12 +180,12 @@ impl Inner {
         if key.is_empty() {
             self.root.clone()
         } else {
-            format!("{}/{}", self.root, key)
+            format!("{}/{}", self.root, encode_key(key))
         }
     }
 
     pub(crate) fn marker_path(&self, key: &str) -> String {
-        format!("{}/{}/{MARKER}", self.root, key)
+        format!("{}/{}/{MARKER}", self.root, encode_key(key))
     }
 
     pub(crate) fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'static> {
@@ -400,7 +452,7 @@ impl Inner {
         let mut frontier: Vec<String> = top
             .into_iter()
             .filter(|c| !c.starts_with(kv_core::key::RESERVED_PREFIX))
-            .map(|c| format!("{prefix}{c}"))
+            .map(|c| format!("{prefix}{}", decode_name(&c)))
             .collect();
         let mut found = Vec::new();
         while !frontier.is_empty() {
@@ -432,7 +484,7 @@ impl Inner {
                             children
                                 .into_iter()
                                 .filter(|c| !c.starts_with(kv_core::key::RESERVED_PREFIX))
-                                .map(|c| format!("{key}/{c}")),
+                                .map(|c| format!("{key}/{}", decode_name(&c))),
                         );
                     }
                     let marker = match marker {
