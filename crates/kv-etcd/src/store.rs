@@ -152,7 +152,7 @@ impl EtcdStore {
     }
 
     /// The connection, or [`Error::Closed`].
-    fn inner(&self) -> Result<Inner> {
+    pub(crate) fn inner(&self) -> Result<Inner> {
         self.tasks.ensure_open()?;
         self.inner
             .read()

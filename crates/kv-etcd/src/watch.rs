@@ -102,9 +102,26 @@ pub(crate) async fn run<T: Snapshot>(
     consistent: bool,
     tx: WatchSender<T>,
 ) {
+    run_from(inner, mode, consistent, tx, None).await
+}
+
+/// [`run`], optionally resuming from a state already published at a revision (instead of
+/// reading it first): what the loop does after a broken connection. Tests use it to resume
+/// from a compacted revision.
+pub(crate) async fn run_from<T: Snapshot>(
+    inner: Inner,
+    mode: Mode,
+    consistent: bool,
+    tx: WatchSender<T>,
+    mut resume: Option<(BTreeMap<String, KvPair>, i64)>,
+) {
     let mut backoff = Backoff::new();
     'resync: loop {
-        let (mut map, revision) = match read(&inner, &mode, consistent).await {
+        let read = match resume.take() {
+            Some(state) => Ok(state),
+            None => read(&inner, &mode, consistent).await,
+        };
+        let (mut map, revision) = match read {
             Ok(read) => read,
             Err(error) if is_fatal(&error) => return tx.fail(error),
             Err(error) => {
@@ -147,6 +164,12 @@ pub(crate) async fn run<T: Snapshot>(
                     );
                     continue 'resync;
                 }
+                if response.canceled() && response.cancel_reason().contains("permission denied") {
+                    return tx.fail(Error::PermissionDenied {
+                        backend: crate::client::BACKEND,
+                        message: response.cancel_reason().to_owned(),
+                    });
+                }
                 if response.canceled() {
                     tracing::debug!(
                         reason = response.cancel_reason(),
@@ -184,5 +207,95 @@ pub(crate) async fn run<T: Snapshot>(
             }
             backoff.wait().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use futures::StreamExt;
+    use kv_core::{ReadOptions, Store, TaskSet, WriteOptions};
+
+    use super::*;
+    use crate::{Config, EtcdStore};
+
+    async fn store() -> EtcdStore {
+        let endpoints = std::env::var("KV_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| {
+            panic!(
+                "KV_TEST_ETCD_ENDPOINTS not set: run the README test command or `eval \"$(scripts/servers env)\"`"
+            )
+        });
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let config = Config::builder()
+            .endpoints(endpoints.split(','))
+            .namespace(format!("kvtest-etcd-compaction-{nanos}"))
+            .build()
+            .unwrap();
+        EtcdStore::connect(config).await.unwrap()
+    }
+
+    async fn next(
+        stream: &mut futures::stream::BoxStream<'static, Result<Option<KvPair>>>,
+    ) -> Result<Option<KvPair>> {
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("an item in time")
+            .expect("stream open")
+    }
+
+    /// A watch that resumes from a revision etcd has compacted away resynchronises from a
+    /// fresh read: the stream carries on with the current state and later changes, it does
+    /// not end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_forces_a_resync_not_an_end() {
+        let store = store().await;
+        let inner = store.inner().unwrap();
+        store
+            .put("k", "v1".into(), WriteOptions::default())
+            .await
+            .unwrap();
+        let first = store
+            .get("k", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        for value in ["v2", "v3"] {
+            store
+                .put("k", value.into(), WriteOptions::default())
+                .await
+                .unwrap();
+        }
+        let mut kv = inner.kv.clone();
+        let now = header_revision(kv.get("any", None).await.unwrap().header());
+        kv.compact(now, None).await.unwrap();
+
+        // Resume as after a broken connection: state v1 published at its revision, which is
+        // now compacted.
+        let tasks = TaskSet::new();
+        let mut state = BTreeMap::new();
+        state.insert("k".to_owned(), first.clone());
+        let resume = Some((state, first.last_index as i64));
+        let mode = Mode::Key(inner.full_key("k"));
+        let loop_inner = inner.clone();
+        let mut stream = kv_core::spawn_watch(&tasks, move |tx| {
+            run_from::<Option<KvPair>>(loop_inner, mode, true, tx, resume)
+        });
+        assert_eq!(next(&mut stream).await.unwrap(), Some(first));
+        let resynced = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(resynced.value, "v3", "the fresh read after compaction");
+        store
+            .put("k", "v4".into(), WriteOptions::default())
+            .await
+            .unwrap();
+        let after = next(&mut stream).await.unwrap().unwrap();
+        assert_eq!(after.value, "v4", "the watch goes on after the resync");
+        assert!(after.last_index > resynced.last_index);
+        drop(stream);
+        store.delete_tree("").await.unwrap();
+        store.close().await.unwrap();
     }
 }

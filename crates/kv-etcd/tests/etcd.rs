@@ -1,0 +1,679 @@
+//! What only the etcd backend has: its limits, failure modes, storage layout, leases and
+//! background tasks, against the live server named by `KV_TEST_ETCD_ENDPOINTS`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use etcd_client::{Client, EventType, GetOptions, LeaseTimeToLiveOptions, WatchOptions};
+use futures::StreamExt;
+use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+use kv_etcd::{Config, DEFAULT_MAX_REQUEST_BYTES, EtcdStore};
+
+fn endpoints() -> Vec<String> {
+    let endpoints = std::env::var("KV_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| {
+        panic!(
+            "KV_TEST_ETCD_ENDPOINTS not set: run the README test command or `eval \"$(scripts/servers env)\"`"
+        )
+    });
+    endpoints.split(',').map(|e| e.trim().to_owned()).collect()
+}
+
+/// A namespace no other test (or earlier run) uses.
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("kvtest-etcd-{name}-{nanos}")
+}
+
+async fn store_in(namespace: &str) -> EtcdStore {
+    let config = Config::builder()
+        .endpoints(endpoints())
+        .namespace(namespace)
+        .build()
+        .unwrap();
+    EtcdStore::connect(config).await.unwrap()
+}
+
+async fn raw() -> Client {
+    Client::connect(endpoints(), None).await.unwrap()
+}
+
+async fn raw_get(client: &mut Client, key: &str) -> Option<etcd_client::KeyValue> {
+    client.get(key, None).await.unwrap().kvs().first().cloned()
+}
+
+/// The declared value limit is honest on both sides: a value at the limit fits even with the
+/// longest key, a TTL lease and a conditional write; one byte more is refused before sending;
+/// and the server really refuses requests above its default limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_size_limit() {
+    let ns = unique("value-size");
+    let store = store_in(&ns).await;
+    let caps = store.capabilities().clone();
+    assert!(caps.max_value_len < DEFAULT_MAX_REQUEST_BYTES);
+    assert!(
+        caps.max_value_len > 1_500_000,
+        "max_value_len {}",
+        caps.max_value_len
+    );
+    let long_key = format!("k/{}", "x".repeat(caps.max_key_len - 2));
+    assert_eq!(long_key.len(), caps.max_key_len);
+    let at_limit = Bytes::from(vec![7u8; caps.max_value_len]);
+    store
+        .put(
+            &long_key,
+            at_limit.clone(),
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        )
+        .await
+        .expect("a value at the limit with the longest key and a TTL");
+    let read = store
+        .get(&long_key, ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.value.len(), caps.max_value_len);
+    store
+        .atomic_put(
+            &long_key,
+            at_limit.clone(),
+            Some(&read),
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        )
+        .await
+        .expect("a CAS write at the limit");
+    let over = Bytes::from(vec![7u8; caps.max_value_len + 1]);
+    let started = Instant::now();
+    match store.put("other", over, WriteOptions::default()).await {
+        Err(Error::ValueTooLarge { size, max, .. }) => {
+            assert_eq!((size, max), (caps.max_value_len + 1, caps.max_value_len))
+        }
+        other => panic!("over the limit: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused locally"
+    );
+    assert!(!store.exists("other", ReadOptions::default()).await.unwrap());
+
+    // The server's own limit is real: the same write through the raw client, a little above
+    // etcd's default request limit, is refused by the server.
+    let mut client = raw().await;
+    let result = client
+        .put(
+            format!("{ns}/raw-too-big"),
+            vec![1u8; DEFAULT_MAX_REQUEST_BYTES + 1],
+            None,
+        )
+        .await;
+    assert!(result.is_err(), "etcd accepted a request above its limit");
+    store.delete_tree("").await.unwrap();
+}
+
+/// 3000 keys: listed completely and in order through several pages; delete_tree removes all
+/// of them in one revision (one atomic transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_trees_paginate_and_delete_atomically() {
+    const KEYS: usize = 3000;
+    let ns = unique("large-tree");
+    let config = Config::builder()
+        .endpoints(endpoints())
+        .namespace(&ns)
+        .page_size(250)
+        .build()
+        .unwrap();
+    let store = EtcdStore::connect(config).await.unwrap();
+    // Written concurrently, 64 at a time.
+    futures::stream::iter(0..KEYS)
+        .map(|i| {
+            let store = &store;
+            async move {
+                store
+                    .put(
+                        &format!("tree/{:02}/{i:05}", i % 7),
+                        format!("v{i}").into(),
+                        WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    store
+        .put("tree", "dir value".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("treeside/x", "sibling".into(), WriteOptions::default())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let listed = store.list("tree", ReadOptions::default()).await.unwrap();
+    let list_time = started.elapsed();
+    assert_eq!(listed.len(), KEYS, "every key across 12 pages");
+    assert!(listed.windows(2).all(|w| w[0].key < w[1].key), "ascending");
+    assert!(listed.iter().all(|p| p.key.starts_with("tree/")));
+    let watched = store
+        .watch_tree("tree", ReadOptions::default())
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        watched, listed,
+        "watch_tree's first snapshot pages the same way"
+    );
+
+    // Watch the raw range to see the revisions of the deletions.
+    let mut client = raw().await;
+    let now = client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let prefix = format!("{ns}/tree");
+    let (_, mut events) = client
+        .watch(
+            prefix.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(now + 1),
+            ),
+        )
+        .await
+        .unwrap()
+        .split();
+    let started = Instant::now();
+    store.delete_tree("tree").await.unwrap();
+    let delete_time = started.elapsed();
+    let mut revisions = std::collections::BTreeSet::new();
+    let mut deleted = 0;
+    while deleted < KEYS + 1 {
+        let response = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("delete events")
+            .unwrap()
+            .unwrap();
+        for event in response.events() {
+            assert_eq!(event.event_type(), EventType::Delete);
+            revisions.insert(event.kv().unwrap().mod_revision());
+            deleted += 1;
+        }
+    }
+    assert_eq!(revisions.len(), 1, "one revision: the delete is atomic");
+    assert!(
+        store
+            .list("tree", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.exists("tree", ReadOptions::default()).await.unwrap());
+    assert_eq!(
+        store.list("", ReadOptions::default()).await.unwrap().len(),
+        1,
+        "the sibling stays"
+    );
+    eprintln!("3000 keys: list {list_time:?}, delete_tree {delete_time:?}");
+    store.delete_tree("").await.unwrap();
+}
+
+/// A dead endpoint is a typed error within the connect timeout, not a hang or a panic.
+#[tokio::test(flavor = "current_thread")]
+async fn dead_endpoint_is_unavailable_quickly() {
+    let config = Config::builder()
+        .endpoint("http://127.0.0.1:1")
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    match EtcdStore::connect(config).await {
+        Err(Error::Unavailable { .. } | Error::Timeout { .. }) => {}
+        other => panic!("dead endpoint: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    match EtcdStore::connect_url("etcd://127.0.0.1:1?connect_timeout=500ms").await {
+        Err(e) if e.is_transient() => {}
+        other => panic!("dead endpoint by URL: {other:?}"),
+    }
+}
+
+/// A request to a server that stopped answering times out with `Timeout`. Simulated with a
+/// listener that accepts connections and never answers.
+#[tokio::test(flavor = "current_thread")]
+async fn silent_server_times_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let config = Config::builder()
+        .endpoint(format!("http://{address}"))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let result = EtcdStore::connect(config).await;
+    assert!(
+        matches!(result, Err(ref e) if e.is_transient()),
+        "silent server: {result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    hold.abort();
+}
+
+/// Plain keys and bytes: the raw client (and etcdctl) read what the store writes, the store
+/// reads what they write; the namespace is a plain key prefix; TTLs are leases rounded up to
+/// whole seconds; a write without TTL detaches the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_layout_is_plain_etcd() {
+    let ns = unique("layout");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+
+    store
+        .put(
+            "a/b",
+            Bytes::from_static(b"\x00\xffbytes"),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let kv = raw_get(&mut client, &format!("{ns}/a/b"))
+        .await
+        .expect("plain key");
+    assert_eq!(kv.value(), b"\x00\xffbytes", "plain value bytes");
+    assert_eq!(kv.lease(), 0);
+    let pair = store
+        .get("a/b", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pair.last_index,
+        kv.mod_revision() as u64,
+        "last_index is mod_revision"
+    );
+
+    client
+        .put(format!("{ns}/from/raw"), "written by etcdctl's peers", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get("from/raw", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "written by etcdctl's peers"
+    );
+
+    // etcdctl itself, if installed (it is wherever scripts/servers installed etcd).
+    let key = format!("{ns}/a/b");
+    let etcdctl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("etcdctl")
+            .arg(format!("--endpoints={}", endpoints()[0]))
+            .args(["get", "--print-value-only", &key])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("etcdctl is installed with the etcd server (Debian etcd-client)");
+    assert!(etcdctl.status.success());
+    assert_eq!(etcdctl.stdout, b"\x00\xffbytes\n");
+
+    // TTL: a lease of the TTL rounded up to whole seconds.
+    store
+        .put(
+            "ttl",
+            "v".into(),
+            WriteOptions::with_ttl(Duration::from_millis(2500)),
+        )
+        .await
+        .unwrap();
+    let kv = raw_get(&mut client, &format!("{ns}/ttl")).await.unwrap();
+    assert_ne!(kv.lease(), 0, "bound to a lease");
+    let lease = client
+        .lease_time_to_live(kv.lease(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(lease.granted_ttl(), 3, "2.5 s rounds up to 3 s");
+    assert_eq!(lease.keys().len(), 1, "one lease per TTL write");
+    store
+        .put("ttl", "permanent".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let kv = raw_get(&mut client, &format!("{ns}/ttl")).await.unwrap();
+    assert_eq!(kv.lease(), 0, "a write without TTL detaches the lease");
+
+    // The namespace isolates: another namespace sees nothing, the root sees only its own.
+    let other = store_in(&format!("{ns}-other")).await;
+    other
+        .put("a/b", "other".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let keys: Vec<String> = store
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(keys, ["a/b", "from/raw", "ttl"]);
+    store.delete_tree("").await.unwrap();
+    assert_eq!(
+        other
+            .get("a/b", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "other",
+        "delete_tree(\"\") stays in its namespace"
+    );
+    // Foreign keys that break the key rules are never listed.
+    client
+        .put(format!("{ns}-other/x/__kvlock"), "internal", None)
+        .await
+        .unwrap();
+    client
+        .put(format!("{ns}-other/x//y"), "odd", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.list("", ReadOptions::default()).await.unwrap().len(),
+        1
+    );
+    client
+        .delete(
+            format!("{ns}-other/"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+}
+
+/// The server's minimum lease TTL is what the store declares; a 1 s grant on etcd 3.4 with
+/// default settings becomes 2 s, and keys expire within the declared precision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_ttl_is_the_servers_and_expiry_is_on_time() {
+    let ns = unique("min-ttl");
+    let store = store_in(&ns).await;
+    let caps = store.capabilities().clone();
+    let mut client = raw().await;
+    let granted = client.lease_grant(1, None).await.unwrap();
+    assert_eq!(caps.min_ttl, Duration::from_secs(granted.ttl() as u64));
+    client.lease_revoke(granted.id()).await.unwrap();
+    assert!(matches!(
+        store
+            .put(
+                "k",
+                "v".into(),
+                WriteOptions::with_ttl(caps.min_ttl - Duration::from_millis(1))
+            )
+            .await,
+        Err(Error::InvalidOption(_))
+    ));
+    let started = Instant::now();
+    store
+        .put("k", "v".into(), WriteOptions::with_ttl(caps.min_ttl))
+        .await
+        .unwrap();
+    while store.exists("k", ReadOptions::default()).await.unwrap() {
+        assert!(
+            started.elapsed() < caps.min_ttl + caps.ttl_precision,
+            "still visible after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = started.elapsed();
+    assert!(gone_after >= caps.min_ttl, "expired early: {gone_after:?}");
+    eprintln!("a {:?} key was gone after {gone_after:?}", caps.min_ttl);
+}
+
+/// Revoking a held lock's lease (what etcd does when the holder's renewals stop) deletes the
+/// key and fires the lost signal at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lease_fires_lost_at_once() {
+    let ns = unique("lease-lost");
+    let store = store_in(&ns).await;
+    let mut lock = store
+        .new_lock(
+            "l",
+            LockOptions::default()
+                .value("holder")
+                .ttl(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    let mut client = raw().await;
+    let kv = raw_get(&mut client, &format!("{ns}/l")).await.unwrap();
+    assert_eq!(kv.value(), b"holder");
+    assert_eq!(kv.mod_revision() as u64, lease.fencing_token());
+    let granted = client
+        .lease_time_to_live(kv.lease(), None)
+        .await
+        .unwrap()
+        .granted_ttl();
+    assert_eq!(granted, 10, "the lock's lease has the lock TTL");
+    let started = Instant::now();
+    client.lease_revoke(kv.lease()).await.unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(2), lease.lost())
+        .await
+        .expect("lost fires at once, long before the 10 s TTL");
+    assert_eq!(state, LockState::Lost);
+    eprintln!(
+        "lost signal {:?} after the lease was revoked",
+        started.elapsed()
+    );
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+    // Someone else overwriting the key also counts as lost.
+    let lease = lock.lock().await.unwrap();
+    client
+        .put(format!("{ns}/l"), "intruder", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(2), lease.lost())
+            .await
+            .expect("lost on overwrite"),
+        LockState::Lost
+    );
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+    assert_eq!(
+        raw_get(&mut client, &format!("{ns}/l"))
+            .await
+            .unwrap()
+            .value(),
+        b"intruder",
+        "unlock never deletes someone else's key"
+    );
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// Every background task ends with its owner: a dropped watch stream, a dropped held lock
+/// (released in the background: its key and lease go away), and the closed store. Lock
+/// leases are revoked on release, not left to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_tasks_end_with_their_owners() {
+    let ns = unique("tasks");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+    assert_eq!(store.background_tasks(), 0);
+
+    let mut watch = store.watch("w", ReadOptions::default()).await.unwrap();
+    let mut tree = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    watch.next().await.unwrap().unwrap();
+    tree.next().await.unwrap().unwrap();
+    assert_eq!(store.background_tasks(), 2);
+    drop(watch);
+    drop(tree);
+    wait_for(|| store.background_tasks() == 0, "watch tasks end on drop").await;
+
+    let mut lock = store
+        .new_lock("l", LockOptions::default().ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    lock.lock().await.unwrap();
+    let lease_id = raw_get(&mut client, &format!("{ns}/l"))
+        .await
+        .unwrap()
+        .lease();
+    assert_eq!(store.background_tasks(), 1, "one holder task per held lock");
+    drop(lock);
+    wait_for(
+        || store.background_tasks() == 0,
+        "the holder task ends on drop",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while raw_get(&mut client, &format!("{ns}/l")).await.is_some() {
+        assert!(Instant::now() < deadline, "a dropped lock is released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ttl = client
+        .lease_time_to_live(lease_id, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert_eq!(ttl, -1, "the released lock's lease is revoked");
+
+    // Closing: locks released and leases revoked, watches ended, tasks gone.
+    let mut lock = store
+        .new_lock("l2", LockOptions::default().ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    lock.lock().await.unwrap();
+    let lease_id = raw_get(&mut client, &format!("{ns}/l2"))
+        .await
+        .unwrap()
+        .lease();
+    let mut watch = store.watch("w", ReadOptions::default()).await.unwrap();
+    watch.next().await.unwrap().unwrap();
+    assert_eq!(store.background_tasks(), 2);
+    store.close().await.unwrap();
+    assert!(matches!(watch.next().await, Some(Err(Error::Closed))));
+    wait_for(|| store.background_tasks() == 0, "no task after close").await;
+    assert!(raw_get(&mut client, &format!("{ns}/l2")).await.is_none());
+    let ttl = client
+        .lease_time_to_live(lease_id, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert_eq!(ttl, -1, "close revoked the lock's lease");
+    client
+        .delete(
+            format!("{ns}/"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+}
+
+async fn wait_for(mut check: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Nothing blocks the runtime: the whole API on a single-threaded runtime, with a ticker task
+/// that must keep running while calls are in flight.
+#[tokio::test(flavor = "current_thread")]
+async fn works_on_a_single_threaded_runtime() {
+    let ns = unique("current-thread");
+    let store = store_in(&ns).await;
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    let mut lock = store
+        .new_lock("lock", LockOptions::default().ttl(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    lock.lock().await.unwrap();
+    for i in 0..20 {
+        store
+            .put("k", format!("{i}").into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let last = loop {
+        let pair = watch.next().await.unwrap().unwrap().unwrap();
+        if pair.value == "19" {
+            break pair;
+        }
+    };
+    assert_eq!(
+        store
+            .get("k", ReadOptions::stale())
+            .await
+            .unwrap()
+            .map(|p| p.last_index),
+        Some(last.last_index)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // a renewal happens meanwhile
+    assert!(lock.lease().unwrap().is_held());
+    lock.unlock().await.unwrap();
+    assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    ticker.abort();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// A store connected from a URL with a namespace reads back through a builder-made store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_and_builder_agree() {
+    let ns = unique("url");
+    let url = format!(
+        "{}/{ns}?request_timeout=3s&page_size=2",
+        endpoints()[0].replace("http://", "etcd://")
+    );
+    let by_url = EtcdStore::connect_url(&url).await.unwrap();
+    assert_eq!(by_url.config().namespace, ns);
+    for k in ["a", "b", "c", "d", "e"] {
+        by_url
+            .put(k, k.into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let by_builder = store_in(&ns).await;
+    let listed = by_builder.list("", ReadOptions::default()).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(
+        by_url.list("", ReadOptions::default()).await.unwrap(),
+        listed
+    );
+    by_url.delete_tree("").await.unwrap();
+    let _ = GetOptions::new();
+}
