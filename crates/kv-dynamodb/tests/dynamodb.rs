@@ -1,0 +1,628 @@
+//! What only the DynamoDB backend has: its storage layout, its limits (item size, batch
+//! sizes, 1 MB pages), tombstones, table creation, Streams and polling watches, failure
+//! modes. Runs against the DynamoDB Local server that `scripts/servers` starts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, TimeToLiveStatus, WriteRequest,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use kv_core::{Error, KvPair, LockOptions, ReadOptions, Store, WriteOptions, ttl};
+use kv_dynamodb::{Config, DynamoStore, WatchMode};
+use rand::Rng;
+
+/// The table the tests below share (the 10,000-key test uses its own).
+const TABLE: &str = "kv_backend_tests";
+
+fn endpoint() -> String {
+    std::env::var("KV_TEST_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "KV_TEST_DYNAMODB_ENDPOINT not set: run the README test command or \
+             `eval \"$(scripts/servers env)\"`"
+        )
+    })
+}
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn random(tag: &str) -> String {
+    format!("{tag}-{:016x}", rand::rng().random::<u64>())
+}
+
+/// A configuration for the local server, table `table`, a fresh namespace.
+fn config(table: &str) -> Config {
+    Config::new(table)
+        .endpoint(endpoint())
+        .region(var("AWS_REGION", "us-east-1"))
+        .static_credentials(
+            var("AWS_ACCESS_KEY_ID", "kvtest"),
+            var("AWS_SECRET_ACCESS_KEY", "kvtest"),
+        )
+        .namespace(random("ns"))
+        .create_table(true)
+        .poll_interval(Duration::from_millis(100))
+        .lock_retry_interval(Duration::from_millis(100))
+}
+
+async fn store(config: Config) -> DynamoStore {
+    DynamoStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DynamoDB Local: {e}"))
+}
+
+fn sort_key(config: &Config, key: &str) -> String {
+    format!("{}/{key}", config.namespace)
+}
+
+fn partition(sk: &str) -> String {
+    sk.split('/').next().unwrap().to_owned()
+}
+
+async fn raw_item(store: &DynamoStore, sk: &str) -> Option<HashMap<String, AttributeValue>> {
+    store
+        .client()
+        .get_item()
+        .table_name(&store.config().table)
+        .key("pk", AttributeValue::S(partition(sk)))
+        .key("sk", AttributeValue::S(sk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("raw get_item")
+        .item
+}
+
+fn n(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
+    item[name].as_n().unwrap().parse().unwrap()
+}
+
+async fn next<S, T>(stream: &mut S, what: &str) -> T
+where
+    S: futures::Stream<Item = kv_core::Result<T>> + Unpin,
+    T: std::fmt::Debug,
+{
+    match tokio::time::timeout(Duration::from_secs(6), stream.next()).await {
+        Ok(Some(Ok(item))) => item,
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_delete_tree_of_10000_keys() {
+    const KEYS: usize = 10_000;
+    let config = config("kv_backend_big");
+    let store = store(config.clone()).await;
+    // 10,000 items of 200 bytes: 2 MB, so listing needs several 1 MB Query pages.
+    let value = vec![b'v'; 200];
+    let started = Instant::now();
+    let requests: Vec<WriteRequest> = (0..KEYS)
+        .map(|i| {
+            // Two levels, so both list(dir) and list(dir/sub) are exercised.
+            let sk = sort_key(&config, &format!("big/g{:02}/k{i:05}", i % 10));
+            let mut item = HashMap::new();
+            item.insert("pk".to_owned(), AttributeValue::S(partition(&sk)));
+            item.insert("sk".to_owned(), AttributeValue::S(sk));
+            item.insert("value".to_owned(), AttributeValue::B(Blob::new(value.clone())));
+            item.insert("version".to_owned(), AttributeValue::N((i + 1).to_string()));
+            WriteRequest::builder()
+                .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+                .build()
+        })
+        .collect();
+    let batches: Vec<Vec<WriteRequest>> = requests.chunks(25).map(<[_]>::to_vec).collect();
+    let client = store.client().clone();
+    futures::stream::iter(batches)
+        .map(|mut batch| {
+            let client = client.clone();
+            let table = config.table.clone();
+            async move {
+                while !batch.is_empty() {
+                    let out = client
+                        .batch_write_item()
+                        .request_items(&table, std::mem::take(&mut batch))
+                        .send()
+                        .await
+                        .expect("batch_write_item");
+                    batch = out
+                        .unprocessed_items
+                        .and_then(|mut m| m.remove(&table))
+                        .unwrap_or_default();
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    eprintln!("wrote {KEYS} keys with BatchWriteItem in {:?}", started.elapsed());
+    // A neighbour that must survive: same partition, prefix of the directory name.
+    store
+        .put("bigger/x", Bytes::from_static(b"keep"), WriteOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("big", Bytes::from_static(b"dir-key"), WriteOptions::default())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let all = store.list("big", ReadOptions::default()).await.unwrap();
+    eprintln!("list of {} keys took {:?}", all.len(), started.elapsed());
+    assert_eq!(all.len(), KEYS);
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key), "sorted");
+    assert!(all.iter().all(|p| p.key.starts_with("big/g") && p.value.len() == 200));
+    let sub = store.list("big/g03", ReadOptions::default()).await.unwrap();
+    assert_eq!(sub.len(), KEYS / 10);
+    assert!(sub.iter().all(|p| p.key.starts_with("big/g03/")));
+
+    let started = Instant::now();
+    store.delete_tree("big").await.unwrap();
+    eprintln!("delete_tree of {} keys took {:?}", KEYS + 1, started.elapsed());
+    assert!(store.list("big", ReadOptions::default()).await.unwrap().is_empty());
+    assert_eq!(store.get("big", ReadOptions::default()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get("bigger/x", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        Bytes::from_static(b"keep")
+    );
+    // The tombstones kept the versions: a re-created key's index is above the old one.
+    let again = store
+        .atomic_put("big/g00/k00000", Bytes::from_static(b"again"), None, WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(again.last_index > 1);
+    store.delete_tree("").await.unwrap();
+    assert!(store.list("", ReadOptions::default()).await.unwrap().is_empty());
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_limit_is_just_below_the_item_limit() {
+    let config = config(TABLE);
+    let store = store(config.clone()).await;
+    let caps = store.capabilities().clone();
+    assert_eq!(caps.max_value_len, 400 * 1024 - 4 * 1024);
+    assert_eq!(caps.max_key_len, 1024 - config.namespace.len() - 1);
+    // The largest item we can write: longest key, largest value, a TTL, then a lock owner.
+    let key: String = "k".repeat(caps.max_key_len);
+    let value = Bytes::from(vec![7u8; caps.max_value_len]);
+    store
+        .put(&key, value.clone(), WriteOptions::with_ttl(Duration::from_secs(60)))
+        .await
+        .expect("a value at the limit with the longest key and a TTL fits");
+    assert_eq!(
+        store.get(&key, ReadOptions::default()).await.unwrap().unwrap().value,
+        value
+    );
+    store.delete(&key).await.unwrap();
+    let mut lock = store
+        .new_lock(&key, LockOptions::default().value(value.clone()).ttl(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    lock.lock().await.expect("a lock value at the limit fits");
+    lock.unlock().await.unwrap();
+    // One byte more is refused before anything is sent.
+    let too_big = Bytes::from(vec![7u8; caps.max_value_len + 1]);
+    assert!(matches!(
+        store.put("small", too_big, WriteOptions::default()).await,
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert!(matches!(
+        store.put(&format!("{key}x"), Bytes::new(), WriteOptions::default()).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    // The server's limit is real: an item above 400 KB is refused by DynamoDB itself.
+    let sk = sort_key(&config, "over");
+    let refused = store
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(partition(&sk)))
+        .item("sk", AttributeValue::S(sk))
+        .item("value", AttributeValue::B(Blob::new(vec![0u8; 400 * 1024 + 1])))
+        .send()
+        .await;
+    assert!(refused.is_err(), "DynamoDB accepted an item over 400 KB");
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_layout_is_readable_by_other_clients() {
+    let config = config(TABLE);
+    let store = store(config.clone()).await;
+    let value = Bytes::from_static(b"\x00plain\xffbytes");
+    store
+        .put("app/conf", value.clone(), WriteOptions::with_ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let pair = store.get("app/conf", ReadOptions::default()).await.unwrap().unwrap();
+    let sk = sort_key(&config, "app/conf");
+    let item = raw_item(&store, &sk).await.expect("the raw item");
+    assert_eq!(item["pk"].as_s().unwrap(), &config.namespace, "pk = first segment");
+    assert_eq!(item["sk"].as_s().unwrap(), &sk, "sk = the full key");
+    assert_eq!(item["value"].as_b().unwrap().as_ref(), &value[..], "plain bytes");
+    assert_eq!(n(&item, "version"), pair.last_index);
+    let deadline = n(&item, "deadline_ms");
+    assert!(deadline > ttl::now_millis() + 20_000);
+    assert_eq!(n(&item, "expires_at"), deadline.div_ceil(1000));
+    // A plain put without TTL drops the deadline and the TTL attribute.
+    store
+        .put("app/conf", value.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let item = raw_item(&store, &sk).await.unwrap();
+    assert!(!item.contains_key("deadline_ms") && !item.contains_key("expires_at"));
+
+    // Another client writes an item in the same layout: we read it.
+    let sk2 = sort_key(&config, "app/from-cli");
+    store
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(partition(&sk2)))
+        .item("sk", AttributeValue::S(sk2))
+        .item("value", AttributeValue::B(Blob::new(b"hello".to_vec())))
+        .item("version", AttributeValue::N("7".into()))
+        .send()
+        .await
+        .unwrap();
+    let got = store.get("app/from-cli", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!((got.value.as_ref(), got.last_index), (&b"hello"[..], 7));
+
+    // A delete leaves a tombstone that keeps the version and expires a day later.
+    let before = store.get("app/conf", ReadOptions::default()).await.unwrap().unwrap();
+    assert!(store.delete("app/conf").await.unwrap());
+    let tomb = raw_item(&store, &sort_key(&config, "app/conf")).await.unwrap();
+    assert_eq!(tomb["deleted"], AttributeValue::Bool(true));
+    assert!(!tomb.contains_key("value"));
+    assert!(n(&tomb, "version") > before.last_index);
+    let day = ttl::now_millis() / 1000 + 24 * 3600;
+    assert!(n(&tomb, "expires_at").abs_diff(day) < 60);
+    assert!(!store.delete("app/conf").await.unwrap(), "a tombstone is absent");
+    assert_eq!(store.get("app/conf", ReadOptions::default()).await.unwrap(), None);
+    let keys: Vec<String> = store
+        .list("app", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(keys, ["app/from-cli"]);
+    let again = store
+        .atomic_put("app/conf", value.clone(), None, WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(again.last_index > n(&tomb, "version"));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_items_not_yet_removed_are_absent_everywhere() {
+    let config = config(TABLE);
+    let store = store(config.clone()).await;
+    // An item whose deadline passed but that DynamoDB has not removed yet (its TTL
+    // attribute is still in the future, as happens for up to days on AWS).
+    let sk = sort_key(&config, "exp/k");
+    let past = ttl::now_millis() - 1_000;
+    store
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(partition(&sk)))
+        .item("sk", AttributeValue::S(sk.clone()))
+        .item("value", AttributeValue::B(Blob::new(b"stale".to_vec())))
+        .item("version", AttributeValue::N("5".into()))
+        .item("deadline_ms", AttributeValue::N(past.to_string()))
+        .item("expires_at", AttributeValue::N((past / 1000 + 3600).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(store.get("exp/k", ReadOptions::default()).await.unwrap(), None);
+    assert!(!store.exists("exp/k", ReadOptions::default()).await.unwrap());
+    assert!(store.list("exp", ReadOptions::default()).await.unwrap().is_empty());
+    let stale = KvPair::new("exp/k", "stale", 5);
+    assert!(matches!(
+        store.atomic_delete("exp/k", &stale).await,
+        Err(Error::KeyNotFound { .. })
+    ));
+    assert!(matches!(
+        store
+            .atomic_put("exp/k", Bytes::from_static(b"x"), Some(&stale), WriteOptions::default())
+            .await,
+        Err(Error::KeyNotFound { .. })
+    ));
+    assert!(!store.delete("exp/k").await.unwrap());
+    // Create-only treats it as absent, and the version still rises past it.
+    let created = store
+        .atomic_put("exp/k", Bytes::from_static(b"new"), None, WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(created.last_index > 5);
+    // A lock can be taken over a lock whose holder died (deadline passed).
+    let lock_sk = sort_key(&config, "exp/lock");
+    store
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(partition(&lock_sk)))
+        .item("sk", AttributeValue::S(lock_sk))
+        .item("value", AttributeValue::B(Blob::new(b"dead".to_vec())))
+        .item("version", AttributeValue::N("9".into()))
+        .item("owner", AttributeValue::S("someone".into()))
+        .item("deadline_ms", AttributeValue::N(past.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let mut lock = store.new_lock("exp/lock", LockOptions::default()).await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock())
+        .await
+        .expect("a dead holder's lock is free")
+        .unwrap();
+    assert!(lease.fencing_token() > 9);
+    lock.unlock().await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_creation_is_idempotent_and_enables_stream_and_ttl() {
+    let table = random("kv_create");
+    let base = config(&table);
+    // A missing table without create_table is a configuration error.
+    let missing = DynamoStore::connect(base.clone().create_table(false)).await;
+    assert!(matches!(missing, Err(Error::Config(_))), "{missing:?}");
+    // Four handles race to create it.
+    let handles = futures::future::join_all((0..4).map(|_| DynamoStore::connect(base.clone()))).await;
+    let stores: Vec<DynamoStore> = handles.into_iter().map(|h| h.expect("connect")).collect();
+    assert!(stores.iter().all(DynamoStore::watches_use_streams));
+    let client = stores[0].client().clone();
+    let ttl_status = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    let ttl_description = ttl_status.time_to_live_description().unwrap();
+    assert_eq!(ttl_description.attribute_name(), Some("expires_at"));
+    assert!(matches!(
+        ttl_description.time_to_live_status(),
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    ));
+    // Connecting again to the existing table is fine too.
+    let again = store(base.clone()).await;
+    again
+        .put("k", Bytes::from_static(b"v"), WriteOptions::default())
+        .await
+        .unwrap();
+    for s in &stores {
+        s.close().await.unwrap();
+    }
+    again.close().await.unwrap();
+    client.delete_table().table_name(&table).send().await.unwrap();
+
+    // A table with another key schema is refused.
+    let wrong = random("kv_wrong");
+    client
+        .create_table()
+        .table_name(&wrong)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let refused = DynamoStore::connect(config(&wrong)).await;
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    client.delete_table().table_name(&wrong).send().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_stream_watches_poll() {
+    // A table created by someone else without a stream: watches fall back to polling.
+    let table = random("kv_nostream");
+    let creator = store(config(TABLE)).await;
+    let client = creator.client().clone();
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    client
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let cfg = config(&table).create_table(false);
+    let watcher = store(cfg.clone()).await;
+    let writer = store(cfg.clone()).await;
+    assert!(!watcher.watches_use_streams());
+    let mut watch = watcher.watch("w/k", ReadOptions::default()).await.unwrap();
+    let mut tree = watcher.watch_tree("w", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await, None);
+    assert!(next(&mut tree, "first tree").await.is_empty());
+    writer
+        .put("w/k", Bytes::from_static(b"1"), WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut watch, "put").await.unwrap().value, Bytes::from_static(b"1"));
+    assert_eq!(next(&mut tree, "put tree").await.len(), 1);
+    writer.delete("w/k").await.unwrap();
+    assert_eq!(next(&mut watch, "delete").await, None);
+    drop((watch, tree));
+    watcher.close().await.unwrap();
+    writer.close().await.unwrap();
+    creator.close().await.unwrap();
+    client.delete_table().table_name(&table).send().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_watch_sees_another_handles_writes_and_polling_mode_too() {
+    for mode in [WatchMode::Auto, WatchMode::Poll] {
+        let cfg = config(TABLE).watch_mode(mode);
+        let watcher = store(cfg.clone()).await;
+        let writer = store(cfg.clone()).await;
+        assert_eq!(watcher.watches_use_streams(), mode == WatchMode::Auto);
+        let mut watch = watcher.watch("s/k", ReadOptions::default()).await.unwrap();
+        let mut tree = watcher.watch_tree("s", ReadOptions::default()).await.unwrap();
+        assert_eq!(next(&mut watch, "first").await, None);
+        assert!(next(&mut tree, "first tree").await.is_empty());
+        let started = Instant::now();
+        writer
+            .put("s/k", Bytes::from_static(b"1"), WriteOptions::default())
+            .await
+            .unwrap();
+        let seen = next(&mut watch, "put").await.unwrap();
+        eprintln!("{mode:?}: a write by another handle seen after {:?}", started.elapsed());
+        assert_eq!(seen.value, Bytes::from_static(b"1"));
+        assert_eq!(next(&mut tree, "put tree").await[0].key, "s/k");
+        // A key outside the subtree (same partition) does not disturb it.
+        writer
+            .put("sx", Bytes::from_static(b"other"), WriteOptions::default())
+            .await
+            .unwrap();
+        writer
+            .put("s/k", Bytes::from_static(b"2"), WriteOptions::with_ttl(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut watch, "ttl put").await.unwrap().value, Bytes::from_static(b"2"));
+        // Expiry is reported on time although no stream record comes for it.
+        let started = Instant::now();
+        assert_eq!(next(&mut watch, "expiry").await, None);
+        assert!(started.elapsed() < Duration::from_millis(1_800), "{:?}", started.elapsed());
+        watcher.close().await.unwrap();
+        writer.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_tasks_end_with_their_owners_and_on_close() {
+    let store = Arc::new(store(config(TABLE)).await);
+    assert_eq!(store.background_tasks(), 0);
+    let watch = store.watch("bg/k", ReadOptions::default()).await.unwrap();
+    let tree = store.watch_tree("bg", ReadOptions::default()).await.unwrap();
+    let mut lock = store
+        .new_lock("bg/lock", LockOptions::default().ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    lock.lock().await.unwrap();
+    // Two watches and one renewal (the acquisition task ends right after `lock` returns).
+    eventually(|| store.background_tasks() == 3).await;
+    drop(watch);
+    eventually(|| store.background_tasks() == 2).await;
+    drop(lock);
+    eventually(|| store.background_tasks() == 1).await;
+    assert_eq!(store.get("bg/lock", ReadOptions::default()).await.unwrap(), None, "released");
+    let mut lock = store.new_lock("bg/lock", LockOptions::default()).await.unwrap();
+    lock.lock().await.unwrap();
+    let mut tree = tree;
+    let other = self::store(store.config().clone()).await;
+    store.close().await.unwrap();
+    assert_eq!(store.background_tasks(), 0);
+    assert!(matches!(tree.next().await, Some(Err(Error::Closed)) | None));
+    assert_eq!(other.get("bg/lock", ReadOptions::default()).await.unwrap(), None);
+    assert!(matches!(
+        store.get("bg/k", ReadOptions::default()).await,
+        Err(Error::Closed)
+    ));
+    other.close().await.unwrap();
+}
+
+async fn eventually(check: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not true within 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_a_typed_error_quickly() {
+    // Nothing listens: connection refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let dead = config(TABLE)
+        .endpoint(format!("http://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(2))
+        .max_attempts(1);
+    let started = Instant::now();
+    let result = DynamoStore::connect(dead).await;
+    assert!(matches!(result, Err(Error::Unavailable { .. })), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Something accepts but never answers: a timeout, not a hang.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mute = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let silent = config(TABLE)
+        .endpoint(format!("http://127.0.0.1:{port}"))
+        .request_timeout(Duration::from_secs(1))
+        .max_attempts(1);
+    let started = Instant::now();
+    let result = DynamoStore::connect(silent).await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    mute.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_from_a_url() {
+    let url = format!(
+        "dynamodb://{TABLE}?endpoint={}&region=us-east-1&access_key_id=kvtest\
+         &secret_access_key=kvtest&namespace={}&create_table=true&poll_interval_ms=100",
+        endpoint(),
+        random("url")
+    );
+    let store = DynamoStore::connect(Config::from_url(&url).unwrap()).await.unwrap();
+    store
+        .put("a/b", Bytes::from_static(b"v"), WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.list("", ReadOptions::default()).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
