@@ -91,6 +91,56 @@ pub(crate) fn encode_path(key: &str) -> String {
     out
 }
 
+/// Whether Consul's `/v1/kv` endpoint accepts this key (its `validateKVKey`): no leading or
+/// trailing space, no `..` segment, and if the key contains `%XX` escapes, their decoded form
+/// has neither a space nor `..`. `/v1/txn` does not check keys, so writes take any key; reads
+/// of a refused key go through a listing of its nearest accepted parent directory.
+pub(crate) fn consul_accepts(key: &str) -> bool {
+    if key.is_empty() {
+        return true;
+    }
+    if key.starts_with(' ') || key.ends_with(' ') || key.split('/').any(|p| p == "..") {
+        return false;
+    }
+    match path_unescape(key) {
+        Some(decoded) if decoded != key.as_bytes() => {
+            !(decoded.windows(2).any(|w| w == b"..") || decoded.contains(&b' '))
+        }
+        _ => true,
+    }
+}
+
+/// Go's `url.PathUnescape`: `None` on a malformed escape.
+fn path_unescape(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The longest `…/` prefix of `key` that Consul accepts (`""` at worst: the root).
+pub(crate) fn safe_prefix(key: &str) -> &str {
+    let mut end = key.len();
+    while let Some(slash) = key[..end].rfind('/') {
+        let candidate = &key[..=slash];
+        if consul_accepts(candidate) {
+            return candidate;
+        }
+        end = slash;
+    }
+    ""
+}
+
 fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
 }
@@ -222,6 +272,12 @@ impl Client {
         consistent: bool,
         block: Option<(u64, Duration)>,
     ) -> Result<(Option<Entry>, u64)> {
+        if !consul_accepts(key) {
+            // Consul's /v1/kv endpoint refuses this key (see `consul_accepts`): read it from a
+            // listing of the nearest accepted parent directory instead.
+            let (entries, index) = self.kv_list(safe_prefix(key), consistent, block).await?;
+            return Ok((entries.into_iter().find(|e| e.key == key), index));
+        }
         let path = format!("/v1/kv/{}?{}", encode_path(key), Self::read_query(consistent, block));
         let response = self
             .send(Method::GET, &path, None, self.read_timeout(block), "get")
@@ -244,6 +300,12 @@ impl Client {
         consistent: bool,
         block: Option<(u64, Duration)>,
     ) -> Result<(Vec<Entry>, u64)> {
+        if !consul_accepts(prefix) {
+            let (mut entries, index) =
+                Box::pin(self.kv_list(safe_prefix(prefix), consistent, block)).await?;
+            entries.retain(|e| e.key.starts_with(prefix));
+            return Ok((entries, index));
+        }
         let path = format!(
             "/v1/kv/{}?recurse{}",
             encode_path(prefix),
@@ -259,15 +321,13 @@ impl Client {
         }
     }
 
-    /// Deletes `key` if its `ModifyIndex` is still `index`; `false` if it was not.
+    /// Deletes `key` if its `ModifyIndex` is still `index`; `false` if it was not. Goes
+    /// through `/v1/txn` (`delete-cas`), which takes every key `/v1/kv` refuses too.
     pub(crate) async fn kv_delete_cas(&self, key: &str, index: u64) -> Result<bool> {
-        let path = format!("/v1/kv/{}?cas={index}", encode_path(key));
-        let response = self
-            .send(Method::DELETE, &path, None, self.request_timeout, "delete")
-            .await?;
-        match response.status {
-            StatusCode::OK => parse::<bool>(&response.body),
-            _ => Err(unexpected(&response)),
+        let op = json!({ "KV": { "Verb": "delete-cas", "Key": key, "Index": index } });
+        match self.txn(vec![op], "delete").await? {
+            TxnOutcome::Committed(_) => Ok(true),
+            TxnOutcome::RolledBack(..) => Ok(false),
         }
     }
 
@@ -486,6 +546,19 @@ mod tests {
         assert_eq!(encode_path("a/b c?d#e%f"), "a/b%20c%3Fd%23e%25f");
         assert_eq!(encode_path("ü"), "%C3%BC");
         assert_eq!(encode_path("a-b_c.d~e"), "a-b_c.d~e");
+    }
+
+    #[test]
+    fn knows_which_keys_consul_refuses() {
+        for ok in ["a", "a/b", "..x", "x..", "a b", "q?x", "100%", "%zz", "a/%41"] {
+            assert!(consul_accepts(ok), "{ok}");
+        }
+        for refused in [" a", "a ", "a/..", "pct%20x", "a/%2e%2E/b", "x%2E%2E"] {
+            assert!(!consul_accepts(refused), "{refused}");
+        }
+        assert_eq!(safe_prefix("p/q/pct%20x"), "p/q/");
+        assert_eq!(safe_prefix("p/pct%20x/k"), "p/");
+        assert_eq!(safe_prefix(" p/k"), "");
     }
 
     #[test]

@@ -25,16 +25,43 @@ const DEFAULT_SESSION_TTL_MIN: Duration = Duration::from_secs(10);
 
 /// The tag in the top 16 bits of `Flags` that marks a deadline in the low 48 bits ("KV").
 const FLAGS_TAG: u64 = 0x4B56;
-const FLAGS_DEADLINE_MASK: u64 = (1 << 48) - 1;
+
+/// Bit 47: flipped when a write would leave the entry exactly as it is, because Consul skips
+/// such writes without raising `ModifyIndex`, and every write must raise `last_index`.
+const FLAGS_REWRITE: u64 = 1 << 47;
+const FLAGS_DEADLINE_MASK: u64 = FLAGS_REWRITE - 1;
 
 /// The `Flags` word written with a value: 0 without TTL, else the tag and the deadline.
 pub(crate) fn flags_for(deadline: Option<u64>) -> u64 {
     deadline.map_or(0, |d| (FLAGS_TAG << 48) | (d & FLAGS_DEADLINE_MASK))
 }
 
+/// The `Flags` to write so that the write really happens: when the entry would not change
+/// (same value, same flags, no session involved), the rewrite marker is toggled.
+fn effective_flags(current: Option<&Entry>, value: &[u8], flags: u64, session: Option<&str>) -> u64 {
+    match current {
+        Some(entry)
+            if session.is_none()
+                && entry.session.is_none()
+                && entry.flags == flags
+                && entry.value == value =>
+        {
+            if flags == 0 {
+                (FLAGS_TAG << 48) | FLAGS_REWRITE
+            } else if flags == (FLAGS_TAG << 48) | FLAGS_REWRITE {
+                0
+            } else {
+                flags ^ FLAGS_REWRITE
+            }
+        }
+        _ => flags,
+    }
+}
+
 /// The deadline (Unix milliseconds) recorded in `Flags`, if this crate wrote one.
 pub(crate) fn deadline_of(flags: u64) -> Option<u64> {
-    (flags >> 48 == FLAGS_TAG).then_some(flags & FLAGS_DEADLINE_MASK)
+    let deadline = flags & FLAGS_DEADLINE_MASK;
+    (flags >> 48 == FLAGS_TAG && deadline != 0).then_some(deadline)
 }
 
 /// True when an entry is visible: its deadline, if any, has not passed.
@@ -171,6 +198,7 @@ impl Inner {
             };
             let holder = current.as_ref().and_then(|e| e.session.as_deref());
             let flags = flags_for(ttl.map(deadline_millis));
+            let flags = effective_flags(current.as_ref(), value, flags, session);
             match self.write(full, value, flags, Some(cond), holder, session).await? {
                 TxnOutcome::Committed(index) => return Ok(index),
                 TxnOutcome::RolledBack(op, what) => {
@@ -215,6 +243,7 @@ impl Inner {
             };
             let holder = current.as_ref().and_then(|e| e.session.as_deref());
             let flags = flags_for(ttl.map(deadline_millis));
+            let flags = effective_flags(current.as_ref(), value, flags, session);
             match self.write(&full, value, flags, Some(cond), holder, session).await? {
                 TxnOutcome::Committed(index) => {
                     return Ok(KvPair {
@@ -452,6 +481,8 @@ mod tests {
         assert_eq!(deadline_of(f), Some(1_700_000_000_000));
         assert_eq!(deadline_of(0), None);
         assert_eq!(deadline_of(42), None);
+        let rewrite = (0x4B56 << 48) | (1 << 47);
+        assert_eq!(deadline_of(rewrite), None, "the rewrite marker is no deadline");
         // Consul's own api.Lock flag value is not mistaken for a deadline.
         assert_eq!(deadline_of(0x2ddc_cbc0_58a5_0c18), None);
     }
