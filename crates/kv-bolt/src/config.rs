@@ -136,7 +136,9 @@ impl Config {
             let value = percent_decode(value, url)?;
             let number = |what: &str| -> Result<u64> {
                 value.parse::<u64>().map_err(|_| {
-                    Error::Config(format!("{url:?}: {what} must be a whole number, not {value:?}"))
+                    Error::Config(format!(
+                        "{url:?}: {what} must be a whole number, not {value:?}"
+                    ))
                 })
             };
             builder = match name {
@@ -255,9 +257,7 @@ impl ConfigBuilder {
     /// non-temporary database needs a path, durations must be non-zero.
     pub fn build(self) -> Result<Config> {
         let mut config = self.config;
-        config.temporary = self
-            .explicit_temporary
-            .unwrap_or(config.path.is_none());
+        config.temporary = self.explicit_temporary.unwrap_or(config.path.is_none());
         if !config.temporary && config.path.is_none() {
             return Err(Error::Config(
                 "a persistent bolt database needs a path".into(),
@@ -271,7 +271,9 @@ impl ConfigBuilder {
         if let Durability::Periodic(every) = config.durability
             && every.is_zero()
         {
-            return Err(Error::Config("the flush period must be greater than zero".into()));
+            return Err(Error::Config(
+                "the flush period must be greater than zero".into(),
+            ));
         }
         Ok(config)
     }
@@ -290,11 +292,15 @@ mod tests {
         assert_eq!(c.durability, Durability::EveryWrite);
         let c = Config::from_url("bolt://memory").unwrap();
         assert!(c.temporary && c.path.is_none());
-        let c = Config::from_url("sled:data/kv?temporary=true&timeout_ms=20&flush_every_ms=100").unwrap();
+        let c = Config::from_url("sled:data/kv?temporary=true&timeout_ms=20&flush_every_ms=100")
+            .unwrap();
         assert!(c.temporary);
         assert_eq!(c.path.as_deref(), Some(Path::new("data/kv")));
         assert_eq!(c.timeout, Duration::from_millis(20));
-        assert_eq!(c.durability, Durability::Periodic(Duration::from_millis(100)));
+        assert_eq!(
+            c.durability,
+            Durability::Periodic(Duration::from_millis(100))
+        );
         let c = Config::from_url("bolt:///a%20b").unwrap();
         assert_eq!(c.path.as_deref(), Some(Path::new("/a b")));
         for bad in [
@@ -307,7 +313,10 @@ mod tests {
             "bolt:///x?temporary=maybe",
             "bolt:///x%zz",
         ] {
-            assert!(matches!(Config::from_url(bad), Err(Error::Config(_))), "{bad} accepted");
+            assert!(
+                matches!(Config::from_url(bad), Err(Error::Config(_))),
+                "{bad} accepted"
+            );
         }
         assert!(Config::builder().temporary(false).build().is_err());
     }

@@ -209,9 +209,10 @@ fn map_open_err(path: &Path, error: sled::Error) -> Error {
                 message: format!("cannot open {}: {io}", path.display()),
             },
             NotFound | NotADirectory | AlreadyExists | IsADirectory | InvalidInput
-            | InvalidData | UnexpectedEof => {
-                Error::Config(format!("cannot open {} as a database: {io}", path.display()))
-            }
+            | InvalidData | UnexpectedEof => Error::Config(format!(
+                "cannot open {} as a database: {io}",
+                path.display()
+            )),
             _ => Error::unavailable(BACKEND, io),
         },
         sled::Error::Unsupported(message) => {
@@ -349,7 +350,10 @@ impl Engine {
             path
         };
         let _ = config;
-        let open_tree = |name: &str| db.open_tree(name).map_err(|e| OpenError::Other(map_open_err(&path, e)));
+        let open_tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| OpenError::Other(map_open_err(&path, e)))
+        };
         let data = open_tree(DATA_TREE)?;
         let meta = open_tree(META_TREE)?;
         let expiry = open_tree(EXPIRY_TREE)?;
@@ -656,7 +660,11 @@ impl Engine {
     }
 
     /// Compare-and-delete.
-    pub(crate) fn atomic_delete(&self, key: String, previous: u64) -> Result<Result<(), Conflict>, Error> {
+    pub(crate) fn atomic_delete(
+        &self,
+        key: String,
+        previous: u64,
+    ) -> Result<Result<(), Conflict>, Error> {
         let _gate = self.write_gate();
         match self.meta_of(&key)? {
             Some((_, d)) if is_expired(d) => Ok(Err(Conflict::NotFound)),
@@ -700,7 +708,12 @@ impl Engine {
     }
 
     /// Creates a lock's key if it is absent. `Err(deadline)` when it is present (0 = no TTL).
-    pub(crate) fn try_lock(&self, key: String, value: Bytes, deadline: u64) -> Result<Result<u64, u64>, Error> {
+    pub(crate) fn try_lock(
+        &self,
+        key: String,
+        value: Bytes,
+        deadline: u64,
+    ) -> Result<Result<u64, u64>, Error> {
         match self.atomic_put(key, value, None, deadline)? {
             Ok(entry) => Ok(Ok(entry.index)),
             Err(Conflict::Exists(d)) => Ok(Err(d)),

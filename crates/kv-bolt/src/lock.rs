@@ -63,7 +63,11 @@ impl LockBackend for BoltLock {
     async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
         let (engine, tasks, timeout) = {
             let handle = self.handle.upgrade().ok_or(Error::Closed)?;
-            (handle.engine()?, handle.tasks.clone(), handle.config.timeout)
+            (
+                handle.engine()?,
+                handle.tasks.clone(),
+                handle.config.timeout,
+            )
         };
         // Subscribe first: a release between our attempt and our wait still wakes us.
         let mut rx = engine.subscribe();

@@ -88,7 +88,10 @@ impl Handle {
 
     pub(crate) fn pair(&self, key: &str, entry: Entry) -> KvPair {
         KvPair {
-            key: key.strip_prefix(self.prefix.as_str()).unwrap_or(key).to_owned(),
+            key: key
+                .strip_prefix(self.prefix.as_str())
+                .unwrap_or(key)
+                .to_owned(),
             value: entry.value,
             last_index: entry.index,
         }
@@ -130,7 +133,9 @@ impl BoltStore {
         let cfg = config.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&cfg))
             .await
-            .map_err(|e| Error::backend(BACKEND, format!("opening the database panicked: {e}")))??;
+            .map_err(|e| {
+                Error::backend(BACKEND, format!("opening the database panicked: {e}"))
+            })??;
         Ok(Self::with_engine(config, engine))
     }
 
@@ -208,7 +213,12 @@ impl BoltStore {
     }
 
     fn deadline(&self, ttl: Option<Duration>) -> Result<u64> {
-        Ok(self.inner.caps.check_ttl(ttl)?.map(deadline_millis).unwrap_or(0))
+        Ok(self
+            .inner
+            .caps
+            .check_ttl(ttl)?
+            .map(deadline_millis)
+            .unwrap_or(0))
     }
 }
 
@@ -224,7 +234,8 @@ impl Store for BoltStore {
         self.inner.caps.check_value(&key, &value)?;
         let deadline = self.deadline(options.ttl)?;
         let full = self.inner.full_key(&key);
-        self.call("put", move |e| e.put(full, value, deadline)).await?;
+        self.call("put", move |e| e.put(full, value, deadline))
+            .await?;
         self.after_write().await
     }
 

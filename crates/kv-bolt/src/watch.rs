@@ -35,10 +35,7 @@ async fn sleep_until_deadline(deadline: Option<u64>) {
 
 /// Receives the next change with an index above `seen`; `None` after a lag (the caller
 /// re-reads).
-async fn next_change(
-    rx: &mut broadcast::Receiver<Arc<Change>>,
-    seen: u64,
-) -> Option<Arc<Change>> {
+async fn next_change(rx: &mut broadcast::Receiver<Arc<Change>>, seen: u64) -> Option<Arc<Change>> {
     loop {
         match rx.recv().await {
             Ok(change) if change.seq > seen => return Some(change),
@@ -70,41 +67,44 @@ pub(crate) async fn watch_key(
     let read_key = full.clone();
     let (mut state, mut seen) =
         blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key)).await?;
-    Ok(spawn_watch(&handle.tasks, move |tx: WatchSender<Option<KvPair>>| async move {
-        loop {
-            if state.as_ref().is_some_and(Entry::is_expired) {
-                state = None;
-            }
-            if !tx.send(state.as_ref().map(|e| to_pair(&prefix, &full, e))) {
-                return;
-            }
-            let deadline = state.as_ref().map(|e| e.deadline).filter(|d| *d != 0);
-            tokio::select! {
-                _ = tx.closed() => return,
-                _ = sleep_until_deadline(deadline) => {}
-                change = next_change(&mut rx, seen) => match change {
-                    Some(change) => {
-                        seen = change.seq;
-                        for (key, update) in &change.updates {
-                            if *key == full {
-                                state = update.clone();
+    Ok(spawn_watch(
+        &handle.tasks,
+        move |tx: WatchSender<Option<KvPair>>| async move {
+            loop {
+                if state.as_ref().is_some_and(Entry::is_expired) {
+                    state = None;
+                }
+                if !tx.send(state.as_ref().map(|e| to_pair(&prefix, &full, e))) {
+                    return;
+                }
+                let deadline = state.as_ref().map(|e| e.deadline).filter(|d| *d != 0);
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = sleep_until_deadline(deadline) => {}
+                    change = next_change(&mut rx, seen) => match change {
+                        Some(change) => {
+                            seen = change.seq;
+                            for (key, update) in &change.updates {
+                                if *key == full {
+                                    state = update.clone();
+                                }
                             }
                         }
-                    }
-                    None => {
-                        let read_key = full.clone();
-                        match blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key)).await {
-                            Ok((entry, seq)) => {
-                                state = entry;
-                                seen = seq;
+                        None => {
+                            let read_key = full.clone();
+                            match blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key)).await {
+                                Ok((entry, seq)) => {
+                                    state = entry;
+                                    seen = seq;
+                                }
+                                Err(error) => return fail(tx, error),
                             }
-                            Err(error) => return fail(tx, error),
                         }
-                    }
-                },
+                    },
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 /// `watch_tree(dir)`; `prefix` is the stored prefix of the directory's descendants.
@@ -117,49 +117,54 @@ pub(crate) async fn watch_tree(
     let namespace = handle.prefix.clone();
     let mut rx = engine.subscribe();
     let read_prefix = prefix.clone();
-    let (entries, mut seen) =
-        blocking(engine.clone(), timeout, "watch_tree", move |e| e.list(&read_prefix)).await?;
+    let (entries, mut seen) = blocking(engine.clone(), timeout, "watch_tree", move |e| {
+        e.list(&read_prefix)
+    })
+    .await?;
     let mut state: BTreeMap<String, Entry> = entries.into_iter().collect();
-    Ok(spawn_watch(&handle.tasks, move |tx: WatchSender<Vec<KvPair>>| async move {
-        loop {
-            state.retain(|_, e| !is_expired(e.deadline));
-            let snapshot = state
-                .iter()
-                .map(|(k, e)| to_pair(&namespace, k, e))
-                .collect();
-            if !tx.send(snapshot) {
-                return;
-            }
-            let deadline = state.values().map(|e| e.deadline).filter(|d| *d != 0).min();
-            tokio::select! {
-                _ = tx.closed() => return,
-                _ = sleep_until_deadline(deadline) => {}
-                change = next_change(&mut rx, seen) => match change {
-                    Some(change) => {
-                        seen = change.seq;
-                        for (key, update) in &change.updates {
-                            if key.starts_with(prefix.as_str()) {
-                                match update {
-                                    Some(entry) => { state.insert(key.clone(), entry.clone()); }
-                                    None => { state.remove(key); }
+    Ok(spawn_watch(
+        &handle.tasks,
+        move |tx: WatchSender<Vec<KvPair>>| async move {
+            loop {
+                state.retain(|_, e| !is_expired(e.deadline));
+                let snapshot = state
+                    .iter()
+                    .map(|(k, e)| to_pair(&namespace, k, e))
+                    .collect();
+                if !tx.send(snapshot) {
+                    return;
+                }
+                let deadline = state.values().map(|e| e.deadline).filter(|d| *d != 0).min();
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = sleep_until_deadline(deadline) => {}
+                    change = next_change(&mut rx, seen) => match change {
+                        Some(change) => {
+                            seen = change.seq;
+                            for (key, update) in &change.updates {
+                                if key.starts_with(prefix.as_str()) {
+                                    match update {
+                                        Some(entry) => { state.insert(key.clone(), entry.clone()); }
+                                        None => { state.remove(key); }
+                                    }
                                 }
                             }
                         }
-                    }
-                    None => {
-                        let read_prefix = prefix.clone();
-                        match blocking(engine.clone(), timeout, "watch_tree", move |e| e.list(&read_prefix)).await {
-                            Ok((entries, seq)) => {
-                                state = entries.into_iter().collect();
-                                seen = seq;
+                        None => {
+                            let read_prefix = prefix.clone();
+                            match blocking(engine.clone(), timeout, "watch_tree", move |e| e.list(&read_prefix)).await {
+                                Ok((entries, seq)) => {
+                                    state = entries.into_iter().collect();
+                                    seen = seq;
+                                }
+                                Err(error) => return fail(tx, error),
                             }
-                            Err(error) => return fail(tx, error),
                         }
-                    }
-                },
+                    },
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 fn fail<T: Clone + PartialEq + Send + Sync + 'static>(tx: WatchSender<T>, error: Error) {

@@ -10,7 +10,6 @@ use kv_bolt::{BoltStore, Config, Durability};
 use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
 use tokio::time::{sleep, timeout};
 
-
 fn no_ttl() -> WriteOptions {
     WriteOptions::default()
 }
@@ -20,7 +19,12 @@ async fn open(path: &Path) -> BoltStore {
 }
 
 async fn index_of(store: &BoltStore, key: &str) -> u64 {
-    store.get(key, ReadOptions::default()).await.unwrap().expect(key).last_index
+    store
+        .get(key, ReadOptions::default())
+        .await
+        .unwrap()
+        .expect(key)
+        .last_index
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,12 +40,23 @@ async fn reopen_keeps_data_and_last_index_keeps_rising() {
     store.close().await.unwrap();
 
     let store = open(&path).await;
-    let pair = store.get("a/b", ReadOptions::default()).await.unwrap().expect("persisted");
+    let pair = store
+        .get("a/b", ReadOptions::default())
+        .await
+        .unwrap()
+        .expect("persisted");
     assert_eq!((&pair.value[..], pair.last_index), (&b"one"[..], first));
-    assert_eq!(store.get("gone", ReadOptions::default()).await.unwrap(), None, "the delete persisted");
+    assert_eq!(
+        store.get("gone", ReadOptions::default()).await.unwrap(),
+        None,
+        "the delete persisted"
+    );
     store.put("gone", "again".into(), no_ttl()).await.unwrap();
     let recreated = index_of(&store, "gone").await;
-    assert!(recreated > gone && recreated > first, "{recreated} after {gone}/{first}");
+    assert!(
+        recreated > gone && recreated > first,
+        "{recreated} after {gone}/{first}"
+    );
     store.put("a/b", "two".into(), no_ttl()).await.unwrap();
     let second = index_of(&store, "a/b").await;
     assert!(second > recreated);
@@ -77,21 +92,44 @@ async fn two_handles_on_one_path_share_watches_and_locks() {
     let mut tree = two.watch_tree("dir", ReadOptions::default()).await.unwrap();
     assert!(tree.next().await.unwrap().unwrap().is_empty());
     one.put("dir/x", "1".into(), no_ttl()).await.unwrap();
-    let snapshot = timeout(Duration::from_secs(2), tree.next()).await.unwrap().unwrap().unwrap();
+    let snapshot = timeout(Duration::from_secs(2), tree.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(snapshot.len(), 1);
 
     let mut mine = one
-        .new_lock("lock", LockOptions::default().value("one").ttl(Duration::from_secs(2)))
+        .new_lock(
+            "lock",
+            LockOptions::default()
+                .value("one")
+                .ttl(Duration::from_secs(2)),
+        )
         .await
         .unwrap();
     let lease = mine.lock().await.unwrap();
-    assert_eq!(&two.get("lock", ReadOptions::default()).await.unwrap().unwrap().value[..], b"one");
+    assert_eq!(
+        &two.get("lock", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value[..],
+        b"one"
+    );
     let mut theirs = two
-        .new_lock("lock", LockOptions::default().value("two").ttl(Duration::from_secs(2)))
+        .new_lock(
+            "lock",
+            LockOptions::default()
+                .value("two")
+                .ttl(Duration::from_secs(2)),
+        )
         .await
         .unwrap();
     assert!(
-        timeout(Duration::from_millis(300), theirs.lock()).await.is_err(),
+        timeout(Duration::from_millis(300), theirs.lock())
+            .await
+            .is_err(),
         "held by the other handle"
     );
     let waiter = tokio::spawn(async move {
@@ -101,8 +139,14 @@ async fn two_handles_on_one_path_share_watches_and_locks() {
     sleep(Duration::from_millis(100)).await;
     let released = Instant::now();
     mine.unlock().await.unwrap();
-    let (mut theirs, their_lease) = timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap();
-    assert!(released.elapsed() < Duration::from_millis(500), "woken by the release");
+    let (mut theirs, their_lease) = timeout(Duration::from_secs(2), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        released.elapsed() < Duration::from_millis(500),
+        "woken by the release"
+    );
     assert!(their_lease.fencing_token() > lease.fencing_token());
     // Closing one handle releases its lock at once and leaves the other handle working.
     two.close().await.unwrap();
@@ -129,15 +173,29 @@ async fn a_dropped_handle_stops_renewing_and_its_lock_expires() {
     // Kept held for several TTLs while the handle lives.
     sleep(ttl * 3).await;
     assert!(lease.is_held());
-    assert!(root.get("l", ReadOptions::default()).await.unwrap().is_some());
+    assert!(
+        root.get("l", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The process "dies": handle dropped, the `Lock` forgotten (no release).
     let dropped = Instant::now();
     drop(dying);
     std::mem::forget(lock);
-    let mut next = root.new_lock("l", LockOptions::default().ttl(ttl)).await.unwrap();
-    timeout(Duration::from_secs(3), next.lock()).await.expect("expired").unwrap();
+    let mut next = root
+        .new_lock("l", LockOptions::default().ttl(ttl))
+        .await
+        .unwrap();
+    timeout(Duration::from_secs(3), next.lock())
+        .await
+        .expect("expired")
+        .unwrap();
     let waited = dropped.elapsed();
-    assert!(waited <= ttl + Duration::from_millis(400), "took over after {waited:?}");
+    assert!(
+        waited <= ttl + Duration::from_millis(400),
+        "took over after {waited:?}"
+    );
     next.unlock().await.unwrap();
     root.close().await.unwrap();
 }
@@ -154,10 +212,18 @@ async fn background_tasks_end_at_close() {
     store.close().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     while store.background_tasks() != 0 {
-        assert!(Instant::now() < deadline, "tasks left: {}", store.background_tasks());
+        assert!(
+            Instant::now() < deadline,
+            "tasks left: {}",
+            store.background_tasks()
+        );
         sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(root.get("l", ReadOptions::default()).await.unwrap(), None, "lock released at close");
+    assert_eq!(
+        root.get("l", ReadOptions::default()).await.unwrap(),
+        None,
+        "lock released at close"
+    );
     assert_eq!(root.background_tasks(), 0);
     root.close().await.unwrap();
     assert!(matches!(root.handle(), Err(Error::Closed)));
@@ -168,18 +234,34 @@ async fn expired_keys_are_invisible_at_once_and_swept_in_the_background() {
     let store = BoltStore::open(Config::temporary()).await.unwrap();
     let observer = store.handle().unwrap();
     let ttl = Duration::from_millis(300);
-    store.put("t/x", "v".into(), WriteOptions::with_ttl(ttl)).await.unwrap();
-    store.put("t/y", "v".into(), WriteOptions::with_ttl(ttl * 10)).await.unwrap();
+    store
+        .put("t/x", "v".into(), WriteOptions::with_ttl(ttl))
+        .await
+        .unwrap();
+    store
+        .put("t/y", "v".into(), WriteOptions::with_ttl(ttl * 10))
+        .await
+        .unwrap();
     store.put("t/z", "v".into(), no_ttl()).await.unwrap();
     let written = Instant::now();
     let mut watch = observer.watch("t/x", ReadOptions::default()).await.unwrap();
     assert!(watch.next().await.unwrap().unwrap().is_some());
     // Gone for readers at the deadline, to the millisecond.
-    let gone = timeout(Duration::from_secs(2), watch.next()).await.unwrap().unwrap().unwrap();
+    let gone = timeout(Duration::from_secs(2), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(gone, None);
     let after = written.elapsed();
-    assert!(after >= ttl && after < ttl + Duration::from_millis(150), "expiry seen after {after:?}");
-    assert_eq!(observer.get("t/x", ReadOptions::default()).await.unwrap(), None);
+    assert!(
+        after >= ttl && after < ttl + Duration::from_millis(150),
+        "expiry seen after {after:?}"
+    );
+    assert_eq!(
+        observer.get("t/x", ReadOptions::default()).await.unwrap(),
+        None
+    );
     // Physically removed by the sweeper shortly after.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -194,7 +276,13 @@ async fn expired_keys_are_invisible_at_once_and_swept_in_the_background() {
     // A write without TTL makes a key permanent again.
     store.put("t/y", "w".into(), no_ttl()).await.unwrap();
     sleep(ttl * 11).await;
-    assert!(observer.get("t/y", ReadOptions::default()).await.unwrap().is_some());
+    assert!(
+        observer
+            .get("t/y", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(observer.stored_keys().await.unwrap(), ["t/y", "t/z"]);
     store.close().await.unwrap();
 }
@@ -205,7 +293,11 @@ async fn expired_keys_left_in_a_closed_database_are_swept_after_reopen() {
     let path = dir.path().join("db");
     let store = open(&path).await;
     store
-        .put("k", "v".into(), WriteOptions::with_ttl(Duration::from_millis(200)))
+        .put(
+            "k",
+            "v".into(),
+            WriteOptions::with_ttl(Duration::from_millis(200)),
+        )
         .await
         .unwrap();
     store.close().await.unwrap();
@@ -230,15 +322,33 @@ async fn values_up_to_16_mib() {
     let value: Bytes = (0..max).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
     let started = Instant::now();
     store.put("big", value.clone(), no_ttl()).await.unwrap();
-    assert_eq!(store.get("big", ReadOptions::default()).await.unwrap().unwrap().value, value);
+    assert_eq!(
+        store
+            .get("big", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        value
+    );
     println!("16 MiB put + get: {:?}", started.elapsed());
     assert!(matches!(
-        store.put("big", Bytes::from(vec![0u8; max + 1]), no_ttl()).await,
+        store
+            .put("big", Bytes::from(vec![0u8; max + 1]), no_ttl())
+            .await,
         Err(Error::ValueTooLarge { .. })
     ));
     store.close().await.unwrap();
     let store = open(&path).await;
-    assert_eq!(store.get("big", ReadOptions::default()).await.unwrap().unwrap().value, value);
+    assert_eq!(
+        store
+            .get("big", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        value
+    );
     store.close().await.unwrap();
 }
 
@@ -246,11 +356,22 @@ async fn values_up_to_16_mib() {
 async fn storage_layout_is_readable_with_plain_sled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let config = Config::builder().path(&path).namespace("app").build().unwrap();
+    let config = Config::builder()
+        .path(&path)
+        .namespace("app")
+        .build()
+        .unwrap();
     let store = BoltStore::open(config).await.unwrap();
-    store.put("/conf/port/", "8080".into(), no_ttl()).await.unwrap();
     store
-        .put("session", "s".into(), WriteOptions::with_ttl(Duration::from_secs(60)))
+        .put("/conf/port/", "8080".into(), no_ttl())
+        .await
+        .unwrap();
+    store
+        .put(
+            "session",
+            "s".into(),
+            WriteOptions::with_ttl(Duration::from_secs(60)),
+        )
         .await
         .unwrap();
     let port = index_of(&store, "conf/port").await;
@@ -266,7 +387,11 @@ async fn storage_layout_is_readable_with_plain_sled() {
     let raw = meta.get("app/conf/port").unwrap().unwrap();
     assert_eq!(raw.len(), 16);
     assert_eq!(u64::from_be_bytes(raw[..8].try_into().unwrap()), port);
-    assert_eq!(u64::from_be_bytes(raw[8..].try_into().unwrap()), 0, "no TTL");
+    assert_eq!(
+        u64::from_be_bytes(raw[8..].try_into().unwrap()),
+        0,
+        "no TTL"
+    );
     let raw = meta.get("app/session").unwrap().unwrap();
     assert_eq!(u64::from_be_bytes(raw[..8].try_into().unwrap()), session);
     let deadline = u64::from_be_bytes(raw[8..].try_into().unwrap());
@@ -283,22 +408,52 @@ async fn storage_layout_is_readable_with_plain_sled() {
 async fn namespaces_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let a = BoltStore::open(Config::builder().path(&path).namespace("a").build().unwrap())
-        .await
-        .unwrap();
-    let b = BoltStore::open(Config::from_url(&format!("bolt://{}?namespace=b", path.display())).unwrap())
-        .await
-        .unwrap();
+    let a = BoltStore::open(
+        Config::builder()
+            .path(&path)
+            .namespace("a")
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let b = BoltStore::open(
+        Config::from_url(&format!("bolt://{}?namespace=b", path.display())).unwrap(),
+    )
+    .await
+    .unwrap();
     let root = open(&path).await;
     a.put("k", "a".into(), no_ttl()).await.unwrap();
     b.put("k", "b".into(), no_ttl()).await.unwrap();
-    assert_eq!(&a.get("k", ReadOptions::default()).await.unwrap().unwrap().value[..], b"a");
-    let keys: Vec<_> = b.list("", ReadOptions::default()).await.unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        &a.get("k", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value[..],
+        b"a"
+    );
+    let keys: Vec<_> = b
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(keys, ["k"]);
-    let keys: Vec<_> = root.list("", ReadOptions::default()).await.unwrap().into_iter().map(|p| p.key).collect();
+    let keys: Vec<_> = root
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
     assert_eq!(keys, ["a/k", "b/k"]);
     a.delete_tree("").await.unwrap();
-    assert_eq!(root.list("", ReadOptions::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        root.list("", ReadOptions::default()).await.unwrap().len(),
+        1
+    );
     for s in [a, b, root] {
         s.close().await.unwrap();
     }
@@ -318,7 +473,10 @@ async fn a_database_locked_by_another_opener_is_unavailable() {
         .unwrap();
     let started = Instant::now();
     let result = BoltStore::open(config.clone()).await;
-    assert!(matches!(result, Err(Error::Unavailable { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // Released while we wait: the open succeeds.
     let mut patient = config;
@@ -326,7 +484,11 @@ async fn a_database_locked_by_another_opener_is_unavailable() {
     let opener = tokio::spawn(BoltStore::open(patient));
     sleep(Duration::from_millis(100)).await;
     drop(other);
-    let store = timeout(Duration::from_secs(5), opener).await.unwrap().unwrap().unwrap();
+    let store = timeout(Duration::from_secs(5), opener)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     store.put("k", "v".into(), no_ttl()).await.unwrap();
     store.close().await.unwrap();
 }
@@ -356,17 +518,29 @@ async fn paths_that_cannot_hold_a_database_are_config_errors() {
 async fn every_write_durability_and_url_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let url = format!("bolt://{}?durability=every-write&timeout_ms=5000", path.display());
+    let url = format!(
+        "bolt://{}?durability=every-write&timeout_ms=5000",
+        path.display()
+    );
     let config = Config::from_url(&url).unwrap();
     assert_eq!(config.durability, Durability::EveryWrite);
     assert!(!config.temporary);
     let store = BoltStore::open(config).await.unwrap();
     store.put("k", "v".into(), no_ttl()).await.unwrap();
-    store.atomic_put("k2", "v".into(), None, no_ttl()).await.unwrap();
+    store
+        .atomic_put("k2", "v".into(), None, no_ttl())
+        .await
+        .unwrap();
     store.delete("k2").await.unwrap();
     store.close().await.unwrap();
     let store = open(&path).await;
-    assert!(store.get("k", ReadOptions::default()).await.unwrap().is_some());
+    assert!(
+        store
+            .get("k", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_some()
+    );
     store.close().await.unwrap();
 }
 
@@ -378,7 +552,14 @@ async fn a_temporary_database_is_deleted_when_its_last_handle_goes() {
     store.put("k", "v".into(), no_ttl()).await.unwrap();
     assert!(path.exists());
     store.close().await.unwrap();
-    assert!(other.get("k", ReadOptions::default()).await.unwrap().is_some(), "the other handle still works");
+    assert!(
+        other
+            .get("k", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_some(),
+        "the other handle still works"
+    );
     assert!(path.exists());
     other.close().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
