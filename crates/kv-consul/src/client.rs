@@ -142,7 +142,8 @@ pub(crate) fn safe_prefix(key: &str) -> &str {
 }
 
 fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 impl Client {
@@ -235,7 +236,11 @@ impl Client {
                 .bytes()
                 .await
                 .map_err(|e| map_reqwest(e, operation, timeout))?;
-            return check_status(Response { status, index, body });
+            return check_status(Response {
+                status,
+                index,
+                body,
+            });
         }
         Err(match last_error {
             Some(error) => Error::unavailable(BACKEND, error),
@@ -278,7 +283,11 @@ impl Client {
             let (entries, index) = self.kv_list(safe_prefix(key), consistent, block).await?;
             return Ok((entries.into_iter().find(|e| e.key == key), index));
         }
-        let path = format!("/v1/kv/{}?{}", encode_path(key), Self::read_query(consistent, block));
+        let path = format!(
+            "/v1/kv/{}?{}",
+            encode_path(key),
+            Self::read_query(consistent, block)
+        );
         let response = self
             .send(Method::GET, &path, None, self.read_timeout(block), "get")
             .await?;
@@ -335,7 +344,13 @@ impl Client {
     pub(crate) async fn txn(&self, ops: Vec<Json>, operation: &'static str) -> Result<TxnOutcome> {
         let body = serde_json::to_vec(&ops).map_err(|e| Error::backend(BACKEND, e))?;
         let response = self
-            .send(Method::PUT, "/v1/txn", Some(body), self.request_timeout, operation)
+            .send(
+                Method::PUT,
+                "/v1/txn",
+                Some(body),
+                self.request_timeout,
+                operation,
+            )
             .await?;
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
@@ -386,7 +401,12 @@ impl Client {
 
     /// Creates a session with this TTL (whole milliseconds) and behaviour, without health
     /// checks (only the TTL ends it) and without lock-delay.
-    pub(crate) async fn session_create(&self, ttl: Duration, behavior: &str, name: &str) -> Result<String> {
+    pub(crate) async fn session_create(
+        &self,
+        ttl: Duration,
+        behavior: &str,
+        name: &str,
+    ) -> Result<String> {
         let body = json!({
             "Name": name,
             "TTL": format!("{}ms", ttl.as_millis()),
@@ -418,7 +438,13 @@ impl Client {
     pub(crate) async fn session_renew(&self, id: &str) -> Result<bool> {
         let path = format!("/v1/session/renew/{}", encode_path(id));
         let response = self
-            .send(Method::PUT, &path, None, self.request_timeout, "session renew")
+            .send(
+                Method::PUT,
+                &path,
+                None,
+                self.request_timeout,
+                "session renew",
+            )
             .await?;
         match response.status {
             StatusCode::OK => Ok(true),
@@ -431,7 +457,13 @@ impl Client {
     pub(crate) async fn session_destroy(&self, id: &str) -> Result<()> {
         let path = format!("/v1/session/destroy/{}", encode_path(id));
         let response = self
-            .send(Method::PUT, &path, None, self.request_timeout, "session destroy")
+            .send(
+                Method::PUT,
+                &path,
+                None,
+                self.request_timeout,
+                "session destroy",
+            )
             .await?;
         match response.status {
             StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
@@ -442,20 +474,35 @@ impl Client {
     /// Checks that the agent answers and has a leader.
     pub(crate) async fn status_leader(&self) -> Result<()> {
         let response = self
-            .send(Method::GET, "/v1/status/leader", None, self.request_timeout, "connect")
+            .send(
+                Method::GET,
+                "/v1/status/leader",
+                None,
+                self.request_timeout,
+                "connect",
+            )
             .await?;
         let leader: String = parse(&response.body).unwrap_or_default();
         if response.status == StatusCode::OK && !leader.is_empty() {
             Ok(())
         } else {
-            Err(Error::unavailable(BACKEND, "the Consul cluster has no leader"))
+            Err(Error::unavailable(
+                BACKEND,
+                "the Consul cluster has no leader",
+            ))
         }
     }
 
     /// The agent's `session_ttl_min`, when the token may read the agent's configuration.
     pub(crate) async fn session_ttl_min(&self) -> Option<Duration> {
         let response = self
-            .send(Method::GET, "/v1/agent/self", None, self.request_timeout, "connect")
+            .send(
+                Method::GET,
+                "/v1/agent/self",
+                None,
+                self.request_timeout,
+                "connect",
+            )
             .await
             .ok()?;
         let parsed: Json = serde_json::from_slice(&response.body).ok()?;
@@ -470,7 +517,13 @@ pub(crate) fn txn_op(verb: &str, key: &str) -> Json {
 }
 
 /// A KV write operation for `/v1/txn` (`set`, `lock`, `unlock`).
-pub(crate) fn txn_write(verb: &str, key: &str, value: &[u8], flags: u64, session: Option<&str>) -> Json {
+pub(crate) fn txn_write(
+    verb: &str,
+    key: &str,
+    value: &[u8],
+    flags: u64,
+    session: Option<&str>,
+) -> Json {
     let mut op = json!({ "Verb": verb, "Key": key, "Value": BASE64.encode(value), "Flags": flags });
     if let Some(session) = session {
         op["Session"] = json!(session);
@@ -482,16 +535,23 @@ pub(crate) fn txn_write(verb: &str, key: &str, value: &[u8], flags: u64, session
 pub(crate) fn txn_cond(cond: Cond, key: &str) -> Json {
     match cond {
         Cond::NotExists => txn_op("check-not-exists", key),
-        Cond::Index(index) => json!({ "KV": { "Verb": "check-index", "Key": key, "Index": index } }),
+        Cond::Index(index) => {
+            json!({ "KV": { "Verb": "check-index", "Key": key, "Index": index } })
+        }
     }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::backend(BACKEND, format!("unexpected response from Consul: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::backend(BACKEND, format!("unexpected response from Consul: {e}")))
 }
 
 fn body_text(response: &Response) -> String {
-    String::from_utf8_lossy(&response.body).trim().chars().take(500).collect()
+    String::from_utf8_lossy(&response.body)
+        .trim()
+        .chars()
+        .take(500)
+        .collect()
 }
 
 fn check_status(response: Response) -> Result<Response> {
@@ -511,7 +571,10 @@ fn check_status(response: Response) -> Result<Response> {
                 message: text,
             });
         }
-        return Err(Error::unavailable(BACKEND, format!("HTTP {status}: {text}")));
+        return Err(Error::unavailable(
+            BACKEND,
+            format!("HTTP {status}: {text}"),
+        ));
     }
     Ok(response)
 }
@@ -519,7 +582,11 @@ fn check_status(response: Response) -> Result<Response> {
 fn unexpected(response: &Response) -> Error {
     Error::backend(
         BACKEND,
-        format!("unexpected HTTP {} from Consul: {}", response.status, body_text(response)),
+        format!(
+            "unexpected HTTP {} from Consul: {}",
+            response.status,
+            body_text(response)
+        ),
     )
 }
 
@@ -550,7 +617,9 @@ mod tests {
 
     #[test]
     fn knows_which_keys_consul_refuses() {
-        for ok in ["a", "a/b", "..x", "x..", "a b", "q?x", "100%", "%zz", "a/%41"] {
+        for ok in [
+            "a", "a/b", "..x", "x..", "a b", "q?x", "100%", "%zz", "a/%41",
+        ] {
             assert!(consul_accepts(ok), "{ok}");
         }
         for refused in [" a", "a ", "a/..", "pct%20x", "a/%2e%2E/b", "x%2E%2E"] {

@@ -127,7 +127,11 @@ impl Config {
         let http_scheme = match scheme.to_ascii_lowercase().as_str() {
             "consul" | "http" => "http",
             "consul+https" | "https" => "https",
-            _ => return Err(bad("the scheme must be consul, consul+https, http or https")),
+            _ => {
+                return Err(bad(
+                    "the scheme must be consul, consul+https, http or https",
+                ));
+            }
         };
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
@@ -149,7 +153,10 @@ impl Config {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value).map_err(|e| bad(&e))?;
-            let duration = || parse_duration(&value).ok_or_else(|| bad(&format!("bad duration {value:?} for {name}")));
+            let duration = || {
+                parse_duration(&value)
+                    .ok_or_else(|| bad(&format!("bad duration {value:?} for {name}")))
+            };
             builder = match name {
                 "token" => builder.token(value),
                 "dc" | "datacenter" => builder.datacenter(value),
@@ -166,7 +173,9 @@ impl Config {
                     let cert = builder.config.tls.cert_file.clone().unwrap_or_default();
                     builder.client_cert(cert, value)
                 }
-                "insecure_skip_verify" => builder.insecure_skip_verify(matches!(value.as_str(), "true" | "1" | "yes")),
+                "insecure_skip_verify" => {
+                    builder.insecure_skip_verify(matches!(value.as_str(), "true" | "1" | "yes"))
+                }
                 other => return Err(bad(&format!("unknown parameter {other:?}"))),
             };
         }
@@ -290,7 +299,8 @@ impl ConfigBuilder {
                 "a client certificate needs both cert_file and key_file".to_owned(),
             ));
         }
-        if self.config.request_timeout.is_zero() || self.config.watch_wait < Duration::from_secs(1) {
+        if self.config.request_timeout.is_zero() || self.config.watch_wait < Duration::from_secs(1)
+        {
             return Err(Error::Config(
                 "request_timeout must be positive and watch_wait at least 1s".to_owned(),
             ));
@@ -378,7 +388,8 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(2));
         assert_eq!(c.watch_wait, Duration::from_secs(3));
         assert_eq!(c.session_ttl_min, Some(Duration::from_secs(1)));
-        let c = Config::from_url("https://h:8501?ca_file=/x/ca.pem&cert_file=/c&key_file=/k").unwrap();
+        let c =
+            Config::from_url("https://h:8501?ca_file=/x/ca.pem&cert_file=/c&key_file=/k").unwrap();
         assert_eq!(c.endpoints, ["https://h:8501"]);
         assert_eq!(c.tls.ca_file, Some(PathBuf::from("/x/ca.pem")));
         assert_eq!(c.tls.cert_file, Some(PathBuf::from("/c")));

@@ -58,7 +58,7 @@
 //!   earliest visible TTL deadline publishes the expiry on time; an index going backwards
 //!   resets to 0; errors back off (100 ms … 5 s); dropping the stream aborts the task and its
 //!   in-flight request.
-//! * **Locks** (see [`lock`](crate::lock) source docs): a session with `Behavior=delete` and
+//! * **Locks**: a session with `Behavior=delete` and
 //!   `LockDelay=0s`, acquired with `check-not-exists` + `lock` in one transaction; renewed in the
 //!   background every `ttl / 3`; lost when renewal is refused (session gone) or when a blocking
 //!   query on the key sees it deleted, rewritten or held by another session; released by

@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::lock::keep_alive;
 use kv_core::ttl::now_millis;
-use kv_core::{Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result};
+use kv_core::{
+    Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result,
+};
 
 use crate::client::{Cond, TxnOutcome};
 use crate::store::{Inner, deadline_of, is_live};
@@ -52,10 +54,10 @@ impl ConsulLock {
 
     /// A live session for the next attempt: the previous one renewed, or a new one.
     async fn session(&self, previous: Option<String>) -> Result<String> {
-        if let Some(previous) = previous {
-            if self.inner.client.session_renew(&previous).await? {
-                return Ok(previous);
-            }
+        if let Some(previous) = previous
+            && self.inner.client.session_renew(&previous).await?
+        {
+            return Ok(previous);
         }
         self.inner
             .client
@@ -67,7 +69,11 @@ impl ConsulLock {
             .await
     }
 
-    async fn acquire_inner(&self, abandon: &CancellationToken, session: &mut Option<String>) -> Result<Acquired> {
+    async fn acquire_inner(
+        &self,
+        abandon: &CancellationToken,
+        session: &mut Option<String>,
+    ) -> Result<Acquired> {
         let client = &self.inner.client;
         let mut index = 0u64;
         let mut backoff = Duration::from_millis(100);
@@ -117,7 +123,14 @@ impl ConsulLock {
             }
             let outcome = self
                 .inner
-                .write(&self.full, &self.value, 0, Some(cond), holder.as_deref(), Some(&id))
+                .write(
+                    &self.full,
+                    &self.value,
+                    0,
+                    Some(cond),
+                    holder.as_deref(),
+                    Some(&id),
+                )
                 .await?;
             match outcome {
                 TxnOutcome::Committed(token) => return Ok(self.start(id, token)),
@@ -167,23 +180,36 @@ impl ConsulLock {
 
 /// Follows the held key with blocking queries; marks the lock lost as soon as the key is
 /// deleted, rewritten or held by another session.
-async fn watch_held(inner: &Inner, full: &str, session: &str, token: u64, notifier: &LeaseNotifier) {
+async fn watch_held(
+    inner: &Inner,
+    full: &str,
+    session: &str,
+    token: u64,
+    notifier: &LeaseNotifier,
+) {
     let client = &inner.client;
     let mut index = token;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.kv_get(full, true, Some((index, client.watch_wait))).await {
+        match client
+            .kv_get(full, true, Some((index, client.watch_wait)))
+            .await
+        {
             Ok((entry, new_index)) => {
                 backoff = Duration::from_millis(100);
-                let ours = entry
-                    .as_ref()
-                    .is_some_and(|e| e.modify_index == token && e.session.as_deref() == Some(session));
+                let ours = entry.as_ref().is_some_and(|e| {
+                    e.modify_index == token && e.session.as_deref() == Some(session)
+                });
                 if !ours {
                     tracing::debug!(key = full, "lock key deleted or taken over: lock lost");
                     notifier.lost();
                     return;
                 }
-                index = if new_index < index { token } else { new_index.max(token) };
+                index = if new_index < index {
+                    token
+                } else {
+                    new_index.max(token)
+                };
             }
             Err(error) => {
                 // Renewal decides whether an unreachable server costs us the lock.

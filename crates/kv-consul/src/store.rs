@@ -8,8 +8,8 @@ use bytes::Bytes;
 use kv_core::key::{child_prefix, is_descendant, normalize_key};
 use kv_core::ttl::{deadline_millis, now_millis};
 use kv_core::{
-    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet, WatchStream,
-    WatchTreeStream, WriteOptions,
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
+    WatchStream, WatchTreeStream, WriteOptions,
 };
 
 use crate::client::{BACKEND, Client, Cond, Entry, TxnOutcome, txn_cond, txn_op, txn_write};
@@ -38,7 +38,12 @@ pub(crate) fn flags_for(deadline: Option<u64>) -> u64 {
 
 /// The `Flags` to write so that the write really happens: when the entry would not change
 /// (same value, same flags, no session involved), the rewrite marker is toggled.
-fn effective_flags(current: Option<&Entry>, value: &[u8], flags: u64, session: Option<&str>) -> u64 {
+fn effective_flags(
+    current: Option<&Entry>,
+    value: &[u8],
+    flags: u64,
+    session: Option<&str>,
+) -> u64 {
     match current {
         Some(entry)
             if session.is_none()
@@ -187,7 +192,13 @@ impl Inner {
         }
     }
 
-    async fn put_with(&self, full: &str, value: &[u8], ttl: Option<Duration>, session: Option<&str>) -> Result<u64> {
+    async fn put_with(
+        &self,
+        full: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        session: Option<&str>,
+    ) -> Result<u64> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
@@ -199,7 +210,10 @@ impl Inner {
             let holder = current.as_ref().and_then(|e| e.session.as_deref());
             let flags = flags_for(ttl.map(deadline_millis));
             let flags = effective_flags(current.as_ref(), value, flags, session);
-            match self.write(full, value, flags, Some(cond), holder, session).await? {
+            match self
+                .write(full, value, flags, Some(cond), holder, session)
+                .await?
+            {
                 TxnOutcome::Committed(index) => return Ok(index),
                 TxnOutcome::RolledBack(op, what) => {
                     tracing::debug!(op, %what, "put lost a race, retrying");
@@ -231,20 +245,33 @@ impl Inner {
             let current = self.read(&full, true).await?;
             let live = current.as_ref().filter(|e| is_live(e));
             let cond = match (previous, live, &current) {
-                (None, Some(_), _) => return Err(Error::KeyExists { key: key.to_owned() }),
+                (None, Some(_), _) => {
+                    return Err(Error::KeyExists {
+                        key: key.to_owned(),
+                    });
+                }
                 (None, None, None) => Cond::NotExists,
                 // An expired key that Consul has not removed yet counts as absent.
                 (None, None, Some(expired)) => Cond::Index(expired.modify_index),
-                (Some(_), None, _) => return Err(Error::KeyNotFound { key: key.to_owned() }),
+                (Some(_), None, _) => {
+                    return Err(Error::KeyNotFound {
+                        key: key.to_owned(),
+                    });
+                }
                 (Some(prev), Some(entry), _) if entry.modify_index != prev.last_index => {
-                    return Err(Error::KeyModified { key: key.to_owned() });
+                    return Err(Error::KeyModified {
+                        key: key.to_owned(),
+                    });
                 }
                 (Some(prev), Some(_), _) => Cond::Index(prev.last_index),
             };
             let holder = current.as_ref().and_then(|e| e.session.as_deref());
             let flags = flags_for(ttl.map(deadline_millis));
             let flags = effective_flags(current.as_ref(), value, flags, session);
-            match self.write(&full, value, flags, Some(cond), holder, session).await? {
+            match self
+                .write(&full, value, flags, Some(cond), holder, session)
+                .await?
+            {
                 TxnOutcome::Committed(index) => {
                     return Ok(KvPair {
                         key: key.to_owned(),
@@ -274,7 +301,10 @@ impl ConsulStore {
         client.status_leader().await?;
         let session_ttl_min = match config.session_ttl_min {
             Some(ttl) => ttl,
-            None => client.session_ttl_min().await.unwrap_or(DEFAULT_SESSION_TTL_MIN),
+            None => client
+                .session_ttl_min()
+                .await
+                .unwrap_or(DEFAULT_SESSION_TTL_MIN),
         };
         let prefix = if config.prefix.is_empty() {
             String::new()
@@ -310,7 +340,12 @@ impl ConsulStore {
         self.inner.session_ttl_min
     }
 
-    fn check_write(&self, key: &str, value: &[u8], options: &WriteOptions) -> Result<(String, Option<Duration>)> {
+    fn check_write(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: &WriteOptions,
+    ) -> Result<(String, Option<Duration>)> {
         self.inner.tasks.ensure_open()?;
         let caps = &self.inner.caps;
         let key = caps.check_key(key)?;
@@ -344,7 +379,10 @@ impl Store for ConsulStore {
     async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
-        let entry = self.inner.read(&self.inner.full(&key), options.consistent).await?;
+        let entry = self
+            .inner
+            .read(&self.inner.full(&key), options.consistent)
+            .await?;
         Ok(entry.and_then(|e| self.inner.pair(&e)))
     }
 
@@ -357,7 +395,11 @@ impl Store for ConsulStore {
                 return Ok(false);
             };
             let live = is_live(&entry);
-            let deleted = self.inner.client.kv_delete_cas(&full, entry.modify_index).await?;
+            let deleted = self
+                .inner
+                .client
+                .kv_delete_cas(&full, entry.modify_index)
+                .await?;
             if !live {
                 // An expired key Consul has not removed yet: clean it up, report it absent.
                 return Ok(false);
@@ -374,7 +416,11 @@ impl Store for ConsulStore {
         let (entries, _) = self
             .inner
             .client
-            .kv_list(&self.inner.full_children(&directory), options.consistent, None)
+            .kv_list(
+                &self.inner.full_children(&directory),
+                options.consistent,
+                None,
+            )
             .await?;
         Ok(self.inner.snapshot(&directory, &entries))
     }
@@ -424,9 +470,16 @@ impl Store for ConsulStore {
         let current = self.inner.read(&full, true).await?;
         match current.filter(is_live) {
             None => Err(Error::KeyNotFound { key }),
-            Some(entry) if entry.modify_index != previous.last_index => Err(Error::KeyModified { key }),
+            Some(entry) if entry.modify_index != previous.last_index => {
+                Err(Error::KeyModified { key })
+            }
             Some(_) => {
-                if self.inner.client.kv_delete_cas(&full, previous.last_index).await? {
+                if self
+                    .inner
+                    .client
+                    .kv_delete_cas(&full, previous.last_index)
+                    .await?
+                {
                     return Ok(());
                 }
                 match self.inner.read(&full, true).await?.filter(is_live) {
@@ -460,7 +513,16 @@ impl Store for ConsulStore {
     async fn close(&self) -> Result<()> {
         // Releases held locks (destroying their sessions deletes their keys), then stops every
         // watch and renewal task. The HTTP client's pool closes with the last handle.
-        self.inner.tasks.close(self.inner.client.request_timeout).await;
+        self.inner
+            .tasks
+            .close(self.inner.client.request_timeout)
+            .await;
+        // The cancelled tasks stop at their next poll: wait (briefly) until they all have, so
+        // that `background_tasks()` is 0 when `close` returns.
+        let limit = Instant::now() + Duration::from_secs(1);
+        while self.inner.tasks.running() > 0 && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         Ok(())
     }
 
@@ -482,7 +544,11 @@ mod tests {
         assert_eq!(deadline_of(0), None);
         assert_eq!(deadline_of(42), None);
         let rewrite = (0x4B56 << 48) | (1 << 47);
-        assert_eq!(deadline_of(rewrite), None, "the rewrite marker is no deadline");
+        assert_eq!(
+            deadline_of(rewrite),
+            None,
+            "the rewrite marker is no deadline"
+        );
         // Consul's own api.Lock flag value is not mistaken for a deadline.
         assert_eq!(deadline_of(0x2ddc_cbc0_58a5_0c18), None);
     }

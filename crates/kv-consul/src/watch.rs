@@ -45,13 +45,21 @@ async fn sleep_until_millis(deadline: Option<u64>) {
 
 /// True for errors that retrying cannot cure.
 pub(crate) fn is_terminal(error: &Error) -> bool {
-    matches!(error, Error::PermissionDenied { .. } | Error::Config(_) | Error::Closed)
+    matches!(
+        error,
+        Error::PermissionDenied { .. } | Error::Config(_) | Error::Closed
+    )
 }
 
 /// The shared loop: `fetch(index)` runs one (blocking) query, `project` turns the raw answer
 /// into the published state plus the deadline at which it must be recomputed.
-async fn run<R, T, F, Fut, P>(tx: WatchSender<T>, mut raw: R, mut index: u64, mut fetch: F, project: P)
-where
+async fn run<R, T, F, Fut, P>(
+    tx: WatchSender<T>,
+    mut raw: R,
+    mut index: u64,
+    mut fetch: F,
+    project: P,
+) where
     T: Clone + PartialEq + Send + Sync + 'static,
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<(R, u64)>>,
@@ -94,7 +102,11 @@ where
 
 /// `Store::watch`: reads the current state now (so that the first item is the state when
 /// `watch` returned), then follows it in a background task.
-pub(crate) async fn watch_key(inner: Arc<Inner>, key: String, consistent: bool) -> Result<WatchStream> {
+pub(crate) async fn watch_key(
+    inner: Arc<Inner>,
+    key: String,
+    consistent: bool,
+) -> Result<WatchStream> {
     let full = inner.full(&key);
     let (entry, index) = inner.client.kv_get(&full, consistent, None).await?;
     let stream = spawn_watch(&inner.tasks.clone(), move |tx| async move {
@@ -126,7 +138,11 @@ pub(crate) async fn watch_tree(
         let fetch = |index: u64| {
             let client = inner.client.clone();
             let prefix = prefix.clone();
-            async move { client.kv_list(&prefix, consistent, Some((index, wait))).await }
+            async move {
+                client
+                    .kv_list(&prefix, consistent, Some((index, wait)))
+                    .await
+            }
         };
         let project = |entries: &Vec<Entry>| -> (Vec<KvPair>, Option<u64>) {
             let snapshot = inner.snapshot(&directory, entries);
