@@ -35,6 +35,8 @@ const SEQ_KEY: &[u8] = b"seq";
 
 /// How many changes a slow watcher may fall behind before it resynchronises by re-reading.
 const CHANGES_CAPACITY: usize = 4096;
+/// Values up to this size travel inside published changes; larger ones are re-read.
+const INLINE_VALUE_MAX: usize = 64 * 1024;
 /// How many expired keys one sweep removes in one transaction.
 const SWEEP_BATCH: usize = 1000;
 
@@ -57,7 +59,41 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Change {
     pub(crate) seq: u64,
-    pub(crate) updates: Vec<(String, Option<Entry>)>,
+    pub(crate) updates: Vec<(String, Update)>,
+}
+
+/// A key's new state in a [`Change`].
+#[derive(Debug, Clone)]
+pub(crate) enum Update {
+    /// Written (or renewed): the new entry.
+    Set(Entry),
+    /// Written with a value larger than [`INLINE_VALUE_MAX`]: the value is not carried (a
+    /// lagging watcher must not pin many large values in memory); watchers re-read it.
+    Large {
+        /// The key's `last_index` after the commit.
+        index: u64,
+    },
+    /// Deleted or expired.
+    Removed,
+}
+
+impl Update {
+    fn set(entry: Entry) -> Update {
+        if entry.value.len() > INLINE_VALUE_MAX {
+            Update::Large { index: entry.index }
+        } else {
+            Update::Set(entry)
+        }
+    }
+
+    /// The key's `last_index` after the commit, `None` when removed.
+    pub(crate) fn index(&self) -> Option<u64> {
+        match self {
+            Update::Set(entry) => Some(entry.index),
+            Update::Large { index } => Some(*index),
+            Update::Removed => None,
+        }
+    }
 }
 
 /// Outcome of a conditional write that did not happen.
@@ -561,14 +597,14 @@ impl Engine {
                     }
                     updates.push((
                         key,
-                        Some(Entry {
+                        Update::set(Entry {
                             value,
                             index: seq,
                             deadline,
                         }),
                     ));
                 }
-                Op::Remove { key, .. } => updates.push((key, None)),
+                Op::Remove { key, .. } => updates.push((key, Update::Removed)),
                 Op::Renew {
                     key,
                     value,
@@ -581,7 +617,7 @@ impl Engine {
                     }
                     updates.push((
                         key,
-                        Some(Entry {
+                        Update::set(Entry {
                             value,
                             index,
                             deadline,

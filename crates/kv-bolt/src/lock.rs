@@ -150,7 +150,7 @@ async fn renewal(
                     .updates
                     .iter()
                     .filter(|(k, _)| *k == full)
-                    .all(|(_, u)| u.as_ref().is_some_and(|e| e.index == index)),
+                    .all(|(_, u)| u.index() == Some(index)),
                 Err(RecvError::Lagged(_)) => {
                     let key = full.clone();
                     match blocking(engine.clone(), timeout, "lock check", move |e| e.get(&key))

@@ -16,7 +16,7 @@ use kv_core::{Error, KvPair, WatchSender, WatchStream, WatchTreeStream, spawn_wa
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
-use crate::engine::{Change, Engine, Entry};
+use crate::engine::{Change, Engine, Entry, Update};
 use crate::store::{Handle, blocking};
 
 /// When a deadline (Unix ms) is reached, as a tokio instant; 1 ms late so that the wall
@@ -78,29 +78,39 @@ pub(crate) async fn watch_key(
                     return;
                 }
                 let deadline = state.as_ref().map(|e| e.deadline).filter(|d| *d != 0);
-                tokio::select! {
+                let resync = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = sleep_until_deadline(deadline) => {}
+                    _ = sleep_until_deadline(deadline) => false,
                     change = next_change(&mut rx, seen) => match change {
                         Some(change) => {
                             seen = change.seq;
+                            let mut resync = false;
                             for (key, update) in &change.updates {
                                 if *key == full {
-                                    state = update.clone();
+                                    match update {
+                                        Update::Set(entry) => state = Some(entry.clone()),
+                                        Update::Removed => state = None,
+                                        Update::Large { .. } => resync = true,
+                                    }
                                 }
                             }
+                            resync
                         }
-                        None => {
-                            let read_key = full.clone();
-                            match blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key)).await {
-                                Ok((entry, seq)) => {
-                                    state = entry;
-                                    seen = seq;
-                                }
-                                Err(error) => return fail(tx, error),
-                            }
-                        }
+                        // Lagged behind: re-read.
+                        None => true,
                     },
+                };
+                if resync {
+                    let read_key = full.clone();
+                    match blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key))
+                        .await
+                    {
+                        Ok((entry, seq)) => {
+                            state = entry;
+                            seen = seq;
+                        }
+                        Err(error) => return fail(tx, error),
+                    }
                 }
             }
         },
@@ -135,32 +145,45 @@ pub(crate) async fn watch_tree(
                     return;
                 }
                 let deadline = state.values().map(|e| e.deadline).filter(|d| *d != 0).min();
-                tokio::select! {
+                let resync = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = sleep_until_deadline(deadline) => {}
+                    _ = sleep_until_deadline(deadline) => false,
                     change = next_change(&mut rx, seen) => match change {
                         Some(change) => {
                             seen = change.seq;
+                            let mut resync = false;
                             for (key, update) in &change.updates {
                                 if key.starts_with(prefix.as_str()) {
                                     match update {
-                                        Some(entry) => { state.insert(key.clone(), entry.clone()); }
-                                        None => { state.remove(key); }
+                                        Update::Set(entry) => {
+                                            state.insert(key.clone(), entry.clone());
+                                        }
+                                        Update::Removed => {
+                                            state.remove(key);
+                                        }
+                                        Update::Large { .. } => resync = true,
                                     }
                                 }
                             }
+                            resync
                         }
-                        None => {
-                            let read_prefix = prefix.clone();
-                            match blocking(engine.clone(), timeout, "watch_tree", move |e| e.list(&read_prefix)).await {
-                                Ok((entries, seq)) => {
-                                    state = entries.into_iter().collect();
-                                    seen = seq;
-                                }
-                                Err(error) => return fail(tx, error),
-                            }
-                        }
+                        // Lagged behind: re-read.
+                        None => true,
                     },
+                };
+                if resync {
+                    let read_prefix = prefix.clone();
+                    match blocking(engine.clone(), timeout, "watch_tree", move |e| {
+                        e.list(&read_prefix)
+                    })
+                    .await
+                    {
+                        Ok((entries, seq)) => {
+                            state = entries.into_iter().collect();
+                            seen = seq;
+                        }
+                        Err(error) => return fail(tx, error),
+                    }
                 }
             }
         },

@@ -568,3 +568,64 @@ async fn a_temporary_database_is_deleted_when_its_last_handle_goes() {
         sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_deliver_large_values_and_survive_lagging() {
+    let store = BoltStore::open(Config::temporary()).await.unwrap();
+    let writer = store.handle().unwrap();
+    let mut watch = store.watch("w/big", ReadOptions::default()).await.unwrap();
+    let mut tree = store.watch_tree("w", ReadOptions::default()).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    assert!(tree.next().await.unwrap().unwrap().is_empty());
+    // Larger than what travels inside a change: the watchers re-read it.
+    let big: Bytes = vec![7u8; 1024 * 1024].into();
+    writer.put("w/big", big.clone(), no_ttl()).await.unwrap();
+    let seen = timeout(Duration::from_secs(2), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.unwrap().value, big);
+    let snapshot = timeout(Duration::from_secs(2), tree.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0].value, big);
+    // Far more commits than the change channel holds, while nobody reads: the watchers
+    // resynchronise and end on the final state.
+    for i in 0..5000u32 {
+        writer
+            .put("w/n", i.to_string().into(), no_ttl())
+            .await
+            .unwrap();
+    }
+    writer.delete("w/big").await.unwrap();
+    let last = index_of(&writer, "w/n").await;
+    let mut final_key = None;
+    while final_key.is_none() {
+        let item = timeout(Duration::from_secs(2), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if item.is_none() {
+            final_key = Some(());
+        }
+    }
+    loop {
+        let snapshot = timeout(Duration::from_secs(2), tree.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if snapshot.len() == 1 && snapshot[0].last_index == last {
+            assert_eq!(&snapshot[0].value[..], b"4999");
+            break;
+        }
+    }
+    drop((watch, tree));
+    writer.close().await.unwrap();
+    store.close().await.unwrap();
+}
