@@ -43,12 +43,20 @@ local function write(value, ttl, owner)
   end
   redis.call('DEL', KEYS[2])
   if owner then
-    redis.call('HSET', KEYS[2], 'v', fmt(idx), 'o', owner)
+    redis.call('HSET', KEYS[2], 'v', fmt(idx), 'o', owner, 'h', redis.sha1hex(value))
   else
     redis.call('HSET', KEYS[2], 'v', fmt(idx))
   end
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   return fmt(idx)
+end
+-- The lock is ours: our owner token, and the value is still the one we wrote (another
+-- client's plain SET replaces the value without touching the metadata).
+local function owned(token)
+  if redis.call('HGET', KEYS[2], 'o') ~= token then return false end
+  local v = redis.call('GET', KEYS[1])
+  if not v then return false end
+  return redis.sha1hex(v) == redis.call('HGET', KEYS[2], 'h')
 end
 "#;
 
@@ -106,11 +114,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return '!held' end
 return write(ARGV[1], tonumber(ARGV[2]), ARGV[3])
 "#;
 
-/// `LOCK_RENEW token ttl_ms` → 1 renewed (both keys' TTL reset), 0 not ours any more.
+/// `LOCK_RENEW token ttl_ms` → 1 renewed (both keys' TTL reset), 0 not ours any more
+/// (deleted, expired, taken over, or overwritten by any client).
 const LOCK_RENEW: &str = r#"
-if redis.call('HGET', KEYS[2], 'o') ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
+if not owned(ARGV[1]) then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
@@ -118,15 +125,13 @@ return 1
 
 /// `LOCK_CHECK token` → 1 while the key exists and holds our token, else 0. Read only.
 const LOCK_CHECK: &str = r#"
-if redis.call('HGET', KEYS[2], 'o') ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
+if not owned(ARGV[1]) then return 0 end
 return 1
 "#;
 
 /// `LOCK_RELEASE token` → 1 deleted, 0 not ours (left alone).
 const LOCK_RELEASE: &str = r#"
-if redis.call('HGET', KEYS[2], 'o') ~= ARGV[1] then return 0 end
+if not owned(ARGV[1]) then return 0 end
 local cur = redis.call('HGET', KEYS[2], 'v')
 redis.call('DEL', KEYS[1], KEYS[2])
 settle(tonumber(cur))
@@ -157,7 +162,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     atomic_delete: with_prelude(ATOMIC_DELETE),
     delete: with_prelude(DELETE),
     lock_acquire: with_prelude(LOCK_ACQUIRE),
-    lock_renew: Script::from_lua(LOCK_RENEW),
-    lock_check: Script::from_lua(LOCK_CHECK),
+    lock_renew: with_prelude(LOCK_RENEW),
+    lock_check: with_prelude(LOCK_CHECK),
     lock_release: with_prelude(LOCK_RELEASE),
 });

@@ -1,0 +1,614 @@
+//! What only the Redis backend has: its storage layout (read back with a plain client), its
+//! limits, its failure modes (dead endpoint, notifications switched off, a server restart under
+//! a watch) and the life of its background tasks. Runs against `KV_TEST_REDIS_URL`; the tests
+//! that need a server in a particular state start their own private `redis-server` on a free
+//! port and stop it (by its pid) afterwards.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::{ClientLike, HashesInterface, KeysInterface};
+use futures::StreamExt;
+use kv_core::{Error, KvPair, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+use kv_redis::{Config, RedisStore};
+use rand::Rng;
+
+fn url() -> String {
+    std::env::var("KV_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "KV_TEST_REDIS_URL not set: run the README test command or `eval \"$(scripts/servers env)\"`"
+        )
+    })
+}
+
+fn unique(case: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("redis-{case}-{n:016x}")
+}
+
+async fn store_with_prefix(prefix: &str) -> RedisStore {
+    let config = Config::from_url(&url()).unwrap();
+    let config = Config::builder()
+        .endpoints(config.endpoints.clone())
+        .prefix(prefix)
+        .build()
+        .unwrap();
+    RedisStore::connect(config).await.expect("connect")
+}
+
+async fn next<S, T>(stream: &mut S, what: &str) -> T
+where
+    S: futures::Stream<Item = T> + Unpin,
+{
+    match tokio::time::timeout(Duration::from_secs(6), stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("{what}: stream ended"),
+        Err(_) => panic!("{what}: nothing within 6 s"),
+    }
+}
+
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A private redis-server on a free port, stopped (by pid) and cleaned up on drop.
+struct PrivateServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    notify: String,
+}
+
+impl PrivateServer {
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn start(notify: &str) -> Self {
+        let port = Self::free_port();
+        let dir = std::env::temp_dir().join(unique("server"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = PrivateServer {
+            child: Self::spawn(port, &dir, notify),
+            port,
+            dir,
+            notify: notify.to_owned(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, notify: &str) -> Child {
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .args(["--notify-keyspace-events", notify])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/servers install redis)")
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "private redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server and starts a fresh one (empty: no persistence) on the same port.
+    async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.child = Self::spawn(self.port, &self.dir, &self.notify);
+        self.wait_ready().await;
+    }
+
+    fn config(&self) -> Config {
+        Config::builder()
+            .endpoint(format!("127.0.0.1:{}", self.port))
+            .connect_timeout(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_clients_read_the_plain_layout() {
+    let ns = unique("layout");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    let value = Bytes::from_static(b"\x00\xffbinary \xc3\x28 value\n");
+    store
+        .put("a/b", value.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let pair = store.get("a/b", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!(pair.key, "a/b", "keys are reported relative to the namespace");
+
+    // The value is exactly the bytes, at the plain key.
+    let value_key = format!("{ns}/a/b");
+    assert_eq!(store.value_key("a/b"), value_key);
+    let plain: Bytes = raw.get(&value_key).await.unwrap();
+    assert_eq!(plain, value);
+    // The server's own CLI sees the same bytes (`redis-cli GET`).
+    let cli = Command::new("redis-cli")
+        .args(["-u", &url(), "--no-raw", "GET", &value_key])
+        .output()
+        .expect("redis-cli");
+    assert!(cli.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout).trim(),
+        "\"\\x00\\xffbinary \\xc3( value\\n\""
+    );
+    // The version lives beside it, in the hash-tagged metadata key.
+    let meta_key = format!("{ns}/__kv:meta:{{{ns}/a/b}}");
+    assert_eq!(store.meta_key("a/b"), meta_key);
+    let v: String = raw.hget(&meta_key, "v").await.unwrap();
+    assert_eq!(v.parse::<u64>().unwrap(), pair.last_index);
+
+    // TTL on both; a put without TTL makes both permanent again.
+    store
+        .put("a/b", "t".into(), WriteOptions::with_ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let (pv, pm): (i64, i64) = (
+        raw.pttl(&value_key).await.unwrap(),
+        raw.pttl(&meta_key).await.unwrap(),
+    );
+    assert!(pv > 29_000 && pm > 29_000, "pttl {pv} {pm}");
+    store.put("a/b", "p".into(), WriteOptions::default()).await.unwrap();
+    let (pv, pm): (i64, i64) = (
+        raw.pttl(&value_key).await.unwrap(),
+        raw.pttl(&meta_key).await.unwrap(),
+    );
+    assert_eq!((pv, pm), (-1, -1));
+
+    // Deleting removes the metadata too.
+    assert!(store.delete("a/b").await.unwrap());
+    let n: i64 = raw.exists(vec![value_key.clone(), meta_key.clone()]).await.unwrap();
+    assert_eq!(n, 0);
+
+    // A value written by another client: readable (index 1), listable, CAS-able.
+    let _: () = raw
+        .set(format!("{ns}/foreign"), "from redis-cli", None, None, false)
+        .await
+        .unwrap();
+    let foreign = store.get("foreign", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!(foreign.value, Bytes::from("from redis-cli"));
+    assert_eq!(foreign.last_index, 1);
+    let keys: Vec<String> = store
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(keys, ["foreign"], "metadata keys never show up");
+    let next_pair = store
+        .atomic_put("foreign", "ours".into(), Some(&foreign), WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(next_pair.last_index > 1);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_index_rises_across_fast_delete_and_recreate() {
+    let ns = unique("index");
+    let store = store_with_prefix(&ns).await;
+    let mut last = 0;
+    for i in 0..300 {
+        store.put("k", format!("{i}").into(), WriteOptions::default()).await.unwrap();
+        let pair = store.get("k", ReadOptions::default()).await.unwrap().unwrap();
+        assert!(pair.last_index > last, "{} after {last}", pair.last_index);
+        last = pair.last_index;
+        store.delete("k").await.unwrap();
+    }
+    // Concurrent writers and deleters on one key: every successful write's index is unique
+    // and they all rise in the order the server applied them (checked through CAS below).
+    let a = store.clone();
+    let b = store.clone();
+    let writers = tokio::spawn(async move {
+        for i in 0..200 {
+            a.put("k", format!("{i}").into(), WriteOptions::default()).await.unwrap();
+        }
+    });
+    let deleters = tokio::spawn(async move {
+        for _ in 0..200 {
+            b.delete("k").await.unwrap();
+        }
+    });
+    writers.await.unwrap();
+    deleters.await.unwrap();
+    store.put("k", "end".into(), WriteOptions::default()).await.unwrap();
+    let pair = store.get("k", ReadOptions::default()).await.unwrap().unwrap();
+    assert!(pair.last_index > last);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_and_the_configured_limit() {
+    let ns = unique("limits");
+    let store = store_with_prefix(&ns).await;
+    assert_eq!(
+        store.capabilities().max_value_len,
+        kv_redis::REDIS_MAX_VALUE_LEN,
+        "the default limit is Redis' own proto-max-bulk-len"
+    );
+    // 100 MiB round trip through the Lua write path.
+    let size = 100 * 1024 * 1024;
+    let big: Bytes = (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let started = Instant::now();
+    store.put("big", big.clone(), WriteOptions::default()).await.unwrap();
+    let back = store.get("big", ReadOptions::default()).await.unwrap().unwrap();
+    assert!(back.value == big, "100 MiB value came back altered");
+    eprintln!("100 MiB put + get: {:?}", started.elapsed());
+    store.delete("big").await.unwrap();
+    store.close().await.unwrap();
+
+    // A configured limit is enforced before anything is sent, at the exact boundary.
+    let config = Config::builder()
+        .endpoints(Config::from_url(&url()).unwrap().endpoints)
+        .prefix(&ns)
+        .max_value_len(1024)
+        .build()
+        .unwrap();
+    let small = RedisStore::connect(config).await.unwrap();
+    assert_eq!(small.capabilities().max_value_len, 1024);
+    small
+        .put("fits", vec![7u8; 1024].into(), WriteOptions::default())
+        .await
+        .unwrap();
+    match small
+        .put("over", vec![7u8; 1025].into(), WriteOptions::default())
+        .await
+    {
+        Err(Error::ValueTooLarge { size: 1025, max: 1024, .. }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(small.get("over", ReadOptions::default()).await.unwrap().is_none());
+    small.delete_tree("").await.unwrap();
+    small.close().await.unwrap();
+    // Above Redis' own limit is a configuration error.
+    assert!(matches!(
+        Config::builder()
+            .max_value_len(kv_redis::REDIS_MAX_VALUE_LEN + 1)
+            .build(),
+        Err(Error::Config(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_batches_list_and_delete_tree() {
+    let ns = unique("scan");
+    let store = store_with_prefix(&ns).await;
+    // More keys than one SCAN page (1000) and many read batches (64), plus glob characters.
+    let keys: Vec<String> = (0..2500)
+        .map(|i| format!("d*[x]/{:02}/k{i:05}", i % 37))
+        .collect();
+    futures::stream::iter(keys.clone())
+        .map(|k| {
+            let store = store.clone();
+            async move { store.put(&k, k.clone().into(), WriteOptions::default()).await }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<kv_core::Result<Vec<_>>>()
+        .unwrap();
+    store.put("d*[x]", "dir itself".into(), WriteOptions::default()).await.unwrap();
+    store.put("dX[x]/not", "glob must not match".into(), WriteOptions::default()).await.unwrap();
+    store.put("d*[x]x/n", "sibling".into(), WriteOptions::default()).await.unwrap();
+    let started = Instant::now();
+    let listed = store.list("d*[x]", ReadOptions::default()).await.unwrap();
+    eprintln!("list of 2500 keys: {:?}", started.elapsed());
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(
+        listed.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(listed.iter().all(|p| p.value == Bytes::from(p.key.clone())));
+    let started = Instant::now();
+    store.delete_tree("d*[x]").await.unwrap();
+    eprintln!("delete_tree of 2501 keys: {:?}", started.elapsed());
+    let rest: Vec<String> = store
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(rest, ["d*[x]x/n", "dX[x]/not"]);
+    // No metadata left behind for the deleted keys.
+    let raw = store.client().clone();
+    let n: i64 = raw
+        .exists(store.meta_key("d*[x]/00/k00000"))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_a_typed_error_not_a_hang() {
+    // Nothing listens on a port we just released.
+    let port = PrivateServer::free_port();
+    let config = Config::builder()
+        .endpoint(format!("127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    match RedisStore::connect(config).await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A server that accepts connections but never answers: bounded by the timeouts.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let config = Config::builder()
+        .endpoint(format!("127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    match RedisStore::connect(config).await {
+        Err(e @ Error::Timeout { .. }) => eprintln!("silent server: {e}"),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_permission_denied() {
+    let server = PrivateServer::start("KA").await;
+    let raw = RedisStore::connect(server.config()).await.unwrap();
+    let _: () = raw
+        .client()
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", None, false),
+            vec!["SET", "requirepass", "s3cret"],
+        )
+        .await
+        .unwrap();
+    let bad = Config::builder()
+        .endpoint(format!("127.0.0.1:{}", server.port))
+        .password("wrong")
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    match RedisStore::connect(bad).await {
+        Err(Error::PermissionDenied { .. }) => {}
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    let good = Config::from_url(&format!("redis://:s3cret@127.0.0.1:{}", server.port)).unwrap();
+    let store = RedisStore::connect(good).await.unwrap();
+    store.put("k", "v".into(), WriteOptions::default()).await.unwrap();
+    store.close().await.unwrap();
+    raw.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_off_is_a_clear_error() {
+    let server = PrivateServer::start("").await;
+    let store = RedisStore::connect(server.config()).await.unwrap();
+    for result in [
+        store.watch("k", ReadOptions::default()).await.map(|_| ()),
+        store.watch_tree("d", ReadOptions::default()).await.map(|_| ()),
+    ] {
+        match result {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("notify-keyspace-events"), "{message}")
+            }
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+    // Only the event classes but no keyspace channel: still refused.
+    let _: () = store
+        .client()
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", None, false),
+            vec!["SET", "notify-keyspace-events", "Eg$x"],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.watch("k", ReadOptions::default()).await.map(|_| ()),
+        Err(Error::Config(_))
+    ));
+    // Locks do not depend on notifications: waiters poll.
+    let other = RedisStore::connect(
+        Config::builder()
+            .endpoint(format!("127.0.0.1:{}", server.port))
+            .lock_poll_interval(Duration::from_millis(100))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let options = LockOptions::default().ttl(Duration::from_secs(2));
+    let mut first = store.new_lock("l", options.clone()).await.unwrap();
+    let mut second = other.new_lock("l", options).await.unwrap();
+    let lease = first.lock().await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let lease = second.lock().await.unwrap();
+        (second, lease)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    first.unlock().await.unwrap();
+    let (mut second, lease2) = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("the waiter polls")
+        .unwrap();
+    assert!(lease2.fencing_token() > lease.fencing_token());
+    second.unlock().await.unwrap();
+    store.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resynchronise_after_a_server_restart() {
+    let mut server = PrivateServer::start("KA").await;
+    let store = RedisStore::connect(server.config()).await.unwrap();
+    store.put("d/k", "v1".into(), WriteOptions::default()).await.unwrap();
+    let mut watch = store.watch("d/k", ReadOptions::default()).await.unwrap();
+    let mut tree = store.watch_tree("d", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await.unwrap().unwrap().value, "v1");
+    assert_eq!(next(&mut tree, "first").await.unwrap().len(), 1);
+    // The restarted server is empty, and no notification says so: only the resync after the
+    // reconnection can report it.
+    server.restart().await;
+    assert_eq!(next(&mut watch, "after restart").await.unwrap(), None);
+    assert_eq!(next(&mut tree, "after restart").await.unwrap(), Vec::<KvPair>::new());
+    // And the watches are live again (re-subscribed).
+    eventually(Duration::from_secs(10), "write after restart", || {
+        let store = store.clone();
+        async move {
+            store
+                .put("d/k", "v2".into(), WriteOptions::default())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert_eq!(next(&mut watch, "v2").await.unwrap().unwrap().value, "v2");
+    assert_eq!(next(&mut tree, "v2").await.unwrap()[0].value, "v2");
+    drop((watch, tree));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_overwrite_loses_the_lock_at_once() {
+    let ns = unique("takeover");
+    let store = store_with_prefix(&ns).await;
+    let mut lock = store
+        .new_lock("l", LockOptions::default().value("holder").ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    let raw = store.client().clone();
+    let value_key = store.value_key("l");
+    let plain: String = raw.get(&value_key).await.unwrap();
+    assert_eq!(plain, "holder", "the lock value is the plain value");
+    let started = Instant::now();
+    let _: () = raw.set(&value_key, "intruder", None, None, false).await.unwrap();
+    // With a 30 s TTL the next renewal is 10 s away: the keyspace event reports it.
+    let state = tokio::time::timeout(Duration::from_secs(2), lease.lost())
+        .await
+        .expect("loss reported promptly");
+    assert_eq!(state, LockState::Lost);
+    eprintln!("takeover noticed after {:?}", started.elapsed());
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+    // Unlock did not delete the intruder's value.
+    let plain: String = raw.get(&value_key).await.unwrap();
+    assert_eq!(plain, "intruder");
+    // Fencing tokens rise with every acquisition.
+    store.delete("l").await.unwrap();
+    let mut last = lease.fencing_token();
+    for _ in 0..5 {
+        let lease = lock.lock().await.unwrap();
+        assert!(lease.fencing_token() > last);
+        last = lease.fencing_token();
+        lock.unlock().await.unwrap();
+    }
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_tasks_end_with_their_owners_and_on_close() {
+    let ns = unique("tasks");
+    let store = Arc::new(store_with_prefix(&ns).await);
+    assert_eq!(store.background_tasks(), 0);
+    let watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    let tree = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    let mut lock = store
+        .new_lock("l", LockOptions::default().ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    lock.lock().await.unwrap();
+    // Two watch loops and one renewal (the acquiring task ends right after `lock` returns).
+    let s = store.clone();
+    eventually(Duration::from_secs(2), "three tasks", move || {
+        let s = s.clone();
+        async move { s.background_tasks() == 3 }
+    })
+    .await;
+    drop(watch);
+    drop(tree);
+    drop(lock);
+    let s = store.clone();
+    eventually(Duration::from_secs(3), "tasks end when owners drop", move || {
+        let s = s.clone();
+        async move { s.background_tasks() == 0 }
+    })
+    .await;
+    assert!(store.get("l", ReadOptions::default()).await.unwrap().is_none(), "dropped lock released");
+
+    // close(): locks released, watches end with Closed, tasks 0, later calls Closed.
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await.unwrap(), None);
+    let mut lock = store.new_lock("l", LockOptions::default()).await.unwrap();
+    let lease = lock.lock().await.unwrap();
+    let other = store_with_prefix(&ns).await;
+    assert!(other.get("l", ReadOptions::default()).await.unwrap().is_some());
+    store.close().await.unwrap();
+    assert_eq!(store.background_tasks(), 0);
+    assert!(matches!(next(&mut watch, "closed").await, Err(Error::Closed)));
+    assert_eq!(lease.state(), LockState::Released);
+    assert!(other.get("l", ReadOptions::default()).await.unwrap().is_none());
+    assert!(matches!(
+        store.get("k", ReadOptions::default()).await,
+        Err(Error::Closed)
+    ));
+    store.close().await.unwrap();
+    other.delete_tree("").await.unwrap();
+    other.close().await.unwrap();
+}
