@@ -25,8 +25,8 @@ use etcd_client::{
 };
 use kv_core::tasks::AbortOnDrop;
 use kv_core::{
-    Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result,
-    TaskSet,
+    Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockLease,
+    LockOptions, LockState, Result, TaskSet,
 };
 use tokio::sync::Mutex;
 
@@ -196,34 +196,43 @@ impl LockBackend for EtcdLock {
             self.ttl,
             notifier.clone(),
         ));
+        let held = Box::new(EtcdHeldLock {
+            inner: self.inner.clone(),
+            key: self.key.clone(),
+            full_key: self.full_key.clone(),
+            lease_id,
+            revision,
+            lease: lease.clone(),
+            task: Some(task),
+        });
         Ok(Acquired {
             fencing_token,
             notifier,
             lease,
-            held: Box::new(EtcdHeldLock {
-                inner: self.inner.clone(),
-                key: self.key.clone(),
-                full_key: self.full_key.clone(),
-                lease_id,
-                revision,
-                task: Some(task),
-            }),
+            held,
         })
     }
 }
 
-/// The keep-alive stream of a held lock's lease, reopened after a broken connection.
-type KeepAlive = Arc<Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>>;
+/// The keep-alive stream of a held lock's lease and whether it is in step (every request's
+/// answer read); reopened after a broken connection or an interrupted exchange.
+type KeepAlive = Arc<Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream, bool)>>>;
 
 /// One renewal: `Ok(true)` renewed, `Ok(false)` the lease is gone.
 async fn renew(inner: Inner, keep_alive: KeepAlive, lease_id: i64) -> Result<bool> {
     let mut slot = keep_alive.lock().await;
-    if let Some((keeper, stream)) = slot.as_mut() {
+    if let Some((keeper, stream, in_step)) = slot.as_mut().filter(|(_, _, in_step)| *in_step) {
+        // Marked out of step until the answer is read: if this future is dropped midway
+        // (the renewal loop's timeout), the next renewal opens a fresh stream rather than
+        // reading this request's late answer.
+        *in_step = false;
         let exchange = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
-        match inner.call("lock renewal", exchange).await {
+        let outcome = inner.call("lock renewal", exchange).await;
+        *in_step = true;
+        match outcome {
             Ok(Some(response)) => return Ok(response.ttl() > 0),
             Ok(None) => {
                 *slot = None;
@@ -239,10 +248,11 @@ async fn renew(inner: Inner, keep_alive: KeepAlive, lease_id: i64) -> Result<boo
         }
     }
     // (Re)open the stream: opening sends one keep-alive and checks the answer.
+    *slot = None;
     let mut lease = inner.lease.clone();
     match tokio::time::timeout(inner.timeout, lease.keep_alive(lease_id)).await {
-        Ok(Ok(opened)) => {
-            *slot = Some(opened);
+        Ok(Ok((keeper, stream))) => {
+            *slot = Some((keeper, stream, true));
             Ok(true)
         }
         Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
@@ -339,6 +349,8 @@ struct EtcdHeldLock {
     full_key: Vec<u8>,
     lease_id: i64,
     revision: i64,
+    /// The user's view of this acquisition, to know at release whether it was lost.
+    lease: LockLease,
     task: Option<AbortOnDrop>,
 }
 
@@ -370,9 +382,15 @@ impl HeldLock for EtcdHeldLock {
         let mut lease = self.inner.lease.clone();
         let revoked = self.inner.call("unlock", lease.revoke(self.lease_id)).await;
         match (deleted, revoked) {
-            // Neither request reached the server: the key may still be there until the
-            // lease expires.
-            (Err(error), Err(revoke_error)) if revoke_error.is_transient() => Err(error),
+            // Neither request reached the server: the key stays until the lease expires. That
+            // is only worth reporting for a lock that was still held: a lost lock is one
+            // whose renewal already failed for a whole TTL (its lease is expiring on the
+            // server anyway) or whose key is already gone or someone else's.
+            (Err(error), Err(revoke_error))
+                if revoke_error.is_transient() && self.lease.state() != LockState::Lost =>
+            {
+                Err(error)
+            }
             _ => Ok(()),
         }
     }

@@ -540,7 +540,11 @@ async fn background_tasks_end_with_their_owners() {
         .await
         .unwrap()
         .lease();
-    assert_eq!(store.background_tasks(), 1, "one holder task per held lock");
+    wait_for(
+        || store.background_tasks() == 1,
+        "one holder task per held lock",
+    )
+    .await;
     drop(lock);
     wait_for(
         || store.background_tasks() == 0,
@@ -571,7 +575,7 @@ async fn background_tasks_end_with_their_owners() {
         .lease();
     let mut watch = store.watch("w", ReadOptions::default()).await.unwrap();
     watch.next().await.unwrap().unwrap();
-    assert_eq!(store.background_tasks(), 2);
+    wait_for(|| store.background_tasks() == 2, "a holder and a watch").await;
     store.close().await.unwrap();
     assert!(matches!(watch.next().await, Some(Err(Error::Closed))));
     wait_for(|| store.background_tasks() == 0, "no task after close").await;
