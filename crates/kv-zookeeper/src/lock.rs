@@ -170,6 +170,7 @@ impl LockBackend for ZkLock {
             owner: stat.mzxid,
             marker_version: AtomicI32::new(0),
             generation,
+            data: crate::store::marker_data(Some(self.ttl)),
         });
         let renewer = held.clone();
         let watcher = held.clone();
@@ -203,13 +204,18 @@ struct Held {
     owner: i64,
     marker_version: AtomicI32,
     generation: u64,
+    /// The marker's data (its TTL), rewritten by every renewal.
+    data: Vec<u8>,
 }
 
 impl Held {
     /// The marker's stat if it is still the one this holder created.
     async fn owned_marker(&self, client: &zk::Client) -> Result<Option<zk::Stat>> {
         let state = self.inner.read_key(client, &self.key).await?;
-        Ok(state.marker.filter(|m| m.czxid == self.owner && state.node.is_some()))
+        Ok(state
+            .marker
+            .map(|m| m.stat)
+            .filter(|m| m.czxid == self.owner && state.node.is_some()))
     }
 
     /// One renewal: touches the marker (its mtime is what the TTL counts from).
@@ -223,7 +229,7 @@ impl Held {
         let marker = inner.marker_path(&self.key);
         for _ in 0..4 {
             let version = self.marker_version.load(Ordering::SeqCst);
-            match inner.timed("renew", client.set_data(&marker, &[], Some(version))).await? {
+            match inner.timed("renew", client.set_data(&marker, &self.data, Some(version))).await? {
                 Ok(stat) => {
                     if stat.czxid != self.owner {
                         return Ok(false);
@@ -288,7 +294,7 @@ impl Held {
                 &client,
                 &self.key,
                 |state| match &state.marker {
-                    Some(m) if m.czxid == owner => Ok(()),
+                    Some(m) if m.stat.czxid == owner => Ok(()),
                     _ => Err(Error::KeyModified { key: String::new() }),
                 },
                 false,

@@ -57,8 +57,43 @@ pub(crate) struct Inner {
 pub(crate) struct KeyState {
     /// The key's znode: value and stat.
     pub(crate) node: Option<(Vec<u8>, zk::Stat)>,
-    /// The marker znode's stat.
-    pub(crate) marker: Option<zk::Stat>,
+    /// The marker znode.
+    pub(crate) marker: Option<Marker>,
+}
+
+/// A key's marker: its stat and the TTL its data records.
+#[derive(Debug, Clone)]
+pub(crate) struct Marker {
+    pub(crate) stat: zk::Stat,
+    /// The TTL in milliseconds, 0 for a permanent key.
+    pub(crate) ttl_ms: u64,
+}
+
+impl Marker {
+    pub(crate) fn new(data: &[u8], stat: zk::Stat) -> Self {
+        let ttl_ms = std::str::from_utf8(data)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        Marker { stat, ttl_ms }
+    }
+
+    /// The expiry deadline in Unix milliseconds, 0 for none: the marker's `mtime` (set by the
+    /// server at the write, or at the last lock renewal) plus the TTL.
+    pub(crate) fn deadline(&self) -> u64 {
+        if self.ttl_ms == 0 {
+            0
+        } else {
+            (self.stat.mtime as u64).saturating_add(self.ttl_ms)
+        }
+    }
+}
+
+/// The data of a marker: the TTL in milliseconds as ASCII decimal, empty when permanent.
+/// ZooKeeper does not tell clients a node's TTL (its stat shows `ephemeralOwner` 0 for TTL
+/// nodes), so the marker records it.
+pub(crate) fn marker_data(ttl: Option<Duration>) -> Vec<u8> {
+    ttl.map(|ttl| ttl.as_millis().to_string().into_bytes()).unwrap_or_default()
 }
 
 impl KeyState {
@@ -68,7 +103,7 @@ impl KeyState {
             && self
                 .marker
                 .as_ref()
-                .is_some_and(|m| !kv_core::ttl::is_expired(marker_deadline(m)))
+                .is_some_and(|m| !kv_core::ttl::is_expired(m.deadline()))
     }
 
     /// The visible pair, if any.
@@ -83,7 +118,7 @@ impl KeyState {
     /// The deadline (Unix ms, 0 = none) of a visible key.
     pub(crate) fn deadline(&self) -> u64 {
         match &self.marker {
-            Some(m) if self.visible() => marker_deadline(m),
+            Some(m) if self.visible() => m.deadline(),
             _ => 0,
         }
     }
@@ -139,19 +174,6 @@ pub(crate) fn decode_name(name: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// The expiry deadline of a marker in Unix milliseconds, 0 for none. A TTL node's
-/// `ephemeralOwner` is `0xFF << 56 | ttl_ms` (ZooKeeper's `EphemeralType.TTL`); the server
-/// deletes it once unmodified for `ttl` (lazily), so readers compare `mtime + ttl` to now.
-pub(crate) fn marker_deadline(stat: &zk::Stat) -> u64 {
-    let owner = stat.ephemeral_owner as u64;
-    if owner >> 56 == 0xFF && (owner >> 40) & 0xFFFF == 0 {
-        let ttl = owner & 0xFF_FFFF_FFFF;
-        (stat.mtime as u64).saturating_add(ttl)
-    } else {
-        0
-    }
 }
 
 /// Maps a client-library error.
@@ -299,7 +321,7 @@ impl Inner {
             _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
         };
         let marker = match results.next() {
-            Some(zk::MultiReadResult::Data { stat, .. }) => Some(stat),
+            Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
             Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => None,
             Some(zk::MultiReadResult::Error { err }) => {
                 return Err(map_zk(err, "get", self.config.request_timeout));
@@ -372,9 +394,9 @@ impl Inner {
                     Some((_, stat)) => writer.add_set_data(&node, value, Some(stat.version))?,
                 }
                 if let Some(m) = &state.marker {
-                    writer.add_delete(&marker, Some(m.version))?;
+                    writer.add_delete(&marker, Some(m.stat.version))?;
                 }
-                writer.add_create(&marker, &[], &marker_options)
+                writer.add_create(&marker, &marker_data(ttl), &marker_options)
             })();
             build.map_err(|e| Error::backend(BACKEND, e))?;
             match self.timed("put", writer.commit()).await? {
@@ -419,7 +441,7 @@ impl Inner {
             check(&state)?;
             let mut writer = client.new_multi_writer();
             let build = (|| {
-                writer.add_delete(&marker, Some(m.version))?;
+                writer.add_delete(&marker, Some(m.stat.version))?;
                 if stat.num_children <= 1 {
                     writer.add_delete(&node, Some(stat.version))
                 } else {
@@ -488,7 +510,7 @@ impl Inner {
                         );
                     }
                     let marker = match marker {
-                        Some(zk::MultiReadResult::Data { stat, .. }) => Some(stat),
+                        Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
                         _ => None,
                     };
                     let state = KeyState {
