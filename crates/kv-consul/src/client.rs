@@ -249,10 +249,9 @@ impl Client {
     }
 
     fn read_query(consistent: bool, block: Option<(u64, Duration)>) -> String {
-        let mut query = String::new();
-        if consistent {
-            query.push_str("&consistent");
-        }
+        // `consistent`: the leader confirms it still leads before answering (linearizable);
+        // otherwise `stale`: any server answers from its own state.
+        let mut query = String::from(if consistent { "&consistent" } else { "&stale" });
         if let Some((index, wait)) = block
             && index > 0
         {

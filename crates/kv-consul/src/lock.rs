@@ -77,6 +77,7 @@ impl ConsulLock {
         let client = &self.inner.client;
         let mut index = 0u64;
         let mut backoff = Duration::from_millis(100);
+        let mut conflicts = 0u32;
         loop {
             let block = (index > 0).then_some((index, client.watch_wait));
             let read = tokio::select! {
@@ -136,6 +137,11 @@ impl ConsulLock {
                 TxnOutcome::Committed(token) => return Ok(self.start(id, token)),
                 TxnOutcome::RolledBack(op, what) => {
                     tracing::debug!(op, %what, "lost the race for the lock, waiting again");
+                    conflicts += 1;
+                    tokio::select! {
+                        _ = Inner::conflict_pause(conflicts) => {}
+                        _ = abandon.cancelled() => return Err(Error::Closed),
+                    }
                     index = 0;
                 }
             }

@@ -173,7 +173,7 @@ impl Inner {
     }
 
     /// Backs off a little after a lost race, with jitter, so that contending writers spread out.
-    async fn conflict_pause(attempt: u32) {
+    pub(crate) async fn conflict_pause(attempt: u32) {
         let jitter = (now_millis() ^ u64::from(attempt).wrapping_mul(0x9E37_79B9)) % 7;
         let ms = (u64::from(attempt.min(8)) * 3 + jitter).min(50);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -202,7 +202,7 @@ impl Inner {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            let current = self.read(full, false).await?;
+            let current = self.read(full, true).await?;
             let cond = match &current {
                 None => Cond::NotExists,
                 Some(entry) => Cond::Index(entry.modify_index),
@@ -390,7 +390,9 @@ impl Store for ConsulStore {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
         let full = self.inner.full(&key);
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             let Some(entry) = self.inner.read(&full, true).await? else {
                 return Ok(false);
             };
@@ -407,6 +409,8 @@ impl Store for ConsulStore {
             if deleted {
                 return Ok(true);
             }
+            // Written meanwhile: read again.
+            Inner::conflict_pause(attempt).await;
         }
     }
 
