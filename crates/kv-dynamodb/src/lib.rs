@@ -1,6 +1,185 @@
-//! # kv-dynamodb
+//! # kv-dynamodb: the kv contract on Amazon DynamoDB
 //!
-//! (documentation below)
+//! A [`kv_core::Store`] kept in one DynamoDB table, through the official AWS SDK
+//! (`aws-sdk-dynamodb`, plus `aws-sdk-dynamodbstreams` for watches). Every call of the
+//! contract works: put/get/delete/exists, list and delete_tree that read only the subtree
+//! asked for, compare-and-swap, TTLs, watch and watch_tree through DynamoDB Streams, and
+//! leased locks with fencing tokens. Tested against DynamoDB Local 3.x; in production the
+//! usual AWS credential chain and the regional endpoint are used.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kv_core::{Store, ReadOptions, WriteOptions};
+//! use kv_dynamodb::{Config, DynamoStore};
+//!
+//! # async fn demo() -> kv_core::Result<()> {
+//! // Real AWS: credentials and region from the environment / profile / instance role.
+//! let store = DynamoStore::connect(Config::new("my-kv-table").namespace("app")).await?;
+//! // DynamoDB Local, creating the table on first use:
+//! let local = DynamoStore::connect(Config::from_url(
+//!     "dynamodb://kv?endpoint=http://127.0.0.1:28000&region=us-east-1\
+//!      &access_key_id=local&secret_access_key=local&create_table=true",
+//! )?)
+//! .await?;
+//! local.put("config/db/url", "postgres://…".into(), WriteOptions::default()).await?;
+//! local.put("session/42", "alice".into(), WriteOptions::with_ttl(Duration::from_secs(30))).await?;
+//! let below = local.list("config", ReadOptions::default()).await?;
+//! # drop((store, below)); Ok(()) }
+//! ```
+//!
+//! ## Storage layout
+//!
+//! One table, key schema `pk` (String, partition key) + `sk` (String, sort key). A key `k`
+//! of a handle with namespace `ns` is stored under the *full key* `ns/k` (just `k` without
+//! a namespace) as one item:
+//!
+//! | attribute | type | content |
+//! | --- | --- | --- |
+//! | `pk` | S | the first `/`-separated segment of the full key (`ns/a/b` → `ns`, `a/b` → `a`) |
+//! | `sk` | S | the full key, normalised (`ns/a/b`) |
+//! | `value` | B | the value: exactly the bytes written, nothing around them |
+//! | `version` | N | the key's `last_index` (see below) |
+//! | `deadline_ms` | N | only with a TTL: the exact expiry, Unix milliseconds |
+//! | `expires_at` | N | only with a TTL (or on a tombstone): Unix seconds, rounded up — the table's TTL attribute |
+//! | `owner` | S | only on a key held as a lock: the holder's random token |
+//! | `deleted` | BOOL | only on a tombstone: `true` (then `value` is absent) |
+//!
+//! The value stays plain bytes under the plain key, so the AWS CLI
+//! (`aws dynamodb get-item --key '{"pk":{"S":"a"},"sk":{"S":"a/b"}}'`, which shows `B` values
+//! base64-encoded as it does for every binary attribute) and any other client read what we
+//! write; the metadata sits *beside* the value in its own attributes. An item written by
+//! another client with only `pk`, `sk`, `value` (B, or S for text) and `version` is read
+//! back as a permanent key. valkeyrie's DynamoDB store cannot share a table with this one:
+//! its table has a single hash key `id` and base64 text in `encoded_value`, a layout in
+//! which listing a directory has to Scan the whole table, which is what this design avoids.
+//!
+//! ### Why this key design: listing reads only the subtree
+//!
+//! Every key below a directory shares the directory's first segment, hence its partition
+//! key, and DynamoDB keeps a partition's items sorted by sort key (UTF-8 byte order, the
+//! contract's order). So `list(dir)` is one paginated Query
+//! `pk = first_segment(dir) AND begins_with(sk, "dir/")`: it reads only the subtree, in
+//! order, whatever the table holds elsewhere. With a namespace, `list("")` is the Query
+//! `pk = first_segment(ns) AND begins_with(sk, "ns/")`. Only `list("")` and
+//! `delete_tree("")` of a handle *without* namespace Scan: there the root *is* the whole
+//! table.
+//!
+//! **Hot-partition trade-off**: all keys below one top-level segment (with a namespace: all
+//! keys of the namespace, if the namespace has one segment) share a partition key. DynamoDB
+//! serves one partition key at up to 3,000 reads and 1,000 writes per second before its
+//! adaptive capacity splits the item collection by sort key (possible because the table has
+//! no local secondary index). Spread heavy traffic over several top-level directories (or
+//! namespaces with different first segments) if it goes beyond that.
+//!
+//! ### Tombstones, and why `last_index` survives deletion
+//!
+//! `last_index` must rise across delete and re-create. A deletion therefore does not remove
+//! the item: it replaces it with a *tombstone* (`pk`, `sk`, a higher `version`,
+//! `deleted = true`, `expires_at` = now + [`Config::tombstone_ttl`], one day by default),
+//! which every read and every condition treats as absent, and which DynamoDB's TTL process
+//! removes later. Versions are also taken from the clock: a write picks
+//! `max(previous + 1, now in µs)` and is conditional on the stored version being lower
+//! (`attribute_not_exists(version) OR version < :new`; when that fails, the write is
+//! retried above the version the failure returned). Versions therefore rise strictly on
+//! every write whoever writes, and keep rising after DynamoDB physically removed an item
+//! (an expired key, or a tombstone after a day), as long as the writers' clocks are within
+//! a day of each other.
+//!
+//! ## How the contract is met
+//!
+//! * **put** — PutItem of the whole item (a write without TTL drops `deadline_ms` and
+//!   `expires_at`: the key is permanent again), conditional on the version guard above.
+//! * **get / exists** — GetItem (`ConsistentRead` unless [`ReadOptions::stale`](kv_core::ReadOptions::stale));
+//!   a tombstone or an item whose `deadline_ms` has passed is `None`.
+//! * **TTL** — DynamoDB deletes expired items lazily (within days on AWS; DynamoDB Local
+//!   within seconds), so expiry is enforced on read: every read, filter and condition
+//!   compares `deadline_ms` with the clock, to the millisecond. `expires_at` only lets
+//!   DynamoDB clean up. TTLs from 1 s to 365 days.
+//! * **CAS** — condition expressions on `version`: create-only is
+//!   `(attribute_not_exists(sk) OR attribute_exists(deleted) OR deadline_ms <= :now)`, a swap
+//!   is `version = :prev AND <live>` where *live* is
+//!   `attribute_exists(sk) AND attribute_not_exists(deleted) AND (attribute_not_exists(deadline_ms) OR deadline_ms > :now)`.
+//!   A failed condition returns the current item (`ReturnValuesOnConditionCheckFailure =
+//!   ALL_OLD`), which tells [`KeyExists`](kv_core::Error::KeyExists),
+//!   [`KeyNotFound`](kv_core::Error::KeyNotFound) and
+//!   [`KeyModified`](kv_core::Error::KeyModified) apart without a second read.
+//! * **delete** — a conditional tombstone (`Ok(true)` only if the replaced item was live).
+//!   `atomic_delete` adds `version = :prev AND <live>`.
+//! * **list** — see above: Query (or the root Scan) with a filter expression dropping
+//!   tombstones and expired items, every 1 MB page followed, sorted.
+//! * **delete_tree** — the same Query, then tombstones written with BatchWriteItem, 25 per
+//!   request (the DynamoDB limit), four requests in flight, unprocessed items retried with
+//!   exponential backoff. **Not atomic**: DynamoDB transactions hold at most 100 items, so a
+//!   tree cannot be deleted atomically; a failure part-way leaves part of the tree. A key
+//!   written concurrently with `delete_tree` may be kept or deleted.
+//! * **watch / watch_tree** — through the table's DynamoDB Stream: a watch first takes
+//!   `LATEST` iterators on every open shard, *then* reads the current state (so no change
+//!   falls in between), then polls `GetRecords` on every shard every
+//!   [`Config::poll_interval`] (250 ms by default), follows child shards when a shard
+//!   closes, and on every record whose `sk` is the key (or below the directory) re-reads the
+//!   state with a consistent read and publishes it. No stream record comes when a TTL runs
+//!   out, so the loop also wakes at the earliest `deadline_ms` of what it published and
+//!   re-reads. Errors (expired iterators, trimmed data, network) resynchronise with
+//!   exponential backoff up to 5 s: new iterators, a fresh read. Tables without a stream,
+//!   or [`WatchMode::Poll`], fall back to **polling**: the watched key or subtree is
+//!   re-read every [`Config::poll_interval`] (the declared fallback; one read per watch per
+//!   interval). [`DynamoStore::watches_use_streams`] says which is in use.
+//! * **locks** — the lock *is* the key: acquiring is the create-only write above with the
+//!   lock's value, `owner` = a random token and `deadline_ms` = now + TTL. A waiter retries
+//!   every [`Config::lock_retry_interval`] (and stops at once when its `lock()` future is
+//!   dropped). The holder renews every TTL/3 with UpdateItem `SET deadline_ms, expires_at`
+//!   conditional on `owner = :me AND version = :acquired AND <not deleted> AND deadline_ms >
+//!   :now`; a failed condition means the key was deleted, overwritten or expired: the lock
+//!   is reported lost at once. Release writes a tombstone only if `owner` and `version` are
+//!   still ours. The **fencing token** is the acquiring write's `version` (renewals do not
+//!   change it), so it rises with every acquisition.
+//! * **close** — releases the handle's locks, cancels its watch and renewal tasks (watches
+//!   end with [`Closed`](kv_core::Error::Closed)) and returns once no task is left.
+//!
+//! ## Table creation
+//!
+//! With [`Config::create_table`] a missing table is created with the key schema above,
+//! on-demand billing (`PAY_PER_REQUEST`), a stream (`NEW_AND_OLD_IMAGES`, so other stream
+//! consumers get full images; this crate only uses the keys), and TTL enabled on
+//! `expires_at`; `connect` waits until it is `ACTIVE`. Handles racing to create it are fine
+//! (`ResourceInUseException` and an already-enabled TTL are accepted). Without the option a
+//! missing table is [`Error::Config`](kv_core::Error::Config); a table with another key
+//! schema is refused the same way.
+//!
+//! ## Limits (the declared [`Capabilities`](kv_core::Capabilities))
+//!
+//! * `max_value_len` = 405,504 bytes (400 KiB − 4 KiB): DynamoDB's item limit is 400 KiB
+//!   *including attribute names and the key attributes*; 4 KiB covers the longest key twice
+//!   (`pk` and `sk`), the metadata attributes and their names. Tested at the limit with the
+//!   longest key, a TTL and a lock owner.
+//! * `max_key_len` = 1024 bytes minus the namespace prefix: DynamoDB's sort-key limit.
+//! * `min_ttl` 1 s, `max_ttl` 365 days, `ttl_precision` 500 ms (expiry is exact to the
+//!   millisecond on read; the margin covers clock differences between clients).
+//! * Watch latency: one poll interval plus a GetRecords round trip (about 120 ms measured
+//!   against DynamoDB Local with a 100 ms interval). On AWS, stream records usually appear
+//!   within a second.
+//!
+//! ## Deviations
+//!
+//! * `delete_tree` is not atomic (see above).
+//! * `list("")` without a namespace is a full-table Scan (the root is the whole table).
+//! * Watches poll the stream (DynamoDB Streams has no push API): each watch costs one
+//!   GetRecords per shard per interval, or one read per interval in polling mode.
+//! * Versions are clock-based (microseconds since the epoch), not small counters.
+//! * Deleted keys leave a tombstone item for [`Config::tombstone_ttl`]; other clients
+//!   scanning the table see it (`deleted = true`).
+//!
+//! ## Configuration, credentials, TLS
+//!
+//! [`Config`] holds the table, endpoint override, region, [`Credentials`] (the default AWS
+//! chain, or static keys), [`TlsConfig`] (an extra CA file, used through the SDK's rustls
+//! client), the namespace, connect and request timeouts (every request, retries included,
+//! ends with [`Timeout`](kv_core::Error::Timeout) past `request_timeout`), the SDK's retry
+//! attempts, and the watch/lock intervals. [`Config::from_url`] reads the same from
+//! `dynamodb://TABLE?…`. Errors map to the contract's variants: connection failures →
+//! `Unavailable`, throttling and 5xx → `Unavailable`, signature/unknown-key/access-denied →
+//! `PermissionDenied`, timeouts → `Timeout`. No call blocks the runtime: the SDK is async;
+//! the CA file is read on the blocking pool.
 
 mod config;
 mod item;
@@ -10,4 +189,8 @@ mod table;
 mod watch;
 
 pub use config::{Config, Credentials, TlsConfig, WatchMode};
+pub use item::{
+    ATTR_DEADLINE, ATTR_DELETED, ATTR_EXPIRES, ATTR_OWNER, ATTR_PK, ATTR_SK, ATTR_VALUE,
+    ATTR_VERSION,
+};
 pub use store::DynamoStore;

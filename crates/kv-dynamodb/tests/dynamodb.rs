@@ -626,3 +626,12 @@ async fn connects_from_a_url() {
     assert_eq!(store.list("", ReadOptions::default()).await.unwrap().len(), 1);
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_the_server_refuses_are_permission_denied() {
+    // DynamoDB Local accepts any well-formed key but refuses access keys with characters
+    // other than letters and digits, as AWS refuses unknown keys.
+    let refused = config(TABLE).static_credentials("not-a-valid-key!", "secret");
+    let result = DynamoStore::connect(refused).await;
+    assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
+}
