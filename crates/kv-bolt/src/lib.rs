@@ -77,8 +77,10 @@
 //!   its commit index. A watch subscribes, reads the current state with the index it reflects,
 //!   then applies each later commit in order: one item per change, never backwards. A key's
 //!   deadline arms a timer so an expiry is reported as soon as readers stop seeing the key. A
-//!   watcher more than 4096 commits behind re-reads the state. sled's own `watch_prefix` is
-//!   not used (its subscribers block writers when not drained).
+//!   watcher more than 4096 commits behind re-reads the state, and values above 64 KiB are
+//!   not carried in the change (a lagging watcher must not pin large values in memory): the
+//!   watcher re-reads them. sled's own `watch_prefix` is not used (its subscribers block
+//!   writers when not drained).
 //! * **Locks.** The lock is its key, created only if absent (like `atomic_put(None)`) with the
 //!   lock's TTL as deadline; the fencing token is that commit's index. Waiters sleep on the
 //!   broadcast for that key and on the holder's deadline, and honour `abandon` at once. The
@@ -107,6 +109,10 @@
 //!   handle's [`TaskSet`](kv_core::TaskSet) — it belongs to the database, not to one handle —
 //!   so [`Store::background_tasks`](kv_core::Store::background_tasks) does not count it. It
 //!   ends when the database closes.
+//! * When the last reference to a database goes, sled flushes it and closes its files
+//!   synchronously. `close` arranges for that to happen on the blocking pool; a handle
+//!   dropped without `close` may do it on the runtime thread that drops it (milliseconds for
+//!   a small database).
 //! * sled 0.34 has known issues (space amplification; rare corruption on open after an
 //!   unclean shutdown, sled issues #1533/#1509). Such a database fails to open with
 //!   [`Error::Config`](kv_core::Error::Config) instead of panicking.
