@@ -469,6 +469,8 @@ mod tests {
                 "{bad} accepted"
             );
         }
-        assert!(format!("{:?}", Config::from_url("redis://u:secret@h").unwrap()).contains("redacted"));
+        assert!(
+            format!("{:?}", Config::from_url("redis://u:secret@h").unwrap()).contains("redacted")
+        );
     }
 }

@@ -280,7 +280,9 @@ struct RedisHeld {
 
 impl std::fmt::Debug for RedisHeld {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisHeld").field("key", &self.full).finish()
+        f.debug_struct("RedisHeld")
+            .field("key", &self.full)
+            .finish()
     }
 }
 

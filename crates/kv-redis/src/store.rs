@@ -120,7 +120,10 @@ impl RedisStore {
             }),
         };
         // Authentication and reachability are checked here, not on first use.
-        store.inner.call("connect", store.inner.client.ping::<()>(None)).await?;
+        store
+            .inner
+            .call("connect", store.inner.client.ping::<()>(None))
+            .await?;
         Ok(store)
     }
 
@@ -553,7 +556,8 @@ impl Drop for Inner {
 /// with string (`$`), generic (`g`) and expiry (`x`) events, or all of them (`A`).
 pub(crate) fn notifications_sufficient(flags: &str) -> bool {
     flags.contains('K')
-        && (flags.contains('A') || (flags.contains('g') && flags.contains('$') && flags.contains('x')))
+        && (flags.contains('A')
+            || (flags.contains('g') && flags.contains('$') && flags.contains('x')))
 }
 
 /// Escapes Redis glob metacharacters (`* ? [ ] \`) for `SCAN MATCH` and `PSUBSCRIBE`.
@@ -603,7 +607,12 @@ impl Store for RedisStore {
         let ttl = inner.caps.check_ttl(options.ttl)?;
         let full = inner.full_key(&key);
         let reply = inner
-            .eval("put", &SCRIPTS.put, &full, vec![Value::Bytes(value), ttl_arg(ttl)])
+            .eval(
+                "put",
+                &SCRIPTS.put,
+                &full,
+                vec![Value::Bytes(value), ttl_arg(ttl)],
+            )
             .await?;
         parse_index(&reply).ok_or_else(|| protocol_error("put"))?;
         Ok(())

@@ -267,7 +267,9 @@ pub(crate) async fn watch_key(inner: Arc<Inner>, key: String) -> Result<WatchStr
                     }
                 }
             }
-            let timer = deadline.map(|d| d + DEADLINE_MARGIN).unwrap_or_else(far_future);
+            let timer = deadline
+                .map(|d| d + DEADLINE_MARGIN)
+                .unwrap_or_else(far_future);
             tokio::select! {
                 event = events.recv() => match event {
                     Ok(event) => {
@@ -364,7 +366,9 @@ pub(crate) async fn watch_tree(inner: Arc<Inner>, dir: String) -> Result<WatchTr
                 return;
             }
             let deadline = state.values().filter_map(|f| f.deadline).min();
-            let timer = deadline.map(|d| d + DEADLINE_MARGIN).unwrap_or_else(far_future);
+            let timer = deadline
+                .map(|d| d + DEADLINE_MARGIN)
+                .unwrap_or_else(far_future);
             // Wait for something that may change the snapshot.
             loop {
                 let note = |event: KeyspaceEvent, dirty: &mut BTreeSet<String>| {

@@ -94,6 +94,39 @@ impl PrivateServer {
         server
     }
 
+    /// A Sentinel (`redis-server --sentinel`) monitoring `primary` as `mymaster`.
+    async fn start_sentinel(primary: u16) -> Self {
+        let port = Self::free_port();
+        let dir = std::env::temp_dir().join(unique("sentinel"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .args(["--sentinel", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/servers install redis)");
+        let mut server = PrivateServer {
+            child,
+            port,
+            dir,
+            notify: String::new(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
     fn spawn(port: u16, dir: &std::path::Path, notify: &str) -> Child {
         Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -113,7 +146,10 @@ impl PrivateServer {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "private redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -155,8 +191,15 @@ async fn plain_clients_read_the_plain_layout() {
         .put("a/b", value.clone(), WriteOptions::default())
         .await
         .unwrap();
-    let pair = store.get("a/b", ReadOptions::default()).await.unwrap().unwrap();
-    assert_eq!(pair.key, "a/b", "keys are reported relative to the namespace");
+    let pair = store
+        .get("a/b", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pair.key, "a/b",
+        "keys are reported relative to the namespace"
+    );
 
     // The value is exactly the bytes, at the plain key.
     let value_key = format!("{ns}/a/b");
@@ -181,7 +224,11 @@ async fn plain_clients_read_the_plain_layout() {
 
     // TTL on both; a put without TTL makes both permanent again.
     store
-        .put("a/b", "t".into(), WriteOptions::with_ttl(Duration::from_secs(30)))
+        .put(
+            "a/b",
+            "t".into(),
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     let (pv, pm): (i64, i64) = (
@@ -189,7 +236,10 @@ async fn plain_clients_read_the_plain_layout() {
         raw.pttl(&meta_key).await.unwrap(),
     );
     assert!(pv > 29_000 && pm > 29_000, "pttl {pv} {pm}");
-    store.put("a/b", "p".into(), WriteOptions::default()).await.unwrap();
+    store
+        .put("a/b", "p".into(), WriteOptions::default())
+        .await
+        .unwrap();
     let (pv, pm): (i64, i64) = (
         raw.pttl(&value_key).await.unwrap(),
         raw.pttl(&meta_key).await.unwrap(),
@@ -198,7 +248,10 @@ async fn plain_clients_read_the_plain_layout() {
 
     // Deleting removes the metadata too.
     assert!(store.delete("a/b").await.unwrap());
-    let n: i64 = raw.exists(vec![value_key.clone(), meta_key.clone()]).await.unwrap();
+    let n: i64 = raw
+        .exists(vec![value_key.clone(), meta_key.clone()])
+        .await
+        .unwrap();
     assert_eq!(n, 0);
 
     // A value written by another client: readable (index 1), listable, CAS-able.
@@ -206,7 +259,11 @@ async fn plain_clients_read_the_plain_layout() {
         .set(format!("{ns}/foreign"), "from redis-cli", None, None, false)
         .await
         .unwrap();
-    let foreign = store.get("foreign", ReadOptions::default()).await.unwrap().unwrap();
+    let foreign = store
+        .get("foreign", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(foreign.value, Bytes::from("from redis-cli"));
     assert_eq!(foreign.last_index, 1);
     let keys: Vec<String> = store
@@ -218,7 +275,12 @@ async fn plain_clients_read_the_plain_layout() {
         .collect();
     assert_eq!(keys, ["foreign"], "metadata keys never show up");
     let next_pair = store
-        .atomic_put("foreign", "ours".into(), Some(&foreign), WriteOptions::default())
+        .atomic_put(
+            "foreign",
+            "ours".into(),
+            Some(&foreign),
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert!(next_pair.last_index > 1);
@@ -232,8 +294,15 @@ async fn last_index_rises_across_fast_delete_and_recreate() {
     let store = store_with_prefix(&ns).await;
     let mut last = 0;
     for i in 0..300 {
-        store.put("k", format!("{i}").into(), WriteOptions::default()).await.unwrap();
-        let pair = store.get("k", ReadOptions::default()).await.unwrap().unwrap();
+        store
+            .put("k", format!("{i}").into(), WriteOptions::default())
+            .await
+            .unwrap();
+        let pair = store
+            .get("k", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(pair.last_index > last, "{} after {last}", pair.last_index);
         last = pair.last_index;
         store.delete("k").await.unwrap();
@@ -244,7 +313,9 @@ async fn last_index_rises_across_fast_delete_and_recreate() {
     let b = store.clone();
     let writers = tokio::spawn(async move {
         for i in 0..200 {
-            a.put("k", format!("{i}").into(), WriteOptions::default()).await.unwrap();
+            a.put("k", format!("{i}").into(), WriteOptions::default())
+                .await
+                .unwrap();
         }
     });
     let deleters = tokio::spawn(async move {
@@ -254,8 +325,15 @@ async fn last_index_rises_across_fast_delete_and_recreate() {
     });
     writers.await.unwrap();
     deleters.await.unwrap();
-    store.put("k", "end".into(), WriteOptions::default()).await.unwrap();
-    let pair = store.get("k", ReadOptions::default()).await.unwrap().unwrap();
+    store
+        .put("k", "end".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let pair = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(pair.last_index > last);
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
@@ -272,10 +350,20 @@ async fn large_values_and_the_configured_limit() {
     );
     // 100 MiB round trip through the Lua write path.
     let size = 100 * 1024 * 1024;
-    let big: Bytes = (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let big: Bytes = (0..size)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
     let started = Instant::now();
-    store.put("big", big.clone(), WriteOptions::default()).await.unwrap();
-    let back = store.get("big", ReadOptions::default()).await.unwrap().unwrap();
+    store
+        .put("big", big.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let back = store
+        .get("big", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(back.value == big, "100 MiB value came back altered");
     eprintln!("100 MiB put + get: {:?}", started.elapsed());
     store.delete("big").await.unwrap();
@@ -298,10 +386,20 @@ async fn large_values_and_the_configured_limit() {
         .put("over", vec![7u8; 1025].into(), WriteOptions::default())
         .await
     {
-        Err(Error::ValueTooLarge { size: 1025, max: 1024, .. }) => {}
+        Err(Error::ValueTooLarge {
+            size: 1025,
+            max: 1024,
+            ..
+        }) => {}
         other => panic!("unexpected {other:?}"),
     }
-    assert!(small.get("over", ReadOptions::default()).await.unwrap().is_none());
+    assert!(
+        small
+            .get("over", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
     small.delete_tree("").await.unwrap();
     small.close().await.unwrap();
     // Above Redis' own limit is a configuration error.
@@ -324,7 +422,11 @@ async fn scan_batches_list_and_delete_tree() {
     futures::stream::iter(keys.clone())
         .map(|k| {
             let store = store.clone();
-            async move { store.put(&k, k.clone().into(), WriteOptions::default()).await }
+            async move {
+                store
+                    .put(&k, k.clone().into(), WriteOptions::default())
+                    .await
+            }
         })
         .buffer_unordered(64)
         .collect::<Vec<_>>()
@@ -332,9 +434,22 @@ async fn scan_batches_list_and_delete_tree() {
         .into_iter()
         .collect::<kv_core::Result<Vec<_>>>()
         .unwrap();
-    store.put("d*[x]", "dir itself".into(), WriteOptions::default()).await.unwrap();
-    store.put("dX[x]/not", "glob must not match".into(), WriteOptions::default()).await.unwrap();
-    store.put("d*[x]x/n", "sibling".into(), WriteOptions::default()).await.unwrap();
+    store
+        .put("d*[x]", "dir itself".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    store
+        .put(
+            "dX[x]/not",
+            "glob must not match".into(),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    store
+        .put("d*[x]x/n", "sibling".into(), WriteOptions::default())
+        .await
+        .unwrap();
     let started = Instant::now();
     let listed = store.list("d*[x]", ReadOptions::default()).await.unwrap();
     eprintln!("list of 2500 keys: {:?}", started.elapsed());
@@ -344,7 +459,7 @@ async fn scan_batches_list_and_delete_tree() {
         listed.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
         expected
     );
-    assert!(listed.iter().all(|p| p.value == Bytes::from(p.key.clone())));
+    assert!(listed.iter().all(|p| p.value == p.key.as_bytes()));
     let started = Instant::now();
     store.delete_tree("d*[x]").await.unwrap();
     eprintln!("delete_tree of 2501 keys: {:?}", started.elapsed());
@@ -358,10 +473,7 @@ async fn scan_batches_list_and_delete_tree() {
     assert_eq!(rest, ["d*[x]x/n", "dX[x]/not"]);
     // No metadata left behind for the deleted keys.
     let raw = store.client().clone();
-    let n: i64 = raw
-        .exists(store.meta_key("d*[x]/00/k00000"))
-        .await
-        .unwrap();
+    let n: i64 = raw.exists(store.meta_key("d*[x]/00/k00000")).await.unwrap();
     assert_eq!(n, 0);
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
@@ -402,7 +514,77 @@ async fn a_dead_endpoint_is_a_typed_error_not_a_hang() {
         Err(e @ Error::Timeout { .. }) => eprintln!("silent server: {e}"),
         other => panic!("expected Timeout, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_going_away_gives_transient_errors_and_close_still_returns() {
+    let server = PrivateServer::start("KA").await;
+    let store = RedisStore::connect(server.config()).await.unwrap();
+    store
+        .put("k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert!(next(&mut watch, "first").await.unwrap().is_some());
+    let mut lock = store.new_lock("l", LockOptions::default()).await.unwrap();
+    lock.lock().await.unwrap();
+    drop(server);
+    let started = Instant::now();
+    match store.get("k", ReadOptions::default()).await {
+        Err(e) if e.is_transient() => eprintln!("server gone: {e} after {:?}", started.elapsed()),
+        other => panic!("expected a transient error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    store.close().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "close took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(store.background_tasks(), 0);
+    assert!(matches!(
+        next(&mut watch, "closed").await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_topology() {
+    let primary = PrivateServer::start("KA").await;
+    let sentinel = PrivateServer::start_sentinel(primary.port).await;
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{}/mymaster?prefix=s",
+        sentinel.port
+    );
+    let store = RedisStore::connect(Config::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await.unwrap(), None);
+    store
+        .put("k", "via sentinel".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let pair = next(&mut watch, "put").await.unwrap().unwrap();
+    assert_eq!(pair.value, "via sentinel");
+    // It is the primary behind the sentinel that holds the plain value.
+    let direct = RedisStore::connect(primary.config()).await.unwrap();
+    let plain: String = direct.client().get("s/k").await.unwrap();
+    assert_eq!(plain, "via sentinel");
+    drop(watch);
+    store.close().await.unwrap();
+    direct.close().await.unwrap();
+    drop(sentinel);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +611,10 @@ async fn wrong_credentials_are_permission_denied() {
     }
     let good = Config::from_url(&format!("redis://:s3cret@127.0.0.1:{}", server.port)).unwrap();
     let store = RedisStore::connect(good).await.unwrap();
-    store.put("k", "v".into(), WriteOptions::default()).await.unwrap();
+    store
+        .put("k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
     store.close().await.unwrap();
     raw.close().await.unwrap();
 }
@@ -440,7 +625,10 @@ async fn notifications_off_is_a_clear_error() {
     let store = RedisStore::connect(server.config()).await.unwrap();
     for result in [
         store.watch("k", ReadOptions::default()).await.map(|_| ()),
-        store.watch_tree("d", ReadOptions::default()).await.map(|_| ()),
+        store
+            .watch_tree("d", ReadOptions::default())
+            .await
+            .map(|_| ()),
     ] {
         match result {
             Err(Error::Config(message)) => {
@@ -497,16 +685,25 @@ async fn notifications_off_is_a_clear_error() {
 async fn watches_resynchronise_after_a_server_restart() {
     let mut server = PrivateServer::start("KA").await;
     let store = RedisStore::connect(server.config()).await.unwrap();
-    store.put("d/k", "v1".into(), WriteOptions::default()).await.unwrap();
+    store
+        .put("d/k", "v1".into(), WriteOptions::default())
+        .await
+        .unwrap();
     let mut watch = store.watch("d/k", ReadOptions::default()).await.unwrap();
     let mut tree = store.watch_tree("d", ReadOptions::default()).await.unwrap();
-    assert_eq!(next(&mut watch, "first").await.unwrap().unwrap().value, "v1");
+    assert_eq!(
+        next(&mut watch, "first").await.unwrap().unwrap().value,
+        "v1"
+    );
     assert_eq!(next(&mut tree, "first").await.unwrap().len(), 1);
     // The restarted server is empty, and no notification says so: only the resync after the
     // reconnection can report it.
     server.restart().await;
     assert_eq!(next(&mut watch, "after restart").await.unwrap(), None);
-    assert_eq!(next(&mut tree, "after restart").await.unwrap(), Vec::<KvPair>::new());
+    assert_eq!(
+        next(&mut tree, "after restart").await.unwrap(),
+        Vec::<KvPair>::new()
+    );
     // And the watches are live again (re-subscribed).
     eventually(Duration::from_secs(10), "write after restart", || {
         let store = store.clone();
@@ -529,7 +726,12 @@ async fn a_foreign_overwrite_loses_the_lock_at_once() {
     let ns = unique("takeover");
     let store = store_with_prefix(&ns).await;
     let mut lock = store
-        .new_lock("l", LockOptions::default().value("holder").ttl(Duration::from_secs(30)))
+        .new_lock(
+            "l",
+            LockOptions::default()
+                .value("holder")
+                .ttl(Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     let lease = lock.lock().await.unwrap();
@@ -538,7 +740,10 @@ async fn a_foreign_overwrite_loses_the_lock_at_once() {
     let plain: String = raw.get(&value_key).await.unwrap();
     assert_eq!(plain, "holder", "the lock value is the plain value");
     let started = Instant::now();
-    let _: () = raw.set(&value_key, "intruder", None, None, false).await.unwrap();
+    let _: () = raw
+        .set(&value_key, "intruder", None, None, false)
+        .await
+        .unwrap();
     // With a 30 s TTL the next renewal is 10 s away: the keyspace event reports it.
     let state = tokio::time::timeout(Duration::from_secs(2), lease.lost())
         .await
@@ -585,12 +790,23 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
     drop(tree);
     drop(lock);
     let s = store.clone();
-    eventually(Duration::from_secs(3), "tasks end when owners drop", move || {
-        let s = s.clone();
-        async move { s.background_tasks() == 0 }
-    })
+    eventually(
+        Duration::from_secs(3),
+        "tasks end when owners drop",
+        move || {
+            let s = s.clone();
+            async move { s.background_tasks() == 0 }
+        },
+    )
     .await;
-    assert!(store.get("l", ReadOptions::default()).await.unwrap().is_none(), "dropped lock released");
+    assert!(
+        store
+            .get("l", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "dropped lock released"
+    );
 
     // close(): locks released, watches end with Closed, tasks 0, later calls Closed.
     let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
@@ -598,12 +814,27 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
     let mut lock = store.new_lock("l", LockOptions::default()).await.unwrap();
     let lease = lock.lock().await.unwrap();
     let other = store_with_prefix(&ns).await;
-    assert!(other.get("l", ReadOptions::default()).await.unwrap().is_some());
+    assert!(
+        other
+            .get("l", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_some()
+    );
     store.close().await.unwrap();
     assert_eq!(store.background_tasks(), 0);
-    assert!(matches!(next(&mut watch, "closed").await, Err(Error::Closed)));
+    assert!(matches!(
+        next(&mut watch, "closed").await,
+        Err(Error::Closed)
+    ));
     assert_eq!(lease.state(), LockState::Released);
-    assert!(other.get("l", ReadOptions::default()).await.unwrap().is_none());
+    assert!(
+        other
+            .get("l", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(matches!(
         store.get("k", ReadOptions::default()).await,
         Err(Error::Closed)
