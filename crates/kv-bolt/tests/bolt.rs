@@ -513,11 +513,21 @@ async fn paths_that_cannot_hold_a_database_are_config_errors() {
     let below_file = file.join("db");
     let result = BoltStore::open(Config::new(&below_file)).await;
     assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+    // A directory that cannot be created (procfs): a typed error, whatever the user.
+    let result = BoltStore::open(Config::new("/proc/self/kv-bolt-db")).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Config(_)) | Err(Error::PermissionDenied { .. })
+        ),
+        "{result:?}"
+    );
     let garbage = dir.path().join("garbage");
     std::fs::create_dir(&garbage).unwrap();
     std::fs::write(garbage.join("conf"), vec![0xA5u8; 4096]).unwrap();
     std::fs::write(garbage.join("db"), vec![0x5Au8; 1 << 20]).unwrap();
     let result = BoltStore::open(Config::new(&garbage)).await;
+    assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
     assert!(
         matches!(result, Err(Error::Config(_)) | Err(Error::Backend { .. })),
         "{result:?}"
