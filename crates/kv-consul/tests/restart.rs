@@ -1,0 +1,272 @@
+//! Failure modes that need a server this test may stop: a private Consul dev agent (the binary
+//! `scripts/servers install consul` builds) on free ports, killed and restarted under a watch,
+//! a waiting lock and a held lock.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kv_consul::{Config, ConsulStore};
+use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+
+/// The Consul binary: `KV_TEST_CONSUL_BIN`, else the one `scripts/servers` caches.
+fn consul_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("KV_TEST_CONSUL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let cache = std::env::var("KV_SERVERS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kv-servers")
+        });
+    std::fs::read_dir(&cache)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("consul-v"))
+        .map(|entry| entry.path().join("consul"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no Consul binary under {}: run `scripts/servers install consul` or set KV_TEST_CONSUL_BIN",
+                cache.display()
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private dev agent; killed when dropped.
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    http: u16,
+}
+
+impl Agent {
+    fn config(dir: &std::path::Path, http: u16) -> PathBuf {
+        let file = dir.join("consul.hcl");
+        let hcl = format!(
+            r#"node_name = "kvtest-restart"
+datacenter = "dc1"
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+advertise_addr = "127.0.0.1"
+disable_update_check = true
+log_level = "WARN"
+session_ttl_min = "1s"
+ports {{
+  http = {http}
+  https = -1
+  dns = -1
+  grpc = -1
+  grpc_tls = -1
+  server = {}
+  serf_lan = {}
+  serf_wan = {}
+}}
+"#,
+            free_port(),
+            free_port(),
+            free_port()
+        );
+        std::fs::write(&file, hcl).unwrap();
+        file
+    }
+
+    async fn start(dir: PathBuf, http: u16) -> Agent {
+        let config = Self::config(&dir, http);
+        let child = Command::new(consul_binary())
+            .arg("agent")
+            .arg("-dev")
+            .arg(format!("-config-file={}", config.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a private Consul agent");
+        let agent = Agent { child, dir, http };
+        let client = reqwest::Client::new();
+        let limit = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = client
+                .get(format!("http://127.0.0.1:{http}/v1/status/leader"))
+                .send()
+                .await;
+            if let Ok(response) = leader
+                && response.text().await.is_ok_and(|t| t.len() > 2)
+            {
+                return agent;
+            }
+            assert!(
+                Instant::now() < limit,
+                "the private Consul agent did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stop(mut self) -> (PathBuf, u16) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        (self.dir.clone(), self.http)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_locks_survive_or_report_a_server_restart() {
+    let dir = std::env::temp_dir().join(format!("kv-consul-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = free_port();
+    let agent = Agent::start(dir, http).await;
+    let config = Config::builder()
+        .endpoint(format!("http://127.0.0.1:{http}"))
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .watch_wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let store = ConsulStore::connect(config.clone()).await.unwrap();
+    let other = ConsulStore::connect(config).await.unwrap();
+    assert_eq!(
+        store.session_ttl_min(),
+        Duration::from_secs(1),
+        "read from the agent"
+    );
+
+    // Raise the index well above what a fresh agent will have.
+    for i in 0..30 {
+        store
+            .put("filler", format!("{i}").into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    store
+        .put("k", "before".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let before = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().unwrap().value,
+        "before"
+    );
+    let mut held = store
+        .new_lock("held", LockOptions::default().ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let lease = held.lock().await.unwrap();
+    let mut blocker = other
+        .new_lock("wanted", LockOptions::default().ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    blocker.lock().await.unwrap();
+    let mut waiter = store
+        .new_lock("wanted", LockOptions::default().ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.lock().await;
+        (waiter, lease)
+    });
+
+    // The server goes away: the held lock is lost within its TTL, the watch stays quiet.
+    let (dir, http) = agent.stop();
+    let stopped = Instant::now();
+    let state = tokio::time::timeout(Duration::from_secs(4), lease.lost())
+        .await
+        .expect("lost signal while the server is gone");
+    assert_eq!(state, LockState::Lost);
+    assert!(
+        stopped.elapsed() <= Duration::from_millis(2500),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), watch.next())
+            .await
+            .is_err(),
+        "a broken connection is retried, not reported"
+    );
+    let error = store.get("k", ReadOptions::default()).await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    assert!(matches!(
+        held.unlock().await,
+        Err(Error::LockLost { .. }) | Err(Error::Unavailable { .. })
+    ));
+
+    // A fresh agent (empty, its indexes start again near 0) on the same port.
+    let _agent = Agent::start(dir, http).await;
+    let writer = ConsulStore::connect(
+        Config::builder()
+            .endpoint(format!("http://127.0.0.1:{http}"))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    writer
+        .put("k", "after".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let after = writer
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        after.last_index < before.last_index,
+        "the new agent's index went backwards"
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(Some(pair))) if pair.value == "after" => return pair,
+                Some(Ok(_)) => continue,
+                other => panic!("watch ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the watch caught up with the new agent");
+    assert_eq!(seen.last_index, after.last_index);
+
+    // The waiter acquires on the new agent (the blocker's key is gone with the old state).
+    let (mut waiter, lease) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting lock acquired after the restart")
+        .unwrap();
+    assert!(lease.unwrap().is_held());
+    waiter.unlock().await.unwrap();
+    drop(blocker);
+    drop(watch);
+    drop(held);
+    Store::close(&store).await.unwrap();
+    Store::close(&other).await.unwrap();
+    Store::close(&writer).await.unwrap();
+    assert_eq!(store.background_tasks(), 0);
+    assert_eq!(other.background_tasks(), 0);
+    drop(_agent);
+    std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("kv-consul-restart-{}", std::process::id())),
+    )
+    .ok();
+}
