@@ -191,6 +191,23 @@ async fn watches_and_locks_survive_or_report_a_server_restart() {
     // The server goes away: the held lock is lost within its TTL, the watch stays quiet.
     let (dir, http) = agent.stop();
     let stopped = Instant::now();
+    // Meanwhile, something that accepts connections and hangs up at once sits on the port:
+    // it counts how often the background loops (watch, renewals, held-watches, the waiting
+    // lock) retry. They back off; a hot loop would make thousands of attempts.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", http))
+        .await
+        .unwrap();
+    let counter = tokio::spawn(async move {
+        let mut accepted = 0u32;
+        let until = Instant::now() + Duration::from_secs(3);
+        while let Ok(Ok((socket, _))) =
+            tokio::time::timeout_at(until.into(), listener.accept()).await
+        {
+            accepted += 1;
+            drop(socket);
+        }
+        accepted
+    });
     let state = tokio::time::timeout(Duration::from_secs(4), lease.lost())
         .await
         .expect("lost signal while the server is gone");
@@ -212,6 +229,13 @@ async fn watches_and_locks_survive_or_report_a_server_restart() {
         held.unlock().await,
         Err(Error::LockLost { .. }) | Err(Error::Unavailable { .. })
     ));
+
+    let attempts = counter.await.unwrap();
+    assert!(
+        attempts < 100,
+        "{attempts} connection attempts in 3 s: no back-off"
+    );
+    eprintln!("{attempts} connection attempts in 3 s while the server was down");
 
     // A fresh agent (empty, its indexes start again near 0) on the same port.
     let _agent = Agent::start(dir, http).await;
