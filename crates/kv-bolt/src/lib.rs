@@ -31,7 +31,9 @@
 //!   process-wide registry maps the canonical path to the shared engine), so every handle on a
 //!   path shares one `sled::Db` and one change broadcast: writes, watches and locks of one
 //!   handle are seen by the others at once. [`BoltStore::handle`] makes another independent
-//!   handle on the same database (the way to share a temporary one).
+//!   handle on the same database (the way to share a temporary one). The first opener's
+//!   file settings (durability, cache size, temporary) apply to the shared database; a later
+//!   opener's namespace and timeout apply to its own handle.
 //! * A path held by another process waits up to [`Config::lock_timeout`], then fails with
 //!   [`Error::Unavailable`](kv_core::Error::Unavailable). A path that cannot hold a database
 //!   (a file, a corrupt database) is [`Error::Config`](kv_core::Error::Config); an unwritable
@@ -71,7 +73,8 @@
 //!   attempts, CAS) treats a key past its deadline as absent at once, to the millisecond. A
 //!   sweeper thread per database sleeps until the earliest deadline of `kv/expiry`, then
 //!   physically removes the expired keys in one commit and publishes the removal. A write
-//!   without TTL stores deadline 0: the key is permanent again.
+//!   without TTL stores deadline 0: the key is permanent again. Deadlines are wall-clock
+//!   times (they must survive a restart), so a jump of the system clock moves them.
 //! * **Watch / WatchTree.** Every commit is published on an in-process
 //!   `tokio::sync::broadcast` of the database, with the new state of every key it touched and
 //!   its commit index. A watch subscribes, reads the current state with the index it reflects,
