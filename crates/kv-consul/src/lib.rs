@@ -2,9 +2,10 @@
 //!
 //! [`ConsulStore`] implements [`kv_core::Store`] on Consul's HTTP API (KV store, blocking
 //! queries, sessions, `/v1/txn`) through a small in-house client on `reqwest` (rustls).
-//! `consulrs`, the crate the design first named, has had no release since 2021 (reqwest 0.11,
-//! `unwrap`s in header parsing, fixes never published) and no `/v1/txn`; the other crates
-//! lack CAS or binary values. The API surface needed here is a dozen calls.
+//! `consulrs`, the crate the design first named, was judged unfit: 0.1.0 (2021-10) is its
+//! only release, on reqwest 0.11 / http 0.2, it `unwrap`s while parsing response headers,
+//! fixes made after it were never published, and it has no binding for `/v1/txn`, which
+//! every write here needs. The dozen calls this backend makes fit in a small client.
 //!
 //! ```no_run
 //! use kv_consul::{Config, ConsulStore};
@@ -28,13 +29,21 @@
 //!   `curl …/v1/kv/a/b?raw` print what was written, and values written by other clients are
 //!   read as they are.
 //! * The entry's `Flags` (a `u64`) are 0 for a key without TTL. A key written with a TTL has
-//!   `Flags = 0x4B56 << 48 | deadline`, the tag `0x4B56` ("KV") in the top 16 bits and its
-//!   deadline in Unix milliseconds in the low 48 bits. `Flags` without that tag (written by
-//!   other clients, e.g. Consul's `api.Lock` flag) mean "no deadline".
+//!   `Flags = 0x4B56 << 48 | deadline`: the tag `0x4B56` ("KV") in bits 48–63 and its
+//!   deadline in Unix milliseconds in bits 0–46. Bit 47 is a *rewrite marker*: Consul skips a
+//!   write that changes nothing (same value, flags and session) without raising
+//!   `ModifyIndex`, so such a write toggles it (a key without TTL then has
+//!   `Flags = 0x4B56 << 48 | 1 << 47`, deadline bits 0: no deadline). `Flags` without the tag
+//!   (written by other clients, e.g. Consul's `api.Lock` flag) mean "no deadline".
 //! * A key written with a TTL, and a lock's key, is held (`Session`) by a session of its own,
 //!   named `kv-rs ttl <key>` / `kv-rs lock <key>`, with `Behavior=delete`, `LockDelay=0s` and
 //!   no health checks, so that Consul deletes the key itself when the session ends.
 //! * Nothing else is written: no index keys, no lock queues.
+//! * Consul's `/v1/kv` endpoint refuses some keys our key rules allow: a leading or trailing
+//!   space in the whole Consul key, and `%XX` sequences that decode to a space or `..`
+//!   (e.g. `pct%20x`). `/v1/txn` takes them, so they are written as usual; reads and watches
+//!   of such a key use a listing of its nearest parent directory that Consul accepts
+//!   (the key itself is stored literally).
 //!
 //! ## How the contract is met
 //!
@@ -64,6 +73,8 @@
 //!   query on the key sees it deleted, rewritten or held by another session; released by
 //!   destroying the session, which deletes the key only if that session still holds it.
 //!   Fencing token = `ModifyIndex` at acquisition.
+//! * **Reads**: `ReadOptions::consistent` (the default) is Consul's `?consistent` mode
+//!   (linearizable); `ReadOptions::stale()` is `?stale` (any server answers).
 //! * **delete_tree** is one transaction: `delete-tree` on `dir/` plus `delete` of `dir`: atomic.
 //! * **list** is `?recurse` on `dir/` (path-aware), filtered: expired entries, keys that are
 //!   not valid normalised keys (written raw by other clients, e.g. ending in `/`) and keys with
@@ -92,6 +103,17 @@
 //!   renewal has failed for a whole `ttl`.
 //! * TTL expiry is decided by the reader's clock against the writer's clock (the deadline in
 //!   `Flags`): keep clocks in sync (NTP).
+//! * Other clients see an expired TTL key until Consul removes it: up to
+//!   `2 × max(ttl / 2, session_ttl_min)` after the write. Our readers never do.
+//! * Overwriting a TTL key detaches it from its session; that session, now holding nothing,
+//!   stays in `/v1/session/list` until its own TTL runs out (it is never renewed).
+//! * A client that overwrites a lock's key *without* releasing the session (a raw
+//!   `consul kv put`) leaves the key held by the lock's session: the holder's lost signal fires
+//!   (the `ModifyIndex` changed), and its release, which destroys the session, deletes that
+//!   key. Writes through this crate always detach the session first.
+//! * Without a prefix, `list("")`, `watch_tree("")` and `delete_tree("")` span the whole
+//!   Consul KV store (keys that are not valid normalised keys are skipped by the reads, but
+//!   `delete_tree("")` deletes them too).
 
 mod client;
 mod config;

@@ -408,6 +408,28 @@ async fn value_size_limit() {
         .await
         .unwrap();
     assert!(swapped.last_index > pair.last_index);
+    // The worst case for the transaction's size: the longest key, every byte escaped in
+    // JSON, over an existing TTL key (condition + unlock + lock: the key three times).
+    let long_key = "\"".repeat(store.capabilities().max_key_len);
+    for ttl in [Duration::from_secs(30), Duration::from_secs(31)] {
+        store
+            .put(&long_key, at_limit.clone(), WriteOptions::with_ttl(ttl))
+            .await
+            .unwrap();
+    }
+    store
+        .put(&long_key, at_limit.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get(&long_key, ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        at_limit
+    );
     let over = Bytes::from(vec![7u8; MAX_VALUE_LEN + 1]);
     assert!(matches!(
         store.put("big2", over, WriteOptions::default()).await,
@@ -602,5 +624,46 @@ async fn delete_tree_is_one_transaction() {
         .collect();
     assert_eq!(after, vec!["dx"], "one snapshot: every key went at once");
     store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn large_trees_list_and_delete_in_one_call() {
+    const KEYS: usize = 400;
+    let p = unique("large-tree");
+    let store = store_with_prefix(&p).await;
+    let started = Instant::now();
+    futures::stream::iter(0..KEYS)
+        .map(|i| {
+            let store = &store;
+            async move {
+                store
+                    .put(
+                        &format!("t/{:03}/{i}", i % 17),
+                        format!("{i}").into(),
+                        WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let wrote = started.elapsed();
+    let listed = store.list("t", ReadOptions::default()).await.unwrap();
+    assert_eq!(listed.len(), KEYS);
+    assert!(listed.windows(2).all(|w| w[0].key < w[1].key), "sorted");
+    let started = Instant::now();
+    store.delete_tree("t").await.unwrap();
+    let deleted = started.elapsed();
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    eprintln!("{KEYS} puts: {wrote:?}; delete_tree of {KEYS} keys in one transaction: {deleted:?}");
     Store::close(&store).await.unwrap();
 }
