@@ -131,7 +131,11 @@ impl Config {
         let tls = match scheme {
             "zookeeper" | "zk" => false,
             "zookeeper+tls" | "zks" => true,
-            _ => return Err(bad("the scheme must be zookeeper, zk, zookeeper+tls or zks")),
+            _ => {
+                return Err(bad(
+                    "the scheme must be zookeeper, zk, zookeeper+tls or zks",
+                ));
+            }
         };
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
@@ -163,28 +167,33 @@ impl Config {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value);
-            fn tls_field<'c>(
-                tls_config: &'c mut Option<TlsConfig>,
+            fn tls_field(
+                tls_config: &mut Option<TlsConfig>,
                 error: impl FnOnce() -> Error,
-            ) -> Result<&'c mut TlsConfig> {
+            ) -> Result<&mut TlsConfig> {
                 tls_config.as_mut().ok_or_else(error)
             }
             let needs_tls = || bad(&format!("{name} needs a zookeeper+tls:// URL"));
             match name {
                 "session_timeout" => {
-                    builder = builder.session_timeout(parse_duration(&value).ok_or_else(|| bad(name))?)
+                    builder =
+                        builder.session_timeout(parse_duration(&value).ok_or_else(|| bad(name))?)
                 }
                 "connect_timeout" => {
-                    builder = builder.connect_timeout(parse_duration(&value).ok_or_else(|| bad(name))?)
+                    builder =
+                        builder.connect_timeout(parse_duration(&value).ok_or_else(|| bad(name))?)
                 }
                 "request_timeout" => {
-                    builder = builder.request_timeout(parse_duration(&value).ok_or_else(|| bad(name))?)
+                    builder =
+                        builder.request_timeout(parse_duration(&value).ok_or_else(|| bad(name))?)
                 }
                 "max_ops_per_multi" => {
                     builder = builder.max_ops_per_multi(value.parse().map_err(|_| bad(name))?)
                 }
                 "ca_file" => tls_field(&mut tls_config, needs_tls)?.ca_file = Some(value.into()),
-                "cert_file" => tls_field(&mut tls_config, needs_tls)?.cert_file = Some(value.into()),
+                "cert_file" => {
+                    tls_field(&mut tls_config, needs_tls)?.cert_file = Some(value.into())
+                }
                 "key_file" => tls_field(&mut tls_config, needs_tls)?.key_file = Some(value.into()),
                 _ => return Err(bad(&format!("unknown option {name}"))),
             }
@@ -207,7 +216,9 @@ impl Config {
 
     fn validate(self) -> Result<Config> {
         if self.endpoints.is_empty() {
-            return Err(Error::Config("at least one ZooKeeper endpoint is needed".into()));
+            return Err(Error::Config(
+                "at least one ZooKeeper endpoint is needed".into(),
+            ));
         }
         for endpoint in &self.endpoints {
             if endpoint.contains('/') && !endpoint.starts_with("tcp") {
@@ -219,18 +230,25 @@ impl Config {
         let namespace = kv_core::key::normalize_key(&self.namespace)
             .map_err(|e| Error::Config(format!("bad namespace {:?}: {e}", self.namespace)))?;
         if namespace.split('/').next() == Some("zookeeper") {
-            return Err(Error::Config("the namespace must not start with `zookeeper` (reserved by the server)".into()));
+            return Err(Error::Config(
+                "the namespace must not start with `zookeeper` (reserved by the server)".into(),
+            ));
         }
         if self.max_ops_per_multi == 0 {
             return Err(Error::Config("max_ops_per_multi must be at least 1".into()));
         }
-        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() || self.session_timeout.is_zero() {
+        if self.request_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.session_timeout.is_zero()
+        {
             return Err(Error::Config("timeouts must not be zero".into()));
         }
         if let Some(tls) = &self.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()
         {
-            return Err(Error::Config("TLS cert_file and key_file go together".into()));
+            return Err(Error::Config(
+                "TLS cert_file and key_file go together".into(),
+            ));
         }
         Ok(Config { namespace, ..self })
     }
@@ -326,12 +344,19 @@ fn parse_duration(text: &str) -> Option<Duration> {
         return ms.parse().ok().map(Duration::from_millis);
     }
     if let Some(s) = text.strip_suffix('s') {
-        return s.parse::<f64>().ok().filter(|s| *s >= 0.0).map(Duration::from_secs_f64);
+        return s
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s >= 0.0)
+            .map(Duration::from_secs_f64);
     }
     if let Some(m) = text.strip_suffix('m') {
         return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
     }
-    text.parse::<f64>().ok().filter(|s| *s >= 0.0).map(Duration::from_secs_f64)
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 fn percent_decode(text: &str) -> String {
@@ -369,9 +394,13 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert_eq!(c.max_ops_per_multi, 7);
         let creds = c.credentials.unwrap();
-        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("u", "p@ss"));
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("u", "p@ss")
+        );
         assert_eq!(Config::from_url("zookeeper://h:1").unwrap().namespace, "kv");
-        let t = Config::from_url("zks://h:1?ca_file=/ca.pem&cert_file=/c.pem&key_file=/k.pem").unwrap();
+        let t =
+            Config::from_url("zks://h:1?ca_file=/ca.pem&cert_file=/c.pem&key_file=/k.pem").unwrap();
         assert_eq!(t.tls.unwrap().ca_file.unwrap(), PathBuf::from("/ca.pem"));
         for bad in [
             "http://h:1",
@@ -382,7 +411,10 @@ mod tests {
             "zk://h:1?ca_file=/x",
             "zk://h:1?request_timeout=soon",
         ] {
-            assert!(matches!(Config::from_url(bad), Err(Error::Config(_))), "{bad} accepted");
+            assert!(
+                matches!(Config::from_url(bad), Err(Error::Config(_))),
+                "{bad} accepted"
+            );
         }
     }
 }

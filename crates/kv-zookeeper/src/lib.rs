@@ -1,6 +1,153 @@
 //! # kv-zookeeper: the kv-core contract on Apache ZooKeeper
 //!
-//! (full documentation below is filled in later)
+//! [`ZookeeperStore`] implements [`kv_core::Store`] over a ZooKeeper ensemble (3.6 or newer for
+//! persistent recursive watches; TTL nodes need `zookeeper.extendedTypesEnabled=true` on the
+//! server). It passes the whole `kv-conformance` suite against Debian's ZooKeeper 3.8.
+//!
+//! ```no_run
+//! use kv_core::{Store, ReadOptions, WriteOptions};
+//! use kv_zookeeper::{Config, ZookeeperStore};
+//! # async fn demo() -> kv_core::Result<()> {
+//! let store = ZookeeperStore::connect(Config::from_url("zookeeper://127.0.0.1:2181/myapp")?).await?;
+//! store.put("config/db", "postgres://…".into(), WriteOptions::default()).await?;
+//! let pair = store.get("config/db", ReadOptions::default()).await?.unwrap();
+//! println!("{:?} at index {}", pair.value, pair.last_index);
+//! store.close().await
+//! # }
+//! ```
+//!
+//! ## Client library
+//!
+//! [`zookeeper-client`](https://crates.io/crates/zookeeper-client) (kezhuw), features `tokio`
+//! and `tls`. The card named `zookeeper-async`; it lacks multi-op (needed for atomic
+//! compare-and-swap of a value *and* its marker, and for an atomic `delete_tree`), persistent
+//! recursive watches (needed to see a child's value change: docker/libkv#109) and TLS.
+//! `zookeeper-client` has all three, plus TTL-node creation, multi-read and an explicit session
+//! state. It is async throughout (its sockets run on `async-io`; nothing blocks the tokio
+//! runtime).
+//!
+//! ## Storage layout
+//!
+//! With the namespace `kv` (the default; [`Config::namespace`]), the key `a/b` is the znode
+//! `/kv/a/b`:
+//!
+//! | znode | mode | data |
+//! | --- | --- | --- |
+//! | `/kv` | persistent | empty (created at connect) |
+//! | `/kv/a` | container | empty while `a` is only a parent; `a`'s value once written |
+//! | `/kv/a/b` | container | **the value of `a/b`, plain bytes** (`zkCli get /kv/a/b` prints it) |
+//! | `/kv/a/b/__kv` | persistent, or persistent-with-TTL | the *marker*: present ⇔ `a/b` is a written key; data = the TTL in milliseconds as ASCII decimal, empty for a permanent key |
+//! | `/kv/__kvlocks/a/b/__kvlock-0000000007` | ephemeral sequential | a lock waiter's ticket (see Locks) |
+//!
+//! * **Why a marker.** ZooKeeper keeps parents as real nodes, but the contract lists only keys
+//!   that were written, and a key may be both a value and a parent. A node is a key exactly
+//!   when it has the `__kv` child; parent-only nodes have none. Writing a key that already is a
+//!   parent sets the node's data and creates the marker; deleting a key that still has
+//!   children deletes the marker and empties the data. Every node is a *container*, so the
+//!   server itself removes a path once nothing is left below it (after a key delete or a TTL
+//!   expiry), as it sweeps expired TTL markers.
+//! * The marker sits *beside* the value, never around it: other clients (zkCli, valkeyrie, a
+//!   Java client) read the plain bytes. They see the `__kv` children in `ls`, and keys they
+//!   write themselves become visible to this crate only once a marker is created next to them.
+//! * Names: ZooKeeper refuses UTF-16 surrogates in paths, so characters outside the Basic
+//!   Multilingual Plane (emoji) are stored as `␚` (U+241A) followed by six hex digits of the
+//!   code point, and `␚` itself as `␚00241A`. Every other key is stored as it is spelled.
+//!   (kv-core already forbids every other character ZooKeeper refuses.)
+//!
+//! ## How the contract is met
+//!
+//! * **`last_index`** is the key node's `mzxid`: the zxid of the transaction that last wrote
+//!   the value. zxids are global and only rise, so it rises on every write, including across
+//!   delete and re-create (where `stat.version` starts again). Every write is one multi-op:
+//!   `[create the node if missing,] setData(node, value, version) [, delete(old marker)],
+//!   create(marker)`, so the value, its index and its TTL change together.
+//! * **CAS** (`atomic_put`, `atomic_delete`): one multi-read of node and marker, the `mzxid`
+//!   compared with `previous.last_index`, then the multi-op above with the *versions just read*
+//!   (`setData(node, …, version)`, `delete(marker, version)`), so any write in between makes
+//!   the server refuse the whole transaction ([`kv_core::Error::KeyModified`]); a
+//!   create-only write fails on the marker's `NodeExists` ([`kv_core::Error::KeyExists`]).
+//!   Residual window, stated honestly: ZooKeeper's `check` compares data versions, not zxids,
+//!   so a concurrent *delete and re-create* of the node that lands on the very same data
+//!   version within the one round trip between the read and the multi-op would not be
+//!   detected. Any write in between that leaves the node in place is always detected.
+//! * **TTL**: the marker is a TTL node (`CreateMode::Persistent` + TTL) whose data records the
+//!   TTL, because the server hides a node's TTL from clients (`ephemeralOwner` reads 0). The
+//!   server deletes it lazily, once unmodified for the TTL and only every
+//!   `znode.container.checkIntervalMs` (60 s by default), so every reader (get, list, CAS,
+//!   watches, locks) treats a key as gone once `marker.mtime + ttl <= now`. `mtime` is the
+//!   server's clock and `now` the client's: the two are assumed to agree (NTP); a client
+//!   whose clock is ahead sees keys expire early by the skew, one behind sees them late.
+//!   A write without TTL re-creates the marker as a persistent node: the key is permanent again.
+//! * **list / watch_tree**: a breadth-first walk, one multi-read per level (32 nodes per
+//!   request, each with its data, its children and its marker), keeping nodes with a live
+//!   marker; sorted by key. The namespace's `__kv…` directories are skipped.
+//! * **delete_tree**: the whole subtree is collected and deleted children-first in *one*
+//!   multi-op, atomic: readers see all of it or none of it. A request must stay below the
+//!   server's `jute.maxbuffer` (1 MiB), so trees above [`Config::max_ops_per_multi`] znodes
+//!   (1000 by default; each key is two znodes) are deleted in several multi-ops, each atomic,
+//!   children before parents. A concurrent write into the tree makes the multi-op fail
+//!   (`NotEmpty`/`NoNode`): the walk is redone.
+//! * **watch**: a persistent watch (`addWatch … PERSISTENT`) on the key's node is installed
+//!   *before* the first read; every event triggers a fresh read (node + marker), which is
+//!   sent (equal states are dropped by kv-core). A timer fires at the TTL deadline, so expiry
+//!   is reported on time even before the server deletes the node.
+//! * **watch_tree**: the same with a persistent *recursive* watch on the directory's node, so
+//!   a child's value change is seen (valkeyrie's ZooKeeper WatchTree misses it:
+//!   docker/libkv#109). Lock renewals (data writes to markers) and lock queues are ignored.
+//! * **Reconnection and session expiry**: the client library resumes a session over a new
+//!   connection by itself; after a reconnect the watch loops re-read (events during the gap
+//!   may be lost: ZOOKEEPER-4698). An *expired* session is terminal in ZooKeeper: the store
+//!   then connects a new session on its next call (shared by all users of the handle), and
+//!   the watch loops re-install their watches on it and re-read. Transient failures are
+//!   retried with backoff (100 ms doubling to 2 s), never in a hot loop.
+//! * **Locks**: a waiter takes an ephemeral sequential ticket in
+//!   `/<ns>/__kvlocks/<key>/__kvlock-N` and watches only its predecessor (no herd effect,
+//!   first come first served). First in line, it waits until the key is absent, then writes it
+//!   with the lock's value and a TTL marker of the lock's TTL (the multi-op above), and
+//!   removes its ticket. The holder renews by touching the marker (`setData`, which moves its
+//!   `mtime`) every TTL/3. The lock is lost when the marker is no longer the one it created
+//!   (the marker's `czxid` identifies the acquisition: someone deleted or overwrote the key),
+//!   when renewals fail for a whole TTL, or when the session expires; a persistent watch on the
+//!   key reports a deletion or an overwrite at once. `unlock` deletes the key only if the
+//!   marker is still its own.
+//! * **Fencing token** = the key's `last_index` (`mzxid`) after the acquiring write, as
+//!   kv-core's lock contract defines it. It rises strictly with every acquisition (zxids are
+//!   global). The ticket's sequence number is *not* used: it would differ from the key's
+//!   `last_index`, and it restarts when the queue directory (a container) is removed.
+//! * **Why not an ephemeral key node for locks**: an ephemeral node lives until the *session*
+//!   expires (at least 2 × tickTime, 4 s by default, often 10–40 s), not the lock's TTL, and it
+//!   cannot have children (a lock key may also be a parent). valkeyrie's ZooKeeper store uses
+//!   ephemeral nodes for TTLs too; that does not meet the contract.
+//! * **Timeouts**: every request is bounded by [`Config::request_timeout`]
+//!   ([`kv_core::Error::Timeout`]); connecting by [`Config::connect_timeout`]. A refused
+//!   connection is [`kv_core::Error::Unavailable`] at once.
+//! * **Consistency**: a `consistent` read (the default) first sends `sync` so that the server
+//!   answering has caught up with the leader; [`kv_core::ReadOptions::stale`] skips it.
+//! * **Background tasks**: watch loops and lock renewals run on the handle's
+//!   [`kv_core::TaskSet`]; dropping a stream or a lock ends its task, `close` (or dropping the
+//!   store) releases the locks, ends every task and closes the session.
+//!
+//! ## Limits and capabilities
+//!
+//! | capability | value | why |
+//! | --- | --- | --- |
+//! | watch, watch_tree, locks, ttl | yes | |
+//! | `max_value_len` | 1 000 000 bytes ([`MAX_VALUE_LEN`]) | a request may not exceed `jute.maxbuffer` (1 MiB − 1 by default) and a write also carries the path, the ACL and the marker operations; tested: 1 000 000 bytes work, a raw 1 MiB write is refused |
+//! | `max_key_len` | 1024 bytes | kv-core's maximum; ZooKeeper bounds paths only by `jute.maxbuffer` |
+//! | `min_ttl` | 1 s | |
+//! | `max_ttl` | 365 days | ZooKeeper's TTL limit is 2^40 − 1 ms (≈ 34 years) |
+//! | `ttl_precision` | 500 ms | readers filter on the server's `mtime`, exact to the millisecond when clocks agree |
+//!
+//! ## Deviations
+//!
+//! * Keys with characters outside the BMP are stored escaped (see Storage layout).
+//! * Other clients see the `__kv` marker children and the `__kvlocks` directory.
+//! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] znodes, not beyond.
+//! * CAS has the residual delete-and-re-create window described above.
+//! * TTL expiry assumes client and server clocks agree.
+//! * TLS ([`TlsConfig`]) and digest credentials ([`Credentials`]) are wired to the client
+//!   library but only covered by their own issue's tests; hostname verification cannot be
+//!   turned off (the library marks that `unsafe`, which this workspace forbids).
 
 mod config;
 mod lock;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::{
-    Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, Lock, LockBackend, LockOptions, Result,
+    Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, Lock, LockBackend, LockOptions,
+    Result,
 };
 use zookeeper_client as zk;
 
@@ -38,7 +39,11 @@ struct ZkLock {
 
 /// Where the queue of `key`'s waiters lives.
 fn queue_path(inner: &Inner, key: &str) -> String {
-    format!("{}/{LOCKS_DIR}/{}", inner.root, crate::store::encode_key(key))
+    format!(
+        "{}/{LOCKS_DIR}/{}",
+        inner.root,
+        crate::store::encode_key(key)
+    )
 }
 
 fn ticket_sequence(name: &str) -> Option<i64> {
@@ -53,7 +58,10 @@ impl ZkLock {
         let prefix = format!("{queue}/{TICKET_PREFIX}");
         let options = inner.options(zk::CreateMode::EphemeralSequential);
         for _ in 0..16 {
-            match inner.timed("lock", client.create(&prefix, &[], &options)).await? {
+            match inner
+                .timed("lock", client.create(&prefix, &[], &options))
+                .await?
+            {
                 Ok((_, sequence)) => return Ok(format!("{prefix}{sequence}")),
                 Err(zk::Error::NoNode) => {
                     let dir = inner.options(zk::CreateMode::Container);
@@ -62,14 +70,26 @@ impl ZkLock {
                 Err(e) => return Err(map_zk(e, "lock", inner.config.request_timeout)),
             }
         }
-        Err(Error::backend(BACKEND, "lock: the queue directory keeps vanishing"))
+        Err(Error::backend(
+            BACKEND,
+            "lock: the queue directory keeps vanishing",
+        ))
     }
 
     /// Waits until `ticket` is first in its queue.
-    async fn wait_turn(&self, client: &zk::Client, ticket: &str, abandon: &CancellationToken) -> Result<()> {
+    async fn wait_turn(
+        &self,
+        client: &zk::Client,
+        ticket: &str,
+        abandon: &CancellationToken,
+    ) -> Result<()> {
         let inner = &self.inner;
         let queue = queue_path(inner, &self.key);
-        let mine = ticket.rsplit('/').next().and_then(ticket_sequence).unwrap_or(i64::MAX);
+        let mine = ticket
+            .rsplit('/')
+            .next()
+            .and_then(ticket_sequence)
+            .unwrap_or(i64::MAX);
         loop {
             let mut tickets: Vec<(i64, String)> = inner
                 .request("lock", client.list_children(&queue))
@@ -79,7 +99,10 @@ impl ZkLock {
                 .collect();
             tickets.sort();
             if !tickets.iter().any(|(seq, _)| *seq == mine) {
-                return Err(Error::unavailable(BACKEND, "the lock ticket vanished (session lost)"));
+                return Err(Error::unavailable(
+                    BACKEND,
+                    "the lock ticket vanished (session lost)",
+                ));
             }
             let Some((_, predecessor)) = tickets.iter().rev().find(|(seq, _)| *seq < mine) else {
                 return Ok(());
@@ -103,7 +126,13 @@ impl ZkLock {
         let inner = &self.inner;
         loop {
             match inner
-                .write_key(client, &self.key, &self.value, Some(self.ttl), crate::store::Expect::Absent)
+                .write_key(
+                    client,
+                    &self.key,
+                    &self.value,
+                    Some(self.ttl),
+                    crate::store::Expect::Absent,
+                )
                 .await
             {
                 Ok(stat) => return Ok(stat),
@@ -139,7 +168,11 @@ impl ZkLock {
     }
 
     async fn remove_ticket(&self, client: &zk::Client, ticket: &str) {
-        match self.inner.timed("unlock", client.delete(ticket, None)).await {
+        match self
+            .inner
+            .timed("unlock", client.delete(ticket, None))
+            .await
+        {
             Ok(Ok(()) | Err(zk::Error::NoNode)) => {}
             Ok(Err(error)) => tracing::debug!(%error, "could not remove a lock ticket"),
             Err(error) => tracing::debug!(%error, "could not remove a lock ticket"),
@@ -151,17 +184,34 @@ impl ZkLock {
 impl LockBackend for ZkLock {
     async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
         let inner = &self.inner;
-        let client = inner.client().await?;
-        let generation = inner.generation();
-        let ticket = self.enqueue(&client).await?;
-        let outcome = async {
-            self.wait_turn(&client, &ticket, &abandon).await?;
-            self.take_key(&client, &abandon).await
-        }
-        .await;
-        // The key is the guard from now on; the ticket only ordered the waiters.
-        self.remove_ticket(&client, &ticket).await;
-        let stat = outcome?;
+        let (stat, generation) = loop {
+            let client = inner.client().await?;
+            let generation = inner.generation();
+            let ticket = self.enqueue(&client).await?;
+            let outcome = async {
+                self.wait_turn(&client, &ticket, &abandon).await?;
+                self.take_key(&client, &abandon).await
+            }
+            .await;
+            // The key is the guard from now on; the ticket only ordered the waiters.
+            self.remove_ticket(&client, &ticket).await;
+            match outcome {
+                Ok(stat) => break (stat, generation),
+                // The session expired while waiting (the ticket went with it): queue again
+                // on a new session.
+                Err(error)
+                    if error.is_transient()
+                        && !abandon.is_cancelled()
+                        && matches!(
+                            client.state(),
+                            zk::SessionState::Expired | zk::SessionState::Closed
+                        ) =>
+                {
+                    tracing::info!(%error, key = %self.key, "session lost while waiting for a lock: queueing again");
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let fencing_token = stat.mzxid as u64;
         let (notifier, lease) = LeaseNotifier::new(fencing_token);
         let held = Arc::new(Held {
@@ -229,7 +279,10 @@ impl Held {
         let marker = inner.marker_path(&self.key);
         for _ in 0..4 {
             let version = self.marker_version.load(Ordering::SeqCst);
-            match inner.timed("renew", client.set_data(&marker, &self.data, Some(version))).await? {
+            match inner
+                .timed("renew", client.set_data(&marker, &self.data, Some(version)))
+                .await?
+            {
                 Ok(stat) => {
                     if stat.czxid != self.owner {
                         return Ok(false);
@@ -256,14 +309,19 @@ impl Held {
             return std::future::pending().await;
         };
         let path = inner.node_path(&self.key);
-        let Ok(mut watcher) = inner.request("watch", client.watch(&path, zk::AddWatchMode::Persistent)).await else {
+        let Ok(mut watcher) = inner
+            .request("watch", client.watch(&path, zk::AddWatchMode::Persistent))
+            .await
+        else {
             return std::future::pending().await;
         };
         loop {
             let event = watcher.changed().await;
             if event.event_type == zk::EventType::Session {
                 match event.session_state {
-                    zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                    zk::SessionState::Expired
+                    | zk::SessionState::Closed
+                    | zk::SessionState::AuthFailed => {
                         if !inner.tasks.is_closed() {
                             tracing::warn!(key = %self.key, "the ZooKeeper session ended: the lock is lost");
                             notifier.lost();
@@ -324,7 +382,13 @@ mod tests {
     #[test]
     fn escapes_what_zookeeper_refuses() {
         use crate::store::{decode_name, encode_key};
-        for key in ["plain/key", "ünï😀", "\u{241A}x", "a😀b/c\u{241A}", "\u{10FFFF}"] {
+        for key in [
+            "plain/key",
+            "ünï😀",
+            "\u{241A}x",
+            "a😀b/c\u{241A}",
+            "\u{10FFFF}",
+        ] {
             let encoded = encode_key(key);
             assert!(encoded.chars().all(|c| (c as u32) <= 0xFFFF), "{encoded}");
             let decoded: Vec<String> = encoded.split('/').map(decode_name).collect();

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::{
-    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet, WatchStream,
-    WatchTreeStream, WriteOptions,
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
+    WatchStream, WatchTreeStream, WriteOptions,
 };
 use zookeeper_client as zk;
 
@@ -93,7 +93,8 @@ impl Marker {
 /// ZooKeeper does not tell clients a node's TTL (its stat shows `ephemeralOwner` 0 for TTL
 /// nodes), so the marker records it.
 pub(crate) fn marker_data(ttl: Option<Duration>) -> Vec<u8> {
-    ttl.map(|ttl| ttl.as_millis().to_string().into_bytes()).unwrap_or_default()
+    ttl.map(|ttl| ttl.as_millis().to_string().into_bytes())
+        .unwrap_or_default()
 }
 
 impl KeyState {
@@ -112,7 +113,11 @@ impl KeyState {
             return None;
         }
         let (data, stat) = self.node.as_ref()?;
-        Some(KvPair::new(key, Bytes::copy_from_slice(data), stat.mzxid as u64))
+        Some(KvPair::new(
+            key,
+            Bytes::copy_from_slice(data),
+            stat.mzxid as u64,
+        ))
     }
 
     /// The deadline (Unix ms, 0 = none) of a visible key.
@@ -211,7 +216,7 @@ impl Inner {
     }
 
     pub(crate) fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'static> {
-        mode.with_acls(self.acl.clone())
+        mode.with_acls(self.acl)
     }
 
     /// Creation options for a key's marker.
@@ -246,7 +251,10 @@ impl Inner {
                 message: "the server rejected the credentials".into(),
             });
         }
-        tracing::info!("ZooKeeper session ended ({:?}): connecting a new one", current.state());
+        tracing::info!(
+            "ZooKeeper session ended ({:?}): connecting a new one",
+            current.state()
+        );
         let fresh = connect_client(&self.config).await?;
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
@@ -308,13 +316,19 @@ impl Inner {
         let node = self.node_path(key);
         let marker = self.marker_path(key);
         let mut reader = client.new_multi_reader();
-        reader.add_get_data(&node).map_err(|e| Error::backend(BACKEND, e))?;
-        reader.add_get_data(&marker).map_err(|e| Error::backend(BACKEND, e))?;
+        reader
+            .add_get_data(&node)
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        reader
+            .add_get_data(&marker)
+            .map_err(|e| Error::backend(BACKEND, e))?;
         let results = self.request("get", reader.commit()).await?;
         let mut results = results.into_iter();
         let node = match results.next() {
             Some(zk::MultiReadResult::Data { data, stat }) => Some((data, stat)),
-            Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => None,
+            Some(zk::MultiReadResult::Error {
+                err: zk::Error::NoNode,
+            }) => None,
             Some(zk::MultiReadResult::Error { err }) => {
                 return Err(map_zk(err, "get", self.config.request_timeout));
             }
@@ -322,7 +336,9 @@ impl Inner {
         };
         let marker = match results.next() {
             Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
-            Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => None,
+            Some(zk::MultiReadResult::Error {
+                err: zk::Error::NoNode,
+            }) => None,
             Some(zk::MultiReadResult::Error { err }) => {
                 return Err(map_zk(err, "get", self.config.request_timeout));
             }
@@ -371,16 +387,22 @@ impl Inner {
             match expect {
                 Expect::Any => {}
                 Expect::Absent if state.visible() => {
-                    return Err(Error::KeyExists { key: key.to_owned() });
+                    return Err(Error::KeyExists {
+                        key: key.to_owned(),
+                    });
                 }
                 Expect::Absent => {}
                 Expect::Index(previous) => {
                     if !state.visible() {
-                        return Err(Error::KeyNotFound { key: key.to_owned() });
+                        return Err(Error::KeyNotFound {
+                            key: key.to_owned(),
+                        });
                     }
                     let (_, stat) = state.node.as_ref().expect("visible");
                     if stat.mzxid as u64 != previous {
-                        return Err(Error::KeyModified { key: key.to_owned() });
+                        return Err(Error::KeyModified {
+                            key: key.to_owned(),
+                        });
                     }
                 }
             }
@@ -416,7 +438,10 @@ impl Inner {
                 Err(error) => return Err(map_zk(error, "put", self.config.request_timeout)),
             }
         }
-        Err(Error::backend(BACKEND, format!("put {key}: too much contention, gave up")))
+        Err(Error::backend(
+            BACKEND,
+            format!("put {key}: too much contention, gave up"),
+        ))
     }
 
     /// Deletes the key's marker (and its node when nothing else is below it) if the key is
@@ -455,7 +480,10 @@ impl Inner {
                 Err(error) => return Err(map_zk(error, "delete", self.config.request_timeout)),
             }
         }
-        Err(Error::backend(BACKEND, format!("delete {key}: too much contention, gave up")))
+        Err(Error::backend(
+            BACKEND,
+            format!("delete {key}: too much contention, gave up"),
+        ))
     }
 
     /// Every visible key strictly below `directory`, sorted, with its deadline.
@@ -495,7 +523,9 @@ impl Inner {
                     let (data, children, marker) = (results.next(), results.next(), results.next());
                     let node = match data {
                         Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
-                        Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => continue,
+                        Some(zk::MultiReadResult::Error {
+                            err: zk::Error::NoNode,
+                        }) => continue,
                         Some(zk::MultiReadResult::Error { err }) => {
                             return Err(map_zk(err, "list", self.config.request_timeout));
                         }
@@ -510,7 +540,9 @@ impl Inner {
                         );
                     }
                     let marker = match marker {
-                        Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
+                        Some(zk::MultiReadResult::Data { data, stat }) => {
+                            Some(Marker::new(&data, stat))
+                        }
                         _ => None,
                     };
                     let state = KeyState {
@@ -530,7 +562,12 @@ impl Inner {
 
     /// Every znode path below `base` (the internal `__kv…` directories of the namespace root
     /// excluded), parents before children.
-    async fn collect_tree(&self, client: &zk::Client, base: &str, is_root: bool) -> Result<Vec<String>> {
+    async fn collect_tree(
+        &self,
+        client: &zk::Client,
+        base: &str,
+        is_root: bool,
+    ) -> Result<Vec<String>> {
         let mut all = Vec::new();
         let mut queue = VecDeque::from([base.to_owned()]);
         while !queue.is_empty() {
@@ -546,7 +583,10 @@ impl Inner {
                 for (path, result) in chunk.iter().zip(results) {
                     if let zk::MultiReadResult::Children { children } = result {
                         for child in children {
-                            if is_root && path == base && child.starts_with(kv_core::key::RESERVED_PREFIX) {
+                            if is_root
+                                && path == base
+                                && child.starts_with(kv_core::key::RESERVED_PREFIX)
+                            {
                                 continue;
                             }
                             let child_path = format!("{path}/{child}");
@@ -600,7 +640,10 @@ pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
             None => connector.connect(&connect_string).await,
             Some(tls) => {
                 let options = tls_options(tls)?;
-                connector.with_tls(options).secure_connect(&connect_string).await
+                connector
+                    .with_tls(options)
+                    .secure_connect(&connect_string)
+                    .await
             }
         }
     };
@@ -610,7 +653,9 @@ pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
             operation: "connect",
             after,
         }),
-        Ok(Err(zk::Error::BadArguments(why))) => Err(Error::Config(format!("ZooKeeper rejected the settings: {why}"))),
+        Ok(Err(zk::Error::BadArguments(why))) => Err(Error::Config(format!(
+            "ZooKeeper rejected the settings: {why}"
+        ))),
         Ok(Err(e)) => Err(map_zk(e, "connect", after)),
         Ok(Ok(client)) => Ok(client),
     }
@@ -618,9 +663,8 @@ pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
 
 fn tls_options(tls: &crate::config::TlsConfig) -> std::result::Result<zk::TlsOptions, zk::Error> {
     let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|e| {
-            zk::Error::UnexpectedError(format!("cannot read {}: {e}", path.display()))
-        })
+        std::fs::read_to_string(path)
+            .map_err(|e| zk::Error::UnexpectedError(format!("cannot read {}: {e}", path.display())))
     };
     let mut options = zk::TlsOptions::new();
     if let Some(ca) = &tls.ca_file {
@@ -658,7 +702,9 @@ impl ZookeeperStore {
             config,
         };
         let persistent = inner.options(zk::CreateMode::Persistent);
-        inner.request("connect", client.mkdir(&root, &persistent)).await?;
+        inner
+            .request("connect", client.mkdir(&root, &persistent))
+            .await?;
         Ok(ZookeeperStore {
             inner: Arc::new(inner),
         })
@@ -691,7 +737,10 @@ impl ZookeeperStore {
             .with_session_timeout(self.inner.config.session_timeout);
         let twin = self
             .inner
-            .request("connect", connector.connect(&self.inner.config.connect_string()))
+            .request(
+                "connect",
+                connector.connect(&self.inner.config.connect_string()),
+            )
             .await?;
         drop(twin);
         let mut state = client.state_watcher();
@@ -734,7 +783,9 @@ impl Store for ZookeeperStore {
         inner.caps.check_value(&key, &value)?;
         let ttl = inner.caps.check_ttl(options.ttl)?;
         let client = inner.client().await?;
-        inner.write_key(&client, &key, &value, ttl, Expect::Any).await?;
+        inner
+            .write_key(&client, &key, &value, ttl, Expect::Any)
+            .await?;
         Ok(())
     }
 
@@ -807,7 +858,10 @@ impl Store for ZookeeperStore {
                 return Ok(());
             }
         }
-        Err(Error::backend(BACKEND, "delete_tree: too much contention, gave up"))
+        Err(Error::backend(
+            BACKEND,
+            "delete_tree: too much contention, gave up",
+        ))
     }
 
     async fn atomic_put(

@@ -25,7 +25,9 @@ pub(crate) fn watch_key(inner: Arc<Inner>, key: String) -> WatchStream {
             Ok((state.pair(key), state.deadline()))
         })
     };
-    spawn_watch(&tasks, move |tx| run(inner, path, zk::AddWatchMode::Persistent, key, tx, read))
+    spawn_watch(&tasks, move |tx| {
+        run(inner, path, zk::AddWatchMode::Persistent, key, tx, read)
+    })
 }
 
 /// Watches a subtree.
@@ -35,12 +37,24 @@ pub(crate) fn watch_tree(inner: Arc<Inner>, directory: String) -> WatchTreeStrea
     let read: Reader<Vec<KvPair>> = |inner, client, directory| {
         Box::pin(async move {
             let found = inner.list_with_deadlines(client, directory).await?;
-            let deadline = found.iter().map(|(_, d)| *d).filter(|d| *d != 0).min().unwrap_or(0);
+            let deadline = found
+                .iter()
+                .map(|(_, d)| *d)
+                .filter(|d| *d != 0)
+                .min()
+                .unwrap_or(0);
             Ok((found.into_iter().map(|(pair, _)| pair).collect(), deadline))
         })
     };
     spawn_watch(&tasks, move |tx| {
-        run(inner, path, zk::AddWatchMode::PersistentRecursive, directory, tx, read)
+        run(
+            inner,
+            path,
+            zk::AddWatchMode::PersistentRecursive,
+            directory,
+            tx,
+            read,
+        )
     })
 }
 
@@ -51,7 +65,10 @@ enum Next {
 }
 
 /// Terminal errors end the stream; transient ones are retried with backoff.
-fn triage<T: Clone + PartialEq + Send + Sync + 'static>(error: Error, tx: &mut Option<WatchSender<T>>) -> Next {
+fn triage<T: Clone + PartialEq + Send + Sync + 'static>(
+    error: Error,
+    tx: &mut Option<WatchSender<T>>,
+) -> Next {
     match error {
         Error::Closed => Next::Stop,
         Error::PermissionDenied { .. } | Error::Config(_) => {
@@ -70,7 +87,9 @@ fn triage<T: Clone + PartialEq + Send + Sync + 'static>(error: Error, tx: &mut O
 /// True for events that cannot change what the watch reports: lock renewals (data writes to
 /// a marker) and lock queues.
 fn irrelevant(inner: &Inner, event: &zk::WatchedEvent) -> bool {
-    if event.event_type == zk::EventType::NodeDataChanged && event.path.ends_with(&format!("/{MARKER}")) {
+    if event.event_type == zk::EventType::NodeDataChanged
+        && event.path.ends_with(&format!("/{MARKER}"))
+    {
         return true;
     }
     event
@@ -130,7 +149,9 @@ async fn run<T>(
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         if matches!(
                             client.state(),
-                            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed
+                            zk::SessionState::Expired
+                                | zk::SessionState::Closed
+                                | zk::SessionState::AuthFailed
                         ) {
                             continue 'session;
                         }
