@@ -132,8 +132,15 @@ impl EtcdLock {
             loop {
                 match stream.message().await {
                     Ok(Some(response)) => {
-                        if response.canceled() || response.compact_revision() > 0 {
+                        if response.compact_revision() > 0 {
+                            // Compacted past our revision: just check the key again.
                             return Ok(());
+                        }
+                        if response.canceled() {
+                            return Err(Error::unavailable(
+                                crate::client::BACKEND,
+                                format!("etcd cancelled the watch: {}", response.cancel_reason()),
+                            ));
                         }
                         if response
                             .events()
@@ -143,7 +150,12 @@ impl EtcdLock {
                             return Ok(());
                         }
                     }
-                    Ok(None) => return Ok(()),
+                    Ok(None) => {
+                        return Err(Error::unavailable(
+                            crate::client::BACKEND,
+                            "the etcd watch stream ended",
+                        ));
+                    }
                     Err(error) => return Err(map_error(error, "lock", self.inner.timeout)),
                 }
             }
@@ -157,29 +169,36 @@ impl LockBackend for EtcdLock {
     async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
         let shutdown = self.tasks.shutdown_token();
         let mut backoff = Backoff::new();
+        let gave_up = || Error::LockNotHeld {
+            key: self.key.clone(),
+        };
         let (lease_id, revision) = loop {
-            let step = async {
-                match self.attempt().await? {
-                    Attempt::Acquired { lease_id, revision } => Ok(Some((lease_id, revision))),
-                    Attempt::Busy { revision } => {
-                        self.wait_for_delete(revision).await?;
-                        Ok(None)
+            if abandon.is_cancelled() {
+                return Err(gave_up());
+            }
+            // An attempt runs to its end (a few requests, each bounded by the request
+            // timeout): cut short between its transaction and its answer, it would leave the
+            // key locked by a lease nobody renews nor revokes. A caller that gave up meanwhile
+            // gets the acquisition released by `kv_core::Lock`.
+            let waited = match self.attempt().await {
+                Ok(Attempt::Acquired { lease_id, revision }) => break (lease_id, revision),
+                Ok(Attempt::Busy { revision }) => {
+                    backoff.reset();
+                    tokio::select! {
+                        waited = self.wait_for_delete(revision) => waited,
+                        _ = abandon.cancelled() => return Err(gave_up()),
+                        _ = shutdown.cancelled() => return Err(Error::Closed),
                     }
                 }
+                Err(error) => Err(error),
             };
-            let outcome: Result<Option<(i64, i64)>> = tokio::select! {
-                outcome = step => outcome,
-                _ = abandon.cancelled() => return Err(Error::LockNotHeld { key: self.key.clone() }),
-                _ = shutdown.cancelled() => return Err(Error::Closed),
-            };
-            match outcome {
-                Ok(Some(acquired)) => break acquired,
-                Ok(None) => backoff.reset(),
+            match waited {
+                Ok(()) => {}
                 Err(error) if error.is_transient() => {
                     tracing::debug!(%error, key = %self.key, "lock attempt failed, retrying");
                     tokio::select! {
                         _ = backoff.wait() => {}
-                        _ = abandon.cancelled() => return Err(Error::LockNotHeld { key: self.key.clone() }),
+                        _ = abandon.cancelled() => return Err(gave_up()),
                         _ = shutdown.cancelled() => return Err(Error::Closed),
                     }
                 }

@@ -205,17 +205,16 @@ impl Store for EtcdStore {
             Some(ttl) => Some(grant(&inner, ttl, "put").await?),
             None => None,
         };
+        // On failure the lease is left to expire: the put may have been applied (a timeout),
+        // and revoking would then delete the key, an outcome nobody asked for.
         let mut kv = inner.kv.clone();
-        let result = inner
+        inner
             .call(
                 "put",
                 kv.put(inner.full_key(&key), Vec::from(value), put_options(lease)),
             )
-            .await;
-        if let (Err(_), Some(id)) = (&result, lease) {
-            revoke_quietly(&inner, id).await;
-        }
-        result.map(|_| ())
+            .await?;
+        Ok(())
     }
 
     async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
@@ -310,17 +309,9 @@ impl Store for EtcdStore {
             .when([compare])
             .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options(lease))])
             .or_else([TxnOp::get(full, Some(GetOptions::new().with_keys_only()))]);
+        // On a failed request the lease is left to expire (see `put`).
         let mut kv = inner.kv.clone();
-        let result = inner.call("atomic_put", kv.txn(txn)).await;
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => {
-                if let Some(id) = lease {
-                    revoke_quietly(&inner, id).await;
-                }
-                return Err(error);
-            }
-        };
+        let response = inner.call("atomic_put", kv.txn(txn)).await?;
         if response.succeeded() {
             return Ok(KvPair {
                 key,
