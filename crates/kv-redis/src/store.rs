@@ -80,7 +80,15 @@ impl RedisStore {
     /// when the server cannot be reached, [`Error::Timeout`] after
     /// [`Config::connect_timeout`], [`Error::PermissionDenied`] on bad credentials.
     pub async fn connect(config: Config) -> Result<Self> {
-        let fred_config = fred_config(&config)?;
+        let fred_config = if config.tls.is_some() {
+            // Reads certificate files (and maybe the system roots): off the async runtime.
+            let c = config.clone();
+            tokio::task::spawn_blocking(move || fred_config(&c))
+                .await
+                .map_err(|e| Error::backend(BACKEND, e))??
+        } else {
+            fred_config(&config)?
+        };
         let parts = BuilderParts {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
