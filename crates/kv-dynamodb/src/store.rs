@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     /// The table's stream, when watches use it.
     pub stream_arn: Option<String>,
     pub tasks: TaskSet,
+    /// The shared stream reader of this handle's watches.
+    pub hub: crate::watch::Hub,
 }
 
 impl fmt::Debug for Inner {
@@ -119,6 +121,7 @@ impl DynamoStore {
                 caps,
                 stream_arn,
                 tasks: TaskSet::new(),
+                hub: crate::watch::Hub::default(),
             }),
         })
     }

@@ -542,12 +542,13 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
         .await
         .unwrap();
     lock.lock().await.unwrap();
-    // Two watches and one renewal (the acquisition task ends right after `lock` returns).
-    eventually(|| store.background_tasks() == 3).await;
+    // Two watches, their shared stream reader and one renewal (the acquisition task ends
+    // right after `lock` returns).
+    eventually(|| store.background_tasks() == 4).await;
     drop(watch);
-    eventually(|| store.background_tasks() == 2).await;
+    eventually(|| store.background_tasks() == 3).await;
     drop(lock);
-    eventually(|| store.background_tasks() == 1).await;
+    eventually(|| store.background_tasks() == 2).await;
     assert_eq!(store.get("bg/lock", ReadOptions::default()).await.unwrap(), None, "released");
     let mut lock = store.new_lock("bg/lock", LockOptions::default()).await.unwrap();
     lock.lock().await.unwrap();
