@@ -637,3 +637,58 @@ async fn background_tasks_end_with_their_owners() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_and_watches_on_the_same_key_share_the_session() {
+    let ns = unique("shared");
+    let store = store_in(&ns).await;
+    let intruder = store_in(&ns).await;
+    let ttl = Duration::from_secs(30);
+    let mut lock = store
+        .new_lock("k", LockOptions::default().value("held").ttl(ttl))
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    // The user's own watches on the key and on its parent, from the same session as the
+    // lock's loss watch; dropping them must not disarm the lock's.
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().unwrap().last_index,
+        lease.fencing_token()
+    );
+    let mut tree = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    assert_eq!(tree.next().await.unwrap().unwrap().len(), 1);
+    drop(watch);
+    drop(tree);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(intruder.delete("k").await.unwrap());
+    // Renewal would notice only after ttl/3 = 10 s: the loss watch reports it at once.
+    let state = tokio::time::timeout(Duration::from_secs(3), lease.lost())
+        .await
+        .expect("the loss watch still works after the user's watches were dropped");
+    assert_eq!(state, LockState::Lost);
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+    store.close().await.unwrap();
+    intruder.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_lock_sees_a_plain_key_expire() {
+    let ns = unique("waitttl");
+    let store = store_in(&ns).await;
+    // A plain TTL key blocks the lock until it expires; the waiter wakes at the deadline even
+    // if the server has not swept the key yet.
+    store
+        .put("k", "plain".into(), WriteOptions::with_ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut lock = store.new_lock("k", LockOptions::default().value("lock")).await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock()).await.unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(1900), "{:?}", started.elapsed());
+    let pair = store.get("k", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!((pair.value, pair.last_index), (Bytes::from("lock"), lease.fencing_token()));
+    lock.unlock().await.unwrap();
+    store.close().await.unwrap();
+}
