@@ -90,8 +90,9 @@
 //!   holder renews the deadline every `ttl / 3` (without changing `last_index`) while the key
 //!   still carries its index, and reports the lock lost the moment a commit deletes or
 //!   rewrites the key. Unlock deletes the key only if it still carries the holder's index.
-//!   A closed handle releases its locks at once; a dropped one stops renewing, and its locks
-//!   expire by TTL.
+//!   A closed handle releases its locks at once; a dropped one stops renewing (its leases
+//!   report [`LockState::Lost`](kv_core::LockState::Lost) at once) and its locks expire by
+//!   TTL, like a crashed process's.
 //! * **Blocking.** sled is synchronous: every call runs on tokio's blocking pool
 //!   (`spawn_blocking`), bounded by [`Config::timeout`]; a panic inside sled becomes
 //!   [`Error::Backend`](kv_core::Error::Backend).

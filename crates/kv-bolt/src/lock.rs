@@ -170,6 +170,16 @@ async fn renewal(
             }
         }
     };
+    // Cancelled (the handle was dropped without `close`): nobody renews any more, so the
+    // lock is as good as lost; say so now rather than leave the lease "held" forever. No
+    // effect when the lock already ended (released, lost).
+    struct LostOnDrop(LeaseNotifier);
+    impl Drop for LostOnDrop {
+        fn drop(&mut self) {
+            self.0.lost();
+        }
+    }
+    let _lost_on_drop = LostOnDrop(notifier.clone());
     tokio::select! {
         _ = kv_core::lock::keep_alive(ttl, notifier.clone(), renew) => {}
         _ = ownership => {}

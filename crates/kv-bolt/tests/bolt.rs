@@ -179,10 +179,10 @@ async fn a_dropped_handle_stops_renewing_and_its_lock_expires() {
             .unwrap()
             .is_some()
     );
-    // The process "dies": handle dropped, the `Lock` forgotten (no release).
+    // The process "dies": its handle is dropped (renewal stops) while the `Lock` is kept,
+    // so nothing releases the key: only the TTL frees it.
     let dropped = Instant::now();
     drop(dying);
-    std::mem::forget(lock);
     let mut next = root
         .new_lock("l", LockOptions::default().ttl(ttl))
         .await
@@ -196,6 +196,12 @@ async fn a_dropped_handle_stops_renewing_and_its_lock_expires() {
         waited <= ttl + Duration::from_millis(400),
         "took over after {waited:?}"
     );
+    assert_eq!(
+        lease.state(),
+        LockState::Lost,
+        "the dead holder learns it lost the lock"
+    );
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
     next.unlock().await.unwrap();
     root.close().await.unwrap();
 }
