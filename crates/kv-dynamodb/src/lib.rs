@@ -112,18 +112,22 @@
 //!   exponential backoff. **Not atomic**: DynamoDB transactions hold at most 100 items, so a
 //!   tree cannot be deleted atomically; a failure part-way leaves part of the tree. A key
 //!   written concurrently with `delete_tree` may be kept or deleted.
-//! * **watch / watch_tree** — through the table's DynamoDB Stream: a watch first takes
-//!   `LATEST` iterators on every open shard, *then* reads the current state (so no change
-//!   falls in between), then polls `GetRecords` on every shard every
-//!   [`Config::poll_interval`] (250 ms by default), follows child shards when a shard
-//!   closes, and on every record whose `sk` is the key (or below the directory) re-reads the
+//! * **watch / watch_tree** — through the table's DynamoDB Stream. Each store handle runs
+//!   one shared stream reader while at least one of its watches is active (DynamoDB
+//!   throttles more than about two readers per shard, so readers must not multiply with
+//!   watches): it polls `GetRecords` on every shard every [`Config::poll_interval`] (250 ms
+//!   by default), follows child shards when a shard closes, and tells the watches which
+//!   keys changed. A new watch first makes sure the reader holds iterators (`LATEST`, taken
+//!   when the reader starts), *then* reads the current state, so no change falls in
+//!   between; on every record whose `sk` is its key (or below its directory) it re-reads the
 //!   state with a consistent read and publishes it. No stream record comes when a TTL runs
-//!   out, so the loop also wakes at the earliest `deadline_ms` of what it published and
-//!   re-reads. Errors (expired iterators, trimmed data, network) resynchronise with
-//!   exponential backoff up to 5 s: new iterators, a fresh read. Tables without a stream,
-//!   or [`WatchMode::Poll`], fall back to **polling**: the watched key or subtree is
-//!   re-read every [`Config::poll_interval`] (the declared fallback; one read per watch per
-//!   interval). [`DynamoStore::watches_use_streams`] says which is in use.
+//!   out, so each watch also wakes at the earliest `deadline_ms` of what it published and
+//!   re-reads. Reader errors (expired iterators, trimmed data, network) reopen the stream
+//!   with exponential backoff up to 5 s and make every watch re-read; a watch that falls
+//!   behind the reader re-reads too. Tables without a stream, or [`WatchMode::Poll`], fall
+//!   back to **polling**: the watched key or subtree is re-read every
+//!   [`Config::poll_interval`] (the declared fallback; one read per watch per interval).
+//!   [`DynamoStore::watches_use_streams`] says which is in use.
 //! * **locks** — the lock *is* the key: acquiring is the create-only write above with the
 //!   lock's value, `owner` = a random token and `deadline_ms` = now + TTL. A waiter retries
 //!   every [`Config::lock_retry_interval`] (and stops at once when its `lock()` future is
@@ -163,9 +167,13 @@
 //!
 //! * `delete_tree` is not atomic (see above).
 //! * `list("")` without a namespace is a full-table Scan (the root is the whole table).
-//! * Watches poll the stream (DynamoDB Streams has no push API): each watch costs one
-//!   GetRecords per shard per interval, or one read per interval in polling mode.
+//! * Watches poll the stream (DynamoDB Streams has no push API): each handle with active
+//!   watches makes one GetRecords per shard per interval; in polling mode each watch makes
+//!   one read per interval.
 //! * Versions are clock-based (microseconds since the epoch), not small counters.
+//! * Expiry and lock leases are judged by the clients' clocks (the `deadline_ms` written
+//!   by one client is compared with another client's clock): clocks must agree to within
+//!   `ttl_precision` (NTP does far better).
 //! * Deleted keys leave a tombstone item for [`Config::tombstone_ttl`]; other clients
 //!   scanning the table see it (`deleted = true`).
 //!
