@@ -2,137 +2,19 @@
 //! `scripts/servers install consul` builds) on free ports, killed and restarted under a watch,
 //! a waiting lock and a held lock.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kv_consul::{Config, ConsulStore};
 use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
 
-/// The Consul binary: `KV_TEST_CONSUL_BIN`, else the one `scripts/servers` caches.
-fn consul_binary() -> PathBuf {
-    if let Ok(bin) = std::env::var("KV_TEST_CONSUL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let cache = std::env::var("KV_SERVERS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kv-servers")
-        });
-    std::fs::read_dir(&cache)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("consul-v"))
-        .map(|entry| entry.path().join("consul"))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no Consul binary under {}: run `scripts/servers install consul` or set KV_TEST_CONSUL_BIN",
-                cache.display()
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private dev agent; killed when dropped.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    http: u16,
-}
-
-impl Agent {
-    fn config(dir: &std::path::Path, http: u16) -> PathBuf {
-        let file = dir.join("consul.hcl");
-        let hcl = format!(
-            r#"node_name = "kvtest-restart"
-datacenter = "dc1"
-bind_addr = "127.0.0.1"
-client_addr = "127.0.0.1"
-advertise_addr = "127.0.0.1"
-disable_update_check = true
-log_level = "WARN"
-session_ttl_min = "1s"
-ports {{
-  http = {http}
-  https = -1
-  dns = -1
-  grpc = -1
-  grpc_tls = -1
-  server = {}
-  serf_lan = {}
-  serf_wan = {}
-}}
-"#,
-            free_port(),
-            free_port(),
-            free_port()
-        );
-        std::fs::write(&file, hcl).unwrap();
-        file
-    }
-
-    async fn start(dir: PathBuf, http: u16) -> Agent {
-        let config = Self::config(&dir, http);
-        let child = Command::new(consul_binary())
-            .arg("agent")
-            .arg("-dev")
-            .arg(format!("-config-file={}", config.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a private Consul agent");
-        let agent = Agent { child, dir, http };
-        let client = reqwest::Client::new();
-        let limit = Instant::now() + Duration::from_secs(30);
-        loop {
-            let leader = client
-                .get(format!("http://127.0.0.1:{http}/v1/status/leader"))
-                .send()
-                .await;
-            if let Ok(response) = leader
-                && response.text().await.is_ok_and(|t| t.len() > 2)
-            {
-                return agent;
-            }
-            assert!(
-                Instant::now() < limit,
-                "the private Consul agent did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn stop(mut self) -> (PathBuf, u16) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-        (self.dir.clone(), self.http)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
+mod common;
+use common::{Agent, free_port, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_and_locks_survive_or_report_a_server_restart() {
-    let dir = std::env::temp_dir().join(format!("kv-consul-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let http = free_port();
-    let agent = Agent::start(dir, http).await;
+    let agent = Agent::start(temp_dir("restart"), http, "").await;
     let config = Config::builder()
         .endpoint(format!("http://127.0.0.1:{http}"))
         .request_timeout(Duration::from_secs(2))
@@ -238,7 +120,7 @@ async fn watches_and_locks_survive_or_report_a_server_restart() {
     eprintln!("{attempts} connection attempts in 3 s while the server was down");
 
     // A fresh agent (empty, its indexes start again near 0) on the same port.
-    let _agent = Agent::start(dir, http).await;
+    let agent = Agent::start(dir, http, "").await;
     let writer = ConsulStore::connect(
         Config::builder()
             .endpoint(format!("http://127.0.0.1:{http}"))
@@ -288,9 +170,5 @@ async fn watches_and_locks_survive_or_report_a_server_restart() {
     Store::close(&writer).await.unwrap();
     assert_eq!(store.background_tasks(), 0);
     assert_eq!(other.background_tasks(), 0);
-    drop(_agent);
-    std::fs::remove_dir_all(
-        std::env::temp_dir().join(format!("kv-consul-restart-{}", std::process::id())),
-    )
-    .ok();
+    drop(agent);
 }

@@ -1,0 +1,238 @@
+//! A private Consul dev agent for tests that stop the server or need a server configured
+//! differently (ACLs, TLS): the binary `scripts/servers install consul` builds, free ports,
+//! killed when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Consul binary: `KV_TEST_CONSUL_BIN`, else the one `scripts/servers` caches.
+pub fn consul_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("KV_TEST_CONSUL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let cache = std::env::var("KV_SERVERS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kv-servers")
+        });
+    std::fs::read_dir(&cache)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("consul-v"))
+        .map(|entry| entry.path().join("consul"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no Consul binary under {}: run `scripts/servers install consul` or set KV_TEST_CONSUL_BIN",
+                cache.display()
+            )
+        })
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir =
+        std::env::temp_dir().join(format!("kv-consul-{name}-{}-{nanos:x}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A private dev agent; killed (and its directory removed) when dropped.
+pub struct Agent {
+    child: Child,
+    pub dir: PathBuf,
+    /// The HTTP port, or the HTTPS port when `https` was asked for.
+    pub port: u16,
+}
+
+impl Agent {
+    /// Starts an agent on `port` (HTTP, or HTTPS only when `https`), with `extra` HCL appended.
+    /// Does not wait for it: see [`Agent::wait_http`].
+    pub fn spawn(dir: PathBuf, port: u16, https: bool, extra: &str) -> Agent {
+        let (http, https_port) = if https {
+            (-1, i32::from(port))
+        } else {
+            (i32::from(port), -1)
+        };
+        let hcl = format!(
+            r#"node_name = "kvtest-private"
+datacenter = "dc1"
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+advertise_addr = "127.0.0.1"
+disable_update_check = true
+log_level = "WARN"
+session_ttl_min = "1s"
+ports {{
+  http = {http}
+  https = {https_port}
+  dns = -1
+  grpc = -1
+  grpc_tls = -1
+  server = {}
+  serf_lan = {}
+  serf_wan = {}
+}}
+{extra}
+"#,
+            free_port(),
+            free_port(),
+            free_port()
+        );
+        let config = dir.join("consul.hcl");
+        std::fs::write(&config, hcl).unwrap();
+        let log = std::fs::File::create(dir.join("consul.log")).unwrap();
+        let child = Command::new(consul_binary())
+            .arg("agent")
+            .arg("-dev")
+            .arg(format!("-config-file={}", config.display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a private Consul agent");
+        Agent { child, dir, port }
+    }
+
+    /// Starts a plain-HTTP agent and waits until it has a leader.
+    pub async fn start(dir: PathBuf, port: u16, extra: &str) -> Agent {
+        let agent = Agent::spawn(dir, port, false, extra);
+        agent.wait_http().await;
+        agent
+    }
+
+    /// Waits until the HTTP API answers with a leader.
+    pub async fn wait_http(&self) {
+        let client = reqwest::Client::new();
+        let limit = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = client
+                .get(format!("http://127.0.0.1:{}/v1/status/leader", self.port))
+                .send()
+                .await;
+            if let Ok(response) = leader
+                && response.text().await.is_ok_and(|t| t.len() > 2)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < limit,
+                "the private Consul agent did not start: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("consul.log")).unwrap_or_default()
+    }
+
+    /// Kills the agent, keeping its directory; returns it and the port for a restart.
+    pub fn stop(mut self) -> (PathBuf, u16) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        let dir = std::mem::take(&mut self.dir);
+        (dir, self.port)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        if !self.dir.as_os_str().is_empty() {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+}
+
+/// Writes a throw-away CA, a server certificate for 127.0.0.1/localhost and a client
+/// certificate into `dir` (the recipe of servers.md §0.1), with the `openssl` command.
+pub fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    for who in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={who}"),
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &format!("{who}.ext"),
+            "-out",
+            &format!("{who}.crt"),
+        ]);
+    }
+}
