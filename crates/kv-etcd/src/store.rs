@@ -29,9 +29,9 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 const REQUEST_OVERHEAD: usize = 4096;
 
 /// How much later than its TTL a key may still be visible: TTLs are rounded up to whole
-/// seconds (up to 1 s), and the leader's lessor checks for expired leases every 500 ms before
-/// it revokes them through Raft.
-pub const TTL_PRECISION: Duration = Duration::from_millis(1500);
+/// seconds (up to 1 s), the leader's lessor checks for expired leases every 500 ms (at best),
+/// then revokes them through Raft; the rest is margin for a loaded server.
+pub const TTL_PRECISION: Duration = Duration::from_secs(2);
 
 /// A [`Store`] on an etcd v3 cluster (server 3.4 or newer).
 ///
