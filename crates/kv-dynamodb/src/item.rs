@@ -30,6 +30,9 @@ pub const ATTR_DELETED: &str = "deleted";
 /// The lock holder's random token (S), only on keys held as locks.
 pub const ATTR_OWNER: &str = "owner";
 
+/// The `last_index` reported for an item another client wrote without a `version`.
+pub(crate) const VERSIONLESS: u64 = 1;
+
 /// Expression attribute name placeholders and the attributes they stand for.
 const NAMES: &[(&str, &str)] = &[
     ("#pk", ATTR_PK),
@@ -130,7 +133,7 @@ impl Item {
                 Some(AttributeValue::S(text)) => Bytes::copy_from_slice(text.as_bytes()),
                 _ => Bytes::new(),
             },
-            version: number(map.get(ATTR_VERSION)).unwrap_or(0),
+            version: number(map.get(ATTR_VERSION)).unwrap_or(VERSIONLESS).max(VERSIONLESS),
             deadline_ms: number(map.get(ATTR_DEADLINE)),
             deleted: matches!(map.get(ATTR_DELETED), Some(AttributeValue::Bool(true))),
         })

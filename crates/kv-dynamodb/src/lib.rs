@@ -49,7 +49,7 @@
 //! base64-encoded as it does for every binary attribute) and any other client read what we
 //! write; the metadata sits *beside* the value in its own attributes. An item written by
 //! another client with only `pk`, `sk`, `value` (B, or S for text) and `version` is read
-//! back as a permanent key. valkeyrie's DynamoDB store cannot share a table with this one:
+//! back as a permanent key (without `version`, its `last_index` is 1, and CAS works on it). valkeyrie's DynamoDB store cannot share a table with this one:
 //! its table has a single hash key `id` and base64 text in `encoded_value`, a layout in
 //! which listing a directory has to Scan the whole table, which is what this design avoids.
 //!

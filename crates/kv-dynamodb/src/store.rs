@@ -34,8 +34,21 @@ const ITEM_OVERHEAD: usize = 4 * 1024;
 pub(crate) const BATCH_WRITE_LIMIT: usize = 25;
 /// How many batches `delete_tree` keeps in flight.
 const BATCH_CONCURRENCY: usize = 4;
+/// The attributes a deletion reads.
+const KEYS_ONLY: &str = "#pk, #sk, #ver, #del";
 /// How often a conditional write is retried when only the version guard failed.
 const VERSION_RETRIES: usize = 64;
+
+/// The condition "the stored version is `previous`". An item written by another client
+/// without a `version` attribute is reported with `last_index` 1, so 1 also matches a
+/// missing version.
+fn version_is(previous: u64) -> &'static str {
+    if previous == crate::item::VERSIONLESS {
+        "(#ver = :prev OR attribute_not_exists(#ver))"
+    } else {
+        "#ver = :prev"
+    }
+}
 
 /// A handle to a kv store kept in one DynamoDB table. See the [crate documentation](crate)
 /// for the storage layout and how the contract is met.
@@ -258,6 +271,8 @@ impl Inner {
         consistent: bool,
         live_only: bool,
     ) -> Result<Vec<Item>> {
+        // Deletions need only the keys and versions, not the values.
+        let projection = (!live_only).then_some(KEYS_ONLY);
         let now = ttl::now_millis();
         let mut items = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
@@ -271,7 +286,7 @@ impl Inner {
                     };
                     let filter = live_only.then_some(LIVE_FILTER);
                     let (names, values) = expression_attrs(
-                        &[key_cond, filter.unwrap_or("")],
+                        &[key_cond, filter.unwrap_or(""), projection.unwrap_or("")],
                         vec![
                             (":pk", s(pk)),
                             (":prefix", s(prefix)),
@@ -284,6 +299,7 @@ impl Inner {
                         .table_name(&self.config.table)
                         .key_condition_expression(key_cond)
                         .set_filter_expression(filter.map(str::to_owned))
+                        .set_projection_expression(projection.map(str::to_owned))
                         .set_expression_attribute_names(names)
                         .set_expression_attribute_values(values)
                         .consistent_read(consistent)
@@ -305,7 +321,7 @@ impl Inner {
                         filter.push_str(LIVE_FILTER);
                     }
                     let (names, values) = expression_attrs(
-                        &[&filter],
+                        &[&filter, projection.unwrap_or("")],
                         vec![(":prefix", s(prefix)), (":now", num(now))],
                     );
                     let out = self
@@ -313,6 +329,7 @@ impl Inner {
                         .scan()
                         .table_name(&self.config.table)
                         .set_filter_expression((!filter.is_empty()).then_some(filter))
+                        .set_projection_expression(projection.map(str::to_owned))
                         .set_expression_attribute_names(names)
                         .set_expression_attribute_values(values)
                         .consistent_read(consistent)
@@ -468,7 +485,7 @@ impl Inner {
         let version = next_version(previous);
         let now = ttl::now_millis();
         let item = live_item(full, value, version, deadline_ms, None);
-        let condition = format!("#ver = :prev AND {LIVE}");
+        let condition = format!("{} AND {LIVE}", version_is(previous));
         match self
             .put_conditional(
                 "put_item",
@@ -528,7 +545,7 @@ impl Inner {
         let version = next_version(previous);
         let now = ttl::now_millis();
         let item = tombstone_item(full, version, self.config.tombstone_ttl);
-        let condition = format!("#ver = :prev AND {LIVE}");
+        let condition = format!("{} AND {LIVE}", version_is(previous));
         match self
             .put_conditional(
                 "atomic_delete",

@@ -279,6 +279,26 @@ async fn storage_layout_is_readable_by_other_clients() {
         .unwrap();
     let got = store.get("app/from-cli", ReadOptions::default()).await.unwrap().unwrap();
     assert_eq!((got.value.as_ref(), got.last_index), (&b"hello"[..], 7));
+    // Even without a version (text value): last_index 1, and CAS works on it.
+    let sk3 = sort_key(&config, "app/bare");
+    store
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(partition(&sk3)))
+        .item("sk", AttributeValue::S(sk3))
+        .item("value", AttributeValue::S("text".into()))
+        .send()
+        .await
+        .unwrap();
+    let bare = store.get("app/bare", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!((bare.value.as_ref(), bare.last_index), (&b"text"[..], 1));
+    let swapped = store
+        .atomic_put("app/bare", Bytes::from_static(b"v2"), Some(&bare), WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(swapped.last_index > 1);
+    store.atomic_delete("app/bare", &swapped).await.unwrap();
 
     // A delete leaves a tombstone that keeps the version and expires a day later.
     let before = store.get("app/conf", ReadOptions::default()).await.unwrap().unwrap();
