@@ -114,8 +114,9 @@ impl Config {
     }
 
     /// Parses a URL:
-    /// `consul://host:port[,host:port…][/prefix][?key=value&…]` (plain HTTP),
-    /// `consul+https://…` or `https://…` (TLS), `http://…`.
+    /// `consul://host[:port][,host[:port]…][/prefix][?key=value&…]` (plain HTTP, port 8500 by
+    /// default), `consul+https://…` (TLS, port 8501 by default), or `http://…` / `https://…`
+    /// (the port as given).
     ///
     /// Query parameters: `token`, `dc`, `timeout` (request timeout), `connect_timeout`,
     /// `wait` (blocking-query wait), `session_ttl_min` (durations as `500ms`, `5s`, `1m`),
@@ -124,7 +125,8 @@ impl Config {
     pub fn from_url(url: &str) -> Result<Config> {
         let bad = |why: &str| Error::Config(format!("bad Consul URL {url:?}: {why}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-        let http_scheme = match scheme.to_ascii_lowercase().as_str() {
+        let scheme = scheme.to_ascii_lowercase();
+        let http_scheme = match scheme.as_str() {
             "consul" | "http" => "http",
             "consul+https" | "https" => "https",
             _ => {
@@ -133,6 +135,10 @@ impl Config {
                 ));
             }
         };
+        // `consul://host` means Consul's default port (8500 for HTTP, 8501 for HTTPS).
+        let default_port = scheme
+            .starts_with("consul")
+            .then_some(if http_scheme == "https" { 8501 } else { 8500 });
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
@@ -146,7 +152,15 @@ impl Config {
             if host.is_empty() {
                 return Err(bad("empty host"));
             }
-            builder = builder.endpoint(format!("{http_scheme}://{host}"));
+            let has_port = host
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| !port.contains(']'));
+            builder = match default_port {
+                Some(port) if !has_port => {
+                    builder.endpoint(format!("{http_scheme}://{host}:{port}"))
+                }
+                _ => builder.endpoint(format!("{http_scheme}://{host}")),
+            };
         }
         let prefix = percent_decode(path).map_err(|e| bad(&e))?;
         builder = builder.prefix(prefix);
@@ -394,6 +408,18 @@ mod tests {
         assert_eq!(c.tls.ca_file, Some(PathBuf::from("/x/ca.pem")));
         assert_eq!(c.tls.cert_file, Some(PathBuf::from("/c")));
         assert_eq!(c.tls.key_file, Some(PathBuf::from("/k")));
+        let c = Config::from_url("consul://a,b:1,[::1],[::1]:2").unwrap();
+        assert_eq!(
+            c.endpoints,
+            [
+                "http://a:8500",
+                "http://b:1",
+                "http://[::1]:8500",
+                "http://[::1]:2"
+            ]
+        );
+        let c = Config::from_url("consul+https://a").unwrap();
+        assert_eq!(c.endpoints, ["https://a:8501"]);
         assert!(Config::from_url("redis://x").is_err());
         assert!(Config::from_url("consul://x?bogus=1").is_err());
         assert!(Config::from_url("consul://x/a//b").is_err());
