@@ -92,6 +92,32 @@ impl Inner {
         consistent: bool,
         operation: &'static str,
     ) -> Result<(Vec<KeyValue>, i64)> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self
+                .range_pages(start.clone(), end.clone(), consistent, operation)
+                .await
+            {
+                // A compaction between two pages removed the revision the listing is read
+                // at: start again at the current one.
+                Err(Error::Backend { source, .. })
+                    if attempts < 3 && source.to_string().contains("compacted") =>
+                {
+                    tracing::debug!(%source, "a paginated read met a compaction, restarting");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn range_pages(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        consistent: bool,
+        operation: &'static str,
+    ) -> Result<(Vec<KeyValue>, i64)> {
         let mut out = Vec::new();
         let mut revision = 0;
         let mut from = start;
