@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, ReconnectPolicy,
-    ServerConfig,
+    Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, KeysInterface,
+    ReconnectPolicy, ServerConfig,
 };
 use fred::types::config::{Config as FredConfig, TlsConfig as FredTlsConfig};
 use fred::types::scan::ScanType;
@@ -399,7 +399,13 @@ impl Inner {
         // The whole scan is bounded by the request timeout per page; bound it overall too.
         let limit = self.config.request_timeout * 10;
         match tokio::time::timeout(limit, scan).await {
-            Ok(result) => result,
+            Ok(result) => {
+                // SCAN may return a key more than once (while the server rehashes).
+                let mut keys = result?;
+                keys.sort_unstable();
+                keys.dedup();
+                Ok(keys)
+            }
             Err(_) => Err(Error::Timeout {
                 backend: BACKEND,
                 operation: "scan",
@@ -640,8 +646,15 @@ impl Store for RedisStore {
         inner.delete_key(&key).await
     }
 
-    async fn exists(&self, key: &str, options: ReadOptions) -> Result<bool> {
-        Ok(self.get(key, options).await?.is_some())
+    async fn exists(&self, key: &str, _options: ReadOptions) -> Result<bool> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        // EXISTS expires lazily like GET, without transferring the value.
+        let n: i64 = inner
+            .call("exists", inner.client.exists(inner.full_key(&key)))
+            .await?;
+        Ok(n == 1)
     }
 
     async fn list(&self, directory: &str, _options: ReadOptions) -> Result<Vec<KvPair>> {
