@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use etcd_client::{Client, EventType, GetOptions, LeaseTimeToLiveOptions, WatchOptions};
+use etcd_client::{Client, EventType, LeaseTimeToLiveOptions, WatchOptions};
 use futures::StreamExt;
 use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
 use kv_etcd::{Config, DEFAULT_MAX_REQUEST_BYTES, EtcdStore};
@@ -698,7 +698,6 @@ async fn url_and_builder_agree() {
         listed
     );
     by_url.delete_tree("").await.unwrap();
-    let _ = GetOptions::new();
 }
 
 /// What etcd 3.4 (Debian 12's server, the one CI runs) lacks of etcd-client's API: the
