@@ -40,7 +40,31 @@ macro_rules! cases {
                 kv_conformance::cases::$case(&factory).await;
             }
         )*
+
+        /// The cases this file runs.
+        const LOCAL_CASES: &[&str] = &[$(stringify!($case)),*];
     };
+}
+
+/// Fails when the suite's macro lists cases this copy does not run (or the other way round).
+#[test]
+fn the_local_case_list_is_the_suites() {
+    let source = include_str!("../../kv-conformance/src/lib.rs");
+    let start = source
+        .find("@cases $factory;")
+        .expect("the case list in kv-conformance's macro")
+        + "@cases $factory;".len();
+    let end = start + source[start..].find(')').expect("the end of the case list");
+    let suite: Vec<&str> = source[start..end]
+        .split(',')
+        .map(str::trim)
+        .filter(|case| !case.is_empty())
+        .collect();
+    assert_eq!(
+        LOCAL_CASES,
+        suite.as_slice(),
+        "update the list below from kv-conformance"
+    );
 }
 
 cases!(
