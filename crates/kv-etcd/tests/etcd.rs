@@ -738,3 +738,65 @@ async fn what_etcd_3_4_lacks() {
         .unwrap();
     assert!(progress.events().is_empty() && progress.header().unwrap().revision() > 0);
 }
+
+/// A holder that dies without unlocking (its process is gone: here its runtime is shut down
+/// with the lock neither released nor dropped) loses the lock within its TTL: etcd expires
+/// the lease and another client acquires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holder_loses_the_lock_within_its_ttl() {
+    let ns = unique("dead-holder");
+    let ttl = Duration::from_secs(2);
+    let holder_ns = ns.clone();
+    let dead_token = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let token = runtime.block_on(async {
+            let store = store_in(&holder_ns).await;
+            let mut lock = store
+                .new_lock("l", LockOptions::default().value("dead").ttl(ttl))
+                .await
+                .unwrap();
+            let token = lock.lock().await.unwrap().fencing_token();
+            // Neither unlocked nor dropped: a crash.
+            std::mem::forget(lock);
+            std::mem::forget(store);
+            token
+        });
+        runtime.shutdown_background();
+        token
+    })
+    .await
+    .unwrap();
+    let died = Instant::now();
+    let store = store_in(&ns).await;
+    let caps = store.capabilities().clone();
+    assert_eq!(
+        store
+            .get("l", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "dead",
+        "still held right after the crash"
+    );
+    let mut lock = store
+        .new_lock("l", LockOptions::default().ttl(ttl))
+        .await
+        .unwrap();
+    let lease = tokio::time::timeout(
+        ttl + caps.ttl_precision + Duration::from_secs(1),
+        lock.lock(),
+    )
+    .await
+    .expect("the dead holder's lock expires within its TTL")
+    .unwrap();
+    let taken_after = died.elapsed();
+    assert!(lease.fencing_token() > dead_token);
+    eprintln!("a dead holder's {ttl:?} lock was taken over after {taken_after:?}");
+    lock.unlock().await.unwrap();
+    store.delete_tree("").await.unwrap();
+}
