@@ -48,14 +48,17 @@
 //! ## How the contract is met
 //!
 //! * **`last_index`** is the entry's `ModifyIndex`, a Raft index: never 0, and it rises on
-//!   every write of the key, also across delete and re-create.
+//!   every write of the key, also across delete and re-create. Consul (1.22) silently skips a
+//!   write that changes nothing, without raising `ModifyIndex`; such a write toggles the
+//!   rewrite marker in `Flags` (above) so that it does raise it.
 //! * **Writes** are one `/v1/txn` each: a condition (`check-not-exists` or `check-index`
 //!   on the `ModifyIndex` just read), `unlock` of the session holding the key if any (so an
 //!   overwritten TTL key or lock key is detached from its session and not deleted by it later),
 //!   then `set`, or `lock` with a new session for a TTL. A plain `put` retries when it loses a
 //!   race, an `atomic_put` re-reads and reports [`KeyExists`](kv_core::Error::KeyExists),
 //!   [`KeyNotFound`](kv_core::Error::KeyNotFound) or [`KeyModified`](kv_core::Error::KeyModified).
-//!   `delete`/`atomic_delete` use `DELETE ?cas=<ModifyIndex>`.
+//!   `delete`/`atomic_delete` read the key, then `delete-cas` on its `ModifyIndex` (a
+//!   `/v1/txn`), so `delete` reports exactly whether it removed a live key.
 //! * **TTL**: Consul has no per-key TTL. A TTL write creates a session of TTL
 //!   `max(ttl / 2, session_ttl_min)` that holds the key: Consul invalidates a session at twice
 //!   its TTL and then deletes the key. Because that can be late (it depends on the agent's
@@ -84,7 +87,8 @@
 //!
 //! * `max_value_len` = [`MAX_VALUE_LEN`] (378 KiB), not Consul's 512 KiB `kv_max_value_size`:
 //!   every write is a transaction, and Consul caps a whole `/v1/txn` body (with the value in
-//!   base64) at `txn_max_req_len` = 512 KiB.
+//!   base64) at `txn_max_req_len` = 512 KiB by default. Values up to 512 KiB written by other
+//!   clients through `/v1/kv` are read in full.
 //! * `min_ttl` 1 s (the deadline filter makes shorter TTLs exact too, but a second is the
 //!   useful floor), `max_ttl` 24 h (Consul's session maximum), `ttl_precision` 250 ms (readers
 //!   compare deadlines with their own clock: clock skew between clients adds to it).
