@@ -100,7 +100,9 @@
 //!   disconnects both connections.
 //! * **Timeouts**: every request is bounded by [`Config::request_timeout`]
 //!   (→ [`kv_core::Error::Timeout`]); fred reconnects in the background with exponential
-//!   backoff.
+//!   backoff. A command in flight when the connection breaks is never re-sent (it may have
+//!   been applied: a re-sent CAS would report a conflict for its own write); the call fails
+//!   with [`kv_core::Error::Unavailable`] instead.
 //!
 //! ## Capabilities and limits
 //!

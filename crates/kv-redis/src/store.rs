@@ -179,7 +179,10 @@ fn builder(config: &FredConfig, parts: &BuilderParts) -> Builder {
         .with_connection_config(|c| {
             c.connection_timeout = connect_timeout;
             c.internal_command_timeout = request_timeout;
-            c.max_command_attempts = 3;
+            // Never re-send a command that may already have reached the server: a retried
+            // CAS script could apply once and then report KeyModified. The caller gets
+            // Unavailable instead and can re-read.
+            c.max_command_attempts = 1;
         })
         .with_performance_config(|p| {
             p.default_command_timeout = request_timeout;
