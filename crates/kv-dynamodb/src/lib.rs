@@ -107,11 +107,15 @@
 //!   `atomic_delete` adds `version = :prev AND <live>`.
 //! * **list** — see above: Query (or the root Scan) with a filter expression dropping
 //!   tombstones and expired items, every 1 MB page followed, sorted.
-//! * **delete_tree** — the same Query, then tombstones written with BatchWriteItem, 25 per
-//!   request (the DynamoDB limit), four requests in flight, unprocessed items retried with
-//!   exponential backoff. **Not atomic**: DynamoDB transactions hold at most 100 items, so a
-//!   tree cannot be deleted atomically; a failure part-way leaves part of the tree. A key
-//!   written concurrently with `delete_tree` may be kept or deleted.
+//! * **delete_tree** — the same Query (keys and versions only), then tombstones. A tree of
+//!   at most **100** keys (DynamoDB's TransactWriteItems limit) is deleted **atomically**
+//!   in one transaction whose every tombstone is conditional on the version the Query saw;
+//!   a concurrent write cancels it and the tree is read again (five attempts, then the
+//!   batch path). A larger tree is deleted with BatchWriteItem, **25** tombstones per request
+//!   (DynamoDB's limit), four requests in flight, unprocessed items retried with
+//!   exponential backoff: **not atomic** — a failure part-way leaves part of the tree, a
+//!   concurrent reader may see it half-deleted, and a key written concurrently may be kept
+//!   or deleted. Both paths are tested (100 and 101 keys, and 10,000 keys).
 //! * **watch / watch_tree** — through the table's DynamoDB Stream. Each store handle runs
 //!   one shared stream reader while at least one of its watches is active (DynamoDB
 //!   throttles more than about two readers per shard, so readers must not multiply with
@@ -165,7 +169,7 @@
 //!
 //! ## Deviations
 //!
-//! * `delete_tree` is not atomic (see above).
+//! * `delete_tree` of more than 100 keys is not atomic (see above).
 //! * `list("")` without a namespace is a full-table Scan (the root is the whole table).
 //! * Watches poll the stream (DynamoDB Streams has no push API): each handle with active
 //!   watches makes one GetRecords per shard per interval; in polling mode each watch makes

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure, WriteRequest,
+    AttributeValue, Put, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, WriteRequest,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -32,6 +34,10 @@ const MAX_ITEM: usize = 400 * 1024;
 const ITEM_OVERHEAD: usize = 4 * 1024;
 /// How many write requests one BatchWriteItem may carry.
 pub(crate) const BATCH_WRITE_LIMIT: usize = 25;
+/// How many actions one TransactWriteItems may carry.
+pub(crate) const TRANSACTION_LIMIT: usize = 100;
+/// How often `delete_tree` retries its transaction when concurrent writes cancel it.
+const TRANSACTION_ATTEMPTS: usize = 5;
 /// How many batches `delete_tree` keeps in flight.
 const BATCH_CONCURRENCY: usize = 4;
 /// The attributes a deletion reads.
@@ -561,6 +567,67 @@ impl Inner {
         }
     }
 
+    /// `directory` itself and every item below it, tombstones included, keys and versions only.
+    pub async fn tree_items(&self, directory: &str) -> Result<Vec<Item>> {
+        if directory.is_empty() {
+            if self.ns_prefix.is_empty() {
+                return self.items_with_prefix(None, "", true, false).await;
+            }
+            let pk = partition_of(&self.ns_prefix).to_owned();
+            return self
+                .items_with_prefix(Some(&pk), &self.ns_prefix, true, false)
+                .await;
+        }
+        let full = self.full_key(directory);
+        let below = key::child_prefix(&full);
+        let mut items = self
+            .items_with_prefix(Some(partition_of(&full)), &full, true, false)
+            .await?;
+        items.retain(|item| item.sk == full || item.sk.starts_with(&below));
+        Ok(items)
+    }
+
+    /// Tombstones `items` (at most 100) in one TransactWriteItems, each conditional on the
+    /// version read. `Ok(false)` when the transaction was cancelled (a concurrent write).
+    pub async fn tombstone_atomically(&self, items: &[Item]) -> Result<bool> {
+        let condition = "#ver = :prev AND attribute_not_exists(#del)";
+        let mut actions = Vec::with_capacity(items.len());
+        for item in items {
+            let tomb = tombstone_item(
+                &item.sk,
+                next_version(item.version),
+                self.config.tombstone_ttl,
+            );
+            let (names, values) =
+                expression_attrs(&[condition], vec![(":prev", num(item.version))]);
+            let put = Put::builder()
+                .table_name(&self.config.table)
+                .set_item(Some(tomb))
+                .condition_expression(condition)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values)
+                .build()
+                .map_err(|e| Error::backend(BACKEND, e))?;
+            actions.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) => match err.as_service_error() {
+                Some(
+                    TransactWriteItemsError::TransactionCanceledException(_)
+                    | TransactWriteItemsError::TransactionInProgressException(_),
+                ) => Ok(false),
+                _ => Err(sdk_error("transact_write_items", self.timeout(), err)),
+            },
+        }
+    }
+
     /// Writes tombstones over `items` with BatchWriteItem (25 per request, a few requests in
     /// flight, unprocessed items retried with backoff).
     pub async fn tombstone_all(&self, items: Vec<Item>) -> Result<()> {
@@ -687,25 +754,23 @@ impl Store for DynamoStore {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
         let inner = &self.inner;
-        let items = if directory.is_empty() {
-            if inner.ns_prefix.is_empty() {
-                inner.items_with_prefix(None, "", true, false).await?
-            } else {
-                let pk = partition_of(&inner.ns_prefix).to_owned();
-                inner
-                    .items_with_prefix(Some(&pk), &inner.ns_prefix, true, false)
-                    .await?
+        for attempt in 0.. {
+            let mut items = inner.tree_items(&directory).await?;
+            items.retain(|item| !item.deleted);
+            if items.is_empty() {
+                return Ok(());
             }
-        } else {
-            let full = inner.full_key(&directory);
-            let below = key::child_prefix(&full);
-            let mut items = inner
-                .items_with_prefix(Some(partition_of(&full)), &full, true, false)
-                .await?;
-            items.retain(|item| item.sk == full || item.sk.starts_with(&below));
-            items
-        };
-        inner.tombstone_all(items).await
+            // Up to 100 items: one transaction, atomic, conditional on what the Query saw
+            // (a concurrent write cancels it and the tree is read again). Beyond that, or
+            // when writers keep interfering: batches, not atomic.
+            if items.len() > TRANSACTION_LIMIT || attempt >= TRANSACTION_ATTEMPTS {
+                return inner.tombstone_all(items).await;
+            }
+            if inner.tombstone_atomically(&items).await? {
+                return Ok(());
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     async fn atomic_put(

@@ -656,3 +656,32 @@ async fn credentials_the_server_refuses_are_permission_denied() {
     let result = DynamoStore::connect(refused).await;
     assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_up_to_100_keys_is_one_transaction_and_beyond_uses_batches() {
+    let store = store(config(TABLE)).await;
+    for (dir, count) in [("t100", 100), ("t101", 101)] {
+        let store_ref = &store;
+        let writes = (0..count).map(|i| async move {
+            store_ref
+                .put(&format!("{dir}/k{i:03}"), Bytes::from_static(b"v"), WriteOptions::default())
+                .await
+        });
+        for result in futures::future::join_all(writes).await {
+            result.unwrap();
+        }
+        store
+            .put(&format!("{dir}x"), Bytes::from_static(b"neighbour"), WriteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.list(dir, ReadOptions::default()).await.unwrap().len(), count);
+        // A watcher sees the transaction's effect as one snapshot.
+        let mut tree = store.watch_tree(dir, ReadOptions::default()).await.unwrap();
+        assert_eq!(next(&mut tree, "first").await.len(), count);
+        store.delete_tree(dir).await.unwrap();
+        assert!(store.list(dir, ReadOptions::default()).await.unwrap().is_empty());
+        assert!(next(&mut tree, "after delete_tree").await.is_empty() || count > 100);
+        assert!(store.exists(&format!("{dir}x"), ReadOptions::default()).await.unwrap());
+    }
+    store.close().await.unwrap();
+}
