@@ -692,3 +692,31 @@ async fn a_waiting_lock_sees_a_plain_key_expire() {
     lock.unlock().await.unwrap();
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_credentials_are_denied() {
+    let ns = unique("auth");
+    let with = |user: &str| {
+        Config::builder()
+            .endpoints([endpoints()])
+            .namespace(&ns)
+            .credentials(user, "secret")
+            .build()
+            .unwrap()
+    };
+    let owner = ZookeeperStore::connect(with("owner")).await.unwrap();
+    owner.put("private", "mine".into(), WriteOptions::default()).await.unwrap();
+    // Nodes are created with CREATOR_ALL_ACL: another digest identity may not read them.
+    let stranger = ZookeeperStore::connect(with("stranger")).await.unwrap();
+    let denied = stranger.get("private", ReadOptions::default()).await.unwrap_err();
+    assert!(matches!(denied, Error::PermissionDenied { .. }), "{denied:?}");
+    let denied = stranger.put("other", "x".into(), WriteOptions::default()).await.unwrap_err();
+    assert!(matches!(denied, Error::PermissionDenied { .. }), "{denied:?}");
+    assert_eq!(
+        owner.get("private", ReadOptions::default()).await.unwrap().unwrap().value,
+        Bytes::from("mine")
+    );
+    owner.delete_tree("").await.unwrap();
+    owner.close().await.unwrap();
+    stranger.close().await.unwrap();
+}
