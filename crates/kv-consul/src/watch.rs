@@ -157,3 +157,74 @@ pub(crate) async fn watch_tree(
     });
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc as StdArc, Mutex};
+
+    use futures::StreamExt;
+    use kv_core::TaskSet;
+    use tokio::time::Instant;
+
+    /// The loop's index bookkeeping and back-off, driven by scripted answers.
+    #[tokio::test]
+    async fn resets_backwards_indexes_backs_off_and_stops_on_terminal_errors() {
+        let tasks = TaskSet::new();
+        let calls: StdArc<Mutex<Vec<(u64, Instant)>>> = StdArc::default();
+        type Script = StdArc<Mutex<Vec<Result<(u32, u64)>>>>;
+        let script: Script = StdArc::new(Mutex::new(vec![
+            Ok((2, 10)),                                           // a change
+            Ok((2, 5)),                                            // index went backwards
+            Err(Error::unavailable("consul", "connection reset")), // transient
+            Err(Error::unavailable("consul", "connection reset")), // transient again
+            Ok((3, 12)),
+            Err(Error::PermissionDenied {
+                backend: "consul",
+                message: "ACL not found".into(),
+            }),
+        ]));
+        let recorded = calls.clone();
+        let mut stream = kv_core::spawn_watch(&tasks, move |tx| async move {
+            let fetch = move |index: u64| {
+                recorded.lock().unwrap().push((index, Instant::now()));
+                let next = script.lock().unwrap().remove(0);
+                async move { next }
+            };
+            run(tx, 1u32, 7, fetch, |state: &u32| (*state, None)).await;
+        });
+        let mut items = Vec::new();
+        while let Some(item) = stream.next().await {
+            items.push(item);
+        }
+        assert!(matches!(
+            items.last(),
+            Some(Err(Error::PermissionDenied { .. }))
+        ));
+        let values: Vec<u32> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok().copied())
+            .collect();
+        // Coalesced as the reader's pace allows (the terminal error may even replace the last
+        // state), never backwards.
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        assert!(values.iter().all(|v| (1..=3).contains(v)), "{values:?}");
+        let calls = calls.lock().unwrap();
+        let indexes: Vec<u64> = calls.iter().map(|(i, _)| *i).collect();
+        // 7 (initial), 10 (after the change), 0 (after going backwards), 0 (after an error,
+        // resync with a plain read), 0 (again), 12.
+        assert_eq!(indexes, [7, 10, 0, 0, 0, 12]);
+        let gap = |a: usize, b: usize| calls[b].1 - calls[a].1;
+        let no_pause = gap(1, 2);
+        assert!(
+            no_pause < Duration::from_millis(50),
+            "paused {no_pause:?} after a good answer"
+        );
+        assert!(
+            gap(2, 3) >= Duration::from_millis(100),
+            "back-off after an error"
+        );
+        assert!(gap(3, 4) >= Duration::from_millis(200), "doubled");
+        assert_eq!(tasks.running(), 0);
+    }
+}
