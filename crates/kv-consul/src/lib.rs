@@ -93,6 +93,11 @@
 //!   useful floor), `max_ttl` 24 h (Consul's session maximum), `ttl_precision` 250 ms (readers
 //!   compare deadlines with their own clock: clock skew between clients adds to it).
 //! * `max_key_len` 1024 bytes (Consul has no key length limit of its own).
+//! * Every watch, every held lock (its key watch) and every waiting lock keeps one HTTP/1.1
+//!   connection busy with a blocking query. Consul accepts `limits.http_max_conns_per_client`
+//!   (200 by default) connections per client address: size that limit for more.
+//! * Each write costs two requests (a read, then the transaction), a TTL write three (plus the
+//!   session); reads and watches one per answer.
 //!
 //! ## Deviations
 //!
