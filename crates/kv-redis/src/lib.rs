@@ -32,7 +32,7 @@
 //! | Redis key | type | content |
 //! | --- | --- | --- |
 //! | `p` + `k` (`app/a/b`) | string | **the value, exactly the bytes written** — `redis-cli GET app/a/b` prints it, any client reads it |
-//! | `p` + `__kv:meta:{` + `p` + `k` + `}` (`app/__kv:meta:{app/a/b}`) | hash | `v`: the key's `last_index` (decimal); `o`: the lock owner token, only while a lock holds the key |
+//! | `p` + `__kv:meta:{` + `p` + `k` + `}` (`app/__kv:meta:{app/a/b}`) | hash | `v`: the key's `last_index` (decimal); while a lock holds the key also `o`, the owner token, and `h`, the SHA-1 of the lock value |
 //!
 //! * Both keys always carry the same TTL (`PX` on the value, `PEXPIRE` on the hash, in the
 //!   same script) and are deleted together.
@@ -41,15 +41,15 @@
 //! * `__kv` segments are reserved by `kv-core`, so no user key collides with a metadata key,
 //!   and listings skip them (`SCAN … TYPE string` plus a key-rule check).
 //! * The `{…}` hash tag makes Redis Cluster hash the metadata key by the full value key, so
-//!   both land in one slot and every script stays single-slot. Caveat: a key that itself
-//!   contains `{…}` is hashed by *its* first tag, which then differs; such keys are fine on
-//!   a single server and with Sentinel, but not on Cluster.
+//!   both land in one slot and every script stays single-slot. Caveat: for a key containing
+//!   `{` or `}` the two hash tags differ (Redis hashes the first `{…}` of each name); such
+//!   keys are fine on a single server and with Sentinel, but would not be on Cluster.
 //! * A value written by another client (no metadata) reads with `last_index` 1; a later write
 //!   through this crate gives it a real index. Writes by other clients do not bump the index,
 //!   so CAS cannot detect them (except creation and deletion): write through this crate
 //!   when you rely on CAS.
-//! * Lock metadata also holds `h`, the SHA-1 of the lock value (so a plain `SET` by another
-//!   client over a held lock is noticed as a takeover).
+//! * The lock value's SHA-1 (`h`) lets the holder notice a plain `SET` by another client over
+//!   a held lock as a takeover.
 //! * With no namespace prefix the store *is* the database: `list("")` shows every string key
 //!   that is a valid store key and `delete_tree("")` deletes them. Give each application its
 //!   own prefix (or database) when sharing a server.
