@@ -84,8 +84,15 @@ impl PrivateServer {
         let port = Self::free_port();
         let dir = std::env::temp_dir().join(unique("server"));
         std::fs::create_dir_all(&dir).unwrap();
+        let child = match std::panic::catch_unwind(|| Self::spawn(port, &dir, notify)) {
+            Ok(child) => child,
+            Err(panic) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                std::panic::resume_unwind(panic);
+            }
+        };
         let mut server = PrivateServer {
-            child: Self::spawn(port, &dir, notify),
+            child,
             port,
             dir,
             notify: notify.to_owned(),
