@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use kv_core::{Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
 use zookeeper_client as zk;
@@ -99,6 +100,43 @@ fn irrelevant(inner: &Inner, event: &zk::WatchedEvent) -> bool {
         .is_some_and(|rest| rest.starts_with(LOCKS_DIR))
 }
 
+/// What an event means for the loop.
+enum Action {
+    /// Nothing that can change the state.
+    Ignore,
+    /// Read the state again.
+    Reread,
+    /// The session ended (expired): make a new one, watch again, read again. The watcher
+    /// must not be polled again (it panics after a terminal event).
+    NewSession,
+    /// The credentials were rejected: end the stream.
+    Fail,
+}
+
+fn classify(inner: &Inner, event: &zk::WatchedEvent) -> Action {
+    if event.event_type == zk::EventType::Session {
+        return match event.session_state {
+            zk::SessionState::Disconnected => Action::Ignore,
+            zk::SessionState::AuthFailed => Action::Fail,
+            zk::SessionState::Expired | zk::SessionState::Closed => Action::NewSession,
+            // Reconnected: events may have been lost meanwhile (ZOOKEEPER-4698).
+            _ => Action::Reread,
+        };
+    }
+    if irrelevant(inner, event) {
+        Action::Ignore
+    } else {
+        Action::Reread
+    }
+}
+
+fn auth_failed() -> Error {
+    Error::PermissionDenied {
+        backend: crate::store::BACKEND,
+        message: "the server rejected the credentials".into(),
+    }
+}
+
 async fn run<T>(
     inner: Arc<Inner>,
     path: String,
@@ -175,29 +213,30 @@ async fn run<T>(
                 };
                 tokio::select! {
                     event = watcher.changed() => {
-                        if event.event_type == zk::EventType::Session {
-                            match event.session_state {
-                                zk::SessionState::Disconnected => continue,
-                                zk::SessionState::AuthFailed => {
+                        match classify(&inner, &event) {
+                            Action::Ignore => continue,
+                            Action::NewSession => continue 'session,
+                            Action::Fail => {
+                                if let Some(tx) = tx.take() {
+                                    tx.fail(auth_failed());
+                                }
+                                return;
+                            }
+                            Action::Reread => {}
+                        }
+                        // Coalesce the events already queued (a write is several events:
+                        // data, marker deleted, marker created): one read covers them all.
+                        while let Some(event) = watcher.changed().now_or_never() {
+                            match classify(&inner, &event) {
+                                Action::Ignore | Action::Reread => {}
+                                Action::NewSession => continue 'session,
+                                Action::Fail => {
                                     if let Some(tx) = tx.take() {
-                                        tx.fail(Error::PermissionDenied {
-                                            backend: crate::store::BACKEND,
-                                            message: "the server rejected the credentials".into(),
-                                        });
+                                        tx.fail(auth_failed());
                                     }
                                     return;
                                 }
-                                zk::SessionState::Expired | zk::SessionState::Closed => {
-                                    // Terminal for this session: a new one is made and the
-                                    // watch re-installed, then the state read afresh.
-                                    continue 'session;
-                                }
-                                // Reconnected: events may have been lost (ZOOKEEPER-4698).
-                                _ => break,
                             }
-                        }
-                        if irrelevant(&inner, &event) {
-                            continue;
                         }
                         break;
                     }

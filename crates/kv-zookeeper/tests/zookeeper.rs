@@ -679,16 +679,41 @@ async fn a_waiting_lock_sees_a_plain_key_expire() {
     // A plain TTL key blocks the lock until it expires; the waiter wakes at the deadline even
     // if the server has not swept the key yet.
     store
-        .put("k", "plain".into(), WriteOptions::with_ttl(Duration::from_secs(1)))
+        .put(
+            "k",
+            "plain".into(),
+            WriteOptions::with_ttl(Duration::from_secs(1)),
+        )
         .await
         .unwrap();
     let started = Instant::now();
-    let mut lock = store.new_lock("k", LockOptions::default().value("lock")).await.unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock()).await.unwrap().unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
-    assert!(started.elapsed() < Duration::from_millis(1900), "{:?}", started.elapsed());
-    let pair = store.get("k", ReadOptions::default()).await.unwrap().unwrap();
-    assert_eq!((pair.value, pair.last_index), (Bytes::from("lock"), lease.fencing_token()));
+    let mut lock = store
+        .new_lock("k", LockOptions::default().value("lock"))
+        .await
+        .unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    let pair = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (pair.value, pair.last_index),
+        (Bytes::from("lock"), lease.fencing_token())
+    );
     lock.unlock().await.unwrap();
     store.close().await.unwrap();
 }
@@ -705,15 +730,35 @@ async fn other_credentials_are_denied() {
             .unwrap()
     };
     let owner = ZookeeperStore::connect(with("owner")).await.unwrap();
-    owner.put("private", "mine".into(), WriteOptions::default()).await.unwrap();
+    owner
+        .put("private", "mine".into(), WriteOptions::default())
+        .await
+        .unwrap();
     // Nodes are created with CREATOR_ALL_ACL: another digest identity may not read them.
     let stranger = ZookeeperStore::connect(with("stranger")).await.unwrap();
-    let denied = stranger.get("private", ReadOptions::default()).await.unwrap_err();
-    assert!(matches!(denied, Error::PermissionDenied { .. }), "{denied:?}");
-    let denied = stranger.put("other", "x".into(), WriteOptions::default()).await.unwrap_err();
-    assert!(matches!(denied, Error::PermissionDenied { .. }), "{denied:?}");
+    let denied = stranger
+        .get("private", ReadOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, Error::PermissionDenied { .. }),
+        "{denied:?}"
+    );
+    let denied = stranger
+        .put("other", "x".into(), WriteOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, Error::PermissionDenied { .. }),
+        "{denied:?}"
+    );
     assert_eq!(
-        owner.get("private", ReadOptions::default()).await.unwrap().unwrap().value,
+        owner
+            .get("private", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
         Bytes::from("mine")
     );
     owner.delete_tree("").await.unwrap();
