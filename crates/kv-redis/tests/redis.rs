@@ -565,6 +565,67 @@ async fn a_server_going_away_gives_transient_errors_and_close_still_returns() {
     ));
 }
 
+/// Connections the server has now (`INFO clients`), minus the observer's own.
+async fn client_count(observer: &RedisStore) -> i64 {
+    let info: String = observer
+        .client()
+        .info(Some(fred::types::InfoKind::Clients))
+        .await
+        .unwrap();
+    let connected = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    connected - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_end_on_close_and_on_drop() {
+    let server = PrivateServer::start("KA").await;
+    let observer = RedisStore::connect(server.config()).await.unwrap();
+    assert_eq!(client_count(&observer).await, 0);
+    // close(): both connections (commands and subscriber) end.
+    let store = RedisStore::connect(server.config()).await.unwrap();
+    let watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(client_count(&observer).await, 2);
+    store.close().await.unwrap();
+    drop(watch);
+    let o = &observer;
+    eventually(
+        Duration::from_secs(5),
+        "closed handle disconnects",
+        || async move { client_count(o).await == 0 },
+    )
+    .await;
+    // A handle dropped without close() disconnects too, once its watches and locks are gone.
+    let store = RedisStore::connect(server.config()).await.unwrap();
+    let watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    let mut lock = store.new_lock("l", LockOptions::default()).await.unwrap();
+    lock.lock().await.unwrap();
+    assert_eq!(client_count(&observer).await, 2);
+    drop(watch);
+    drop(lock);
+    drop(store);
+    eventually(
+        Duration::from_secs(5),
+        "dropped handle disconnects",
+        || async move { client_count(o).await == 0 },
+    )
+    .await;
+    assert!(
+        observer
+            .get("l", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "the dropped lock was released"
+    );
+    observer.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_topology() {
     let primary = PrivateServer::start("KA").await;
