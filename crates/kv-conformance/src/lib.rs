@@ -24,7 +24,14 @@ pub mod support;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use tokio;
+    /// The runtime each generated test runs on: multi-threaded, like a real service.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("cannot start a tokio runtime")
+    }
 }
 
 /// Yields independent handles to one store: each call opens a new connection or session,
@@ -75,10 +82,12 @@ macro_rules! conformance_tests {
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
-            #[$crate::__private::tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "$crate::__private::tokio")]
-            async fn $case() {
-                let factory = $factory;
-                $crate::cases::$case(&factory).await;
+            #[test]
+            fn $case() {
+                $crate::__private::runtime().block_on(async {
+                    let factory = $factory;
+                    $crate::cases::$case(&factory).await;
+                });
             }
         )*
     };
