@@ -217,6 +217,15 @@ where
             operation,
             after,
         },
+        // No credentials could be resolved (the chain found none, or a provider failed).
+        SdkError::DispatchFailure(failure)
+            if failure.is_other() && message.to_ascii_lowercase().contains("credentials") =>
+        {
+            Error::PermissionDenied {
+                backend: BACKEND,
+                message,
+            }
+        }
         SdkError::DispatchFailure(failure) if failure.is_user() => {
             Error::backend(BACKEND, message)
         }

@@ -685,3 +685,77 @@ async fn delete_tree_up_to_100_keys_is_one_transaction_and_beyond_uses_batches()
     }
     store.close().await.unwrap();
 }
+
+/// A TLS-terminating proxy in front of DynamoDB Local, with a certificate from a private CA
+/// (`tests/tls/`, valid until 2125). Returns its port.
+async fn tls_proxy() -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{dir}/server.crt"))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let upstream = endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let (port, proxy) = tls_proxy().await;
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/ca.crt");
+    let https = config(TABLE)
+        .endpoint(format!("https://127.0.0.1:{port}"))
+        .max_attempts(1)
+        .request_timeout(Duration::from_secs(5));
+    // Trusting the CA: everything works through TLS.
+    let store = store(https.clone().ca_file(ca)).await;
+    store
+        .put("tls/k", Bytes::from_static(b"secure"), WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("tls/k", ReadOptions::default()).await.unwrap().unwrap().value,
+        Bytes::from_static(b"secure")
+    );
+    store.close().await.unwrap();
+    // Without it, the certificate is refused: a typed error, not a hang.
+    let refused = DynamoStore::connect(https.clone()).await;
+    assert!(matches!(refused, Err(Error::Unavailable { .. })), "{refused:?}");
+    // A CA file that cannot be read is a configuration error.
+    let missing = DynamoStore::connect(https.ca_file("/nonexistent/ca.pem")).await;
+    assert!(matches!(missing, Err(Error::Config(_))), "{missing:?}");
+    proxy.abort();
+}
