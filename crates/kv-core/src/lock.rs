@@ -295,18 +295,18 @@ impl Lock {
                 key: self.key.clone(),
             });
         };
-        let was_lost = lease.state() == LockState::Lost;
-        let released = release_slot(&slot).await?;
-        if was_lost || lease.state() == LockState::Lost {
+        let released = release_slot(&slot).await;
+        if lease.state() == LockState::Lost {
+            // Losing the lock is the news; a failed clean-up of a lost lock is not.
             return Err(Error::LockLost {
                 key: self.key.clone(),
             });
         }
-        if !released {
+        match released? {
+            true => Ok(()),
             // The store was closed, which released the lock already.
-            return Err(Error::Closed);
+            false => Err(Error::Closed),
         }
-        Ok(())
     }
 }
 
