@@ -5,13 +5,43 @@
 //! key prefix, so all of them run in parallel against one server. The
 //! [`conformance_tests!`] macro expands every case into one `#[tokio::test]` for a backend.
 //!
-//! ```ignore
-//! struct MyFactory;
+//! ## Running the suite on your own backend
+//!
+//! 1. Add `kv-conformance` (and `async-trait`) as dev-dependencies of your backend crate.
+//! 2. Implement [`StoreFactory`]: every `connect()` returns a new, independent handle (its own
+//!    connection, session, background tasks) to ONE store, as a second process would. Read the
+//!    server address from an environment variable and panic with a clear message when it is
+//!    missing: a conformance run must fail, never skip, without its server.
+//! 3. Expand the cases with [`conformance_tests!`] in an integration test file
+//!    (`tests/conformance.rs`); each case becomes one `#[test]` on its own multi-threaded tokio
+//!    runtime, so `cargo test` runs them in parallel and reports them one by one.
+//! 4. Declare honest [`Capabilities`](kv_core::Capabilities): the cases read them (TTL bounds,
+//!    size limits) and check that every capability you declare unsupported really returns
+//!    `NotSupported`.
+//!
+//! This example is compiled with the crate's tests; it is how `kv-bolt` runs the suite:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use kv_bolt::{BoltStore, Config};
+//! use kv_conformance::StoreFactory;
+//! use kv_core::{Result, Store};
+//! use tokio::sync::OnceCell;
+//!
+//! /// One temporary database per test, and independent handles on it.
+//! struct Factory(OnceCell<BoltStore>);
+//!
 //! #[async_trait::async_trait]
-//! impl kv_conformance::StoreFactory for MyFactory {
-//!     async fn connect(&self) -> kv_core::Result<std::sync::Arc<dyn kv_core::Store>> { todo!() }
+//! impl StoreFactory for Factory {
+//!     async fn connect(&self) -> Result<Arc<dyn Store>> {
+//!         let root = self.0.get_or_try_init(|| BoltStore::open(Config::temporary())).await?;
+//!         Ok(Arc::new(root.handle()?))
+//!     }
 //! }
-//! kv_conformance::conformance_tests!(MyFactory);
+//!
+//! kv_conformance::conformance_tests!(Factory(OnceCell::new()));
+//! # fn main() {}
 //! ```
 
 use std::sync::Arc;
