@@ -765,3 +765,118 @@ async fn other_credentials_are_denied() {
     owner.close().await.unwrap();
     stranger.close().await.unwrap();
 }
+
+/// A TCP proxy to the server that the test can cut and restore, to break connections.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (open2, cut2) = (open.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let target = target.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            open,
+            cut,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_fails_calls_in_time_and_watches_catch_up() {
+    let ns = unique("outage");
+    let proxy = Proxy::start(endpoints().split(',').next().unwrap().to_owned()).await;
+    let config = Config::builder()
+        .endpoint(format!("127.0.0.1:{}", proxy.port))
+        .namespace(&ns)
+        .session_timeout(Duration::from_secs(20))
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let store = ZookeeperStore::connect(config).await.unwrap();
+    let direct = store_in(&ns).await;
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), None);
+
+    proxy.cut();
+    let started = Instant::now();
+    let error = store.get("k", ReadOptions::default()).await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Written while the watcher's connection is down: ZooKeeper does not replay it.
+    direct
+        .put("k", "during the outage".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    proxy.restore();
+    let caught_up = tokio::time::timeout(Duration::from_secs(15), watch.next())
+        .await
+        .expect("the watch catches up after the reconnection");
+    assert_eq!(
+        caught_up.unwrap().unwrap().unwrap().value,
+        Bytes::from("during the outage")
+    );
+    assert_eq!(
+        store
+            .get("k", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        Bytes::from("during the outage")
+    );
+    direct.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+    direct.close().await.unwrap();
+}
