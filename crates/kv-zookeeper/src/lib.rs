@@ -144,6 +144,9 @@
 //! * Other clients see the `__kv` marker children and the `__kvlocks` directory.
 //! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] znodes, not beyond.
 //! * CAS has the residual delete-and-re-create window described above.
+//! * A lock *waiter* whose process hangs keeps its ticket until its session expires
+//!   ([`Config::session_timeout`]), delaying the waiters queued behind it by that much; a
+//!   *holder* that hangs loses the lock after the lock's TTL, as the contract says.
 //! * TTL expiry assumes client and server clocks agree.
 //! * TLS ([`TlsConfig`]) and digest credentials ([`Credentials`]) are wired to the client
 //!   library but only covered by their own issue's tests; hostname verification cannot be
