@@ -184,8 +184,9 @@
 //! ## Configuration, credentials, TLS
 //!
 //! [`Config`] holds the table, endpoint override, region, [`Credentials`] (the default AWS
-//! chain, or static keys), [`TlsConfig`] (an extra CA file, used through the SDK's rustls
-//! client), the namespace, connect and request timeouts (every request, retries included,
+//! chain, or static keys), [`TlsConfig`] (an extra CA file added to the platform roots of
+//! the SDK's rustls client; tested through a TLS proxy with a private CA, and refused
+//! without it), the namespace, connect and request timeouts (every request, retries included,
 //! ends with [`Timeout`](kv_core::Error::Timeout) past `request_timeout`), the SDK's retry
 //! attempts, and the watch/lock intervals. [`Config::from_url`] reads the same from
 //! `dynamodb://TABLE?…`. Errors map to the contract's variants: connection failures →
