@@ -648,11 +648,22 @@ pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
     }
     let connect_string = config.connect_string();
     let after = config.connect_timeout;
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            // Reading the PEM files is blocking file I/O: keep it off the runtime.
+            let tls = tls.clone();
+            let options = tokio::task::spawn_blocking(move || tls_options(&tls))
+                .await
+                .map_err(|e| Error::Config(format!("reading the TLS files failed: {e}")))?
+                .map_err(|e| Error::Config(format!("unusable TLS settings: {e}")))?;
+            Some(options)
+        }
+    };
     let connecting = async {
-        match &config.tls {
+        match tls {
             None => connector.connect(&connect_string).await,
-            Some(tls) => {
-                let options = tls_options(tls)?;
+            Some(options) => {
                 connector
                     .with_tls(options)
                     .secure_connect(&connect_string)

@@ -429,6 +429,11 @@ async fn dead_endpoints_give_typed_errors_in_time() {
     );
     drop(silent);
     // Bad settings are configuration errors, not connection attempts.
+    let missing_ca = Config::from_url("zks://127.0.0.1:1?ca_file=/nonexistent/ca.pem").unwrap();
+    assert!(matches!(
+        ZookeeperStore::connect(missing_ca).await,
+        Err(Error::Config(_))
+    ));
     assert!(matches!(
         Config::from_url("zk://h:1/zookeeper"),
         Err(Error::Config(_))
