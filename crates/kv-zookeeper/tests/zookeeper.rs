@@ -885,3 +885,55 @@ async fn a_broken_connection_fails_calls_in_time_and_watches_catch_up() {
     store.close().await.unwrap();
     direct.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_session_at_once() {
+    let ns = unique("session");
+    let holder = store_in(&ns).await;
+    let waiter = std::sync::Arc::new(store_in(&ns).await);
+    let zk = raw().await;
+    let mut held = holder.new_lock("l", LockOptions::default()).await.unwrap();
+    held.lock().await.unwrap();
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            let mut lock = waiter.new_lock("l", LockOptions::default()).await.unwrap();
+            lock.lock().await.map(|_| ())
+        })
+    };
+    let queue = format!("/{ns}/__kvlocks/l");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while zk
+        .list_children(&queue)
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Closing the waiter's store ends its wait, its task, and its session: the ephemeral
+    // ticket disappears at once, not after the session timeout (10 s).
+    waiter.close().await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    assert_eq!(waiter.background_tasks(), 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !zk
+        .list_children(&queue)
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the closed store's session lives on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.unlock().await.unwrap();
+    holder.close().await.unwrap();
+}
