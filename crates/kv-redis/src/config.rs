@@ -252,10 +252,20 @@ impl Config {
         builder.build()
     }
 
-    /// The namespace prefix as stored: empty, or ending with `/`.
+    /// The namespace prefix as stored: empty, or ending with `/`. A `{` must be closed by a
+    /// `}` within the prefix: an open hash tag would run into the keys and make a key and its
+    /// metadata hash to different Redis Cluster slots. (A closed one, `app{1}/`, pins the
+    /// whole namespace to one slot.)
     pub(crate) fn normalized_prefix(prefix: &str) -> Result<String> {
         let dir = kv_core::key::normalize_directory(prefix)
             .map_err(|e| Error::Config(format!("invalid key prefix {prefix:?}: {e}")))?;
+        if let Some(open) = dir.find('{')
+            && !dir[open..].contains('}')
+        {
+            return Err(Error::Config(format!(
+                "key prefix {prefix:?} opens a `{{` hash tag without closing it"
+            )));
+        }
         Ok(kv_core::key::child_prefix(&dir))
     }
 }
@@ -463,6 +473,7 @@ mod tests {
             "redis://h?prefix=a//b",
             "redis+sentinel://h",
             "redis://h?prefix=__kv",
+            "redis://h?prefix=a%7Bb",
         ] {
             assert!(
                 matches!(Config::from_url(bad), Err(Error::Config(_))),

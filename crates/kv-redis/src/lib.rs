@@ -41,9 +41,12 @@
 //! * `__kv` segments are reserved by `kv-core`, so no user key collides with a metadata key,
 //!   and listings skip them (`SCAN … TYPE string` plus a key-rule check).
 //! * The `{…}` hash tag makes Redis Cluster hash the metadata key by the full value key, so
-//!   both land in one slot and every script stays single-slot. Caveat: for a key containing
-//!   `{` or `}` the two hash tags differ (Redis hashes the first `{…}` of each name); such
-//!   keys are fine on a single server and with Sentinel, but would not be on Cluster.
+//!   both land in one slot and every script stays single-slot. A key containing `{` or `}`
+//!   would break that (Redis hashes only the first `{…}` of a name): its metadata key is
+//!   `p` + `__kv:meta-slot:{` + *alias* + `}` + `p` + `k`, where *alias* is a short base-36
+//!   string hashing to the value key's slot (a unit test checks every case). A namespace
+//!   prefix may carry a closed tag (`app{1}/` puts the whole namespace in one slot) but not
+//!   an unclosed `{`.
 //! * A value written by another client (no metadata) reads with `last_index` 1; a later write
 //!   through this crate gives it a real index. Writes by other clients do not bump the index,
 //!   so CAS cannot detect them (except creation and deletion): write through this crate
@@ -125,9 +128,10 @@
 //!   to one server or a Sentinel-managed primary only; Cluster would also need a `SCAN` and a
 //!   notification subscription on every primary (notifications are node-local). Not offered
 //!   yet.
-//! * While the server is unreachable, requests wait for fred's reconnection and fail with
-//!   [`kv_core::Error::Timeout`] after [`Config::request_timeout`] (not at once with
-//!   `Unavailable`): a short blip is then invisible to callers.
+//! * While the server is unreachable, calls fail with [`kv_core::Error::Unavailable`] (at once
+//!   when fred already knows the connection is down, after [`Config::request_timeout`] as
+//!   [`kv_core::Error::Timeout`] when it does not yet); fred keeps reconnecting in the
+//!   background and later calls succeed again.
 //! * Redis replication is asynchronous: after a Sentinel failover, the last acknowledged writes
 //!   (and locks) may be lost. Redis gives no stronger guarantee.
 

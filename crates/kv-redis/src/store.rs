@@ -296,7 +296,13 @@ pub(crate) fn map_err(error: FredError, operation: &'static str, after: Duration
             operation,
             after,
         },
-        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Tls | ErrorKind::Sentinel => {
+        ErrorKind::IO
+        | ErrorKind::Canceled
+        | ErrorKind::Tls
+        | ErrorKind::Sentinel
+        | ErrorKind::Routing => Error::unavailable(BACKEND, error),
+        // fred's answer for a command issued while no connection is up.
+        ErrorKind::Unknown if details.starts_with("Failed to route command") => {
             Error::unavailable(BACKEND, error)
         }
         ErrorKind::Config | ErrorKind::Url => Error::Config(error.to_string()),
@@ -326,10 +332,9 @@ impl Inner {
         format!("{}{key}", self.config.prefix)
     }
 
-    /// `<prefix>__kv:meta:{<prefix><key>}`: the braces make Redis Cluster hash only the
-    /// full key, so both live in one slot (when the key itself has no `{`).
+    /// The metadata key of a full Redis key; see [`meta_key_for`].
     pub(crate) fn meta_key(&self, full: &str) -> String {
-        format!("{}__kv:meta:{{{full}}}", self.config.prefix)
+        meta_key_for(&self.config.prefix, full)
     }
 
     /// The store key of a Redis key, if it is one of ours (inside the namespace, a valid
@@ -569,6 +574,53 @@ impl Drop for Inner {
     }
 }
 
+/// The metadata key of `full` (= `prefix` + store key), always in the same Redis Cluster hash
+/// slot as `full`:
+///
+/// * `<prefix>__kv:meta:{<full>}` — the usual form: the hash tag is the whole value key;
+/// * `<prefix>__kv:meta-slot:{<alias>}<full>` — when `full` contains `{` or `}` so that the first
+///   form would hash differently (`a{x}b` is hashed by `x` alone, `a}b` would cut the tag
+///   short): `alias` is the shortest base-36 string hashing to `full`'s slot.
+pub(crate) fn meta_key_for(prefix: &str, full: &str) -> String {
+    use fred::util::redis_keyslot;
+    let simple = format!("{prefix}__kv:meta:{{{full}}}");
+    let slot = redis_keyslot(full.as_bytes());
+    if redis_keyslot(simple.as_bytes()) == slot {
+        return simple;
+    }
+    format!("{prefix}__kv:meta-slot:{{{}}}{full}", slot_alias(slot))
+}
+
+/// A short string without braces for every cluster hash slot.
+fn slot_alias(slot: u16) -> &'static str {
+    static ALIASES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        const SLOTS: usize = 16384;
+        let mut aliases = vec![String::new(); SLOTS];
+        let mut missing = SLOTS;
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let mut digits = Vec::new();
+            let mut m = n;
+            loop {
+                digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(m % 36) as usize]);
+                m /= 36;
+                if m == 0 {
+                    break;
+                }
+            }
+            let candidate = String::from_utf8(digits).unwrap_or_default();
+            let slot = fred::util::redis_keyslot(candidate.as_bytes()) as usize;
+            if aliases[slot].is_empty() {
+                aliases[slot] = candidate;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        aliases
+    });
+    &ALIASES[slot as usize]
+}
+
 /// True when `notify-keyspace-events` flags publish what watches need: keyspace channel (`K`)
 /// with string (`$`), generic (`g`) and expiry (`x`) events, or all of them (`A`).
 pub(crate) fn notifications_sufficient(flags: &str) -> bool {
@@ -783,6 +835,34 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_shares_the_value_keys_slot() {
+        use fred::util::redis_keyslot;
+        assert_eq!(meta_key_for("app/", "app/a/b"), "app/__kv:meta:{app/a/b}");
+        assert_eq!(meta_key_for("", "a/b"), "__kv:meta:{a/b}");
+        for prefix in ["", "app/", "app{1}/", "a}b/", "{x}/"] {
+            for key in [
+                "a/b", "a{x}b", "a{}b", "a}b", "{", "}", "{}", "}{", "a{b", "x{y}z{w}", "😀{ü}",
+                "{a}/b", "br[a]ce",
+            ] {
+                let full = format!("{prefix}{key}");
+                let meta = meta_key_for(prefix, &full);
+                assert_eq!(
+                    redis_keyslot(meta.as_bytes()),
+                    redis_keyslot(full.as_bytes()),
+                    "{full} / {meta}"
+                );
+                assert!(meta.starts_with(&format!("{prefix}__kv:meta")));
+                assert_ne!(meta, full);
+            }
+        }
+        // Distinct keys never share a metadata key.
+        assert_ne!(meta_key_for("", "a}b"), meta_key_for("", "a}c"));
+        for slot in [0u16, 1, 8000, 16383] {
+            assert_eq!(redis_keyslot(slot_alias(slot).as_bytes()), slot);
+        }
+    }
 
     #[test]
     fn helpers() {
