@@ -58,6 +58,9 @@ fn version_is(previous: u64) -> &'static str {
 
 /// A handle to a kv store kept in one DynamoDB table. See the [crate documentation](crate)
 /// for the storage layout and how the contract is met.
+///
+/// Cloning is cheap and shares the handle: its tasks, its locks and its closed state (a
+/// clone is the same client, not a second one; call [`DynamoStore::connect`] again for that).
 #[derive(Clone)]
 pub struct DynamoStore {
     pub(crate) inner: Arc<Inner>,
