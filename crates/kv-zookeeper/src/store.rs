@@ -197,21 +197,11 @@ pub(crate) fn map_zk(error: zk::Error, operation: &'static str, after: Duration)
             backend: BACKEND,
             message: format!("{operation}: {error}"),
         },
-        // The library reports socket failures (reset, refused, TLS) as custom errors.
-        Z::Custom(_) if has_io_source(&error) => Error::unavailable(BACKEND, error),
+        // The library reports socket failures (reset, broken pipe, TLS) as custom errors
+        // wrapping the I/O error; it raises no other custom error with our feature set.
+        Z::Custom(_) => Error::unavailable(BACKEND, error),
         other => Error::backend(BACKEND, other),
     }
-}
-
-fn has_io_source(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = error.source();
-    while let Some(source) = current {
-        if source.is::<std::io::Error>() {
-            return true;
-        }
-        current = source.source();
-    }
-    false
 }
 
 impl Inner {
