@@ -137,9 +137,12 @@ impl LockBackend for RedisLock {
         };
         let poll = self.inner.config.lock_poll_interval;
         let mut backoff = Backoff::new();
+        // One token per acquisition attempt sequence: a retry after an ambiguous failure (the
+        // script ran but its reply was lost) recognises its own lock instead of waiting for
+        // it to expire.
+        let token = new_token();
         loop {
             self.inner.tasks.ensure_open()?;
-            let token = new_token();
             let attempt = tokio::select! {
                 attempt = self.try_acquire(&token) => attempt,
                 _ = abandon.cancelled() => {
@@ -159,7 +162,7 @@ impl LockBackend for RedisLock {
                     spawn_renewal(
                         self.inner.clone(),
                         self.full.clone(),
-                        token,
+                        token.clone(),
                         self.ttl,
                         notifier.clone(),
                         events.take(),

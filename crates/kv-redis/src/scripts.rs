@@ -108,9 +108,18 @@ return existed
 "#;
 
 /// `LOCK_ACQUIRE value ttl_ms token` → new index (the fencing token), or `!held` when the
-/// key exists (`SET NX` semantics; the owner token goes into the metadata).
+/// key exists (`SET NX` semantics; the owner token goes into the metadata). Idempotent per
+/// token: a retry after a lost reply finds the lock already ours and returns its index.
 const LOCK_ACQUIRE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return '!held' end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Our own earlier attempt got through but its reply was lost: it is ours.
+  if owned(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    return redis.call('HGET', KEYS[2], 'v')
+  end
+  return '!held'
+end
 return write(ARGV[1], tonumber(ARGV[2]), ARGV[3])
 "#;
 
