@@ -7,7 +7,8 @@
 //! * Every segment is non-empty (`a//b` is invalid) and is neither `.` nor `..`.
 //! * No control characters (U+0000–U+001F, U+007F–U+009F), no private-use characters
 //!   (U+E000–U+F8FF) and none of U+FFF0–U+FFFF: some servers (ZooKeeper) refuse them, so no
-//!   backend accepts them.
+//!   backend accepts them. Characters outside the Basic Multilingual Plane (emoji…) are valid:
+//!   ZooKeeper refuses them too, so that backend escapes them in node names.
 //! * Segments starting with `__kv` are reserved for the backends' own records (lock queues,
 //!   version counters) and are invalid in user keys.
 //! * A key is at most [`Capabilities::max_key_len`](crate::Capabilities) bytes after
