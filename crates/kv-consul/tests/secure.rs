@@ -180,7 +180,7 @@ async fn tls_with_a_private_ca_and_client_certificates() {
   }}
 }}"#
     );
-    let agent = Agent::spawn(dir.clone(), port, true, &tls);
+    let mut agent = Agent::spawn(dir.clone(), port, true, &tls);
     let endpoint = format!("https://127.0.0.1:{port}");
     let good = Config::builder()
         .endpoint(endpoint.clone())
@@ -193,6 +193,7 @@ async fn tls_with_a_private_ca_and_client_certificates() {
         match ConsulStore::connect(good.clone()).await {
             Ok(store) => break store,
             Err(error) => {
+                assert!(!agent.exited(), "the TLS agent exited: {}", agent.log());
                 assert!(Instant::now() < limit, "{error}: {}", agent.log());
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -36,11 +36,21 @@ pub fn consul_binary() -> PathBuf {
 
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1, 0)[0]
+}
+
+/// `n` distinct ports nothing listens on now, none equal to `except`.
+pub fn free_ports(n: usize, except: u16) -> Vec<u16> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        if listener.local_addr().unwrap().port() != except {
+            held.push(listener);
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A fresh temporary directory for one test.
@@ -67,6 +77,7 @@ impl Agent {
     /// Starts an agent on `port` (HTTP, or HTTPS only when `https`), with `extra` HCL appended.
     /// Does not wait for it: see [`Agent::wait_http`].
     pub fn spawn(dir: PathBuf, port: u16, https: bool, extra: &str) -> Agent {
+        let others = free_ports(3, port);
         let (http, https_port) = if https {
             (-1, i32::from(port))
         } else {
@@ -93,9 +104,7 @@ ports {{
 }}
 {extra}
 "#,
-            free_port(),
-            free_port(),
-            free_port()
+            others[0], others[1], others[2]
         );
         let config = dir.join("consul.hcl");
         std::fs::write(&config, hcl).unwrap();
@@ -112,15 +121,28 @@ ports {{
         Agent { child, dir, port }
     }
 
-    /// Starts a plain-HTTP agent and waits until it has a leader.
+    /// Starts a plain-HTTP agent and waits until it has a leader. An agent that exits at once
+    /// (one of its ports was taken meanwhile) is started again on other internal ports.
     pub async fn start(dir: PathBuf, port: u16, extra: &str) -> Agent {
-        let agent = Agent::spawn(dir, port, false, extra);
-        agent.wait_http().await;
-        agent
+        for _ in 0..3 {
+            let mut agent = Agent::spawn(dir.clone(), port, false, extra);
+            if agent.wait_http().await {
+                return agent;
+            }
+            let log = agent.log();
+            eprintln!("the private Consul agent exited at start, trying again: {log}");
+            agent.dir = PathBuf::new();
+        }
+        panic!("the private Consul agent does not start");
     }
 
-    /// Waits until the HTTP API answers with a leader.
-    pub async fn wait_http(&self) {
+    /// True once the agent exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// Waits until the HTTP API answers with a leader; `false` if the agent exited first.
+    pub async fn wait_http(&mut self) -> bool {
         let client = reqwest::Client::new();
         let limit = Instant::now() + Duration::from_secs(30);
         loop {
@@ -131,7 +153,10 @@ ports {{
             if let Ok(response) = leader
                 && response.text().await.is_ok_and(|t| t.len() > 2)
             {
-                return;
+                return true;
+            }
+            if self.exited() {
+                return false;
             }
             assert!(
                 Instant::now() < limit,
