@@ -2,7 +2,7 @@
 //!
 //! This crate holds what every backend shares: the [`Store`] trait, its types ([`KvPair`],
 //! [`WriteOptions`], [`ReadOptions`], [`LockOptions`], [`Capabilities`]), the one
-//! [`Error`] enum, the [key rules](key), the [lock](lock) and [watch](watch) machinery and
+//! [`Error`] enum, the [key rules](key), the [`lock`] and [`watch`] machinery and
 //! TTL arithmetic. Backends (`kv-bolt`, `kv-etcd`, `kv-consul`, `kv-zookeeper`, `kv-redis`,
 //! `kv-dynamodb`) each implement [`Store`]; `kv-conformance` checks that they all behave the
 //! same way against live servers.

@@ -86,6 +86,12 @@ impl TaskSet {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.locks.release_all(release_limit).await;
         self.inner.shutdown.cancel();
+        // Cancelled tasks stop at their next poll; wait for that (bounded) so that a closed
+        // handle reports no background task.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     pub(crate) fn locks(&self) -> &HeldRegistry {

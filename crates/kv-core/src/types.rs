@@ -10,7 +10,7 @@ use crate::key;
 /// A key, its value and the index to use for compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KvPair {
-    /// The normalised key (see [`key`](crate::key)), relative to the store's namespace.
+    /// The normalised key (see [`crate::key`]), relative to the store's namespace.
     pub key: String,
     /// The value, exactly the bytes that were written.
     pub value: Bytes,
