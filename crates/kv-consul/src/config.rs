@@ -16,12 +16,12 @@ use kv_core::{Error, Result};
 ///
 /// let config = Config::builder()
 ///     .endpoint("http://127.0.0.1:8500")
-///     .prefix("myapp")
+///     .namespace("myapp")
 ///     .token("6a1253d2-1785-4a7d-8a13-cbfa3b02ac4a")
 ///     .request_timeout(Duration::from_secs(5))
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(config.prefix, "myapp");
+/// assert_eq!(config.namespace, "myapp");
 ///
 /// let same = Config::from_url("consul://127.0.0.1:8500/myapp?token=6a1253d2-1785-4a7d-8a13-cbfa3b02ac4a&timeout=5s").unwrap();
 /// assert_eq!(same.endpoints, config.endpoints);
@@ -39,7 +39,7 @@ pub struct Config {
     pub datacenter: Option<String>,
     /// Namespace: every key is stored under `<prefix>/`. Empty (the default) means keys are
     /// stored as they are, at the root of Consul's KV store.
-    pub prefix: String,
+    pub namespace: String,
     /// Time limit for establishing a TCP (and TLS) connection.
     pub connect_timeout: Duration,
     /// Time limit for one request (a blocking query gets [`watch_wait`](Self::watch_wait) on
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Config {
             .field("endpoints", &self.endpoints)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("datacenter", &self.datacenter)
-            .field("prefix", &self.prefix)
+            .field("namespace", &self.namespace)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("watch_wait", &self.watch_wait)
@@ -91,7 +91,7 @@ impl Default for Config {
             endpoints: vec!["http://127.0.0.1:8500".to_owned()],
             token: None,
             datacenter: None,
-            prefix: String::new(),
+            namespace: String::new(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             watch_wait: Duration::from_secs(10),
@@ -163,7 +163,7 @@ impl Config {
             };
         }
         let prefix = percent_decode(path).map_err(|e| bad(&e))?;
-        builder = builder.prefix(prefix);
+        builder = builder.namespace(prefix);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value).map_err(|e| bad(&e))?;
@@ -232,8 +232,8 @@ impl ConfigBuilder {
     }
 
     /// Sets the key prefix (namespace); leading and trailing `/` are ignored.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
         self
     }
 
@@ -302,12 +302,12 @@ impl ConfigBuilder {
                 )));
             }
         }
-        let prefix = self.config.prefix.trim_matches('/').to_owned();
+        let prefix = self.config.namespace.trim_matches('/').to_owned();
         if !prefix.is_empty() {
             kv_core::key::normalize_key(&prefix)
                 .map_err(|e| Error::Config(format!("bad key prefix {prefix:?}: {e}")))?;
         }
-        self.config.prefix = prefix;
+        self.config.namespace = prefix;
         if self.config.tls.cert_file.is_some() != self.config.tls.key_file.is_some() {
             return Err(Error::Config(
                 "a client certificate needs both cert_file and key_file".to_owned(),
@@ -396,7 +396,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.endpoints, ["http://a:1", "http://b:2"]);
-        assert_eq!(c.prefix, "my/app");
+        assert_eq!(c.namespace, "my/app");
         assert_eq!(c.token.as_deref(), Some("t+x"));
         assert_eq!(c.datacenter.as_deref(), Some("dc2"));
         assert_eq!(c.request_timeout, Duration::from_secs(2));

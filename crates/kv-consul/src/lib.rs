@@ -23,7 +23,7 @@
 //! ## Storage layout
 //!
 //! * A key `a/b` is the Consul KV key `a/b`, or `<prefix>/a/b` with a configured
-//!   [prefix](Config::prefix). Keys go into URL paths percent-encoded (spaces, `?`, `#`, `%`,
+//!   [namespace](Config::namespace). Keys go into URL paths percent-encoded (spaces, `?`, `#`, `%`,
 //!   non-ASCII).
 //! * The value is the entry's value, the plain bytes: `consul kv get a/b` and
 //!   `curl …/v1/kv/a/b?raw` print what was written, and values written by other clients are

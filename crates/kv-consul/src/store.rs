@@ -306,10 +306,10 @@ impl ConsulStore {
                 .await
                 .unwrap_or(DEFAULT_SESSION_TTL_MIN),
         };
-        let prefix = if config.prefix.is_empty() {
+        let prefix = if config.namespace.is_empty() {
             String::new()
         } else {
-            format!("{}/", config.prefix)
+            format!("{}/", config.namespace)
         };
         let mut caps = Capabilities::full(BACKEND);
         caps.max_value_len = MAX_VALUE_LEN;

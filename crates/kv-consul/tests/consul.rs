@@ -28,7 +28,7 @@ fn unique(name: &str) -> String {
 async fn store_with_prefix(prefix: &str) -> ConsulStore {
     let config = Config::builder()
         .endpoint(address())
-        .prefix(prefix)
+        .namespace(prefix)
         .build()
         .unwrap();
     ConsulStore::connect(config).await.unwrap()

@@ -76,7 +76,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Namespace: every key is stored under this prefix (normalised to end with `/`, empty
     /// for none). Keys reported back are relative to it.
-    pub prefix: String,
+    pub namespace: String,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
     /// Limit for each request ([`Error::Timeout`] after it).
@@ -97,7 +97,7 @@ impl std::fmt::Debug for Config {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
-            .field("prefix", &self.prefix)
+            .field("namespace", &self.namespace)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_value_len", &self.max_value_len)
@@ -115,7 +115,7 @@ impl Default for Config {
             username: None,
             password: None,
             tls: None,
-            prefix: String::new(),
+            namespace: String::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_value_len: REDIS_MAX_VALUE_LEN,
@@ -138,7 +138,7 @@ impl Config {
     /// * `redis+sentinel://[user[:password]@]host[:port][,host[:port]…]/service[/db]` —
     ///   Sentinel (`rediss+sentinel://` for TLS);
     ///
-    /// and the query parameters `prefix=<namespace>`, `connect_timeout_ms=<n>`,
+    /// and the query parameters `namespace=<namespace>` (or `prefix=`), `connect_timeout_ms=<n>`,
     /// `request_timeout_ms=<n>`, `max_value_len=<bytes>`, `tls_ca_file=<path>`,
     /// `tls_cert_file=<path>`, `tls_key_file=<path>`. User and password are
     /// percent-decoded.
@@ -226,7 +226,7 @@ impl Config {
                     .map_err(|_| bad(&format!("{name}={v:?} is not a number of milliseconds")))
             };
             match name {
-                "prefix" => builder = builder.prefix(value),
+                "namespace" | "prefix" => builder = builder.namespace(value),
                 "connect_timeout_ms" => builder = builder.connect_timeout(millis(&value)?),
                 "request_timeout_ms" => builder = builder.request_timeout(millis(&value)?),
                 "max_value_len" => {
@@ -326,8 +326,8 @@ impl ConfigBuilder {
     }
 
     /// Namespace prefix for every key (`"app"` stores `a/b` at `app/a/b`).
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
         self
     }
 
@@ -388,7 +388,7 @@ impl ConfigBuilder {
                 "a TLS client certificate needs its key and vice versa".into(),
             ));
         }
-        config.prefix = Config::normalized_prefix(&config.prefix)?;
+        config.namespace = Config::normalized_prefix(&config.namespace)?;
         Ok(config)
     }
 }
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(c.username.as_deref(), Some("app"));
         assert_eq!(c.password.as_deref(), Some("p@ss"));
         assert_eq!(c.database, 3);
-        assert_eq!(c.prefix, "svc/");
+        assert_eq!(c.namespace, "svc/");
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(
             c.tls.unwrap().ca_file.as_deref(),

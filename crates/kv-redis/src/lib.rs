@@ -16,7 +16,7 @@
 //! use kv_redis::{Config, RedisStore};
 //!
 //! # async fn demo() -> kv_core::Result<()> {
-//! let store = RedisStore::connect(Config::from_url("redis://127.0.0.1:6379/0?prefix=app")?).await?;
+//! let store = RedisStore::connect(Config::from_url("redis://127.0.0.1:6379/0?namespace=app")?).await?;
 //! store.put("a/b", "hello".into(), WriteOptions::default()).await?;
 //! let pair = store.get("a/b", ReadOptions::default()).await?.unwrap();
 //! store.atomic_put("a/b", "world".into(), Some(&pair), WriteOptions::default()).await?;

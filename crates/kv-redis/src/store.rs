@@ -329,18 +329,18 @@ impl Inner {
     }
 
     pub(crate) fn full_key(&self, key: &str) -> String {
-        format!("{}{key}", self.config.prefix)
+        format!("{}{key}", self.config.namespace)
     }
 
     /// The metadata key of a full Redis key; see [`meta_key_for`].
     pub(crate) fn meta_key(&self, full: &str) -> String {
-        meta_key_for(&self.config.prefix, full)
+        meta_key_for(&self.config.namespace, full)
     }
 
     /// The store key of a Redis key, if it is one of ours (inside the namespace, a valid
     /// normalised key, no reserved segment).
     pub(crate) fn relative_key<'a>(&self, full: &'a str) -> Option<&'a str> {
-        let relative = full.strip_prefix(self.config.prefix.as_str())?;
+        let relative = full.strip_prefix(self.config.namespace.as_str())?;
         match key::normalize_key(relative) {
             Ok(normalized) if normalized == relative => Some(relative),
             _ => None,
@@ -389,7 +389,7 @@ impl Inner {
 
     /// Every (normalised) store key strictly below `dir`, unsorted.
     pub(crate) async fn scan_keys(&self, dir: &str) -> Result<Vec<String>> {
-        let prefix = format!("{}{}", self.config.prefix, key::child_prefix(dir));
+        let prefix = format!("{}{}", self.config.namespace, key::child_prefix(dir));
         let pattern = format!("{}*", glob_escape(&prefix));
         let scan = self
             .client

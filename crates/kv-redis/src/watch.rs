@@ -298,7 +298,7 @@ pub(crate) async fn watch_key(inner: Arc<Inner>, key: String) -> Result<WatchStr
 pub(crate) async fn watch_tree(inner: Arc<Inner>, dir: String) -> Result<WatchTreeStream> {
     inner.check_notifications().await?;
     let subs = inner.subscriptions().await?;
-    let prefix = format!("{}{}", inner.config.prefix, key::child_prefix(&dir));
+    let prefix = format!("{}{}", inner.config.namespace, key::child_prefix(&dir));
     let (mut events, mut reconnects) = subs.receivers();
     let subscription = subs.subscribe(subs.prefix_pattern(&prefix)).await?;
     let tasks = inner.tasks.clone();

@@ -34,7 +34,7 @@ async fn store_with_prefix(prefix: &str) -> RedisStore {
     let config = Config::from_url(&url()).unwrap();
     let config = Config::builder()
         .endpoints(config.endpoints.clone())
-        .prefix(prefix)
+        .namespace(prefix)
         .build()
         .unwrap();
     RedisStore::connect(config).await.expect("connect")
@@ -379,7 +379,7 @@ async fn large_values_and_the_configured_limit() {
     // A configured limit is enforced before anything is sent, at the exact boundary.
     let config = Config::builder()
         .endpoints(Config::from_url(&url()).unwrap().endpoints)
-        .prefix(&ns)
+        .namespace(&ns)
         .max_value_len(1024)
         .build()
         .unwrap();
