@@ -225,11 +225,8 @@ fn tls_config(tls: &crate::config::TlsConfig) -> Result<FredTlsConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let tls_err = |what: &str, e: &dyn fmt::Display| Error::Config(format!("TLS {what}: {e}"));
-    if tls.ca_file.is_none() && tls.client_cert_file.is_none() {
-        let connector = fred::types::config::TlsConnector::default_rustls()
-            .map_err(|e| tls_err("system roots", &e))?;
-        return Ok(connector.into());
-    }
+    // Always name the crypto provider: fred's defaults rely on rustls' process-wide default,
+    // which panics when another crate in the program enables a second provider (aws-lc-rs).
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca_file {
         Some(path) => {

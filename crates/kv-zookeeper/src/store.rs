@@ -654,6 +654,7 @@ pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
         match tls {
             None => connector.connect(&connect_string).await,
             Some(options) => {
+                ensure_crypto_provider();
                 connector
                     .with_tls(options)
                     .secure_connect(&connect_string)
@@ -672,6 +673,17 @@ pub(crate) async fn connect_client(config: &Config) -> Result<zk::Client> {
         ))),
         Ok(Err(e)) => Err(map_zk(e, "connect", after)),
         Ok(Ok(client)) => Ok(client),
+    }
+}
+
+/// zookeeper-client builds its rustls configuration with rustls' process-wide default crypto
+/// provider, which rustls cannot choose by itself when a program enables two providers (for
+/// example kv-redis with `ring` next to this crate's `aws-lc-rs`): the handshake would panic.
+/// Install aws-lc-rs as the default only when the program has installed none.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: some default is then in place.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
 }
 
