@@ -1147,6 +1147,11 @@ pub async fn lock_unlock_relock(factory: &dyn StoreFactory) {
         .unwrap();
     theirs.unlock().await.unwrap();
     assert_eq!(their_lease.state(), LockState::Released);
+    assert_eq!(
+        get(&*store, &key).await,
+        None,
+        "unlock deletes the lock's key at once"
+    );
 
     let lease = timeout(EVENT_TIMEOUT, lock.lock())
         .await
