@@ -228,6 +228,7 @@ impl Store for BoltStore {
         &self.inner.caps
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -239,6 +240,7 @@ impl Store for BoltStore {
         self.after_write().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &str, _options: ReadOptions) -> Result<Option<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -251,6 +253,7 @@ impl Store for BoltStore {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -260,6 +263,7 @@ impl Store for BoltStore {
         Ok(existed)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn list(&self, directory: &str, _options: ReadOptions) -> Result<Vec<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -271,6 +275,7 @@ impl Store for BoltStore {
             .collect())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -281,6 +286,7 @@ impl Store for BoltStore {
         self.after_write().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_put(
         &self,
         key: &str,
@@ -314,6 +320,7 @@ impl Store for BoltStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -329,6 +336,7 @@ impl Store for BoltStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn watch(&self, key: &str, _options: ReadOptions) -> Result<WatchStream> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -336,6 +344,7 @@ impl Store for BoltStore {
         watch::watch_key(&self.inner, engine, self.inner.full_key(&key)).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn watch_tree(&self, directory: &str, _options: ReadOptions) -> Result<WatchTreeStream> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -344,6 +353,7 @@ impl Store for BoltStore {
         watch::watch_tree(&self.inner, engine, prefix).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_lock(key, &options)?;
@@ -351,6 +361,7 @@ impl Store for BoltStore {
         Ok(Lock::new(key, Arc::new(backend), self.inner.tasks.clone()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
         self.inner.tasks.close(RELEASE_LIMIT).await;
         // Cancelled tasks drop their reference to the database when next polled: wait for

@@ -361,6 +361,7 @@ impl Store for ConsulStore {
         &self.inner.caps
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
         let (key, ttl) = self.check_write(key, &value, &options)?;
         let inner = &self.inner;
@@ -376,6 +377,7 @@ impl Store for ConsulStore {
         result.map(|_| ())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -386,6 +388,7 @@ impl Store for ConsulStore {
         Ok(entry.and_then(|e| self.inner.pair(&e)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -414,6 +417,7 @@ impl Store for ConsulStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn list(&self, directory: &str, options: ReadOptions) -> Result<Vec<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -429,6 +433,7 @@ impl Store for ConsulStore {
         Ok(self.inner.snapshot(&directory, &entries))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -445,6 +450,7 @@ impl Store for ConsulStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_put(
         &self,
         key: &str,
@@ -467,6 +473,7 @@ impl Store for ConsulStore {
         result
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -494,12 +501,14 @@ impl Store for ConsulStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn watch(&self, key: &str, options: ReadOptions) -> Result<WatchStream> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
         crate::watch::watch_key(self.inner.clone(), key, options.consistent).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn watch_tree(&self, directory: &str, options: ReadOptions) -> Result<WatchTreeStream> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -507,6 +516,7 @@ impl Store for ConsulStore {
         crate::watch::watch_tree(self.inner.clone(), directory, prefix, options.consistent).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_lock(key, &options)?;
@@ -514,6 +524,7 @@ impl Store for ConsulStore {
         Ok(Lock::new(key, Arc::new(backend), self.inner.tasks.clone()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
         // Releases held locks (destroying their sessions deletes their keys), then stops every
         // watch and renewal task. The HTTP client's pool closes with the last handle.

@@ -46,10 +46,10 @@ const NAMES: &[(&str, &str)] = &[
 ];
 
 /// The item is live (exists, is no tombstone, has not expired at `:now`).
-pub(crate) const LIVE: &str =
-    "(attribute_exists(#sk) AND attribute_not_exists(#del) AND (attribute_not_exists(#dl) OR #dl > :now))";
+pub(crate) const LIVE: &str = "(attribute_exists(#sk) AND attribute_not_exists(#del) AND (attribute_not_exists(#dl) OR #dl > :now))";
 /// The key is absent for readers (no item, a tombstone, or expired at `:now`).
-pub(crate) const ABSENT: &str = "(attribute_not_exists(#sk) OR attribute_exists(#del) OR #dl <= :now)";
+pub(crate) const ABSENT: &str =
+    "(attribute_not_exists(#sk) OR attribute_exists(#del) OR #dl <= :now)";
 /// The stored version is below the one being written (`:ver`).
 pub(crate) const VERSION_BELOW: &str = "(attribute_not_exists(#ver) OR #ver < :ver)";
 /// Filter for reads: only live items.
@@ -133,7 +133,9 @@ impl Item {
                 Some(AttributeValue::S(text)) => Bytes::copy_from_slice(text.as_bytes()),
                 _ => Bytes::new(),
             },
-            version: number(map.get(ATTR_VERSION)).unwrap_or(VERSIONLESS).max(VERSIONLESS),
+            version: number(map.get(ATTR_VERSION))
+                .unwrap_or(VERSIONLESS)
+                .max(VERSIONLESS),
             deadline_ms: number(map.get(ATTR_DEADLINE)),
             deleted: matches!(map.get(ATTR_DELETED), Some(AttributeValue::Bool(true))),
         })
@@ -200,7 +202,11 @@ pub(crate) fn next_version(floor: u64) -> u64 {
 }
 
 /// Maps an SDK error to the semantic error.
-pub(crate) fn sdk_error<E, R>(operation: &'static str, after: Duration, err: SdkError<E, R>) -> Error
+pub(crate) fn sdk_error<E, R>(
+    operation: &'static str,
+    after: Duration,
+    err: SdkError<E, R>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
@@ -226,9 +232,7 @@ where
                 message,
             }
         }
-        SdkError::DispatchFailure(failure) if failure.is_user() => {
-            Error::backend(BACKEND, message)
-        }
+        SdkError::DispatchFailure(failure) if failure.is_user() => Error::backend(BACKEND, message),
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             Error::unavailable(BACKEND, message)
         }

@@ -15,7 +15,9 @@ use kv_core::{
 };
 use rand::Rng;
 
-use crate::item::{ATTR_PK, ATTR_SK, expression_attrs, num, partition_of, s, sdk_error, tombstone_item};
+use crate::item::{
+    ATTR_PK, ATTR_SK, expression_attrs, num, partition_of, s, sdk_error, tombstone_item,
+};
 use crate::store::{Conditional, Inner};
 
 /// A lock's backend: what to write where, for how long.
@@ -76,12 +78,15 @@ impl LockBackend for DynamoLock {
             let full = full.clone();
             let owner = owner.clone();
             let ttl = self.ttl;
-            inner.tasks.clone().spawn_owned(keep_alive(ttl, notifier.clone(), move || {
-                let inner = inner.clone();
-                let full = full.clone();
-                let owner = owner.clone();
-                async move { renew(&inner, &full, &owner, version, ttl).await }
-            }))
+            inner
+                .tasks
+                .clone()
+                .spawn_owned(keep_alive(ttl, notifier.clone(), move || {
+                    let inner = inner.clone();
+                    let full = full.clone();
+                    let owner = owner.clone();
+                    async move { renew(&inner, &full, &owner, version, ttl).await }
+                }))
         };
         Ok(Acquired {
             fencing_token: version,
@@ -99,12 +104,17 @@ impl LockBackend for DynamoLock {
 }
 
 /// Extends the lease if the lock is still ours and unexpired. `Ok(false)`: it is not.
-async fn renew(inner: &Inner, full: &str, owner: &str, version: u64, ttl: Duration) -> Result<bool> {
+async fn renew(
+    inner: &Inner,
+    full: &str,
+    owner: &str,
+    version: u64,
+    ttl: Duration,
+) -> Result<bool> {
     let now = ttl::now_millis();
     let deadline = now + ttl.as_millis() as u64;
     let update = "SET #dl = :dl, #exp = :exp";
-    let condition =
-        "#own = :me AND #ver = :prev AND attribute_not_exists(#del) AND #dl > :now";
+    let condition = "#own = :me AND #ver = :prev AND attribute_not_exists(#del) AND #dl > :now";
     let (names, values) = expression_attrs(
         &[update, condition],
         vec![
@@ -130,7 +140,9 @@ async fn renew(inner: &Inner, full: &str, owner: &str, version: u64, ttl: Durati
     match result {
         Ok(_) => Ok(true),
         Err(err) => {
-            if let Some(UpdateItemError::ConditionalCheckFailedException(_)) = err.as_service_error() {
+            if let Some(UpdateItemError::ConditionalCheckFailedException(_)) =
+                err.as_service_error()
+            {
                 return Ok(false);
             }
             Err(sdk_error("renew_lock", inner.timeout(), err))

@@ -296,11 +296,7 @@ impl Inner {
                     let filter = live_only.then_some(LIVE_FILTER);
                     let (names, values) = expression_attrs(
                         &[key_cond, filter.unwrap_or(""), projection.unwrap_or("")],
-                        vec![
-                            (":pk", s(pk)),
-                            (":prefix", s(prefix)),
-                            (":now", num(now)),
-                        ],
+                        vec![(":pk", s(pk)), (":prefix", s(prefix)), (":now", num(now))],
                     );
                     let out = self
                         .client
@@ -381,8 +377,10 @@ impl Inner {
                 .await?
         };
         items.retain(|item| {
-            self.relative(&item.sk)
-                .is_some_and(|k| !k.split('/').any(|seg| seg.starts_with(key::RESERVED_PREFIX)))
+            self.relative(&item.sk).is_some_and(|k| {
+                !k.split('/')
+                    .any(|seg| seg.starts_with(key::RESERVED_PREFIX))
+            })
         });
         items.sort_by(|a, b| a.sk.cmp(&b.sk));
         Ok(items)
@@ -521,7 +519,8 @@ impl Inner {
 
     /// Deletes `full` (a tombstone keeps its version). `Ok(true)` if it was live.
     pub async fn delete_key(&self, full: &str) -> Result<bool> {
-        let condition = format!("attribute_exists(#sk) AND attribute_not_exists(#del) AND {VERSION_BELOW}");
+        let condition =
+            format!("attribute_exists(#sk) AND attribute_not_exists(#del) AND {VERSION_BELOW}");
         let mut floor = 0;
         for _ in 0..VERSION_RETRIES {
             let version = next_version(floor);
@@ -716,6 +715,7 @@ impl Store for DynamoStore {
         &self.inner.caps
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -728,6 +728,7 @@ impl Store for DynamoStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -739,6 +740,7 @@ impl Store for DynamoStore {
             .and_then(|item| self.inner.pair(item)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -746,13 +748,18 @@ impl Store for DynamoStore {
         self.inner.delete_key(&full).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn list(&self, directory: &str, options: ReadOptions) -> Result<Vec<KvPair>> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
-        let items = self.inner.list_items(&directory, options.consistent).await?;
+        let items = self
+            .inner
+            .list_items(&directory, options.consistent)
+            .await?;
         Ok(self.inner.pairs(items))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -776,6 +783,7 @@ impl Store for DynamoStore {
         unreachable!("the loop returns")
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_put(
         &self,
         key: &str,
@@ -807,6 +815,7 @@ impl Store for DynamoStore {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -814,12 +823,14 @@ impl Store for DynamoStore {
         self.inner.delete_if(&full, previous.last_index).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn watch(&self, key: &str, options: ReadOptions) -> Result<WatchStream> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
         Ok(crate::watch::watch_key(self.inner.clone(), key, options))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn watch_tree(&self, directory: &str, options: ReadOptions) -> Result<WatchTreeStream> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
@@ -830,14 +841,19 @@ impl Store for DynamoStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_lock(key, &options)?;
         Ok(crate::lock::new_lock(self.inner.clone(), key, options))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
-        self.inner.tasks.close(self.inner.config.request_timeout).await;
+        self.inner
+            .tasks
+            .close(self.inner.config.request_timeout)
+            .await;
         // The tasks were cancelled; they stop at their next await point. Return once they
         // have, so that `background_tasks()` is 0 when `close` returns.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);

@@ -215,6 +215,10 @@ async fn enable_ttl(client: &Client, config: &Config) -> Result<()> {
         {
             Ok(())
         }
-        Err(err) => Err(sdk_error("update_time_to_live", config.request_timeout, err)),
+        Err(err) => Err(sdk_error(
+            "update_time_to_live",
+            config.request_timeout,
+            err,
+        )),
     }
 }

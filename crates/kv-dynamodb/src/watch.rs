@@ -65,7 +65,12 @@ struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut state = self.inner.hub.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .inner
+            .hub
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         state.subscribers = state.subscribers.saturating_sub(1);
         if state.subscribers == 0 {
             state.tx = None;
@@ -94,9 +99,12 @@ impl Hub {
         }
         let cursors = Cursors::open(inner, arn).await?;
         let (tx, rx) = broadcast::channel(HUB_CAPACITY);
-        let reader = inner
-            .tasks
-            .spawn_owned(read_stream(inner.clone(), arn.to_owned(), cursors, tx.clone()));
+        let reader = inner.tasks.spawn_owned(read_stream(
+            inner.clone(),
+            arn.to_owned(),
+            cursors,
+            tx.clone(),
+        ));
         let mut state = hub.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tx = Some(tx);
         state.reader = Some(reader);
@@ -229,11 +237,11 @@ async fn run<T, M, R, Fut>(
     let mut backoff = poll_interval;
     let mut consistent = first_consistent;
     loop {
-        let error =
-            match session(&inner, &tx, &mut consistent, &mut backoff, &matches, &read).await {
-                Ok(()) => return,
-                Err(error) => error,
-            };
+        let error = match session(&inner, &tx, &mut consistent, &mut backoff, &matches, &read).await
+        {
+            Ok(()) => return,
+            Err(error) => error,
+        };
         if is_terminal(&error) {
             tx.fail(error);
             return;

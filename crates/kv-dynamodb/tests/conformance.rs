@@ -24,15 +24,16 @@ impl Factory {
                  `eval \"$(scripts/servers env)\"`"
             )
         });
-        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
         let namespace = format!("kvt-{:016x}", rand::rng().random::<u64>());
         let config = Config::new(TABLE)
             .endpoint(endpoint)
             .region(var("AWS_REGION", "us-east-1"))
             .static_credentials(
                 var("AWS_ACCESS_KEY_ID", "kvtest"),
-        var("AWS_SECRET_ACCESS_KEY", "kvtest"),
-    )
+                var("AWS_SECRET_ACCESS_KEY", "kvtest"),
+            )
             .namespace(namespace)
             .create_table(true)
             .poll_interval(Duration::from_millis(100))

@@ -110,7 +110,10 @@ async fn list_and_delete_tree_of_10000_keys() {
             let mut item = HashMap::new();
             item.insert("pk".to_owned(), AttributeValue::S(partition(&sk)));
             item.insert("sk".to_owned(), AttributeValue::S(sk));
-            item.insert("value".to_owned(), AttributeValue::B(Blob::new(value.clone())));
+            item.insert(
+                "value".to_owned(),
+                AttributeValue::B(Blob::new(value.clone())),
+            );
             item.insert("version".to_owned(), AttributeValue::N((i + 1).to_string()));
             WriteRequest::builder()
                 .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
@@ -141,14 +144,25 @@ async fn list_and_delete_tree_of_10000_keys() {
         .buffer_unordered(8)
         .collect::<Vec<()>>()
         .await;
-    eprintln!("wrote {KEYS} keys with BatchWriteItem in {:?}", started.elapsed());
+    eprintln!(
+        "wrote {KEYS} keys with BatchWriteItem in {:?}",
+        started.elapsed()
+    );
     // A neighbour that must survive: same partition, prefix of the directory name.
     store
-        .put("bigger/x", Bytes::from_static(b"keep"), WriteOptions::default())
+        .put(
+            "bigger/x",
+            Bytes::from_static(b"keep"),
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     store
-        .put("big", Bytes::from_static(b"dir-key"), WriteOptions::default())
+        .put(
+            "big",
+            Bytes::from_static(b"dir-key"),
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
 
@@ -157,16 +171,32 @@ async fn list_and_delete_tree_of_10000_keys() {
     eprintln!("list of {} keys took {:?}", all.len(), started.elapsed());
     assert_eq!(all.len(), KEYS);
     assert!(all.windows(2).all(|w| w[0].key < w[1].key), "sorted");
-    assert!(all.iter().all(|p| p.key.starts_with("big/g") && p.value.len() == 200));
+    assert!(
+        all.iter()
+            .all(|p| p.key.starts_with("big/g") && p.value.len() == 200)
+    );
     let sub = store.list("big/g03", ReadOptions::default()).await.unwrap();
     assert_eq!(sub.len(), KEYS / 10);
     assert!(sub.iter().all(|p| p.key.starts_with("big/g03/")));
 
     let started = Instant::now();
     store.delete_tree("big").await.unwrap();
-    eprintln!("delete_tree of {} keys took {:?}", KEYS + 1, started.elapsed());
-    assert!(store.list("big", ReadOptions::default()).await.unwrap().is_empty());
-    assert_eq!(store.get("big", ReadOptions::default()).await.unwrap(), None);
+    eprintln!(
+        "delete_tree of {} keys took {:?}",
+        KEYS + 1,
+        started.elapsed()
+    );
+    assert!(
+        store
+            .list("big", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.get("big", ReadOptions::default()).await.unwrap(),
+        None
+    );
     assert_eq!(
         store
             .get("bigger/x", ReadOptions::default())
@@ -178,12 +208,23 @@ async fn list_and_delete_tree_of_10000_keys() {
     );
     // The tombstones kept the versions: a re-created key's index is above the old one.
     let again = store
-        .atomic_put("big/g00/k00000", Bytes::from_static(b"again"), None, WriteOptions::default())
+        .atomic_put(
+            "big/g00/k00000",
+            Bytes::from_static(b"again"),
+            None,
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert!(again.last_index > 1);
     store.delete_tree("").await.unwrap();
-    assert!(store.list("", ReadOptions::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.close().await.unwrap();
 }
 
@@ -198,16 +239,30 @@ async fn value_limit_is_just_below_the_item_limit() {
     let key: String = "k".repeat(caps.max_key_len);
     let value = Bytes::from(vec![7u8; caps.max_value_len]);
     store
-        .put(&key, value.clone(), WriteOptions::with_ttl(Duration::from_secs(60)))
+        .put(
+            &key,
+            value.clone(),
+            WriteOptions::with_ttl(Duration::from_secs(60)),
+        )
         .await
         .expect("a value at the limit with the longest key and a TTL fits");
     assert_eq!(
-        store.get(&key, ReadOptions::default()).await.unwrap().unwrap().value,
+        store
+            .get(&key, ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
         value
     );
     store.delete(&key).await.unwrap();
     let mut lock = store
-        .new_lock(&key, LockOptions::default().value(value.clone()).ttl(Duration::from_secs(5)))
+        .new_lock(
+            &key,
+            LockOptions::default()
+                .value(value.clone())
+                .ttl(Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     lock.lock().await.expect("a lock value at the limit fits");
@@ -219,7 +274,9 @@ async fn value_limit_is_just_below_the_item_limit() {
         Err(Error::ValueTooLarge { .. })
     ));
     assert!(matches!(
-        store.put(&format!("{key}x"), Bytes::new(), WriteOptions::default()).await,
+        store
+            .put(&format!("{key}x"), Bytes::new(), WriteOptions::default())
+            .await,
         Err(Error::InvalidKey { .. })
     ));
     // The server's limit is real: an item above 400 KB is refused by DynamoDB itself.
@@ -230,7 +287,10 @@ async fn value_limit_is_just_below_the_item_limit() {
         .table_name(TABLE)
         .item("pk", AttributeValue::S(partition(&sk)))
         .item("sk", AttributeValue::S(sk))
-        .item("value", AttributeValue::B(Blob::new(vec![0u8; 400 * 1024 + 1])))
+        .item(
+            "value",
+            AttributeValue::B(Blob::new(vec![0u8; 400 * 1024 + 1])),
+        )
         .send()
         .await;
     assert!(refused.is_err(), "DynamoDB accepted an item over 400 KB");
@@ -243,15 +303,31 @@ async fn storage_layout_is_readable_by_other_clients() {
     let store = store(config.clone()).await;
     let value = Bytes::from_static(b"\x00plain\xffbytes");
     store
-        .put("app/conf", value.clone(), WriteOptions::with_ttl(Duration::from_secs(30)))
+        .put(
+            "app/conf",
+            value.clone(),
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        )
         .await
         .unwrap();
-    let pair = store.get("app/conf", ReadOptions::default()).await.unwrap().unwrap();
+    let pair = store
+        .get("app/conf", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     let sk = sort_key(&config, "app/conf");
     let item = raw_item(&store, &sk).await.expect("the raw item");
-    assert_eq!(item["pk"].as_s().unwrap(), &config.namespace, "pk = first segment");
+    assert_eq!(
+        item["pk"].as_s().unwrap(),
+        &config.namespace,
+        "pk = first segment"
+    );
     assert_eq!(item["sk"].as_s().unwrap(), &sk, "sk = the full key");
-    assert_eq!(item["value"].as_b().unwrap().as_ref(), &value[..], "plain bytes");
+    assert_eq!(
+        item["value"].as_b().unwrap().as_ref(),
+        &value[..],
+        "plain bytes"
+    );
     assert_eq!(n(&item, "version"), pair.last_index);
     let deadline = n(&item, "deadline_ms");
     assert!(deadline > ttl::now_millis() + 20_000);
@@ -277,7 +353,11 @@ async fn storage_layout_is_readable_by_other_clients() {
         .send()
         .await
         .unwrap();
-    let got = store.get("app/from-cli", ReadOptions::default()).await.unwrap().unwrap();
+    let got = store
+        .get("app/from-cli", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((got.value.as_ref(), got.last_index), (&b"hello"[..], 7));
     // Even without a version (text value): last_index 1, and CAS works on it.
     let sk3 = sort_key(&config, "app/bare");
@@ -291,26 +371,47 @@ async fn storage_layout_is_readable_by_other_clients() {
         .send()
         .await
         .unwrap();
-    let bare = store.get("app/bare", ReadOptions::default()).await.unwrap().unwrap();
+    let bare = store
+        .get("app/bare", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((bare.value.as_ref(), bare.last_index), (&b"text"[..], 1));
     let swapped = store
-        .atomic_put("app/bare", Bytes::from_static(b"v2"), Some(&bare), WriteOptions::default())
+        .atomic_put(
+            "app/bare",
+            Bytes::from_static(b"v2"),
+            Some(&bare),
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert!(swapped.last_index > 1);
     store.atomic_delete("app/bare", &swapped).await.unwrap();
 
     // A delete leaves a tombstone that keeps the version and expires a day later.
-    let before = store.get("app/conf", ReadOptions::default()).await.unwrap().unwrap();
+    let before = store
+        .get("app/conf", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(store.delete("app/conf").await.unwrap());
-    let tomb = raw_item(&store, &sort_key(&config, "app/conf")).await.unwrap();
+    let tomb = raw_item(&store, &sort_key(&config, "app/conf"))
+        .await
+        .unwrap();
     assert_eq!(tomb["deleted"], AttributeValue::Bool(true));
     assert!(!tomb.contains_key("value"));
     assert!(n(&tomb, "version") > before.last_index);
     let day = ttl::now_millis() / 1000 + 24 * 3600;
     assert!(n(&tomb, "expires_at").abs_diff(day) < 60);
-    assert!(!store.delete("app/conf").await.unwrap(), "a tombstone is absent");
-    assert_eq!(store.get("app/conf", ReadOptions::default()).await.unwrap(), None);
+    assert!(
+        !store.delete("app/conf").await.unwrap(),
+        "a tombstone is absent"
+    );
+    assert_eq!(
+        store.get("app/conf", ReadOptions::default()).await.unwrap(),
+        None
+    );
     let keys: Vec<String> = store
         .list("app", ReadOptions::default())
         .await
@@ -344,13 +445,25 @@ async fn expired_items_not_yet_removed_are_absent_everywhere() {
         .item("value", AttributeValue::B(Blob::new(b"stale".to_vec())))
         .item("version", AttributeValue::N("5".into()))
         .item("deadline_ms", AttributeValue::N(past.to_string()))
-        .item("expires_at", AttributeValue::N((past / 1000 + 3600).to_string()))
+        .item(
+            "expires_at",
+            AttributeValue::N((past / 1000 + 3600).to_string()),
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(store.get("exp/k", ReadOptions::default()).await.unwrap(), None);
+    assert_eq!(
+        store.get("exp/k", ReadOptions::default()).await.unwrap(),
+        None
+    );
     assert!(!store.exists("exp/k", ReadOptions::default()).await.unwrap());
-    assert!(store.list("exp", ReadOptions::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list("exp", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let stale = KvPair::new("exp/k", "stale", 5);
     assert!(matches!(
         store.atomic_delete("exp/k", &stale).await,
@@ -358,14 +471,24 @@ async fn expired_items_not_yet_removed_are_absent_everywhere() {
     ));
     assert!(matches!(
         store
-            .atomic_put("exp/k", Bytes::from_static(b"x"), Some(&stale), WriteOptions::default())
+            .atomic_put(
+                "exp/k",
+                Bytes::from_static(b"x"),
+                Some(&stale),
+                WriteOptions::default()
+            )
             .await,
         Err(Error::KeyNotFound { .. })
     ));
     assert!(!store.delete("exp/k").await.unwrap());
     // Create-only treats it as absent, and the version still rises past it.
     let created = store
-        .atomic_put("exp/k", Bytes::from_static(b"new"), None, WriteOptions::default())
+        .atomic_put(
+            "exp/k",
+            Bytes::from_static(b"new"),
+            None,
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert!(created.last_index > 5);
@@ -384,7 +507,10 @@ async fn expired_items_not_yet_removed_are_absent_everywhere() {
         .send()
         .await
         .unwrap();
-    let mut lock = store.new_lock("exp/lock", LockOptions::default()).await.unwrap();
+    let mut lock = store
+        .new_lock("exp/lock", LockOptions::default())
+        .await
+        .unwrap();
     let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock())
         .await
         .expect("a dead holder's lock is free")
@@ -402,7 +528,8 @@ async fn table_creation_is_idempotent_and_enables_stream_and_ttl() {
     let missing = DynamoStore::connect(base.clone().create_table(false)).await;
     assert!(matches!(missing, Err(Error::Config(_))), "{missing:?}");
     // Four handles race to create it.
-    let handles = futures::future::join_all((0..4).map(|_| DynamoStore::connect(base.clone()))).await;
+    let handles =
+        futures::future::join_all((0..4).map(|_| DynamoStore::connect(base.clone()))).await;
     let stores: Vec<DynamoStore> = handles.into_iter().map(|h| h.expect("connect")).collect();
     assert!(stores.iter().all(DynamoStore::watches_use_streams));
     let client = stores[0].client().clone();
@@ -428,7 +555,12 @@ async fn table_creation_is_idempotent_and_enables_stream_and_ttl() {
         s.close().await.unwrap();
     }
     again.close().await.unwrap();
-    client.delete_table().table_name(&table).send().await.unwrap();
+    client
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
 
     // A table with another key schema is refused.
     let wrong = random("kv_wrong");
@@ -455,7 +587,12 @@ async fn table_creation_is_idempotent_and_enables_stream_and_ttl() {
         .unwrap();
     let refused = DynamoStore::connect(config(&wrong)).await;
     assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
-    client.delete_table().table_name(&wrong).send().await.unwrap();
+    client
+        .delete_table()
+        .table_name(&wrong)
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,14 +631,20 @@ async fn without_a_stream_watches_poll() {
     let writer = store(cfg.clone()).await;
     assert!(!watcher.watches_use_streams());
     let mut watch = watcher.watch("w/k", ReadOptions::default()).await.unwrap();
-    let mut tree = watcher.watch_tree("w", ReadOptions::default()).await.unwrap();
+    let mut tree = watcher
+        .watch_tree("w", ReadOptions::default())
+        .await
+        .unwrap();
     assert_eq!(next(&mut watch, "first").await, None);
     assert!(next(&mut tree, "first tree").await.is_empty());
     writer
         .put("w/k", Bytes::from_static(b"1"), WriteOptions::default())
         .await
         .unwrap();
-    assert_eq!(next(&mut watch, "put").await.unwrap().value, Bytes::from_static(b"1"));
+    assert_eq!(
+        next(&mut watch, "put").await.unwrap().value,
+        Bytes::from_static(b"1")
+    );
     assert_eq!(next(&mut tree, "put tree").await.len(), 1);
     writer.delete("w/k").await.unwrap();
     assert_eq!(next(&mut watch, "delete").await, None);
@@ -509,7 +652,12 @@ async fn without_a_stream_watches_poll() {
     watcher.close().await.unwrap();
     writer.close().await.unwrap();
     creator.close().await.unwrap();
-    client.delete_table().table_name(&table).send().await.unwrap();
+    client
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,7 +668,10 @@ async fn streams_watch_sees_another_handles_writes_and_polling_mode_too() {
         let writer = store(cfg.clone()).await;
         assert_eq!(watcher.watches_use_streams(), mode == WatchMode::Auto);
         let mut watch = watcher.watch("s/k", ReadOptions::default()).await.unwrap();
-        let mut tree = watcher.watch_tree("s", ReadOptions::default()).await.unwrap();
+        let mut tree = watcher
+            .watch_tree("s", ReadOptions::default())
+            .await
+            .unwrap();
         assert_eq!(next(&mut watch, "first").await, None);
         assert!(next(&mut tree, "first tree").await.is_empty());
         let started = Instant::now();
@@ -529,7 +680,10 @@ async fn streams_watch_sees_another_handles_writes_and_polling_mode_too() {
             .await
             .unwrap();
         let seen = next(&mut watch, "put").await.unwrap();
-        eprintln!("{mode:?}: a write by another handle seen after {:?}", started.elapsed());
+        eprintln!(
+            "{mode:?}: a write by another handle seen after {:?}",
+            started.elapsed()
+        );
         assert_eq!(seen.value, Bytes::from_static(b"1"));
         assert_eq!(next(&mut tree, "put tree").await[0].key, "s/k");
         // A key outside the subtree (same partition) does not disturb it.
@@ -538,14 +692,25 @@ async fn streams_watch_sees_another_handles_writes_and_polling_mode_too() {
             .await
             .unwrap();
         writer
-            .put("s/k", Bytes::from_static(b"2"), WriteOptions::with_ttl(Duration::from_secs(1)))
+            .put(
+                "s/k",
+                Bytes::from_static(b"2"),
+                WriteOptions::with_ttl(Duration::from_secs(1)),
+            )
             .await
             .unwrap();
-        assert_eq!(next(&mut watch, "ttl put").await.unwrap().value, Bytes::from_static(b"2"));
+        assert_eq!(
+            next(&mut watch, "ttl put").await.unwrap().value,
+            Bytes::from_static(b"2")
+        );
         // Expiry is reported on time although no stream record comes for it.
         let started = Instant::now();
         assert_eq!(next(&mut watch, "expiry").await, None);
-        assert!(started.elapsed() < Duration::from_millis(1_800), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1_800),
+            "{:?}",
+            started.elapsed()
+        );
         watcher.close().await.unwrap();
         writer.close().await.unwrap();
     }
@@ -556,9 +721,15 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
     let store = Arc::new(store(config(TABLE)).await);
     assert_eq!(store.background_tasks(), 0);
     let watch = store.watch("bg/k", ReadOptions::default()).await.unwrap();
-    let tree = store.watch_tree("bg", ReadOptions::default()).await.unwrap();
+    let tree = store
+        .watch_tree("bg", ReadOptions::default())
+        .await
+        .unwrap();
     let mut lock = store
-        .new_lock("bg/lock", LockOptions::default().ttl(Duration::from_secs(2)))
+        .new_lock(
+            "bg/lock",
+            LockOptions::default().ttl(Duration::from_secs(2)),
+        )
         .await
         .unwrap();
     lock.lock().await.unwrap();
@@ -569,15 +740,25 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
     eventually(|| store.background_tasks() == 3).await;
     drop(lock);
     eventually(|| store.background_tasks() == 2).await;
-    assert_eq!(store.get("bg/lock", ReadOptions::default()).await.unwrap(), None, "released");
-    let mut lock = store.new_lock("bg/lock", LockOptions::default()).await.unwrap();
+    assert_eq!(
+        store.get("bg/lock", ReadOptions::default()).await.unwrap(),
+        None,
+        "released"
+    );
+    let mut lock = store
+        .new_lock("bg/lock", LockOptions::default())
+        .await
+        .unwrap();
     lock.lock().await.unwrap();
     let mut tree = tree;
     let other = self::store(store.config().clone()).await;
     store.close().await.unwrap();
     assert_eq!(store.background_tasks(), 0);
     assert!(matches!(tree.next().await, Some(Err(Error::Closed)) | None));
-    assert_eq!(other.get("bg/lock", ReadOptions::default()).await.unwrap(), None);
+    assert_eq!(
+        other.get("bg/lock", ReadOptions::default()).await.unwrap(),
+        None
+    );
     assert!(matches!(
         store.get("bg/k", ReadOptions::default()).await,
         Err(Error::Closed)
@@ -608,7 +789,10 @@ async fn a_dead_endpoint_is_a_typed_error_quickly() {
         .max_attempts(1);
     let started = Instant::now();
     let result = DynamoStore::connect(dead).await;
-    assert!(matches!(result, Err(Error::Unavailable { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // Something accepts but never answers: a timeout, not a hang.
@@ -639,12 +823,17 @@ async fn connects_from_a_url() {
         endpoint(),
         random("url")
     );
-    let store = DynamoStore::connect(Config::from_url(&url).unwrap()).await.unwrap();
+    let store = DynamoStore::connect(Config::from_url(&url).unwrap())
+        .await
+        .unwrap();
     store
         .put("a/b", Bytes::from_static(b"v"), WriteOptions::default())
         .await
         .unwrap();
-    assert_eq!(store.list("", ReadOptions::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        store.list("", ReadOptions::default()).await.unwrap().len(),
+        1
+    );
     store.close().await.unwrap();
 }
 
@@ -654,7 +843,10 @@ async fn credentials_the_server_refuses_are_permission_denied() {
     // other than letters and digits, as AWS refuses unknown keys.
     let refused = config(TABLE).static_credentials("not-a-valid-key!", "secret");
     let result = DynamoStore::connect(refused).await;
-    assert!(matches!(result, Err(Error::PermissionDenied { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::PermissionDenied { .. })),
+        "{result:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,24 +856,46 @@ async fn delete_tree_up_to_100_keys_is_one_transaction_and_beyond_uses_batches()
         let store_ref = &store;
         let writes = (0..count).map(|i| async move {
             store_ref
-                .put(&format!("{dir}/k{i:03}"), Bytes::from_static(b"v"), WriteOptions::default())
+                .put(
+                    &format!("{dir}/k{i:03}"),
+                    Bytes::from_static(b"v"),
+                    WriteOptions::default(),
+                )
                 .await
         });
         for result in futures::future::join_all(writes).await {
             result.unwrap();
         }
         store
-            .put(&format!("{dir}x"), Bytes::from_static(b"neighbour"), WriteOptions::default())
+            .put(
+                &format!("{dir}x"),
+                Bytes::from_static(b"neighbour"),
+                WriteOptions::default(),
+            )
             .await
             .unwrap();
-        assert_eq!(store.list(dir, ReadOptions::default()).await.unwrap().len(), count);
+        assert_eq!(
+            store.list(dir, ReadOptions::default()).await.unwrap().len(),
+            count
+        );
         // A watcher sees the transaction's effect as one snapshot.
         let mut tree = store.watch_tree(dir, ReadOptions::default()).await.unwrap();
         assert_eq!(next(&mut tree, "first").await.len(), count);
         store.delete_tree(dir).await.unwrap();
-        assert!(store.list(dir, ReadOptions::default()).await.unwrap().is_empty());
+        assert!(
+            store
+                .list(dir, ReadOptions::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(next(&mut tree, "after delete_tree").await.is_empty() || count > 100);
-        assert!(store.exists(&format!("{dir}x"), ReadOptions::default()).await.unwrap());
+        assert!(
+            store
+                .exists(&format!("{dir}x"), ReadOptions::default())
+                .await
+                .unwrap()
+        );
     }
     store.close().await.unwrap();
 }
@@ -743,17 +957,29 @@ async fn tls_with_a_private_ca() {
     // Trusting the CA: everything works through TLS.
     let store = store(https.clone().ca_file(ca)).await;
     store
-        .put("tls/k", Bytes::from_static(b"secure"), WriteOptions::default())
+        .put(
+            "tls/k",
+            Bytes::from_static(b"secure"),
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
-        store.get("tls/k", ReadOptions::default()).await.unwrap().unwrap().value,
+        store
+            .get("tls/k", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
         Bytes::from_static(b"secure")
     );
     store.close().await.unwrap();
     // Without it, the certificate is refused: a typed error, not a hang.
     let refused = DynamoStore::connect(https.clone()).await;
-    assert!(matches!(refused, Err(Error::Unavailable { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::Unavailable { .. })),
+        "{refused:?}"
+    );
     // A CA file that cannot be read is a configuration error.
     let missing = DynamoStore::connect(https.ca_file("/nonexistent/ca.pem")).await;
     assert!(matches!(missing, Err(Error::Config(_))), "{missing:?}");

@@ -196,6 +196,7 @@ impl Store for EtcdStore {
         &self.caps
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
@@ -217,6 +218,7 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
@@ -231,6 +233,7 @@ impl Store for EtcdStore {
         Ok(response.kvs().first().and_then(|kv| inner.to_pair(kv)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
@@ -241,6 +244,7 @@ impl Store for EtcdStore {
         Ok(response.deleted() > 0)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn exists(&self, key: &str, options: ReadOptions) -> Result<bool> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
@@ -255,6 +259,7 @@ impl Store for EtcdStore {
         Ok(response.count() > 0)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn list(&self, directory: &str, options: ReadOptions) -> Result<Vec<KvPair>> {
         let inner = self.inner()?;
         let directory = self.caps.check_directory(directory)?;
@@ -265,6 +270,7 @@ impl Store for EtcdStore {
         Ok(kvs.iter().filter_map(|kv| inner.to_pair(kv)).collect())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         let inner = self.inner()?;
         let directory = self.caps.check_directory(directory)?;
@@ -281,6 +287,7 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_put(
         &self,
         key: &str,
@@ -329,6 +336,7 @@ impl Store for EtcdStore {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
@@ -352,6 +360,7 @@ impl Store for EtcdStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn watch(&self, key: &str, options: ReadOptions) -> Result<WatchStream> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
@@ -361,6 +370,7 @@ impl Store for EtcdStore {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn watch_tree(&self, directory: &str, options: ReadOptions) -> Result<WatchTreeStream> {
         let inner = self.inner()?;
         let directory = self.caps.check_directory(directory)?;
@@ -371,6 +381,7 @@ impl Store for EtcdStore {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let inner = self.inner()?;
         let key = self.caps.check_lock(key, &options)?;
@@ -378,6 +389,7 @@ impl Store for EtcdStore {
         Ok(Lock::new(key, Arc::new(backend), self.tasks.clone()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
         // Releases held locks (their own connection handles stay usable for that), then
         // cancels every task.

@@ -665,6 +665,7 @@ impl Store for RedisStore {
         &self.inner.caps
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -684,6 +685,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &str, _options: ReadOptions) -> Result<Option<KvPair>> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -691,6 +693,7 @@ impl Store for RedisStore {
         Ok(inner.read(&key).await?.map(|f| f.pair))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -698,6 +701,7 @@ impl Store for RedisStore {
         inner.delete_key(&key).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn exists(&self, key: &str, _options: ReadOptions) -> Result<bool> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -709,6 +713,7 @@ impl Store for RedisStore {
         Ok(n == 1)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn list(&self, directory: &str, _options: ReadOptions) -> Result<Vec<KvPair>> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -721,6 +726,7 @@ impl Store for RedisStore {
             .collect())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -737,6 +743,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_put(
         &self,
         key: &str,
@@ -772,6 +779,7 @@ impl Store for RedisStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -793,6 +801,7 @@ impl Store for RedisStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn watch(&self, key: &str, _options: ReadOptions) -> Result<WatchStream> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -800,6 +809,7 @@ impl Store for RedisStore {
         crate::watch::watch_key(inner.clone(), key).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn watch_tree(&self, directory: &str, _options: ReadOptions) -> Result<WatchTreeStream> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -807,6 +817,7 @@ impl Store for RedisStore {
         crate::watch::watch_tree(inner.clone(), dir).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -814,6 +825,7 @@ impl Store for RedisStore {
         Ok(crate::lock::new_lock(inner.clone(), key, options))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.tasks.is_closed() {

@@ -822,6 +822,7 @@ impl Store for ZookeeperStore {
         &self.inner.caps
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -835,6 +836,7 @@ impl Store for ZookeeperStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -844,6 +846,7 @@ impl Store for ZookeeperStore {
         Ok(inner.read_key(&client, &key).await?.pair(&key))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -852,6 +855,7 @@ impl Store for ZookeeperStore {
         inner.delete_key(&client, &key, |_| Ok(()), true).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn list(&self, directory: &str, options: ReadOptions) -> Result<Vec<KvPair>> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -862,6 +866,7 @@ impl Store for ZookeeperStore {
         Ok(found.into_iter().map(|(pair, _)| pair).collect())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -910,6 +915,7 @@ impl Store for ZookeeperStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_put(
         &self,
         key: &str,
@@ -931,6 +937,7 @@ impl Store for ZookeeperStore {
         Ok(KvPair::new(key, value, stat.mzxid as u64))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -955,6 +962,7 @@ impl Store for ZookeeperStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn watch(&self, key: &str, options: ReadOptions) -> Result<WatchStream> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -963,6 +971,7 @@ impl Store for ZookeeperStore {
         Ok(crate::watch::watch_key(inner.clone(), key))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
     async fn watch_tree(&self, directory: &str, options: ReadOptions) -> Result<WatchTreeStream> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -971,6 +980,7 @@ impl Store for ZookeeperStore {
         Ok(crate::watch::watch_tree(inner.clone(), directory))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
@@ -978,6 +988,7 @@ impl Store for ZookeeperStore {
         Ok(crate::lock::new_lock(inner.clone(), key, options))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
         self.inner.close().await;
         Ok(())
