@@ -131,3 +131,6 @@ mod watch;
 
 pub use config::{Config, ConfigBuilder, Durability};
 pub use store::BoltStore;
+/// The contract this crate implements, re-exported so that depending on this crate alone is
+/// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
+pub use kv_core;

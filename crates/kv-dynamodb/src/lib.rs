@@ -207,3 +207,6 @@ pub use item::{
     ATTR_VERSION,
 };
 pub use store::DynamoStore;
+/// The contract this crate implements, re-exported so that depending on this crate alone is
+/// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
+pub use kv_core;
