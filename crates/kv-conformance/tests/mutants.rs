@@ -768,7 +768,7 @@ mutants! {
         lock_contenders_never_overlap: "two holders at once|contended should exist",
     ];
     unlock_leaves_the_value_behind: UnlockLeavesValue => [
-        lock_unlock_relock: "acquired in time",
+        lock_unlock_relock: "unlock deletes the lock's key at once",
     ];
     background_tasks_is_always_zero: BackgroundTasksZero => [
         dropping_a_watch_stops_its_task: "a live watch runs a task",
