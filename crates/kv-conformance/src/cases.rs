@@ -672,18 +672,7 @@ pub async fn ttl_expires_for_every_reader(factory: &dyn StoreFactory) {
     let reader = connect(factory).await;
     let caps = writer.capabilities().clone();
     let p = unique_prefix("ttl_expires_for_every_reader");
-    if !caps.ttl {
-        assert_err(
-            writer
-                .put(
-                    &format!("{p}/k"),
-                    "v".into(),
-                    WriteOptions::with_ttl(Duration::from_secs(5)),
-                )
-                .await,
-            "ttl claimed unsupported",
-            |e| matches!(e, Error::NotSupported { .. }),
-        );
+    if lacks(&*writer, &[Capability::Ttl]).await {
         return;
     }
     let ttl = key_ttl(&caps);
@@ -768,7 +757,7 @@ pub async fn ttl_range_is_checked(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
     let caps = store.capabilities().clone();
     let key = format!("{}/k", unique_prefix("ttl_range_is_checked"));
-    if !caps.ttl {
+    if lacks(&*store, &[Capability::Ttl]).await {
         return;
     }
     let invalid = |e: &Error| matches!(e, Error::InvalidOption(_));
@@ -806,12 +795,7 @@ pub async fn watch_reports_every_change(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
     let writer = connect(factory).await;
     let key = format!("{}/testWatch", unique_prefix("watch_reports_every_change"));
-    if !store.capabilities().watch {
-        assert_err(
-            store.watch(&key, ReadOptions::default()).await.map(|_| ()),
-            "watch claimed unsupported",
-            |e| matches!(e, Error::NotSupported { .. }),
-        );
+    if lacks(&*store, &[Capability::Watch]).await {
         return;
     }
     put(&*store, &key, "world").await;
@@ -865,7 +849,7 @@ pub async fn watch_reports_every_change(factory: &dyn StoreFactory) {
 /// Watching a missing key starts with `None` and then sees it appear.
 pub async fn watch_missing_key(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
-    if !store.capabilities().watch {
+    if lacks(&*store, &[Capability::Watch]).await {
         return;
     }
     let key = format!("{}/later", unique_prefix("watch_missing_key"));
@@ -893,7 +877,7 @@ pub async fn watch_missing_key(factory: &dyn StoreFactory) {
 pub async fn watch_sees_expiry(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
     let caps = store.capabilities().clone();
-    if !caps.watch || !caps.ttl {
+    if lacks(&*store, &[Capability::Watch, Capability::Ttl]).await {
         return;
     }
     let key = format!("{}/ephemeral", unique_prefix("watch_sees_expiry"));
@@ -921,7 +905,7 @@ pub async fn watch_sees_expiry(factory: &dyn StoreFactory) {
 /// never sees a value go backwards.
 pub async fn watch_burst_ends_on_final_value(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
-    if !store.capabilities().watch {
+    if lacks(&*store, &[Capability::Watch]).await {
         return;
     }
     let writer = connect(factory).await;
@@ -971,15 +955,7 @@ pub async fn watch_tree_snapshots(factory: &dyn StoreFactory) {
     let writer = connect(factory).await;
     let p = unique_prefix("watch_tree_snapshots");
     let dir = format!("{p}/testWatchTree");
-    if !store.capabilities().watch_tree {
-        assert_err(
-            store
-                .watch_tree(&dir, ReadOptions::default())
-                .await
-                .map(|_| ()),
-            "watch_tree claimed unsupported",
-            |e| matches!(e, Error::NotSupported { .. }),
-        );
+    if lacks(&*store, &[Capability::WatchTree]).await {
         return;
     }
     for i in [3, 1, 2] {
@@ -1045,7 +1021,7 @@ pub async fn watch_tree_snapshots(factory: &dyn StoreFactory) {
 pub async fn watch_tree_missing_directory_and_expiry(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
     let caps = store.capabilities().clone();
-    if !caps.watch_tree {
+    if lacks(&*store, &[Capability::WatchTree]).await {
         return;
     }
     let dir = format!(
@@ -1090,8 +1066,7 @@ pub async fn watch_tree_missing_directory_and_expiry(factory: &dyn StoreFactory)
 /// Dropping a watch stream stops its background work.
 pub async fn dropping_a_watch_stops_its_task(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
-    let caps = store.capabilities().clone();
-    if !caps.watch || !caps.watch_tree {
+    if lacks(&*store, &[Capability::Watch, Capability::WatchTree]).await {
         return;
     }
     let p = unique_prefix("dropping_a_watch_stops_its_task");
@@ -1125,12 +1100,7 @@ pub async fn lock_unlock_relock(factory: &dyn StoreFactory) {
     let other = connect(factory).await;
     let caps = store.capabilities().clone();
     let key = format!("{}/testLockUnlock", unique_prefix("lock_unlock_relock"));
-    if !caps.locks {
-        assert_err(
-            store.new_lock(&key, LockOptions::default()).await,
-            "locks claimed unsupported",
-            |e| matches!(e, Error::NotSupported { .. }),
-        );
+    if lacks(&*store, &[Capability::Locks]).await {
         return;
     }
     let options = LockOptions::default().value("bar").ttl(lock_ttl(&caps));
@@ -1199,7 +1169,7 @@ pub async fn lock_waits_for_release(factory: &dyn StoreFactory) {
     let b = connect(factory).await;
     let c = connect(factory).await;
     let caps = a.capabilities().clone();
-    if !caps.locks {
+    if lacks(&*a, &[Capability::Locks]).await {
         return;
     }
     let key = format!("{}/testLockWait", unique_prefix("lock_waits_for_release"));
@@ -1261,7 +1231,7 @@ pub async fn lock_renewal_keeps_it_held(factory: &dyn StoreFactory) {
     let holder = connect(factory).await;
     let other = connect(factory).await;
     let caps = holder.capabilities().clone();
-    if !caps.locks {
+    if lacks(&*holder, &[Capability::Locks]).await {
         return;
     }
     let key = format!(
@@ -1301,8 +1271,9 @@ pub async fn lock_renewal_keeps_it_held(factory: &dyn StoreFactory) {
 pub async fn lock_contenders_never_overlap(factory: &dyn StoreFactory) {
     const CLIENTS: usize = 3;
     const ROUNDS: usize = 3;
-    let caps = connect(factory).await.capabilities().clone();
-    if !caps.locks {
+    let probe = connect(factory).await;
+    let caps = probe.capabilities().clone();
+    if lacks(&*probe, &[Capability::Locks]).await {
         return;
     }
     let key = format!(
@@ -1359,7 +1330,7 @@ pub async fn lock_lost_when_key_deleted(factory: &dyn StoreFactory) {
     let holder = connect(factory).await;
     let intruder = connect(factory).await;
     let caps = holder.capabilities().clone();
-    if !caps.locks {
+    if lacks(&*holder, &[Capability::Locks]).await {
         return;
     }
     let key = format!("{}/stolen", unique_prefix("lock_lost_when_key_deleted"));

@@ -138,3 +138,68 @@ pub fn assert_err<T: std::fmt::Debug>(
         other => panic!("{what}: unexpected outcome {other:?}"),
     }
 }
+
+/// A capability a backend may declare absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// `watch`.
+    Watch,
+    /// `watch_tree`.
+    WatchTree,
+    /// `new_lock`.
+    Locks,
+    /// `WriteOptions::ttl`.
+    Ttl,
+}
+
+/// True when the store declares one of `needed` unsupported — after checking that each such
+/// call really fails with `NotSupported`, which is then the case's whole verdict. It prints a
+/// `conformance: <backend> declares <call> unsupported` line, which `scripts/matrix` reads (run
+/// with `--nocapture`) so that the feature matrix never shows such a call as working.
+pub async fn lacks(store: &dyn Store, needed: &[Capability]) -> bool {
+    let caps = store.capabilities().clone();
+    let mut missing = false;
+    for &capability in needed {
+        let declared = match capability {
+            Capability::Watch => caps.watch,
+            Capability::WatchTree => caps.watch_tree,
+            Capability::Locks => caps.locks,
+            Capability::Ttl => caps.ttl,
+        };
+        if declared {
+            continue;
+        }
+        missing = true;
+        let key = format!("{}/k", unique_prefix("unsupported"));
+        let outcome = match capability {
+            Capability::Watch => store.watch(&key, ReadOptions::default()).await.map(|_| ()),
+            Capability::WatchTree => store
+                .watch_tree(&key, ReadOptions::default())
+                .await
+                .map(|_| ()),
+            Capability::Locks => store
+                .new_lock(&key, kv_core::LockOptions::default())
+                .await
+                .map(|_| ()),
+            Capability::Ttl => {
+                store
+                    .put(
+                        &key,
+                        "v".into(),
+                        WriteOptions::with_ttl(Duration::from_secs(30)),
+                    )
+                    .await
+            }
+        };
+        assert_err(
+            outcome,
+            &format!("{capability:?} declared unsupported"),
+            |e| matches!(e, Error::NotSupported { .. }),
+        );
+        println!(
+            "conformance: {} declares {capability:?} unsupported",
+            caps.backend
+        );
+    }
+    missing
+}

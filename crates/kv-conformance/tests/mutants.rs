@@ -754,7 +754,7 @@ mutants! {
         watch_tree_snapshots: "a child deleted: nothing within",
     ];
     watch_declared_unsupported_but_served: DeclaresNoWatch => [
-        watch_reports_every_change: "watch claimed unsupported",
+        watch_reports_every_change: "Watch declared unsupported",
         capabilities_are_honest: "watch: unexpected outcome Ok",
     ];
     invalid_keys_are_repaired_not_rejected: InvalidKeysAccepted => [
