@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kv_core::url::{decode_query_value, percent_decode};
 use kv_core::{Error, Result};
 
 /// When written data reaches the disk.
@@ -127,13 +128,14 @@ impl Config {
         } else {
             location.to_owned()
         };
-        let path = percent_decode(&path, url)?;
+        let path = percent_decode(&path).map_err(|e| Error::Config(format!("{url:?}: {e}")))?;
         if !path.is_empty() {
             builder = builder.path(path);
         }
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value, url)?;
+            let value =
+                decode_query_value(value).map_err(|e| Error::Config(format!("{url:?}: {e}")))?;
             let number = |what: &str| -> Result<u64> {
                 value.parse::<u64>().map_err(|_| {
                     Error::Config(format!(
@@ -179,26 +181,6 @@ impl Config {
     pub(crate) fn key_prefix(&self) -> String {
         kv_core::key::child_prefix(&self.namespace)
     }
-}
-
-fn percent_decode(text: &str, url: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::Config(format!("{url:?}: bad percent-escape")))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::Config(format!("{url:?}: not UTF-8 after decoding")))
 }
 
 /// Builds a [`Config`]; [`build`](Self::build) validates it.

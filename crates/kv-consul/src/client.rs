@@ -506,7 +506,7 @@ impl Client {
             .ok()?;
         let parsed: Json = serde_json::from_slice(&response.body).ok()?;
         let text = parsed.get("DebugConfig")?.get("SessionTTLMin")?.as_str()?;
-        crate::config::parse_duration(text)
+        kv_core::url::parse_duration(text)
     }
 }
 

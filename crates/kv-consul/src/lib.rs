@@ -131,7 +131,7 @@ mod store;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, TlsConfig};
-pub use store::{ConsulStore, MAX_VALUE_LEN};
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
+pub use store::{ConsulStore, MAX_VALUE_LEN};

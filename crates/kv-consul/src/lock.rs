@@ -76,7 +76,7 @@ impl ConsulLock {
     ) -> Result<Acquired> {
         let client = &self.inner.client;
         let mut index = 0u64;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = kv_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut conflicts = 0u32;
         loop {
             let block = (index > 0).then_some((index, client.watch_wait));
@@ -90,15 +90,14 @@ impl ConsulLock {
                 Err(error) => {
                     tracing::debug!(%error, "lock wait query failed, retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = abandon.cancelled() => return Err(Error::Closed),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     index = 0;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             index = if new_index < index { 0 } else { new_index };
             let attempt = match &entry {
                 None => Some((Cond::NotExists, None)),
@@ -195,14 +194,14 @@ async fn watch_held(
 ) {
     let client = &inner.client;
     let mut index = token;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = kv_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match client
             .kv_get(full, true, Some((index, client.watch_wait)))
             .await
         {
             Ok((entry, new_index)) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 let ours = entry.as_ref().is_some_and(|e| {
                     e.modify_index == token && e.session.as_deref() == Some(session)
                 });
@@ -220,8 +219,7 @@ async fn watch_held(
             Err(error) => {
                 // Renewal decides whether an unreachable server costs us the lock.
                 tracing::debug!(%error, "lock held-watch failed, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
             }
         }
     }

@@ -65,7 +65,7 @@ async fn run<R, T, F, Fut, P>(
     Fut: Future<Output = Result<(R, u64)>>,
     P: Fn(&R) -> (T, Option<u64>),
 {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = kv_core::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let (state, deadline) = project(&raw);
         if !tx.send(state) {
@@ -74,7 +74,7 @@ async fn run<R, T, F, Fut, P>(
         tokio::select! {
             result = fetch(index) => match result {
                 Ok((new_raw, new_index)) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     raw = new_raw;
                     index = if new_index < index { 0 } else { new_index };
                 }
@@ -83,12 +83,12 @@ async fn run<R, T, F, Fut, P>(
                     return;
                 }
                 Err(error) => {
-                    tracing::debug!(%error, ?backoff, "Consul watch query failed, retrying");
+                    let delay = backoff.next_delay();
+                    tracing::debug!(%error, ?delay, "Consul watch query failed, retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = tx.closed() => return,
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     // Resynchronise with a plain read first.
                     index = 0;
                 }

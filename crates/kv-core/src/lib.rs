@@ -35,15 +35,18 @@
 pub mod error;
 pub mod key;
 pub mod lock;
+pub mod retry;
 pub mod store;
 pub mod tasks;
 pub mod ttl;
 pub mod types;
+pub mod url;
 pub mod watch;
 
 pub use bytes::Bytes;
 pub use error::{Error, Result};
 pub use lock::{Acquired, HeldLock, LeaseNotifier, Lock, LockBackend, LockLease, LockState};
+pub use retry::Backoff;
 pub use store::Store;
 pub use tasks::TaskSet;
 pub use tokio_util::sync::CancellationToken;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kv_core::url::{decode_query_value, percent_decode};
 use kv_core::{Error, Result};
 
 /// How the store authenticates to DynamoDB.
@@ -265,7 +266,7 @@ impl Config {
             Some((table, query)) => (table, query),
             None => (rest, ""),
         };
-        let table = percent_decode(table.trim_end_matches('/'))?;
+        let table = percent_decode(table.trim_end_matches('/')).map_err(Error::Config)?;
         if table.is_empty() {
             return Err(Error::Config(format!("{url:?}: the table name is missing")));
         }
@@ -275,7 +276,7 @@ impl Config {
         let mut token = None;
         for param in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
-            let value = percent_decode(value)?;
+            let value = decode_query_value(value).map_err(Error::Config)?;
             let millis = |value: &str| -> Result<Duration> {
                 value
                     .parse::<u64>()
@@ -371,33 +372,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn percent_decode(input: &str) -> Result<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = input
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| Error::Config(format!("bad percent-escape in {input:?}")))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::Config(format!("{input:?} is not UTF-8")))
 }
 
 #[cfg(test)]

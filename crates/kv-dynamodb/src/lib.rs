@@ -206,7 +206,7 @@ pub use item::{
     ATTR_DEADLINE, ATTR_DELETED, ATTR_EXPIRES, ATTR_OWNER, ATTR_PK, ATTR_SK, ATTR_VALUE,
     ATTR_VERSION,
 };
-pub use store::DynamoStore;
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
+pub use store::DynamoStore;

@@ -664,7 +664,7 @@ impl Inner {
 
     /// One BatchWriteItem of at most 25 requests, retrying unprocessed items.
     pub async fn batch_write(&self, mut requests: Vec<WriteRequest>) -> Result<()> {
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = kv_core::Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
         for _ in 0..12 {
             if requests.is_empty() {
                 return Ok(());
@@ -681,8 +681,7 @@ impl Inner {
                 .and_then(|mut m| m.remove(&self.config.table))
                 .unwrap_or_default();
             if !requests.is_empty() {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait().await;
             }
         }
         if requests.is_empty() {

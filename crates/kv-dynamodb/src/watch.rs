@@ -137,15 +137,14 @@ async fn read_stream(
             Err(error) => error,
         };
         let mut error = error;
-        let mut backoff = interval;
+        let mut backoff = kv_core::Backoff::new(interval, MAX_BACKOFF);
         loop {
             if is_terminal(&error) {
                 let _ = tx.send(Event::Failed(error));
                 return;
             }
             tracing::debug!(%error, "dynamodb stream reader: reopening the stream");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
             match Cursors::open(&inner, &arn).await {
                 Ok(reopened) => {
                     cursors = reopened;
@@ -234,7 +233,7 @@ async fn run<T, M, R, Fut>(
     Fut: Future<Output = Result<(T, Option<u64>)>> + Send,
 {
     let poll_interval = inner.config.poll_interval;
-    let mut backoff = poll_interval;
+    let mut backoff = kv_core::Backoff::new(poll_interval, MAX_BACKOFF);
     let mut consistent = first_consistent;
     loop {
         let error = match session(&inner, &tx, &mut consistent, &mut backoff, &matches, &read).await
@@ -248,10 +247,9 @@ async fn run<T, M, R, Fut>(
         }
         tracing::debug!(%error, "dynamodb watch: resynchronising");
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = tx.closed() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -263,7 +261,7 @@ async fn session<T, M, R, Fut>(
     inner: &Arc<Inner>,
     tx: &WatchSender<T>,
     consistent: &mut bool,
-    backoff: &mut Duration,
+    backoff: &mut kv_core::Backoff,
     matches: &M,
     read: &R,
 ) -> Result<()>
@@ -284,7 +282,7 @@ where
     }
     // Later reads follow a change: they must see it.
     *consistent = true;
-    *backoff = poll_interval;
+    backoff.reset();
     loop {
         // Without a stream, every interval may hide a change; with one, only TTL deadlines
         // need a timer.

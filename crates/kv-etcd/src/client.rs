@@ -235,30 +235,6 @@ fn is_transport_message(message: &str) -> bool {
         .any(|m| message.contains(m))
 }
 
-/// Exponential backoff for retry loops: 100 ms doubling to 3 s.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(3));
-        tokio::time::sleep(delay).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

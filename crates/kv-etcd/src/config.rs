@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kv_core::url::{decode_query_value, parse_duration, percent_decode};
 use kv_core::{Error, Result};
 
 /// The default client port of the endpoint used when none is given.
@@ -247,7 +248,7 @@ impl Config {
         let mut tls_config = TlsConfig::default();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value).map_err(|e| bad(&e))?;
+            let value = decode_query_value(value).map_err(|e| bad(&e))?;
             let duration = || parse_duration(&value).ok_or_else(|| bad(&format!("bad {name}")));
             match name {
                 "connect_timeout" => builder = builder.connect_timeout(duration()?),
@@ -430,42 +431,6 @@ impl ConfigBuilder {
         }
         Ok(config)
     }
-}
-
-/// `500ms`, `5s`, `2m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
-}
-
-fn percent_decode(text: &str) -> std::result::Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape at byte {i}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent escapes are not UTF-8".to_owned())
 }
 
 /// The URL without its password, for error messages.

@@ -125,7 +125,7 @@ mod store;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, Credentials, Pem, TlsConfig};
-pub use store::{DEFAULT_MAX_REQUEST_BYTES, EtcdStore, TTL_PRECISION};
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
+pub use store::{DEFAULT_MAX_REQUEST_BYTES, EtcdStore, TTL_PRECISION};

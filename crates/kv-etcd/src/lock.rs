@@ -30,7 +30,7 @@ use kv_core::{
 };
 use tokio::sync::Mutex;
 
-use crate::client::{Backoff, Inner, header_revision, map_error};
+use crate::client::{Inner, header_revision, map_error};
 use crate::store::revoke_quietly;
 
 /// The [`LockBackend`] of one lock key.
@@ -168,7 +168,7 @@ impl EtcdLock {
 impl LockBackend for EtcdLock {
     async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
         let shutdown = self.tasks.shutdown_token();
-        let mut backoff = Backoff::new();
+        let mut backoff = kv_core::Backoff::default();
         let gave_up = || Error::LockNotHeld {
             key: self.key.clone(),
         };
@@ -308,7 +308,7 @@ async fn hold(
 /// Watches a held lock's key: any event after our write (a delete, an expiry, someone else's
 /// write) means the lock is lost.
 async fn guard_key(inner: &Inner, full_key: &[u8], revision: i64, notifier: &LeaseNotifier) {
-    let mut backoff = Backoff::new();
+    let mut backoff = kv_core::Backoff::default();
     let mut start = revision + 1;
     loop {
         let options = WatchOptions::new().with_start_revision(start);

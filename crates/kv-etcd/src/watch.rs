@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use kv_core::{Error, KvPair, Result, WatchSender};
 
-use crate::client::{Backoff, Inner, header_revision};
+use crate::client::{Inner, header_revision};
 
 /// What is watched: one stored key, or the stored range `[start, end)`.
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ pub(crate) async fn run_from<T: Snapshot>(
     tx: WatchSender<T>,
     mut resume: Option<(BTreeMap<String, KvPair>, i64)>,
 ) {
-    let mut backoff = Backoff::new();
+    let mut backoff = kv_core::Backoff::default();
     'resync: loop {
         let read = match resume.take() {
             Some(state) => Ok(state),

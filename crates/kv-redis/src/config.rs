@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kv_core::url::{decode_query_value, percent_decode};
 use kv_core::{Error, Result};
 
 /// The largest value Redis itself accepts in one string (`proto-max-bulk-len`, 512 MiB), and
@@ -219,7 +220,7 @@ impl Config {
         let mut tls_config = tls.then(TlsConfig::new);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value).map_err(|e| bad(&e))?;
+            let value = decode_query_value(value).map_err(|e| bad(&e))?;
             let millis = |v: &str| {
                 v.parse::<u64>()
                     .map(Duration::from_millis)
@@ -409,26 +410,6 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> std::result::Result<(String, u16
         .parse::<u16>()
         .map_err(|_| format!("endpoint {endpoint:?} has a bad port"))?;
     Ok((host.to_owned(), port))
-}
-
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
 }
 
 #[cfg(test)]

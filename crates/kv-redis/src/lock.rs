@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::scripts::SCRIPTS;
 use crate::store::{Inner, parse_index, protocol_error};
-use crate::watch::{Backoff, Subscription};
+use crate::watch::{Subscription, redis_backoff};
 
 /// `Store::new_lock`.
 pub(crate) fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> Lock {
@@ -136,7 +136,7 @@ impl LockBackend for RedisLock {
             _ = abandon.cancelled() => return Err(Error::Closed),
         };
         let poll = self.inner.config.lock_poll_interval;
-        let mut backoff = Backoff::new();
+        let mut backoff = redis_backoff();
         // One token per acquisition attempt sequence: a retry after an ambiguous failure (the
         // script ran but its reply was lost) recognises its own lock instead of waiting for
         // it to expire.

@@ -203,28 +203,6 @@ impl Drop for Subscription {
     }
 }
 
-/// Exponential backoff for retries after connection errors (never a hot loop).
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(2));
-    }
-}
-
 /// Margin after a key's deadline before the timer re-reads it.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
@@ -243,7 +221,7 @@ pub(crate) async fn watch_key(inner: Arc<Inner>, key: String) -> Result<WatchStr
     Ok(spawn_watch(&tasks, move |tx| async move {
         let subscription = subscription;
         let subs = subscription.subscriptions().clone();
-        let mut backoff = Backoff::new();
+        let mut backoff = redis_backoff();
         let mut deadline: Option<Instant> = None;
         let mut reread = true;
         loop {
@@ -305,7 +283,7 @@ pub(crate) async fn watch_tree(inner: Arc<Inner>, dir: String) -> Result<WatchTr
     Ok(spawn_watch(&tasks, move |tx| async move {
         let subscription = subscription;
         let subs = subscription.subscriptions().clone();
-        let mut backoff = Backoff::new();
+        let mut backoff = redis_backoff();
         let mut state: BTreeMap<String, Found> = BTreeMap::new();
         let mut resync = true;
         let mut dirty: BTreeSet<String> = BTreeSet::new();
@@ -429,4 +407,9 @@ pub(crate) async fn watch_tree(inner: Arc<Inner>, dir: String) -> Result<WatchTr
             }
         }
     }))
+}
+
+/// Reconnect back-off of watch loops and lock waits: 100 ms doubling to 2 s.
+pub(crate) fn redis_backoff() -> kv_core::Backoff {
+    kv_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kv_core::url::{decode_query_value, parse_duration, percent_decode};
 use kv_core::{Error, Result};
 
 /// Digest credentials (`addauth digest user:password`), sent on every (re)connection. Nodes
@@ -151,7 +152,10 @@ impl Config {
                 let (user, password) = userinfo
                     .split_once(':')
                     .ok_or_else(|| bad("credentials must be user:password"))?;
-                builder = builder.credentials(percent_decode(user), percent_decode(password));
+                builder = builder.credentials(
+                    percent_decode(user).map_err(|e| bad(&e))?,
+                    percent_decode(password).map_err(|e| bad(&e))?,
+                );
                 hosts
             }
             None => authority,
@@ -161,12 +165,12 @@ impl Config {
         }
         let path = path.trim_matches('/');
         if !path.is_empty() {
-            builder = builder.namespace(percent_decode(path));
+            builder = builder.namespace(percent_decode(path).map_err(|e| bad(&e))?);
         }
         let mut tls_config = tls.then(TlsConfig::default);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value);
+            let value = decode_query_value(value).map_err(|e| bad(&e))?;
             fn tls_field(
                 tls_config: &mut Option<TlsConfig>,
                 error: impl FnOnce() -> Error,
@@ -336,46 +340,6 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config> {
         self.config.validate()
     }
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if let Some(ms) = text.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    if let Some(s) = text.strip_suffix('s') {
-        return s
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s >= 0.0)
-            .map(Duration::from_secs_f64);
-    }
-    if let Some(m) = text.strip_suffix('m') {
-        return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
-    }
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ mod store;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, Credentials, TlsConfig};
-pub use store::{MAX_VALUE_LEN, ZookeeperStore};
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
+pub use store::{MAX_VALUE_LEN, ZookeeperStore};

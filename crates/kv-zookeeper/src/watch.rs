@@ -148,7 +148,7 @@ async fn run<T>(
     T: Clone + PartialEq + Send + Sync + 'static,
 {
     let mut tx = Some(tx);
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = kv_core::Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     'session: loop {
         let Some(sender) = tx.as_ref() else { return };
         if sender.is_closed() {
@@ -159,8 +159,7 @@ async fn run<T>(
             Err(error) => match triage(error, &mut tx) {
                 Next::Stop => return,
                 Next::Retry => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff.wait().await;
                     continue 'session;
                 }
             },
@@ -171,8 +170,7 @@ async fn run<T>(
             Err(error) => match triage(error, &mut tx) {
                 Next::Stop => return,
                 Next::Retry => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff.wait().await;
                     continue 'session;
                 }
             },
@@ -183,8 +181,7 @@ async fn run<T>(
                 Err(error) => match triage(error, &mut tx) {
                     Next::Stop => return,
                     Next::Retry => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff.wait().await;
                         if matches!(
                             client.state(),
                             zk::SessionState::Expired
@@ -197,7 +194,7 @@ async fn run<T>(
                     }
                 },
             };
-            backoff = MIN_BACKOFF;
+            backoff.reset();
             let Some(sender) = tx.as_ref() else { return };
             if !sender.send(state) {
                 return;
