@@ -363,14 +363,9 @@ impl Store for BoltStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn close(&self) -> Result<()> {
+        // Returns once the cancelled tasks have stopped, so they no longer hold the database:
+        // the last reference is normally ours, dropped below off the runtime.
         self.inner.tasks.close(RELEASE_LIMIT).await;
-        // Cancelled tasks drop their reference to the database when next polled: wait for
-        // that (briefly), so that the last reference is normally ours, dropped below off the
-        // runtime.
-        let settle = tokio::time::Instant::now() + Duration::from_secs(1);
-        while self.inner.tasks.running() > 0 && tokio::time::Instant::now() < settle {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
         let engine = self
             .inner
             .engine

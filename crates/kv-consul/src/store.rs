@@ -532,12 +532,6 @@ impl Store for ConsulStore {
             .tasks
             .close(self.inner.client.request_timeout)
             .await;
-        // The cancelled tasks stop at their next poll: wait (briefly) until they all have, so
-        // that `background_tasks()` is 0 when `close` returns.
-        let limit = Instant::now() + Duration::from_secs(1);
-        while self.inner.tasks.running() > 0 && Instant::now() < limit {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
         Ok(())
     }
 

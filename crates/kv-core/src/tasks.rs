@@ -79,7 +79,8 @@ impl TaskSet {
 
     /// Closes the handle: later [`ensure_open`](Self::ensure_open) calls fail, every lock
     /// acquired through it is released (each within `release_limit`), then every task is
-    /// cancelled. Idempotent. Backends call it first in `close`, then shut their client down;
+    /// cancelled, and `close` returns once they have stopped (waiting at most 1 s), so that
+    /// [`running`](Self::running) is 0 afterwards. Idempotent. Backends call it first in `close`, then shut their client down;
     /// their [`HeldLock::release`](crate::HeldLock::release) must therefore work on a closed
     /// set.
     pub async fn close(&self, release_limit: std::time::Duration) {

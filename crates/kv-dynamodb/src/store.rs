@@ -853,12 +853,6 @@ impl Store for DynamoStore {
             .tasks
             .close(self.inner.config.request_timeout)
             .await;
-        // The tasks were cancelled; they stop at their next await point. Return once they
-        // have, so that `background_tasks()` is 0 when `close` returns.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while self.inner.tasks.running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
         Ok(())
     }
 
