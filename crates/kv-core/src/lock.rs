@@ -271,7 +271,7 @@ impl Lock {
         let abandon = CancellationToken::new();
         let backend = self.backend.clone();
         let abandoned = abandon.clone();
-        self.tasks.spawn(async move {
+        let acquiring = self.tasks.spawn(async move {
             let result = backend.acquire(abandoned).await;
             if let Err(Ok(acquired)) = tx.send(result) {
                 // The caller gave up while the lock was being granted: hand it back.
@@ -281,6 +281,9 @@ impl Lock {
         });
         let _abandon_on_drop = abandon.drop_guard();
         let acquired = rx.await.map_err(|_| Error::Closed)??;
+        // The task ends right after handing the lock over; wait for that so that
+        // `background_tasks()` no longer counts it when `lock` returns.
+        let _ = acquiring.await;
         let slot: Slot = Arc::new(Mutex::new(Some((acquired.notifier, acquired.held))));
         self.tasks.locks().register(&slot);
         self.held = Some((acquired.lease.clone(), slot));
