@@ -1226,6 +1226,95 @@ pub async fn lock_waits_for_release(factory: &dyn StoreFactory) {
     lock_c.unlock().await.unwrap();
 }
 
+/// `lock()` is cancel-safe at every moment, including the instant the server grants the lock:
+/// a `timeout` around it with random limits around the time an uncontended acquisition takes
+/// never leaves the key held by nobody, never leaves a task running, and fencing tokens of the
+/// acquisitions that did complete strictly rise.
+pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
+    use rand::Rng;
+    const ROUNDS: usize = 60;
+    let store = connect(factory).await;
+    let other = connect(factory).await;
+    let caps = store.capabilities().clone();
+    if lacks(&*store, &[Capability::Locks]).await {
+        return;
+    }
+    let key = format!(
+        "{}/cancelled",
+        unique_prefix("lock_cancelled_at_random_moments")
+    );
+    let options = LockOptions::default().value("v").ttl(lock_ttl(&caps));
+    let baseline = store.background_tasks();
+    let mut lock = store.new_lock(&key, options.clone()).await.unwrap();
+
+    // How long an uncontended acquisition takes here: the limits are spread around it, so
+    // that many cancellations land right where the server has granted the lock.
+    let mut typical = Duration::ZERO;
+    let mut last_token = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let lease = timeout(EVENT_TIMEOUT, lock.lock())
+            .await
+            .expect("an uncontended lock is acquired in time")
+            .unwrap();
+        typical = typical.max(started.elapsed());
+        assert!(lease.fencing_token() > last_token, "fencing tokens rise");
+        last_token = lease.fencing_token();
+        lock.unlock().await.unwrap();
+    }
+
+    let (mut acquired, mut cancelled) = (0, 0);
+    for round in 0..ROUNDS {
+        let span = (typical.as_micros() as u64 * 2).max(50);
+        let limit = Duration::from_micros(rand::rng().random_range(0..=span));
+        match timeout(limit, lock.lock()).await {
+            Ok(Ok(lease)) => {
+                acquired += 1;
+                assert!(
+                    lease.fencing_token() > last_token,
+                    "round {round}: fencing token {} after {last_token}",
+                    lease.fencing_token()
+                );
+                last_token = lease.fencing_token();
+                lock.unlock()
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: unlock: {e}"));
+            }
+            Ok(Err(error)) => panic!("round {round}: lock failed: {error}"),
+            Err(_) => cancelled += 1,
+        }
+        // Whatever happened, nobody holds the lock now (a cancelled acquisition that won is
+        // released in the background, promptly).
+        eventually(
+            EVENT_TIMEOUT,
+            &format!("round {round} (limit {limit:?}): the lock key is gone"),
+            || async { get(&*other, &key).await.is_none() },
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(3),
+        "no task is left after the cancelled acquisitions",
+        || async { store.background_tasks() == baseline },
+    )
+    .await;
+    // Another client takes the lock at once: nothing of the storm is left holding it.
+    let mut theirs = other.new_lock(&key, options).await.unwrap();
+    let lease = timeout(EVENT_TIMEOUT, theirs.lock())
+        .await
+        .expect("the lock is free after the cancellations")
+        .unwrap();
+    assert!(lease.fencing_token() > last_token, "fencing tokens rise");
+    theirs.unlock().await.unwrap();
+    println!(
+        "lock_cancelled_at_random_moments: {acquired} acquired, {cancelled} cancelled (typical acquisition {typical:?})"
+    );
+    assert!(
+        cancelled > 0,
+        "no acquisition was cancelled: the limits never cut one short"
+    );
+}
+
 /// A held lock with a short TTL stays held well past its TTL: renewal works.
 pub async fn lock_renewal_keeps_it_held(factory: &dyn StoreFactory) {
     let holder = connect(factory).await;

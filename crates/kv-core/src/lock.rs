@@ -271,23 +271,28 @@ impl Lock {
         let abandon = CancellationToken::new();
         let backend = self.backend.clone();
         let abandoned = abandon.clone();
+        let tasks = self.tasks.clone();
         let acquiring = self.tasks.spawn(async move {
             let result = backend.acquire(abandoned).await;
-            if let Err(Ok(acquired)) = tx.send(result) {
-                // The caller gave up while the lock was being granted: hand it back.
-                acquired.notifier.released();
-                let _ = acquired.held.release().await;
-            }
+            // From here on the acquisition releases itself wherever it is dropped: in this
+            // task if the caller is gone, inside the channel if the caller goes away before
+            // reading it, or in the caller's future if that is cancelled before returning.
+            let result = result.map(|acquired| Handover::new(acquired, tasks));
+            let _ = tx.send(result);
         });
         let _abandon_on_drop = abandon.drop_guard();
-        let acquired = rx.await.map_err(|_| Error::Closed)??;
+        let handover = rx.await.map_err(|_| Error::Closed)??;
         // The task ends right after handing the lock over; wait for that so that
-        // `background_tasks()` no longer counts it when `lock` returns.
+        // `background_tasks()` no longer counts it when `lock` returns. Cancelled here, the
+        // handover is dropped and releases the lock.
         let _ = acquiring.await;
-        let slot: Slot = Arc::new(Mutex::new(Some((acquired.notifier, acquired.held))));
+        let Some((lease, notifier, held)) = handover.take() else {
+            return Err(Error::Closed);
+        };
+        let slot: Slot = Arc::new(Mutex::new(Some((notifier, held))));
         self.tasks.locks().register(&slot);
-        self.held = Some((acquired.lease.clone(), slot));
-        Ok(acquired.lease)
+        self.held = Some((lease.clone(), slot));
+        Ok(lease)
     }
 
     /// Releases the lock. [`Error::LockLost`] if it had been lost meanwhile (the key is
@@ -321,6 +326,57 @@ async fn release_slot(slot: &Slot) -> Result<bool> {
     notifier.released();
     held.release().await?;
     Ok(true)
+}
+
+/// An acquisition on its way from the acquiring task to the caller of [`Lock::lock`]. If it is
+/// dropped before [`take`](Handover::take) (the caller gave up at any point after the server
+/// granted the lock), it releases the lock in the background, so that a cancelled `lock()`
+/// never leaves a lock held by nobody.
+struct Handover {
+    acquired: Option<Acquired>,
+    tasks: TaskSet,
+}
+
+impl Handover {
+    fn new(acquired: Acquired, tasks: TaskSet) -> Self {
+        Handover {
+            acquired: Some(acquired),
+            tasks,
+        }
+    }
+
+    fn take(mut self) -> Option<(LockLease, LeaseNotifier, Box<dyn HeldLock>)> {
+        let acquired = self.acquired.take()?;
+        Some((acquired.lease, acquired.notifier, acquired.held))
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let Some(acquired) = self.acquired.take() else {
+            return;
+        };
+        acquired.notifier.released();
+        let held = acquired.held;
+        let release = async move {
+            if let Err(error) = held.release().await {
+                tracing::warn!(%error, "releasing a lock whose acquisition was cancelled failed");
+            }
+        };
+        // Counted among the handle's tasks (so `close` waits for it); a closed handle has
+        // cancelled its tasks, so the release then runs on its own.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                "a cancelled lock acquisition was dropped outside a runtime: it stays held until its TTL runs out"
+            );
+            return;
+        };
+        if self.tasks.is_closed() {
+            runtime.spawn(release);
+        } else {
+            self.tasks.spawn(release);
+        }
+    }
 }
 
 impl Drop for Lock {
