@@ -12,10 +12,10 @@ use kv_core::{Error, LockOptions, ReadOptions, Store, WriteOptions};
 
 #[tokio::main]
 async fn main() -> kv_core::Result<()> {
-    // A throw-away database (deleted when the last handle goes). For a real one:
+    // A throw-away database in memory (gone when the last handle goes). For a real one:
     // `BoltStore::open(Config::new("/var/lib/myapp/kv"))` or `Config::from_url("bolt:///…")`.
     let store = BoltStore::open(Config::temporary()).await?;
-    println!("opened a temporary database at {}", store.path()?.display());
+    println!("opened a temporary database (in memory)");
 
     // put / get
     store

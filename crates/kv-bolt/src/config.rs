@@ -8,20 +8,18 @@ use kv_core::{Error, Result};
 
 /// When written data reaches the disk.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// sled flushes its log in the background at this period (sled's `flush_every_ms`); a
-    /// crash loses at most the writes of the last period. The default, with 500 ms.
+    /// Commits reach the disk at this period: a write call returns before its data is on
+    /// disk, and a crash (of the process or the machine) loses the acknowledged writes of at
+    /// most the last period, lock acquisitions included — so a fencing token may then be
+    /// handed out twice. For caches and scratch data only.
     Periodic(Duration),
-    /// Every write call returns only after the data is flushed to disk (slower: one `fsync`
-    /// per write).
+    /// Every write call returns only after its commit is on disk (`fsync`). Concurrent writes
+    /// share one commit and one `fsync`, so throughput grows with concurrency. The default:
+    /// an acknowledged write, lock or fencing token survives any crash, as with BoltDB.
+    #[default]
     EveryWrite,
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Periodic(Duration::from_millis(500))
-    }
 }
 
 /// How to open an embedded database. Build it with [`Config::new`], [`Config::temporary`],
@@ -43,8 +41,8 @@ impl Default for Durability {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The database directory (created if missing). `None` only for a temporary database, for
-    /// which sled picks a fresh directory (in `/dev/shm` on Linux).
+    /// The database directory (created if missing; the data is the file `kv.redb` inside).
+    /// `None` only for a temporary database, which is then held in memory.
     pub path: Option<PathBuf>,
     /// Delete the database's files when its last handle is closed or dropped.
     pub temporary: bool,
@@ -53,7 +51,7 @@ pub struct Config {
     pub namespace: String,
     /// When writes reach the disk.
     pub durability: Durability,
-    /// sled's page cache size in bytes.
+    /// redb's page cache size in bytes.
     pub cache_capacity: u64,
     /// The time limit of every call (→ [`Error::Timeout`]).
     pub timeout: Duration,
@@ -156,7 +154,7 @@ impl Config {
                 }),
                 "durability" => builder.durability(match value.as_str() {
                     "every-write" | "every_write" | "sync" => Durability::EveryWrite,
-                    "periodic" => Durability::default(),
+                    "periodic" => Durability::Periodic(Duration::from_millis(500)),
                     other => {
                         return Err(Error::Config(format!(
                             "{url:?}: durability must be every-write or periodic, not {other:?}"
@@ -217,7 +215,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// sled's page cache size in bytes.
+    /// redb's page cache size in bytes.
     pub fn cache_capacity(mut self, bytes: u64) -> Self {
         self.config.cache_capacity = bytes;
         self

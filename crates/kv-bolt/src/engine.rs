@@ -1,37 +1,53 @@
-//! The synchronous layer: one [`Engine`] per open database, shared by every handle on it.
+//! The storage layer: one [`Engine`] per open database, shared by every handle on it.
 //!
-//! Everything here blocks (sled is synchronous) and is called from `spawn_blocking` by the
-//! async layer, except [`Engine::subscribe`]. See the crate documentation for the layout.
+//! * **Reads** run on the caller's thread, each in its own redb read transaction (an MVCC
+//!   snapshot: value, metadata and the commit counter of one commit, never blocked by the
+//!   writer).
+//! * **Writes** go to one writer thread through a queue. The thread takes every request
+//!   waiting in the queue, applies them one after the other inside ONE write transaction (each
+//!   request sees the ones before it, and gets its own commit index), commits once, then
+//!   answers every request and publishes the changes in index order. Under concurrency many
+//!   writes share one fsync ("group commit"); a lone write pays one. A request's answer is
+//!   sent only after its transaction is durable (with [`Durability::EveryWrite`]).
+//! * **Expiry** is swept by the same thread, in the same kind of transaction, when the earliest
+//!   TTL deadline passes.
+//!
+//! Nothing here holds a lock across a call into redb except redb's own single-writer rule,
+//! which only the writer thread exercises; a stuck writer is noticed by the callers (see
+//! [`Engine::write`]) instead of piling up blocked threads.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, RwLock, Weak};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_core::Error;
 use kv_core::ttl::{is_expired, now_millis};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use tokio::sync::broadcast;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::config::{Config, Durability};
 
 /// The backend's name in errors and capabilities.
 pub(crate) const BACKEND: &str = "bolt";
 
-/// Tree holding the values: stored key → raw value bytes.
-pub(crate) const DATA_TREE: &str = "kv/data";
-/// Tree holding the metadata: stored key → `last_index` (u64 BE) ‖ deadline (u64 BE, Unix ms, 0 = none).
-pub(crate) const META_TREE: &str = "kv/meta";
-/// Tree indexing TTLs: deadline (u64 BE) ‖ stored key → empty.
-pub(crate) const EXPIRY_TREE: &str = "kv/expiry";
-/// Tree holding the database-wide counters: `seq` → last committed index (u64 BE).
-pub(crate) const STATE_TREE: &str = "kv/state";
-/// The key of the commit counter in [`STATE_TREE`].
-const SEQ_KEY: &[u8] = b"seq";
+/// The database file inside the configured directory.
+pub(crate) const FILE_NAME: &str = "kv.redb";
+
+/// Values: stored key → raw value bytes.
+pub(crate) const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/data");
+/// Metadata: stored key → `last_index` (u64 BE) ‖ deadline (u64 BE, Unix ms, 0 = none).
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/meta");
+/// TTL index: deadline (u64 BE) ‖ stored key → nothing.
+pub(crate) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv/expiry");
+/// Database-wide counters: `seq` → the last committed index.
+pub(crate) const STATE: TableDefinition<&str, u64> = TableDefinition::new("kv/state");
+/// The key of the commit counter in [`STATE`].
+const SEQ_KEY: &str = "seq";
 
 /// How many changes a slow watcher may fall behind before it resynchronises by re-reading.
 const CHANGES_CAPACITY: usize = 4096;
@@ -39,6 +55,10 @@ const CHANGES_CAPACITY: usize = 4096;
 const INLINE_VALUE_MAX: usize = 64 * 1024;
 /// How many expired keys one sweep removes in one transaction.
 const SWEEP_BATCH: usize = 1000;
+/// How many queued requests one write transaction takes at most.
+const MAX_BATCH: usize = 512;
+/// How many requests may wait for the writer before senders wait for room.
+const QUEUE_CAPACITY: usize = 16 * 1024;
 
 /// A live key as stored: its value, `last_index` and TTL deadline (Unix ms, 0 = none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +75,7 @@ impl Entry {
 }
 
 /// One committed write, as published to watchers: every stored key it touched with its new
-/// state (`None` = removed). `seq` is the commit's index; changes arrive in `seq` order.
+/// state. `seq` is the commit's index; changes arrive in `seq` order.
 #[derive(Debug)]
 pub(crate) struct Change {
     pub(crate) seq: u64,
@@ -129,97 +149,12 @@ enum Op {
     DropExpiryEntry(Vec<u8>),
 }
 
-/// Wakes the sweeper thread.
-#[derive(Debug, Default)]
-struct SweepSignal {
-    state: Mutex<SweepState>,
-    wake: Condvar,
-}
-
-#[derive(Debug)]
-struct SweepState {
-    /// The earliest deadline (Unix ms) that needs a sweep; `u64::MAX` = none.
-    next: u64,
-    stop: bool,
-}
-
-impl Default for SweepState {
-    fn default() -> Self {
-        SweepState {
-            next: u64::MAX,
-            stop: false,
-        }
-    }
-}
-
-impl SweepSignal {
-    fn schedule(&self, deadline: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if deadline < state.next {
-            state.next = deadline;
-            self.wake.notify_all();
-        }
-    }
-
-    fn stop(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.stop = true;
-        self.wake.notify_all();
-    }
-}
-
-/// One open database, shared by every handle on it in this process.
-pub(crate) struct Engine {
-    db: sled::Db,
-    data: sled::Tree,
-    meta: sled::Tree,
-    expiry: sled::Tree,
-    state: sled::Tree,
-    /// Writers take it exclusively, readers shared: reads see data, metadata and `seq` of the
-    /// same commit, and commits (hence indexes and published changes) are totally ordered.
-    gate: RwLock<()>,
-    /// The last committed index (mirrors [`STATE_TREE`]).
-    seq: AtomicU64,
-    changes: broadcast::Sender<Arc<Change>>,
-    sweeper: Arc<SweepSignal>,
-    registry_key: Option<PathBuf>,
-    path: PathBuf,
-}
-
-impl fmt::Debug for Engine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine")
-            .field("path", &self.path)
-            .field("seq", &self.seq.load(Ordering::SeqCst))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.sweeper.stop();
-        if let Some(key) = &self.registry_key {
-            let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-            if registry
-                .get(key)
-                .is_some_and(|weak| weak.strong_count() == 0)
-            {
-                registry.remove(key);
-            }
-        }
-        // Dropping `db` and the trees flushes (sled does it) and releases the file lock.
-    }
-}
-
-/// Open databases in this process: canonical path → engine. sled allows one `Db` per path per
-/// process, so every handle on a path shares one engine.
-static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<Engine>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// Maps a sled error met while serving a call.
-pub(crate) fn map_err(error: sled::Error) -> Error {
+/// Maps any redb error met while serving a call.
+pub(crate) fn map_err(error: impl Into<redb::Error>) -> Error {
+    let error: redb::Error = error.into();
     match error {
-        sled::Error::Io(io) => io_error(io),
+        redb::Error::Io(io) => io_error(io),
+        redb::Error::DatabaseClosed => Error::Closed,
         other => Error::backend(BACKEND, other),
     }
 }
@@ -235,11 +170,11 @@ fn io_error(io: std::io::Error) -> Error {
     }
 }
 
-/// Maps a sled error met while opening the database at `path`.
-fn map_open_err(path: &Path, error: sled::Error) -> Error {
+/// Maps an error met while opening the database at `path`.
+fn map_open_err(path: &Path, error: redb::Error) -> Error {
     use std::io::ErrorKind::*;
     match error {
-        sled::Error::Io(io) => match io.kind() {
+        redb::Error::Io(io) => match io.kind() {
             PermissionDenied | ReadOnlyFilesystem => Error::PermissionDenied {
                 backend: BACKEND,
                 message: format!("cannot open {}: {io}", path.display()),
@@ -251,25 +186,19 @@ fn map_open_err(path: &Path, error: sled::Error) -> Error {
             )),
             _ => Error::unavailable(BACKEND, io),
         },
-        sled::Error::Unsupported(message) => {
-            Error::Config(format!("cannot open {}: {message}", path.display()))
-        }
-        sled::Error::Corruption { .. } => Error::Config(format!(
-            "{} is not a readable database (corrupt or not a sled database): {error}",
+        redb::Error::Corrupted(message) => Error::Config(format!(
+            "{} is not a readable database (corrupt or not a kv-bolt database): {message}",
+            path.display()
+        )),
+        redb::Error::UpgradeRequired(version) => Error::Config(format!(
+            "{} is in an old redb file format ({version}): upgrade it first",
+            path.display()
+        )),
+        redb::Error::TableTypeMismatch { table, .. } => Error::Config(format!(
+            "{} is a redb database of another program (its table {table} has other types)",
             path.display()
         )),
         other => Error::backend(BACKEND, other),
-    }
-}
-
-fn is_lock_conflict(error: &sled::Error) -> bool {
-    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
-}
-
-fn tx_err(error: TransactionError<()>) -> Error {
-    match error {
-        TransactionError::Storage(e) => map_err(e),
-        TransactionError::Abort(()) => Error::backend(BACKEND, "transaction aborted"),
     }
 }
 
@@ -280,20 +209,26 @@ fn encode_meta(index: u64, deadline: u64) -> [u8; 16] {
     out
 }
 
-fn decode_meta(key: &[u8], raw: &[u8]) -> Result<(u64, u64), Error> {
+fn decode_meta(key: &str, raw: &[u8]) -> Result<(u64, u64), Error> {
+    let (Some(index), Some(deadline)) = (raw.get(..8), raw.get(8..16)) else {
+        return Err(Error::backend(
+            BACKEND,
+            format!(
+                "corrupt metadata for {key:?}: {} bytes instead of 16",
+                raw.len()
+            ),
+        ));
+    };
     if raw.len() != 16 {
         return Err(Error::backend(
             BACKEND,
             format!(
-                "corrupt metadata for {:?}: {} bytes instead of 16",
-                String::from_utf8_lossy(key),
+                "corrupt metadata for {key:?}: {} bytes instead of 16",
                 raw.len()
             ),
         ));
     }
-    let index = u64::from_be_bytes(raw[..8].try_into().unwrap_or_default());
-    let deadline = u64::from_be_bytes(raw[8..].try_into().unwrap_or_default());
-    Ok((index, deadline))
+    Ok((decode_u64(index), decode_u64(deadline)))
 }
 
 fn expiry_key(deadline: u64, key: &str) -> Vec<u8> {
@@ -307,159 +242,38 @@ fn decode_u64(raw: &[u8]) -> u64 {
     raw.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-impl Engine {
-    /// Opens (or joins, when another handle of this process has it open) the database that
-    /// `config` describes. Blocking.
-    pub(crate) fn open(config: &Config) -> Result<Arc<Engine>, Error> {
-        let Some(path) = &config.path else {
-            // A temporary database without a path: sled picks a fresh one; nobody can join it
-            // except through handles cloned from the first one.
-            let sled_config = Self::sled_config(config).temporary(true);
-            return Self::start(config, sled_config, None, PathBuf::new()).map_err(|e| match e {
-                OpenError::Locked(e) => map_err(e),
-                OpenError::Other(e) => e,
-            });
-        };
-        let key = registry_key(path);
-        let started = Instant::now();
-        loop {
-            {
-                let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(engine) = registry.get(&key).and_then(Weak::upgrade) {
-                    return Ok(engine);
-                }
-                let sled_config = Self::sled_config(config)
-                    .path(&key)
-                    .temporary(config.temporary);
-                match Self::start(config, sled_config, Some(key.clone()), key.clone()) {
-                    Ok(engine) => {
-                        registry.insert(key, Arc::downgrade(&engine));
-                        return Ok(engine);
-                    }
-                    Err(OpenError::Locked(error)) => {
-                        if started.elapsed() >= config.lock_timeout {
-                            return Err(Error::unavailable(
-                                BACKEND,
-                                format!(
-                                    "{} is locked by another process (waited {:?}): {error}",
-                                    key.display(),
-                                    config.lock_timeout
-                                ),
-                            ));
-                        }
-                    }
-                    Err(OpenError::Other(error)) => return Err(error),
-                }
-            }
-            // The file is locked: by another process, or by a database of this process that
-            // is being closed right now. Wait a little and look again.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// A write request: runs inside the writer's transaction (`None` when no transaction could be
+/// started) and returns what answers the caller once the transaction's fate is known.
+type Job = Box<dyn FnOnce(Option<&mut Batch<'_>>) -> Finish + Send>;
+/// Answers one request: `Ok` when its transaction committed, else the commit's error.
+type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
 
-    fn sled_config(config: &Config) -> sled::Config {
-        let flush = match config.durability {
-            Durability::Periodic(every) => Some((every.as_millis() as u64).max(1)),
-            Durability::EveryWrite => None,
-        };
-        sled::Config::new()
-            .cache_capacity(config.cache_capacity)
-            .flush_every_ms(flush)
-    }
+/// What a write request sees: the writer's open transaction, through the same primitives the
+/// old single-request engine had. Every [`commit`](Batch::commit) takes the next index.
+pub(crate) struct Batch<'t> {
+    data: redb::Table<'t, &'static str, &'static [u8]>,
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    expiry: redb::Table<'t, &'static [u8], ()>,
+    seq: u64,
+    changes: Vec<Change>,
+    /// The earliest TTL deadline written in this batch (`u64::MAX` = none).
+    earliest_deadline: u64,
+    /// A storage error met while applying: the whole transaction is abandoned.
+    failed: Option<Error>,
+    /// Forces a durable commit even with periodic durability (`flush`).
+    force_durable: bool,
+}
 
-    fn start(
-        config: &Config,
-        sled_config: sled::Config,
-        registry_key: Option<PathBuf>,
-        path: PathBuf,
-    ) -> Result<Arc<Engine>, OpenError> {
-        let db = sled_config.open().map_err(|e| {
-            if is_lock_conflict(&e) {
-                OpenError::Locked(e)
-            } else {
-                OpenError::Other(map_open_err(&path, e))
-            }
-        })?;
-        let path = if path.as_os_str().is_empty() {
-            sled_config.get_path()
-        } else {
-            path
-        };
-        let _ = config;
-        let open_tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| OpenError::Other(map_open_err(&path, e)))
-        };
-        let data = open_tree(DATA_TREE)?;
-        let meta = open_tree(META_TREE)?;
-        let expiry = open_tree(EXPIRY_TREE)?;
-        let state = open_tree(STATE_TREE)?;
-        let seq = state
-            .get(SEQ_KEY)
-            .map_err(|e| OpenError::Other(map_open_err(&path, e)))?
-            .map(|raw| decode_u64(&raw))
-            .unwrap_or(0);
-        let first_deadline = expiry
-            .first()
-            .map_err(|e| OpenError::Other(map_open_err(&path, e)))?
-            .map(|(k, _)| decode_u64(&k[..8.min(k.len())]))
-            .unwrap_or(u64::MAX);
-        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
-        let sweeper = Arc::new(SweepSignal::default());
-        sweeper.schedule(first_deadline);
-        let engine = Arc::new(Engine {
-            db,
-            data,
-            meta,
-            expiry,
-            state,
-            gate: RwLock::new(()),
-            seq: AtomicU64::new(seq),
-            changes,
-            sweeper: sweeper.clone(),
-            registry_key,
-            path,
-        });
-        let weak = Arc::downgrade(&engine);
-        std::thread::Builder::new()
-            .name("kv-bolt-sweeper".into())
-            .spawn(move || sweeper_thread(weak, sweeper))
-            .map_err(|e| OpenError::Other(Error::unavailable(BACKEND, e)))?;
-        Ok(engine)
-    }
-
-    /// Where the database lives (sled's own path for a temporary database).
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Subscribes to committed changes. Subscribe before reading, so nothing is missed.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
-        self.changes.subscribe()
-    }
-
-    /// Writes everything to disk. Blocking.
-    pub(crate) fn flush(&self) -> Result<(), Error> {
-        self.db.flush().map(|_| ()).map_err(map_err)
-    }
-
-    fn read_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_gate(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.gate.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The stored metadata of `key`, expired or not. Call with the gate held.
+impl Batch<'_> {
+    /// The stored metadata of `key`, expired or not.
     fn meta_of(&self, key: &str) -> Result<Option<(u64, u64)>, Error> {
-        match self.meta.get(key.as_bytes()).map_err(map_err)? {
-            Some(raw) => decode_meta(key.as_bytes(), &raw).map(Some),
+        match self.meta.get(key).map_err(map_err)? {
+            Some(raw) => decode_meta(key, raw.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The live entry of `key`. Call with the gate held.
+    /// The live entry of `key`.
     fn entry_of(&self, key: &str) -> Result<Option<Entry>, Error> {
         let Some((index, deadline)) = self.meta_of(key)? else {
             return Ok(None);
@@ -467,122 +281,28 @@ impl Engine {
         if is_expired(deadline) {
             return Ok(None);
         }
-        let Some(value) = self.data.get(key.as_bytes()).map_err(map_err)? else {
-            return Err(Error::backend(
-                BACKEND,
-                format!("corrupt store: {key:?} has metadata but no value"),
-            ));
+        let Some(value) = self.data.get(key).map_err(map_err)? else {
+            return Err(corrupt_pair(key));
         };
         Ok(Some(Entry {
-            value: Bytes::copy_from_slice(&value),
+            value: Bytes::copy_from_slice(value.value()),
             index,
             deadline,
         }))
     }
 
-    /// Reads one key (`None` when absent or expired) and the index of the last commit seen.
-    pub(crate) fn get(&self, key: &str) -> Result<(Option<Entry>, u64), Error> {
-        let _gate = self.read_gate();
-        let entry = self.entry_of(key)?;
-        Ok((entry, self.seq.load(Ordering::SeqCst)))
-    }
-
-    /// Every live key starting with `prefix` (byte order), and the index of the last commit seen.
-    pub(crate) fn list(&self, prefix: &str) -> Result<(Vec<(String, Entry)>, u64), Error> {
-        let _gate = self.read_gate();
-        let mut out = Vec::new();
-        for item in self.meta.scan_prefix(prefix.as_bytes()) {
-            let (key, raw) = item.map_err(map_err)?;
-            let (index, deadline) = decode_meta(&key, &raw)?;
-            if is_expired(deadline) {
-                continue;
-            }
-            let key = String::from_utf8(key.to_vec())
-                .map_err(|e| Error::backend(BACKEND, format!("corrupt store: {e}")))?;
-            let Some(value) = self.data.get(key.as_bytes()).map_err(map_err)? else {
-                return Err(Error::backend(
-                    BACKEND,
-                    format!("corrupt store: {key:?} has metadata but no value"),
-                ));
-            };
-            out.push((
-                key,
-                Entry {
-                    value: Bytes::copy_from_slice(&value),
-                    index,
-                    deadline,
-                },
-            ));
+    /// Applies `ops` as one logical commit with the next index, recording the change. A
+    /// storage error marks the whole transaction failed.
+    fn commit(&mut self, ops: Vec<Op>) -> Result<u64, Error> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
         }
-        Ok((out, self.seq.load(Ordering::SeqCst)))
-    }
-
-    /// Every key physically stored under `prefix`, expired or not (diagnostics).
-    pub(crate) fn stored_keys(&self, prefix: &str) -> Result<Vec<String>, Error> {
-        let _gate = self.read_gate();
-        let mut out = Vec::new();
-        for item in self.data.scan_prefix(prefix.as_bytes()) {
-            let (key, _) = item.map_err(map_err)?;
-            out.push(String::from_utf8_lossy(&key).into_owned());
+        let seq = self.seq + 1;
+        if let Err(error) = self.apply(&ops, seq) {
+            self.failed = Some(error.clone());
+            return Err(error);
         }
-        Ok(out)
-    }
-
-    /// Applies `ops` atomically as one commit, publishes the change and returns its index.
-    /// Call with the write gate held.
-    fn commit(&self, ops: Vec<Op>) -> Result<u64, Error> {
-        let seq = self.seq.load(Ordering::SeqCst) + 1;
-        (&self.data, &self.meta, &self.expiry, &self.state)
-            .transaction(|(data, meta, expiry, state)| {
-                for op in &ops {
-                    match op {
-                        Op::Put {
-                            key,
-                            value,
-                            deadline,
-                            old_deadline,
-                        } => {
-                            if let Some(old) = old_deadline.filter(|d| *d != 0) {
-                                expiry.remove(expiry_key(old, key))?;
-                            }
-                            data.insert(key.as_bytes(), value.as_ref())?;
-                            meta.insert(key.as_bytes(), &encode_meta(seq, *deadline)[..])?;
-                            if *deadline != 0 {
-                                expiry.insert(expiry_key(*deadline, key), &[][..])?;
-                            }
-                        }
-                        Op::Remove { key, old_deadline } => {
-                            if let Some(old) = old_deadline.filter(|d| *d != 0) {
-                                expiry.remove(expiry_key(old, key))?;
-                            }
-                            data.remove(key.as_bytes())?;
-                            meta.remove(key.as_bytes())?;
-                        }
-                        Op::Renew {
-                            key,
-                            index,
-                            deadline,
-                            old_deadline,
-                            ..
-                        } => {
-                            if *old_deadline != 0 {
-                                expiry.remove(expiry_key(*old_deadline, key))?;
-                            }
-                            meta.insert(key.as_bytes(), &encode_meta(*index, *deadline)[..])?;
-                            if *deadline != 0 {
-                                expiry.insert(expiry_key(*deadline, key), &[][..])?;
-                            }
-                        }
-                        Op::DropExpiryEntry(raw) => {
-                            expiry.remove(raw.as_slice())?;
-                        }
-                    }
-                }
-                state.insert(SEQ_KEY, &seq.to_be_bytes()[..])?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)?;
-        self.seq.store(seq, Ordering::SeqCst);
+        self.seq = seq;
         let mut updates = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
@@ -592,17 +312,13 @@ impl Engine {
                     deadline,
                     ..
                 } => {
-                    if deadline != 0 {
-                        self.sweeper.schedule(deadline);
-                    }
-                    updates.push((
-                        key,
-                        Update::set(Entry {
-                            value,
-                            index: seq,
-                            deadline,
-                        }),
-                    ));
+                    self.note_deadline(deadline);
+                    let entry = Entry {
+                        value,
+                        index: seq,
+                        deadline,
+                    };
+                    updates.push((key, Update::set(entry)));
                 }
                 Op::Remove { key, .. } => updates.push((key, Update::Removed)),
                 Op::Renew {
@@ -612,31 +328,95 @@ impl Engine {
                     deadline,
                     ..
                 } => {
-                    if deadline != 0 {
-                        self.sweeper.schedule(deadline);
-                    }
-                    updates.push((
-                        key,
-                        Update::set(Entry {
-                            value,
-                            index,
-                            deadline,
-                        }),
-                    ));
+                    self.note_deadline(deadline);
+                    let entry = Entry {
+                        value,
+                        index,
+                        deadline,
+                    };
+                    updates.push((key, Update::set(entry)));
                 }
                 Op::DropExpiryEntry(_) => {}
             }
         }
         if !updates.is_empty() {
-            // No receiver is fine: nobody watches.
-            let _ = self.changes.send(Arc::new(Change { seq, updates }));
+            self.changes.push(Change { seq, updates });
         }
         Ok(seq)
     }
 
-    /// Writes `key` unconditionally; returns its new index.
-    pub(crate) fn put(&self, key: String, value: Bytes, deadline: u64) -> Result<Entry, Error> {
-        let _gate = self.write_gate();
+    fn note_deadline(&mut self, deadline: u64) {
+        if deadline != 0 {
+            self.earliest_deadline = self.earliest_deadline.min(deadline);
+        }
+    }
+
+    fn apply(&mut self, ops: &[Op], seq: u64) -> Result<(), Error> {
+        for op in ops {
+            match op {
+                Op::Put {
+                    key,
+                    value,
+                    deadline,
+                    old_deadline,
+                } => {
+                    if let Some(old) = old_deadline.filter(|d| *d != 0) {
+                        self.expiry
+                            .remove(expiry_key(old, key).as_slice())
+                            .map_err(map_err)?;
+                    }
+                    self.data
+                        .insert(key.as_str(), value.as_ref())
+                        .map_err(map_err)?;
+                    self.meta
+                        .insert(key.as_str(), &encode_meta(seq, *deadline)[..])
+                        .map_err(map_err)?;
+                    if *deadline != 0 {
+                        self.expiry
+                            .insert(expiry_key(*deadline, key).as_slice(), ())
+                            .map_err(map_err)?;
+                    }
+                }
+                Op::Remove { key, old_deadline } => {
+                    if let Some(old) = old_deadline.filter(|d| *d != 0) {
+                        self.expiry
+                            .remove(expiry_key(old, key).as_slice())
+                            .map_err(map_err)?;
+                    }
+                    self.data.remove(key.as_str()).map_err(map_err)?;
+                    self.meta.remove(key.as_str()).map_err(map_err)?;
+                }
+                Op::Renew {
+                    key,
+                    index,
+                    deadline,
+                    old_deadline,
+                    ..
+                } => {
+                    if *old_deadline != 0 {
+                        self.expiry
+                            .remove(expiry_key(*old_deadline, key).as_slice())
+                            .map_err(map_err)?;
+                    }
+                    self.meta
+                        .insert(key.as_str(), &encode_meta(*index, *deadline)[..])
+                        .map_err(map_err)?;
+                    if *deadline != 0 {
+                        self.expiry
+                            .insert(expiry_key(*deadline, key).as_slice(), ())
+                            .map_err(map_err)?;
+                    }
+                }
+                Op::DropExpiryEntry(raw) => {
+                    self.expiry.remove(raw.as_slice()).map_err(map_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `key` unconditionally.
+    pub(crate) fn put(&mut self, key: String, value: Bytes, deadline: u64) -> Result<Entry, Error> {
         let old_deadline = self.meta_of(&key)?.map(|(_, d)| d);
         let index = self.commit(vec![Op::Put {
             key,
@@ -654,13 +434,12 @@ impl Engine {
     /// Compare-and-swap write: `previous == None` creates only, `Some(index)` overwrites only
     /// that version.
     pub(crate) fn atomic_put(
-        &self,
+        &mut self,
         key: String,
         value: Bytes,
         previous: Option<u64>,
         deadline: u64,
     ) -> Result<Result<Entry, Conflict>, Error> {
-        let _gate = self.write_gate();
         let meta = self.meta_of(&key)?;
         let live = meta.filter(|(_, d)| !is_expired(*d));
         match (previous, live) {
@@ -683,8 +462,7 @@ impl Engine {
     }
 
     /// Deletes `key`; `true` if it was live. An expired leftover is removed too.
-    pub(crate) fn delete(&self, key: String) -> Result<bool, Error> {
-        let _gate = self.write_gate();
+    pub(crate) fn delete(&mut self, key: String) -> Result<bool, Error> {
         let Some((_, deadline)) = self.meta_of(&key)? else {
             return Ok(false);
         };
@@ -697,11 +475,10 @@ impl Engine {
 
     /// Compare-and-delete.
     pub(crate) fn atomic_delete(
-        &self,
+        &mut self,
         key: String,
         previous: u64,
     ) -> Result<Result<(), Conflict>, Error> {
-        let _gate = self.write_gate();
         match self.meta_of(&key)? {
             Some((_, d)) if is_expired(d) => Ok(Err(Conflict::NotFound)),
             None => Ok(Err(Conflict::NotFound)),
@@ -717,8 +494,11 @@ impl Engine {
     }
 
     /// Deletes `exact` (if given) and every key starting with `prefix`, in one commit.
-    pub(crate) fn delete_tree(&self, exact: Option<String>, prefix: &str) -> Result<usize, Error> {
-        let _gate = self.write_gate();
+    pub(crate) fn delete_tree(
+        &mut self,
+        exact: Option<String>,
+        prefix: &str,
+    ) -> Result<usize, Error> {
         let mut ops = Vec::new();
         if let Some(key) = exact
             && let Some((_, d)) = self.meta_of(&key)?
@@ -728,11 +508,15 @@ impl Engine {
                 old_deadline: Some(d),
             });
         }
-        for item in self.meta.scan_prefix(prefix.as_bytes()) {
+        for item in self.meta.range(prefix..).map_err(map_err)? {
             let (key, raw) = item.map_err(map_err)?;
-            let (_, deadline) = decode_meta(&key, &raw)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let (_, deadline) = decode_meta(key, raw.value())?;
             ops.push(Op::Remove {
-                key: String::from_utf8_lossy(&key).into_owned(),
+                key: key.to_owned(),
                 old_deadline: Some(deadline),
             });
         }
@@ -745,7 +529,7 @@ impl Engine {
 
     /// Creates a lock's key if it is absent. `Err(deadline)` when it is present (0 = no TTL).
     pub(crate) fn try_lock(
-        &self,
+        &mut self,
         key: String,
         value: Bytes,
         deadline: u64,
@@ -759,8 +543,7 @@ impl Engine {
 
     /// Extends a lock's deadline if the key still holds the acquisition `index` and has not
     /// expired. Does not change `last_index`.
-    pub(crate) fn renew(&self, key: String, index: u64, deadline: u64) -> Result<bool, Error> {
-        let _gate = self.write_gate();
+    pub(crate) fn renew(&mut self, key: String, index: u64, deadline: u64) -> Result<bool, Error> {
         let Some(entry) = self.entry_of(&key)? else {
             return Ok(false);
         };
@@ -778,8 +561,7 @@ impl Engine {
     }
 
     /// Deletes a lock's key if it still holds the acquisition `index` (expired or not).
-    pub(crate) fn release(&self, key: String, index: u64) -> Result<bool, Error> {
-        let _gate = self.write_gate();
+    pub(crate) fn release(&mut self, key: String, index: u64) -> Result<bool, Error> {
         match self.meta_of(&key)? {
             Some((i, d)) if i == index => {
                 self.commit(vec![Op::Remove {
@@ -792,50 +574,462 @@ impl Engine {
         }
     }
 
-    /// Physically removes expired keys (publishing their removal). Returns the next deadline
-    /// to sweep at (`u64::MAX` = none).
-    fn sweep(&self) -> Result<u64, Error> {
-        loop {
-            let _gate = self.write_gate();
-            let now = now_millis();
-            let mut ops = Vec::new();
-            let mut next = u64::MAX;
-            for item in self.expiry.iter() {
-                let (raw, _) = item.map_err(map_err)?;
-                if raw.len() < 8 {
-                    ops.push(Op::DropExpiryEntry(raw.to_vec()));
-                    continue;
-                }
-                let deadline = decode_u64(&raw[..8]);
-                if deadline > now || ops.len() >= SWEEP_BATCH {
-                    next = deadline;
-                    break;
-                }
-                let key = String::from_utf8_lossy(&raw[8..]).into_owned();
-                match self.meta_of(&key)? {
-                    Some((_, d)) if d == deadline => ops.push(Op::Remove {
-                        key,
-                        old_deadline: Some(d),
-                    }),
-                    // A stale index entry: the key was rewritten or removed meanwhile.
-                    _ => ops.push(Op::DropExpiryEntry(raw.to_vec())),
-                }
-            }
-            let removed = ops.len();
-            if removed > 0 {
-                self.commit(ops)?;
-            }
-            if next <= now_millis() && removed > 0 {
+    /// Makes this batch's commit durable whatever the configured durability.
+    pub(crate) fn force_durable(&mut self) {
+        self.force_durable = true;
+    }
+
+    /// Removes up to [`SWEEP_BATCH`] expired keys (publishing their removal). Returns the next
+    /// deadline to sweep at (`u64::MAX` = none).
+    fn sweep(&mut self) -> Result<u64, Error> {
+        let now = now_millis();
+        let mut ops = Vec::new();
+        let mut next = u64::MAX;
+        for item in self.expiry.iter().map_err(map_err)? {
+            let (raw, _) = item.map_err(map_err)?;
+            let raw = raw.value();
+            let Some(head) = raw.get(..8) else {
+                ops.push(Op::DropExpiryEntry(raw.to_vec()));
                 continue;
+            };
+            let deadline = decode_u64(head);
+            if deadline > now || ops.len() >= SWEEP_BATCH {
+                next = deadline;
+                break;
             }
-            return Ok(next);
+            let key = String::from_utf8_lossy(&raw[8..]).into_owned();
+            let entry = raw.to_vec();
+            match self.meta_of(&key)? {
+                Some((_, d)) if d == deadline => ops.push(Op::Remove {
+                    key,
+                    old_deadline: Some(d),
+                }),
+                // A stale index entry: the key was rewritten or removed meanwhile.
+                _ => ops.push(Op::DropExpiryEntry(entry)),
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops)?;
+        }
+        Ok(next)
+    }
+}
+
+fn corrupt_pair(key: &str) -> Error {
+    Error::backend(
+        BACKEND,
+        format!("corrupt store: {key:?} has metadata but no value"),
+    )
+}
+
+/// The state of the writer thread, shared with the engine.
+#[derive(Debug, Default)]
+struct WriterHealth {
+    /// When the current transaction started (ms since `epoch`), 0 while idle.
+    busy_since_ms: AtomicU64,
+}
+
+/// One open database, shared by every handle on it in this process.
+pub(crate) struct Engine {
+    db: Arc<redb::Database>,
+    queue: Mutex<Option<SyncSender<Job>>>,
+    changes: broadcast::Sender<Arc<Change>>,
+    health: Arc<WriterHealth>,
+    epoch: Instant,
+    /// Signalled by the writer thread when it has finished (and dropped its database).
+    writer_done: Mutex<Option<Receiver<()>>>,
+    registry_key: Option<PathBuf>,
+    /// The directory holding the database (empty for an in-memory temporary one).
+    path: PathBuf,
+    /// Declared after `db`, so it runs once the database file is closed.
+    _remove_on_drop: RemoveOnDrop,
+}
+
+/// Removes a temporary database's directory when dropped.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_dir_all(path);
         }
     }
 }
 
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the queue stops the writer once it has answered what was queued; wait
+        // (bounded) for it, so that the file is unlocked when the last handle is gone.
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(done) = self
+            .writer_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = done.recv_timeout(Duration::from_secs(10));
+        }
+        if let Some(key) = &self.registry_key {
+            let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            if registry
+                .get(key)
+                .is_some_and(|weak| weak.strong_count() == 0)
+            {
+                registry.remove(key);
+            }
+        }
+    }
+}
+
+/// Open databases in this process: canonical path → engine. redb allows one open `Database`
+/// per file, so every handle on a path shares one engine.
+static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<Engine>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+impl Engine {
+    /// Opens (or joins, when another handle of this process has it open) the database that
+    /// `config` describes. Blocking.
+    pub(crate) fn open(config: &Config) -> Result<Arc<Engine>, Error> {
+        let Some(path) = &config.path else {
+            // A temporary database without a path lives in memory; nobody can join it except
+            // through handles made from the first one.
+            let db = redb::Builder::new()
+                .set_cache_size(config.cache_capacity as usize)
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(map_err)?;
+            return Self::start(config, db, None, PathBuf::new(), false)
+                .map_err(|e| e.into_error());
+        };
+        let key = registry_key(path);
+        let started = Instant::now();
+        loop {
+            {
+                let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(engine) = registry.get(&key).and_then(Weak::upgrade) {
+                    return Ok(engine);
+                }
+                match Self::open_file(config, &key) {
+                    Ok(db) => {
+                        let engine = Self::start(
+                            config,
+                            db,
+                            Some(key.clone()),
+                            key.clone(),
+                            config.temporary,
+                        )
+                        .map_err(|e| e.into_error())?;
+                        registry.insert(key, Arc::downgrade(&engine));
+                        return Ok(engine);
+                    }
+                    Err(OpenError::Locked) => {
+                        if started.elapsed() >= config.lock_timeout {
+                            return Err(Error::unavailable(
+                                BACKEND,
+                                format!(
+                                    "{} is locked by another process (waited {:?})",
+                                    key.display(),
+                                    config.lock_timeout
+                                ),
+                            ));
+                        }
+                    }
+                    Err(OpenError::Other(error)) => return Err(error),
+                }
+            }
+            // The file is locked: by another process, or by a database of this process that
+            // is being closed right now. Wait a little and look again.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn open_file(config: &Config, dir: &Path) -> Result<redb::Database, OpenError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(OpenError::Other(Error::Config(format!(
+                "{} is not a directory: a kv-bolt database is a directory",
+                dir.display()
+            ))));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| OpenError::Other(map_open_err(dir, redb::Error::Io(e))))?;
+        let file = dir.join(FILE_NAME);
+        redb::Builder::new()
+            .set_cache_size(config.cache_capacity as usize)
+            .create(&file)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked,
+                other => OpenError::Other(map_open_err(&file, other.into())),
+            })
+    }
+
+    fn start(
+        config: &Config,
+        db: redb::Database,
+        registry_key: Option<PathBuf>,
+        path: PathBuf,
+        remove_on_drop: bool,
+    ) -> Result<Arc<Engine>, OpenError> {
+        let open_err = |e: redb::Error| OpenError::Other(map_open_err(&path, e));
+        // Create the tables (a new database) and read the counter and the first deadline.
+        let (seq, first_deadline) = {
+            let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
+            let found = {
+                txn.open_table(DATA).map_err(|e| open_err(e.into()))?;
+                txn.open_table(META).map_err(|e| open_err(e.into()))?;
+                let expiry = txn.open_table(EXPIRY).map_err(|e| open_err(e.into()))?;
+                let state = txn.open_table(STATE).map_err(|e| open_err(e.into()))?;
+                let seq = state
+                    .get(SEQ_KEY)
+                    .map_err(|e| open_err(e.into()))?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let first = expiry
+                    .first()
+                    .map_err(|e| open_err(e.into()))?
+                    .map(|(k, _)| decode_u64(k.value().get(..8).unwrap_or_default()))
+                    .unwrap_or(u64::MAX);
+                (seq, first)
+            };
+            txn.commit().map_err(|e| open_err(e.into()))?;
+            found
+        };
+        let db = Arc::new(db);
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let (queue, jobs) = mpsc::sync_channel::<Job>(QUEUE_CAPACITY);
+        let (done_tx, done_rx) = mpsc::channel();
+        let health = Arc::new(WriterHealth::default());
+        let epoch = Instant::now();
+        let writer = Writer {
+            db: db.clone(),
+            changes: changes.clone(),
+            health: health.clone(),
+            epoch,
+            durability: config.durability,
+            next_sweep: first_deadline,
+            seq,
+        };
+        std::thread::Builder::new()
+            .name("kv-bolt-writer".into())
+            .spawn(move || writer.run(jobs, done_tx))
+            .map_err(|e| OpenError::Other(Error::unavailable(BACKEND, e)))?;
+        Ok(Arc::new(Engine {
+            db,
+            queue: Mutex::new(Some(queue)),
+            changes,
+            health,
+            epoch,
+            writer_done: Mutex::new(Some(done_rx)),
+            _remove_on_drop: RemoveOnDrop(remove_on_drop.then(|| path.clone())),
+            registry_key,
+            path,
+        }))
+    }
+
+    /// The database directory (empty for an in-memory temporary database).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Subscribes to committed changes. Subscribe before reading, so nothing is missed.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// Runs `job` inside the writer's next transaction and returns its result once that
+    /// transaction has committed (durably, with [`Durability::EveryWrite`]). Fails with
+    /// [`Error::Timeout`] after `timeout` (the request may still be applied later, like a
+    /// networked store's), and at once with [`Error::Unavailable`] while the writer has been
+    /// stuck in one transaction for longer than `timeout`, so callers never pile up behind
+    /// a hung disk.
+    pub(crate) async fn write<T, F>(
+        &self,
+        timeout: Duration,
+        operation: &'static str,
+        job: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, Error> + Send + 'static,
+    {
+        let busy_since = self.health.busy_since_ms.load(Ordering::SeqCst);
+        if busy_since != 0 {
+            let busy_for = (self.epoch.elapsed().as_millis() as u64).saturating_sub(busy_since);
+            if busy_for > timeout.as_millis() as u64 {
+                return Err(Error::unavailable(
+                    BACKEND,
+                    format!(
+                        "the database writer has been stuck in one transaction for {busy_for} ms; {operation} refused"
+                    ),
+                ));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
+            let result = match batch {
+                Some(batch) => job(batch),
+                None => Err(Error::Closed),
+            };
+            Box::new(move |committed: Result<(), &Error>| {
+                let _ = tx.send(match committed {
+                    Ok(()) => result,
+                    Err(error) => Err(error.clone()),
+                });
+            })
+        });
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::Closed)?;
+        // The queue is large; when it is full the writer is far behind, and waiting for room
+        // on this thread is bounded by the writer's progress.
+        match queue.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(job)) => {
+                let sent = tokio::task::spawn_blocking(move || queue.send(job).is_ok());
+                match tokio::time::timeout(timeout, sent).await {
+                    Ok(Ok(true)) => {}
+                    Ok(_) => return Err(Error::Closed),
+                    Err(_) => {
+                        return Err(Error::Timeout {
+                            backend: BACKEND,
+                            operation,
+                            after: timeout,
+                        });
+                    }
+                }
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(Error::Closed),
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::backend(
+                BACKEND,
+                format!("{operation}: the database writer stopped before answering"),
+            )),
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                operation,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Writes everything to disk now, whatever the durability setting.
+    pub(crate) async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        self.write(timeout, "flush", |batch| {
+            batch.force_durable();
+            Ok(())
+        })
+        .await
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, Error> {
+        self.db.begin_read().map_err(map_err)
+    }
+
+    /// Reads one key (`None` when absent or expired) and the index of the last commit seen.
+    pub(crate) fn get(&self, key: &str) -> Result<(Option<Entry>, u64), Error> {
+        let txn = self.read()?;
+        let meta = txn.open_table(META).map_err(map_err)?;
+        let seq = read_seq(&txn)?;
+        let Some(raw) = meta.get(key).map_err(map_err)? else {
+            return Ok((None, seq));
+        };
+        let (index, deadline) = decode_meta(key, raw.value())?;
+        if is_expired(deadline) {
+            return Ok((None, seq));
+        }
+        let data = txn.open_table(DATA).map_err(map_err)?;
+        let Some(value) = data.get(key).map_err(map_err)? else {
+            return Err(corrupt_pair(key));
+        };
+        let entry = Entry {
+            value: Bytes::copy_from_slice(value.value()),
+            index,
+            deadline,
+        };
+        Ok((Some(entry), seq))
+    }
+
+    /// Every live key starting with `prefix` (byte order), and the index of the last commit seen.
+    pub(crate) fn list(&self, prefix: &str) -> Result<(Vec<(String, Entry)>, u64), Error> {
+        let txn = self.read()?;
+        let meta = txn.open_table(META).map_err(map_err)?;
+        let data = txn.open_table(DATA).map_err(map_err)?;
+        let seq = read_seq(&txn)?;
+        let mut out = Vec::new();
+        for item in meta.range(prefix..).map_err(map_err)? {
+            let (key, raw) = item.map_err(map_err)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let (index, deadline) = decode_meta(key, raw.value())?;
+            if is_expired(deadline) {
+                continue;
+            }
+            let Some(value) = data.get(key).map_err(map_err)? else {
+                return Err(corrupt_pair(key));
+            };
+            out.push((
+                key.to_owned(),
+                Entry {
+                    value: Bytes::copy_from_slice(value.value()),
+                    index,
+                    deadline,
+                },
+            ));
+        }
+        Ok((out, seq))
+    }
+
+    /// Every key physically stored under `prefix`, expired or not (diagnostics).
+    pub(crate) fn stored_keys(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let txn = self.read()?;
+        let data = txn.open_table(DATA).map_err(map_err)?;
+        let mut out = Vec::new();
+        for item in data.range(prefix..).map_err(map_err)? {
+            let (key, _) = item.map_err(map_err)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(key.to_owned());
+        }
+        Ok(out)
+    }
+}
+
+fn read_seq(txn: &redb::ReadTransaction) -> Result<u64, Error> {
+    let state = txn.open_table(STATE).map_err(map_err)?;
+    Ok(state
+        .get(SEQ_KEY)
+        .map_err(map_err)?
+        .map(|g| g.value())
+        .unwrap_or(0))
+}
+
 enum OpenError {
-    Locked(sled::Error),
+    Locked,
     Other(Error),
+}
+
+impl OpenError {
+    fn into_error(self) -> Error {
+        match self {
+            OpenError::Locked => Error::unavailable(BACKEND, "the database is locked"),
+            OpenError::Other(error) => error,
+        }
+    }
 }
 
 /// The registry's key for a path: canonical if it exists, else absolute.
@@ -845,43 +1039,219 @@ fn registry_key(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Removes expired keys at their deadline. Holds the engine only while sweeping, so the
-/// database closes when its last handle goes; stops when the engine is dropped.
-fn sweeper_thread(engine: Weak<Engine>, signal: Arc<SweepSignal>) {
-    loop {
-        {
-            let mut state = signal.state.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if state.stop {
-                    return;
-                }
-                let now = now_millis();
-                if state.next <= now {
-                    break;
-                }
-                // Wake at least every second to notice a database dropped without a signal.
-                let wait = Duration::from_millis((state.next - now).min(1000));
-                state = signal
-                    .wake
-                    .wait_timeout(state, wait)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                if engine.strong_count() == 0 {
-                    return;
+/// The writer thread: applies queued requests in batches, sweeps expired keys, makes periodic
+/// commits durable.
+struct Writer {
+    db: Arc<redb::Database>,
+    changes: broadcast::Sender<Arc<Change>>,
+    health: Arc<WriterHealth>,
+    epoch: Instant,
+    durability: Durability,
+    /// The earliest deadline (Unix ms) that needs a sweep; `u64::MAX` = none.
+    next_sweep: u64,
+    /// The last committed index.
+    seq: u64,
+}
+
+impl Writer {
+    fn run(mut self, jobs: Receiver<Job>, done: Sender<()>) {
+        // With periodic durability: when the oldest commit not yet on disk was made.
+        let mut unsynced_since: Option<Instant> = None;
+        loop {
+            let now = now_millis();
+            let until_sweep = Duration::from_millis(self.next_sweep.saturating_sub(now));
+            let until_sync = match (self.durability, unsynced_since) {
+                (Durability::Periodic(every), Some(since)) => every.saturating_sub(since.elapsed()),
+                _ => Duration::from_secs(3600),
+            };
+            let wait = until_sweep.min(until_sync).min(Duration::from_secs(3600));
+            let mut batch = Vec::new();
+            match jobs.recv_timeout(wait) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            state.next = u64::MAX;
-        }
-        let Some(engine) = engine.upgrade() else {
-            return;
-        };
-        match engine.sweep() {
-            Ok(next) => signal.schedule(next),
-            Err(error) => {
-                tracing::warn!(%error, "kv-bolt: sweeping expired keys failed; retrying in 1 s");
-                signal.schedule(now_millis() + 1000);
+            let sweep = self.next_sweep <= now_millis();
+            let sync_due = match (self.durability, unsynced_since) {
+                (Durability::Periodic(every), Some(since)) => since.elapsed() >= every,
+                _ => false,
+            };
+            if batch.is_empty() && !sweep && !sync_due {
+                continue;
+            }
+            let durable = match self.transaction(batch, sweep, sync_due) {
+                Ok(durable) => durable,
+                Err(error) => {
+                    tracing::warn!(%error, "kv-bolt: a write transaction failed");
+                    if sweep {
+                        // Try the sweep again in a second rather than spinning on it.
+                        self.next_sweep = now_millis() + 1000;
+                    }
+                    continue;
+                }
+            };
+            if durable {
+                unsynced_since = None;
+            } else if unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
             }
         }
-        drop(engine);
+        if unsynced_since.is_some() {
+            // Closing: whatever is still only in memory goes to disk now.
+            if let Err(error) = self.transaction(Vec::new(), false, true) {
+                tracing::warn!(%error, "kv-bolt: the final flush failed");
+            }
+        }
+        drop(self.db);
+        let _ = done.send(());
     }
+
+    /// Runs one write transaction over `jobs` (and a sweep), commits it, answers every job and
+    /// publishes the changes. Returns whether the commit was durable.
+    fn transaction(&mut self, jobs: Vec<Job>, sweep: bool, sync: bool) -> Result<bool, Error> {
+        let started = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.health.busy_since_ms.store(started, Ordering::SeqCst);
+        let outcome = self.transaction_inner(jobs, sweep, sync);
+        self.health.busy_since_ms.store(0, Ordering::SeqCst);
+        outcome
+    }
+
+    fn transaction_inner(
+        &mut self,
+        jobs: Vec<Job>,
+        sweep: bool,
+        sync: bool,
+    ) -> Result<bool, Error> {
+        let fail_all = |finishers: Vec<Finish>, error: &Error| {
+            for finish in finishers {
+                finish(Err(error));
+            }
+        };
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(error) => {
+                let error = map_err(error);
+                let finishers = jobs.into_iter().map(|job| job_failed(job, &error));
+                fail_all(finishers.collect(), &error);
+                return Err(error);
+            }
+        };
+        let mut finishers = Vec::with_capacity(jobs.len());
+        // The batch borrows the transaction: it must be gone before the commit.
+        let (seq, changes, earliest_deadline, failed, force_durable, next_sweep) = {
+            let mut batch = match open_batch(&txn, self.seq, sync) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    let finishers = jobs.into_iter().map(|job| job_failed(job, &error));
+                    fail_all(finishers.collect(), &error);
+                    return Err(error);
+                }
+            };
+            for job in jobs {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    job(Some(&mut batch))
+                }));
+                match outcome {
+                    Ok(finish) => finishers.push(finish),
+                    Err(_) => {
+                        // The job's answer channel went with it: its caller gets an error. Its
+                        // writes (if any) may be half done, so the transaction is abandoned.
+                        batch.failed = Some(Error::backend(
+                            BACKEND,
+                            "a write request panicked inside the database writer",
+                        ));
+                    }
+                }
+            }
+            let mut next_sweep = None;
+            if sweep && batch.failed.is_none() {
+                match batch.sweep() {
+                    Ok(next) => next_sweep = Some(next),
+                    Err(error) => batch.failed = batch.failed.take().or(Some(error)),
+                }
+            }
+            let Batch {
+                data,
+                meta,
+                expiry,
+                seq,
+                changes,
+                earliest_deadline,
+                failed,
+                force_durable,
+            } = batch;
+            drop((data, meta, expiry));
+            (
+                seq,
+                changes,
+                earliest_deadline,
+                failed,
+                force_durable,
+                next_sweep,
+            )
+        };
+        if let Some(error) = failed {
+            let _ = txn.abort();
+            fail_all(finishers, &error);
+            return Err(error);
+        }
+        let durable = force_durable || self.durability == Durability::EveryWrite;
+        let committed = commit(txn, (seq != self.seq).then_some(seq), durable);
+        if let Err(error) = committed {
+            fail_all(finishers, &error);
+            return Err(error);
+        }
+        self.seq = seq;
+        if let Some(next) = next_sweep {
+            self.next_sweep = next;
+        }
+        self.next_sweep = self.next_sweep.min(earliest_deadline);
+        for finish in finishers {
+            finish(Ok(()));
+        }
+        for change in changes {
+            // No receiver is fine: nobody watches.
+            let _ = self.changes.send(Arc::new(change));
+        }
+        Ok(durable)
+    }
+}
+
+/// Records the new commit counter (if any) and commits `txn`.
+fn commit(mut txn: redb::WriteTransaction, seq: Option<u64>, durable: bool) -> Result<(), Error> {
+    if let Some(seq) = seq {
+        let mut state = txn.open_table(STATE).map_err(map_err)?;
+        state.insert(SEQ_KEY, seq).map_err(map_err)?;
+    }
+    if !durable {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::backend(BACKEND, e))?;
+    }
+    txn.commit().map_err(map_err)
+}
+
+/// The tables of `txn`, as a [`Batch`] continuing after index `seq`.
+fn open_batch(txn: &redb::WriteTransaction, seq: u64, sync: bool) -> Result<Batch<'_>, Error> {
+    Ok(Batch {
+        data: txn.open_table(DATA).map_err(map_err)?,
+        meta: txn.open_table(META).map_err(map_err)?,
+        expiry: txn.open_table(EXPIRY).map_err(map_err)?,
+        seq,
+        changes: Vec::new(),
+        earliest_deadline: u64::MAX,
+        failed: None,
+        force_durable: sync,
+    })
+}
+
+/// The answer for a job that never ran because its transaction could not start: the
+/// finisher then reports the transaction's error.
+fn job_failed(job: Job, _error: &Error) -> Finish {
+    job(None)
 }

@@ -14,7 +14,7 @@ use kv_core::{
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::engine::{Change, Engine};
-use crate::store::{Handle, blocking};
+use crate::store::Handle;
 use crate::watch::instant_of;
 
 /// One lock of one handle (what `kv_core::Lock` drives).
@@ -77,10 +77,9 @@ impl LockBackend for BoltLock {
                 self.value.clone(),
                 deadline_millis(self.ttl),
             );
-            let attempt = blocking(engine.clone(), timeout, "lock", move |e| {
-                e.try_lock(key, value, deadline)
-            })
-            .await?;
+            let attempt = engine
+                .write(timeout, "lock", move |b| b.try_lock(key, value, deadline))
+                .await?;
             let holder_deadline = match attempt {
                 Ok(index) => break index,
                 Err(holder_deadline) => holder_deadline,
@@ -134,10 +133,11 @@ async fn renewal(
             let key = full.clone();
             async move {
                 let deadline = deadline_millis(ttl);
-                blocking(engine, timeout, "lock renewal", move |e| {
-                    e.renew(key, index, deadline)
-                })
-                .await
+                engine
+                    .write(timeout, "lock renewal", move |b| {
+                        b.renew(key, index, deadline)
+                    })
+                    .await
             }
         }
     };
@@ -153,9 +153,7 @@ async fn renewal(
                     .all(|(_, u)| u.index() == Some(index)),
                 Err(RecvError::Lagged(_)) => {
                     let key = full.clone();
-                    match blocking(engine.clone(), timeout, "lock check", move |e| e.get(&key))
-                        .await
-                    {
+                    match engine.get(&key) {
                         Ok((entry, _)) => entry.is_some_and(|e| e.index == index),
                         // Renewal decides on failures.
                         Err(_) => true,
@@ -213,7 +211,9 @@ impl HeldLock for BoltHeld {
             full,
             index,
         } = *self;
-        blocking(engine, timeout, "unlock", move |e| e.release(full, index)).await?;
+        engine
+            .write(timeout, "unlock", move |b| b.release(full, index))
+            .await?;
         Ok(())
     }
 }

@@ -61,12 +61,10 @@ pub(crate) async fn watch_key(
     engine: Arc<Engine>,
     full: String,
 ) -> kv_core::Result<WatchStream> {
-    let timeout = handle.config.timeout;
     let prefix = handle.prefix.clone();
     let mut rx = engine.subscribe();
     let read_key = full.clone();
-    let (mut state, mut seen) =
-        blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key)).await?;
+    let (mut state, mut seen) = engine.get(&read_key)?;
     Ok(spawn_watch(
         &handle.tasks,
         move |tx: WatchSender<Option<KvPair>>| async move {
@@ -101,10 +99,7 @@ pub(crate) async fn watch_key(
                     },
                 };
                 if resync {
-                    let read_key = full.clone();
-                    match blocking(engine.clone(), timeout, "watch", move |e| e.get(&read_key))
-                        .await
-                    {
+                    match engine.get(&full) {
                         Ok((entry, seq)) => {
                             state = entry;
                             seen = seq;

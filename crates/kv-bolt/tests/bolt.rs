@@ -60,7 +60,7 @@ async fn reopen_keeps_data_and_last_index_keeps_rising() {
     store.put("a/b", "two".into(), no_ttl()).await.unwrap();
     let second = index_of(&store, "a/b").await;
     assert!(second > recreated);
-    // Dropped without close: sled flushes when the last handle goes.
+    // Dropped without close: every write was already durable.
     drop(store);
 
     let store = open(&path).await;
@@ -369,7 +369,12 @@ async fn values_up_to_16_mib() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_layout_is_readable_with_plain_sled() {
+async fn storage_layout_is_readable_with_plain_redb() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/data");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/meta");
+    const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv/expiry");
+    const STATE: TableDefinition<&str, u64> = TableDefinition::new("kv/state");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let config = Config::builder()
@@ -394,13 +399,14 @@ async fn storage_layout_is_readable_with_plain_sled() {
     let session = index_of(&store, "session").await;
     store.close().await.unwrap();
 
-    let db = sled::open(&path).unwrap();
-    let data = db.open_tree("kv/data").unwrap();
-    let meta = db.open_tree("kv/meta").unwrap();
-    let expiry = db.open_tree("kv/expiry").unwrap();
-    let state = db.open_tree("kv/state").unwrap();
-    assert_eq!(&data.get("app/conf/port").unwrap().unwrap()[..], b"8080");
-    let raw = meta.get("app/conf/port").unwrap().unwrap();
+    let db = redb::Database::open(path.join("kv.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let data = txn.open_table(DATA).unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let expiry = txn.open_table(EXPIRY).unwrap();
+    let state = txn.open_table(STATE).unwrap();
+    assert_eq!(data.get("app/conf/port").unwrap().unwrap().value(), b"8080");
+    let raw = meta.get("app/conf/port").unwrap().unwrap().value().to_vec();
     assert_eq!(raw.len(), 16);
     assert_eq!(u64::from_be_bytes(raw[..8].try_into().unwrap()), port);
     assert_eq!(
@@ -408,16 +414,14 @@ async fn storage_layout_is_readable_with_plain_sled() {
         0,
         "no TTL"
     );
-    let raw = meta.get("app/session").unwrap().unwrap();
+    let raw = meta.get("app/session").unwrap().unwrap().value().to_vec();
     assert_eq!(u64::from_be_bytes(raw[..8].try_into().unwrap()), session);
     let deadline = u64::from_be_bytes(raw[8..].try_into().unwrap());
     assert!(deadline > kv_core::ttl::now_millis());
     let mut index_key = deadline.to_be_bytes().to_vec();
     index_key.extend_from_slice(b"app/session");
-    assert!(expiry.contains_key(index_key).unwrap());
-    let seq = state.get("seq").unwrap().unwrap();
-    assert_eq!(u64::from_be_bytes(seq[..].try_into().unwrap()), session);
-    drop((data, meta, expiry, state, db));
+    assert!(expiry.get(index_key.as_slice()).unwrap().is_some());
+    assert_eq!(state.get("seq").unwrap().unwrap().value(), session);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,9 +483,10 @@ async fn namespaces_are_isolated() {
 async fn a_database_locked_by_another_opener_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    // A second sled instance on the path (what another process would hold): it owns the
+    // A second redb instance on the file (what another process would hold): it owns the
     // file lock, which this process's registry does not know about.
-    let other = sled::open(&path).unwrap();
+    std::fs::create_dir_all(&path).unwrap();
+    let other = redb::Database::create(path.join("kv.redb")).unwrap();
     let config = Config::builder()
         .path(&path)
         .lock_timeout(Duration::from_millis(300))
@@ -530,8 +535,7 @@ async fn paths_that_cannot_hold_a_database_are_config_errors() {
     );
     let garbage = dir.path().join("garbage");
     std::fs::create_dir(&garbage).unwrap();
-    std::fs::write(garbage.join("conf"), vec![0xA5u8; 4096]).unwrap();
-    std::fs::write(garbage.join("db"), vec![0x5Au8; 1 << 20]).unwrap();
+    std::fs::write(garbage.join("kv.redb"), vec![0x5Au8; 1 << 20]).unwrap();
     let result = BoltStore::open(Config::new(&garbage)).await;
     assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
     assert!(
@@ -572,7 +576,19 @@ async fn every_write_durability_and_url_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporary_database_is_deleted_when_its_last_handle_goes() {
-    let store = BoltStore::open(Config::temporary()).await.unwrap();
+    // Without a path, a temporary database lives in memory: no file at all.
+    let memory = BoltStore::open(Config::temporary()).await.unwrap();
+    assert_eq!(memory.path().unwrap(), std::path::PathBuf::new());
+    memory.put("k", "v".into(), no_ttl()).await.unwrap();
+    memory.close().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::builder()
+        .path(dir.path().join("db"))
+        .temporary(true)
+        .build()
+        .unwrap();
+    let store = BoltStore::open(config).await.unwrap();
     let other = store.handle().unwrap();
     let path = store.path().unwrap();
     store.put("k", "v".into(), no_ttl()).await.unwrap();

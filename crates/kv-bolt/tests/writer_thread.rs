@@ -1,36 +1,36 @@
-//! The per-database sweeper thread ends when the database's last handle goes. In its own test
-//! binary so that no other test's database runs a sweeper meanwhile.
+//! The per-database writer thread (which also sweeps expired keys) ends when the database's last handle goes. In its own test
+//! binary so that no other test's database runs a writer meanwhile.
 
 use std::time::{Duration, Instant};
 
 use kv_bolt::{BoltStore, Config};
 use kv_core::{Store, WriteOptions};
 
-/// Threads of this process named `kv-bolt-sweeper` (Linux: /proc/self/task/*/comm).
-fn sweepers() -> usize {
+/// Threads of this process named `kv-bolt-writer` (Linux: /proc/self/task/*/comm).
+fn writers() -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "kv-bolt-sweeper")
+        .filter(|name| name.trim() == "kv-bolt-writer")
         .count()
 }
 
-async fn wait_for_sweepers(expected: usize) {
+async fn wait_for_writers(expected: usize) {
     let deadline = Instant::now() + Duration::from_secs(3);
-    while sweepers() != expected {
+    while writers() != expected {
         assert!(
             Instant::now() < deadline,
-            "{} sweeper threads, expected {expected}",
-            sweepers()
+            "{} writer threads, expected {expected}",
+            writers()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweeper_thread_ends_with_the_last_handle() {
+async fn the_writer_thread_ends_with_the_last_handle() {
     if !std::path::Path::new("/proc/self/task").exists() {
         panic!("this test reads thread names from /proc (Linux)");
     }
@@ -49,16 +49,16 @@ async fn the_sweeper_thread_ends_with_the_last_handle() {
     )
     .await
     .unwrap();
-    wait_for_sweepers(2).await;
+    wait_for_writers(2).await;
     one.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        sweepers(),
+        writers(),
         2,
         "the path's database stays open for the other handle"
     );
     drop(two);
-    wait_for_sweepers(1).await;
+    wait_for_writers(1).await;
     temp.close().await.unwrap();
-    wait_for_sweepers(0).await;
+    wait_for_writers(0).await;
 }
