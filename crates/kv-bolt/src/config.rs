@@ -93,7 +93,8 @@ impl Config {
     }
 
     /// Parses `bolt:///absolute/path?option=value&…`, `bolt:relative/path?…` or
-    /// `bolt://memory` (a temporary database); the scheme `sled:` is accepted too.
+    /// `bolt://memory` (a temporary database in memory); the scheme `sled:` is still accepted
+    /// as an alias, for URLs written for earlier versions.
     ///
     /// Options: `namespace`, `temporary` (`true`/`false`), `durability` (`every-write` or
     /// `periodic`), `flush_every_ms`, `cache_capacity` (bytes), `timeout_ms`,

@@ -169,7 +169,7 @@ impl BoltStore {
         &self.inner.config
     }
 
-    /// The database directory (sled's generated one for a temporary database without a path).
+    /// The database directory (empty for a temporary database held in memory).
     pub fn path(&self) -> Result<PathBuf> {
         Ok(self.inner.engine()?.path().to_path_buf())
     }
@@ -190,7 +190,7 @@ impl BoltStore {
             .collect())
     }
 
-    /// Writes everything to disk now, whatever the [`Durability`].
+    /// Writes everything to disk now, whatever the [`Durability`](crate::Durability).
     pub async fn flush(&self) -> Result<()> {
         let engine = self.inner.engine()?;
         engine.flush(self.inner.config.timeout).await
