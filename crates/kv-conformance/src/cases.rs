@@ -127,6 +127,12 @@ pub async fn special_characters_in_keys(factory: &dyn StoreFactory) {
         "dot.file",
         "..x",
         "x..",
+        // Letters, marks and symbols of several scripts and planes.
+        "e\u{301}",
+        "日本語",
+        "عربي",
+        "\u{20000}x",
+        "€~^`|",
     ];
     for name in names {
         put(&*store, &format!("{p}/{name}"), name).await;
@@ -541,6 +547,18 @@ pub async fn invalid_keys_are_rejected(factory: &dyn StoreFactory) {
         "nul\u{0}",
         "x/__kvinternal",
         long.as_str(),
+        // Separators other than the space, format characters, private use, unassigned code
+        // points: some servers refuse them (Consul: HTTP 400), so every backend does.
+        "nbsp\u{A0}x",
+        "soft\u{AD}hyphen",
+        "zwj\u{200D}x",
+        "line\u{2028}sep",
+        "rtl\u{202E}x",
+        "ideographic\u{3000}space",
+        "bom\u{FEFF}x",
+        "tag\u{E0001}x",
+        "private\u{F0000}x",
+        "unassigned\u{378}x",
     ];
     let pair = KvPair::new("a", "b", 1);
     for key in bad_keys {

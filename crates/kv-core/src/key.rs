@@ -5,10 +5,17 @@
 //! * One leading and one trailing `/` are ignored: `/a/b/`, `/a/b`, `a/b/` and `a/b` are the
 //!   same key, reported back as `a/b`.
 //! * Every segment is non-empty (`a//b` is invalid) and is neither `.` nor `..`.
-//! * No control characters (U+0000–U+001F, U+007F–U+009F), no private-use characters
-//!   (U+E000–U+F8FF) and none of U+FFF0–U+FFFF: some servers (ZooKeeper) refuse them, so no
-//!   backend accepts them. Characters outside the Basic Multilingual Plane (emoji…) are valid:
-//!   ZooKeeper refuses them too, so that backend escapes them in node names.
+//! * Every character is a letter, mark, number, punctuation or symbol (Unicode general
+//!   categories L, M, N, P, S) or the ASCII space. Refused: control and format characters
+//!   (U+0000–U+001F, U+007F–U+009F, U+00AD soft hyphen, U+200D zero-width joiner, U+202E,
+//!   U+FEFF, U+E0001 language tag…), every separator but the space (U+00A0 no-break space,
+//!   U+2028, U+3000…), private-use characters (U+E000–U+F8FF, planes 15 and 16), unassigned
+//!   code points (as of Unicode 14.0, the table's version), and U+FFF0–U+FFFF. Servers refuse
+//!   these (Consul answers HTTP 400 for exactly what Go's `unicode.IsPrint` rejects, ZooKeeper
+//!   for U+FFF0–U+FFFF and private use), so no backend accepts them: the same key is refused
+//!   the same way, before anything is sent, everywhere. Characters outside the Basic
+//!   Multilingual Plane (emoji, CJK extensions…) are valid: ZooKeeper refuses them, so that
+//!   backend escapes them in node names.
 //! * Segments starting with `__kv` are reserved for the backends' own records (lock queues,
 //!   version counters) and are invalid in user keys.
 //! * A key is at most [`Capabilities::max_key_len`](crate::Capabilities) bytes after
@@ -76,10 +83,24 @@ pub fn normalize_directory(directory: &str) -> Result<String> {
     Ok(trimmed.to_owned())
 }
 
-fn is_forbidden_char(c: char) -> bool {
-    c.is_control()
-        || ('\u{E000}'..='\u{F8FF}').contains(&c)
-        || ('\u{FFF0}'..='\u{FFFF}').contains(&c)
+/// True for a character no key may contain (see the module documentation).
+pub fn is_forbidden_char(c: char) -> bool {
+    let cp = c as u32;
+    if (0x21..=0x7E).contains(&cp) || cp == 0x20 {
+        return false;
+    }
+    if (0xFFF0..=0xFFFF).contains(&cp) {
+        return true;
+    }
+    // Binary search in the sorted ranges of allowed code points.
+    let allowed = crate::key_chars::ALLOWED;
+    let i = allowed.partition_point(|&(_, end)| end < cp);
+    !allowed.get(i).is_some_and(|&(start, _)| start <= cp)
+}
+
+/// The Unicode version of the table that decides which characters keys may contain.
+pub fn unicode_version() -> &'static str {
+    crate::key_chars::UNICODE_VERSION
 }
 
 /// The prefix every descendant of a normalised directory starts with: `""` for the root,
@@ -134,6 +155,18 @@ mod tests {
             "a\u{0}",
             "x/__kvlock",
             "\u{E000}",
+            "a\u{A0}b",
+            "a\u{AD}b",
+            "a\u{200D}b",
+            "a\u{2028}b",
+            "a\u{202E}b",
+            "a\u{3000}b",
+            "a\u{FEFF}b",
+            "a\u{E0001}b",
+            "a\u{F0000}b",
+            "a\u{10FFFD}b",
+            "a\u{378}b",
+            "a\u{FFFC}b",
         ] {
             assert!(
                 matches!(normalize_key(k), Err(Error::InvalidKey { .. })),
@@ -143,6 +176,36 @@ mod tests {
         assert!(normalize_key(&"x".repeat(MAX_KEY_LEN + 1)).is_err());
         assert!(normalize_key(&"x".repeat(MAX_KEY_LEN)).is_ok());
         assert!(normalize_key("a/.b/..c/__k/ü/ /😀").is_ok());
+        // Letters, marks, numbers, punctuation and symbols of every plane are fine.
+        assert!(normalize_key("日本/ελληνικά/e\u{301}/١٢٣/«»/€/𝔸/\u{20000}/~!@#$%^&*()").is_ok());
+    }
+
+    #[test]
+    fn the_character_table_matches_the_categories() {
+        for c in [
+            'a',
+            'Z',
+            '0',
+            ' ',
+            '~',
+            'é',
+            '\u{301}',
+            '€',
+            '😀',
+            '\u{20000}',
+        ] {
+            assert!(!is_forbidden_char(c), "{c:?} refused");
+        }
+        for c in [
+            '\u{0}', '\u{7F}', '\u{9F}', '\u{A0}', '\u{AD}', '\u{2029}', '\u{E000}',
+        ] {
+            assert!(is_forbidden_char(c), "{c:?} accepted");
+        }
+        let table = crate::key_chars::ALLOWED;
+        assert!(
+            table.windows(2).all(|w| w[0].1 < w[1].0),
+            "sorted and disjoint"
+        );
     }
 
     #[test]

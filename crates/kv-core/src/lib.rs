@@ -11,7 +11,7 @@
 //!
 //! | call | behaviour on every backend |
 //! | --- | --- |
-//! | keys | `/`-separated paths; one leading/trailing `/` ignored; no empty, `.` or `..` segment, no control characters, no `__kv…` segment; length limit per backend ([`key`]) |
+//! | keys | `/`-separated paths; one leading/trailing `/` ignored; no empty, `.` or `..` segment; only letters, marks, numbers, punctuation, symbols and the ASCII space (no control, format, private-use or unassigned characters, no separators but the space); no `__kv…` segment; length limit per backend ([`key`]) |
 //! | `put` | create or overwrite; optional TTL; a write without TTL makes the key permanent |
 //! | `get` | `Ok(None)` when absent or expired |
 //! | `delete` | `Ok(true)` if it existed, `Ok(false)` if not; only that key |
@@ -34,6 +34,7 @@
 
 pub mod error;
 pub mod key;
+mod key_chars;
 pub mod lock;
 pub mod retry;
 pub mod store;
