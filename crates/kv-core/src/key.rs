@@ -95,7 +95,7 @@ pub fn is_forbidden_char(c: char) -> bool {
     // Binary search in the sorted ranges of allowed code points.
     let allowed = crate::key_chars::ALLOWED;
     let i = allowed.partition_point(|&(_, end)| end < cp);
-    !allowed.get(i).is_some_and(|&(start, _)| start <= cp)
+    allowed.get(i).is_none_or(|&(start, _)| start > cp)
 }
 
 /// The Unicode version of the table that decides which characters keys may contain.
