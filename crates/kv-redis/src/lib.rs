@@ -101,11 +101,13 @@
 //! * **Tasks**: watch loops and lock renewals run on the handle's `TaskSet`; dropping a stream
 //!   or a lock ends them; `close()` releases locks, ends watches with `Closed`, then
 //!   disconnects both connections.
-//! * **Timeouts**: every request is bounded by [`Config::request_timeout`]
-//!   (→ [`kv_core::Error::Timeout`]); fred reconnects in the background with exponential
-//!   backoff. A command in flight when the connection breaks is never re-sent (it may have
-//!   been applied: a re-sent CAS would report a conflict for its own write); the call fails
-//!   with [`kv_core::Error::Unavailable`] instead.
+//! * **Timeouts**: every call is bounded by [`Config::request_timeout`] as a whole
+//!   (→ [`kv_core::Error::Timeout`]): `list`, `delete_tree` and a `watch_tree` resync too,
+//!   all their SCAN pages and batched reads or deletes together (raise the timeout for trees
+//!   of hundreds of thousands of keys). fred reconnects in the background with exponential
+//!   backoff, but never makes a call wait longer. A command in flight when the connection
+//!   breaks is never re-sent (it may have been applied: a re-sent CAS would report a conflict
+//!   for its own write); the call fails with [`kv_core::Error::Unavailable`] instead.
 //!
 //! ## Capabilities and limits
 //!
@@ -130,8 +132,8 @@
 //!   yet.
 //! * While the server is unreachable, calls fail with [`kv_core::Error::Unavailable`] (at once
 //!   when fred already knows the connection is down, after [`Config::request_timeout`] as
-//!   [`kv_core::Error::Timeout`] when it does not yet); fred keeps reconnecting in the
-//!   background and later calls succeed again.
+//!   [`kv_core::Error::Timeout`] when it does not yet — `list` and `delete_tree` included);
+//!   fred keeps reconnecting in the background and later calls succeed again.
 //! * Redis replication is asynchronous: after a Sentinel failover, the last acknowledged writes
 //!   (and locks) may be lost. Redis gives no stronger guarantee.
 

@@ -325,6 +325,28 @@ impl Inner {
         }
     }
 
+    /// Runs a call made of many requests (`list`, `delete_tree`, a `watch_tree` resync) under
+    /// one [`Config::request_timeout`] as a whole. Its single requests are bounded too, but
+    /// fred's SCAN pages are not (`scan_buffered` applies no command timeout), and one limit
+    /// per page or per batch would add up during an outage to a multiple of the documented
+    /// limit.
+    pub(crate) async fn whole_call<T>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.config.request_timeout;
+        match tokio::time::timeout(after, work).await {
+            // A request inside that hit its own (equal) limit first: report the whole call.
+            Ok(Err(Error::Timeout { .. })) | Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                operation,
+                after,
+            }),
+            Ok(result) => result,
+        }
+    }
+
     pub(crate) fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.config.namespace)
     }
@@ -384,11 +406,12 @@ impl Inner {
         }))
     }
 
-    /// Every (normalised) store key strictly below `dir`, unsorted.
+    /// Every (normalised) store key strictly below `dir`, sorted. Not time-limited itself:
+    /// callers run it inside [`whole_call`](Self::whole_call).
     pub(crate) async fn scan_keys(&self, dir: &str) -> Result<Vec<String>> {
         let prefix = format!("{}{}", self.config.namespace, key::child_prefix(dir));
         let pattern = format!("{}*", glob_escape(&prefix));
-        let scan = self
+        let mut keys = self
             .client
             .scan_buffered(pattern, Some(SCAN_COUNT), Some(ScanType::String))
             .map_err(|e| map_err(e, "scan", self.config.request_timeout))
@@ -400,36 +423,29 @@ impl Inner {
                     .map(str::to_owned);
                 async move { Ok(found) }
             })
-            .try_collect::<Vec<_>>();
-        // The whole scan is bounded by the request timeout per page; bound it overall too.
-        let limit = self.config.request_timeout * 10;
-        match tokio::time::timeout(limit, scan).await {
-            Ok(result) => {
-                // SCAN may return a key more than once (while the server rehashes).
-                let mut keys = result?;
-                keys.sort_unstable();
-                keys.dedup();
-                Ok(keys)
-            }
-            Err(_) => Err(Error::Timeout {
-                backend: BACKEND,
-                operation: "scan",
-                after: limit,
-            }),
-        }
+            .try_collect::<Vec<_>>()
+            .await?;
+        // SCAN may return a key more than once (while the server rehashes).
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
-    /// `list` with deadlines: the keys below `dir`, read in batches, sorted.
+    /// `list` with deadlines: the keys below `dir`, read in batches, sorted; bounded by one
+    /// request timeout as a whole.
     pub(crate) async fn list_found(&self, dir: &str) -> Result<Vec<Found>> {
-        let keys = self.scan_keys(dir).await?;
-        let mut found: Vec<Found> = futures::stream::iter(keys)
-            .map(|k| async move { self.read(&k).await })
-            .buffer_unordered(BATCH)
-            .try_filter_map(|f| async move { Ok(f) })
-            .try_collect()
-            .await?;
-        found.sort_by(|a, b| a.pair.key.cmp(&b.pair.key));
-        Ok(found)
+        self.whole_call("list", async {
+            let keys = self.scan_keys(dir).await?;
+            let mut found: Vec<Found> = futures::stream::iter(keys)
+                .map(|k| async move { self.read(&k).await })
+                .buffer_unordered(BATCH)
+                .try_filter_map(|f| async move { Ok(f) })
+                .try_collect()
+                .await?;
+            found.sort_by(|a, b| a.pair.key.cmp(&b.pair.key));
+            Ok(found)
+        })
+        .await
     }
 
     pub(crate) async fn delete_key(&self, key: &str) -> Result<bool> {
@@ -731,16 +747,20 @@ impl Store for RedisStore {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
         let dir = inner.caps.check_directory(directory)?;
-        let mut keys = inner.scan_keys(&dir).await?;
-        if !dir.is_empty() {
-            keys.push(dir);
-        }
-        futures::stream::iter(keys)
-            .map(|k| async move { inner.delete_key(&k).await })
-            .buffer_unordered(BATCH)
-            .try_collect::<Vec<_>>()
-            .await?;
-        Ok(())
+        inner
+            .whole_call("delete_tree", async {
+                let mut keys = inner.scan_keys(&dir).await?;
+                if !dir.is_empty() {
+                    keys.push(dir.clone());
+                }
+                futures::stream::iter(keys)
+                    .map(|k| async move { inner.delete_key(&k).await })
+                    .buffer_unordered(BATCH)
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

@@ -170,6 +170,17 @@ impl PrivateServer {
         self.wait_ready().await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server process: a stopped server keeps its
+    /// connections and accepts new ones, but answers nothing.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     fn config(&self) -> Config {
         Config::builder()
             .endpoint(format!("127.0.0.1:{}", self.port))
@@ -563,6 +574,95 @@ async fn a_server_going_away_gives_transient_errors_and_close_still_returns() {
         next(&mut watch, "closed").await,
         Err(Error::Closed)
     ));
+}
+
+/// Runs the calls a client makes during an outage and checks that each one fails, as a whole,
+/// within `limit`: `get`, and `list` / `delete_tree`, which take several SCAN pages and read
+/// or delete key by key.
+async fn every_call_fails_within(store: &RedisStore, limit: Duration, outage: &str) {
+    let started = Instant::now();
+    let got = store.get("d/k0000", ReadOptions::default()).await;
+    let took = started.elapsed();
+    eprintln!("{outage}: get -> {got:?} after {took:?}");
+    assert!(matches!(&got, Err(e) if e.is_transient()), "{outage}: get");
+    assert!(took < limit, "{outage}: get took {took:?}");
+
+    let started = Instant::now();
+    let listed = store.list("d", ReadOptions::default()).await;
+    let took = started.elapsed();
+    eprintln!(
+        "{outage}: list -> {:?} after {took:?}",
+        listed.as_ref().map(Vec::len)
+    );
+    assert!(
+        matches!(&listed, Err(e) if e.is_transient()),
+        "{outage}: list"
+    );
+    assert!(took < limit, "{outage}: list took {took:?}");
+
+    let started = Instant::now();
+    let deleted = store.delete_tree("d").await;
+    let took = started.elapsed();
+    eprintln!("{outage}: delete_tree -> {deleted:?} after {took:?}");
+    assert!(
+        matches!(&deleted, Err(e) if e.is_transient()),
+        "{outage}: delete_tree"
+    );
+    assert!(took < limit, "{outage}: delete_tree took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_delete_tree_fail_within_one_request_timeout_during_an_outage() {
+    let server = PrivateServer::start("KA").await;
+    let request_timeout = Duration::from_secs(1);
+    // One request timeout for the whole call, plus slack for scheduling (a debug build on a
+    // busy machine).
+    let limit = request_timeout + Duration::from_secs(2);
+    let config = Config::builder()
+        .endpoint(format!("127.0.0.1:{}", server.port))
+        .connect_timeout(request_timeout)
+        .request_timeout(request_timeout)
+        .build()
+        .unwrap();
+    let store = RedisStore::connect(config).await.unwrap();
+    // Enough keys for several SCAN pages and read batches.
+    const KEYS: usize = 2500;
+    futures::stream::iter(0..KEYS)
+        .map(|i| {
+            let store = &store;
+            async move {
+                store
+                    .put(&format!("d/k{i:04}"), "v".into(), WriteOptions::default())
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<kv_core::Result<Vec<()>>>()
+        .unwrap();
+    assert_eq!(
+        store.list("d", ReadOptions::default()).await.unwrap().len(),
+        KEYS
+    );
+
+    // A server that stops answering: the connection stays up, so only the time limits help.
+    server.signal("STOP");
+    every_call_fails_within(&store, limit, "stopped server").await;
+    server.signal("CONT");
+    let s = &store;
+    eventually(
+        Duration::from_secs(10),
+        "list after the server resumed",
+        || async move { s.list("d", ReadOptions::default()).await.is_ok() },
+    )
+    .await;
+
+    // A server that is gone: fred reconnects in the background, calls must not wait for it.
+    drop(server);
+    every_call_fails_within(&store, limit, "killed server").await;
+    store.close().await.unwrap();
 }
 
 /// Connections the server has now (`INFO clients`), minus the observer's own.
@@ -1023,4 +1123,37 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
     store.close().await.unwrap();
     other.delete_tree("").await.unwrap();
     other.close().await.unwrap();
+}
+
+/// A `previous` pair at `last_index` `u64::MAX` is a stale pair like any other: the scripts
+/// compare indexes as strings, nothing adds to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_index_of_u64_max_is_a_conflict() {
+    let store = store_with_prefix(&unique("u64max")).await;
+    store
+        .put("k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let stale = KvPair::new("k", Bytes::from_static(b"v"), u64::MAX);
+    let put = store
+        .atomic_put("k", "w".into(), Some(&stale), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
+    let delete = store.atomic_delete("k", &stale).await;
+    assert!(
+        matches!(delete, Err(Error::KeyModified { .. })),
+        "{delete:?}"
+    );
+    let stale = KvPair::new("absent", Bytes::from_static(b"v"), u64::MAX);
+    let put = store
+        .atomic_put("absent", "w".into(), Some(&stale), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::KeyNotFound { .. })), "{put:?}");
+    let delete = store.atomic_delete("absent", &stale).await;
+    assert!(
+        matches!(delete, Err(Error::KeyNotFound { .. })),
+        "{delete:?}"
+    );
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
 }
