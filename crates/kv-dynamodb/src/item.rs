@@ -196,9 +196,23 @@ pub(crate) fn now_micros() -> u64 {
 
 /// The version for a write over an item whose version is `floor` (0 if unknown): above it,
 /// and at least the clock in microseconds, so versions keep rising even after DynamoDB
-/// physically removed an item (and its version) when its TTL ran out.
-pub(crate) fn next_version(floor: u64) -> u64 {
-    (floor + 1).max(now_micros())
+/// physically removed an item (and its version) when its TTL ran out. `None` for `floor` =
+/// `u64::MAX`: no version is above it (a caller's made-up `last_index`, or another client's
+/// item).
+pub(crate) fn next_version(floor: u64) -> Option<u64> {
+    floor.checked_add(1).map(|next| next.max(now_micros()))
+}
+
+/// The error for a write over an item stored at version `u64::MAX` (only another client can
+/// have put it there): the version could not rise, so the write is refused.
+pub(crate) fn version_exhausted(full_key: &str) -> Error {
+    Error::backend(
+        BACKEND,
+        format!(
+            "{full_key}: stored at version {}, no higher version can be written",
+            u64::MAX
+        ),
+    )
 }
 
 /// Maps an SDK error to the semantic error.
@@ -296,9 +310,11 @@ mod tests {
 
     #[test]
     fn versions_rise() {
-        let a = next_version(0);
+        let a = next_version(0).unwrap();
         assert!(a > 1_000_000_000_000_000);
-        assert_eq!(next_version(u64::MAX / 2), u64::MAX / 2 + 1);
+        assert_eq!(next_version(u64::MAX / 2), Some(u64::MAX / 2 + 1));
+        assert_eq!(next_version(u64::MAX - 1), Some(u64::MAX));
+        assert_eq!(next_version(u64::MAX), None);
         assert_eq!(partition_of("a/b/c"), "a");
         assert_eq!(partition_of("a"), "a");
     }

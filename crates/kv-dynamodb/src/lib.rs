@@ -83,7 +83,10 @@
 //! retried above the version the failure returned). Versions therefore rise strictly on
 //! every write whoever writes, and keep rising after DynamoDB physically removed an item
 //! (an expired key, or a tombstone after a day), as long as the writers' clocks are within
-//! a day of each other.
+//! a day of each other. Nothing lies above version `u64::MAX`: a compare-and-swap with a
+//! `previous` pair at that `last_index` fails like any stale one (`KeyModified`, or
+//! `KeyNotFound` when the key is absent), and an item another client stored at that version
+//! is refused every write ([`kv_core::Error::Backend`]).
 //!
 //! ## How the contract is met
 //!

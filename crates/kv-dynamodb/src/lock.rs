@@ -171,11 +171,9 @@ impl HeldLock for DynamoHeld {
             _renewal,
         } = *self;
         drop(_renewal);
-        let tomb = tombstone_item(
-            &full,
-            crate::item::next_version(version),
-            inner.config.tombstone_ttl,
-        );
+        let version_after = crate::item::next_version(version)
+            .ok_or_else(|| crate::item::version_exhausted(&full))?;
+        let tomb = tombstone_item(&full, version_after, inner.config.tombstone_ttl);
         // Only if still ours: a lock taken over (after expiry) or deleted is left alone.
         match inner
             .put_conditional(

@@ -22,7 +22,7 @@ use kv_core::{
 use crate::config::{Config, Credentials, WatchMode};
 use crate::item::{
     ABSENT, BACKEND, Item, LIVE, LIVE_FILTER, VERSION_BELOW, expression_attrs, live_item,
-    next_version, num, partition_of, s, sdk_error, tombstone_item,
+    next_version, num, partition_of, s, sdk_error, tombstone_item, version_exhausted,
 };
 use crate::table;
 
@@ -448,7 +448,7 @@ impl Inner {
         };
         let mut floor = 0;
         for _ in 0..VERSION_RETRIES {
-            let version = next_version(floor);
+            let version = next_version(floor).ok_or_else(|| version_exhausted(full))?;
             let now = ttl::now_millis();
             let item = live_item(full, value, version, deadline_ms, owner);
             match self
@@ -489,7 +489,9 @@ impl Inner {
         deadline_ms: Option<u64>,
         previous: u64,
     ) -> Result<u64> {
-        let version = next_version(previous);
+        let Some(version) = next_version(previous) else {
+            return Err(self.cas_above_every_version(full, previous).await);
+        };
         let now = ttl::now_millis();
         let item = live_item(full, value, version, deadline_ms, None);
         let condition = format!("{} AND {LIVE}", version_is(previous));
@@ -517,13 +519,29 @@ impl Inner {
         }
     }
 
+    /// The error of a compare-and-swap at `previous` = `u64::MAX`, which has no next version
+    /// to write. No write of this crate produces that version, so the swap fails like any
+    /// stale one (a read tells `KeyNotFound` from `KeyModified`); only an item another client
+    /// stored at that very version matches, and it cannot be written over.
+    async fn cas_above_every_version(&self, full: &str, previous: u64) -> Error {
+        let current = match self.read_item(full, true).await {
+            Ok(current) => current,
+            Err(error) => return error,
+        };
+        let now = ttl::now_millis();
+        match current {
+            Some(item) if item.live_at(now) && item.version == previous => version_exhausted(full),
+            current => self.cas_failure(full, current, now),
+        }
+    }
+
     /// Deletes `full` (a tombstone keeps its version). `Ok(true)` if it was live.
     pub async fn delete_key(&self, full: &str) -> Result<bool> {
         let condition =
             format!("attribute_exists(#sk) AND attribute_not_exists(#del) AND {VERSION_BELOW}");
         let mut floor = 0;
         for _ in 0..VERSION_RETRIES {
-            let version = next_version(floor);
+            let version = next_version(floor).ok_or_else(|| version_exhausted(full))?;
             let now = ttl::now_millis();
             let item = tombstone_item(full, version, self.config.tombstone_ttl);
             match self
@@ -550,7 +568,9 @@ impl Inner {
 
     /// Compare-and-delete of the live item written at `previous`.
     pub async fn delete_if(&self, full: &str, previous: u64) -> Result<()> {
-        let version = next_version(previous);
+        let Some(version) = next_version(previous) else {
+            return Err(self.cas_above_every_version(full, previous).await);
+        };
         let now = ttl::now_millis();
         let item = tombstone_item(full, version, self.config.tombstone_ttl);
         let condition = format!("{} AND {LIVE}", version_is(previous));
@@ -595,11 +615,8 @@ impl Inner {
         let condition = "#ver = :prev AND attribute_not_exists(#del)";
         let mut actions = Vec::with_capacity(items.len());
         for item in items {
-            let tomb = tombstone_item(
-                &item.sk,
-                next_version(item.version),
-                self.config.tombstone_ttl,
-            );
+            let version = next_version(item.version).ok_or_else(|| version_exhausted(&item.sk))?;
+            let tomb = tombstone_item(&item.sk, version, self.config.tombstone_ttl);
             let (names, values) =
                 expression_attrs(&[condition], vec![(":prev", num(item.version))]);
             let put = Put::builder()
@@ -637,11 +654,9 @@ impl Inner {
             .iter()
             .filter(|item| !item.deleted)
             .map(|item| {
-                let tomb = tombstone_item(
-                    &item.sk,
-                    next_version(item.version),
-                    self.config.tombstone_ttl,
-                );
+                let version =
+                    next_version(item.version).ok_or_else(|| version_exhausted(&item.sk))?;
+                let tomb = tombstone_item(&item.sk, version, self.config.tombstone_ttl);
                 PutRequest::builder()
                     .set_item(Some(tomb))
                     .build()

@@ -985,3 +985,109 @@ async fn tls_with_a_private_ca() {
     assert!(matches!(missing, Err(Error::Config(_))), "{missing:?}");
     proxy.abort();
 }
+
+/// A `previous` pair at `last_index` `u64::MAX` (no version lies above it, so no write of this
+/// crate produced it) is a lost compare-and-swap like any other stale pair: `KeyModified` on a
+/// live key, `KeyNotFound` on an absent one, never a panic. An item another client stored at
+/// that version cannot be written over, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_index_of_u64_max_is_a_conflict_not_a_panic() {
+    let store = store(config(TABLE)).await;
+    store
+        .put("max/k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let stale = KvPair::new("max/k", Bytes::from_static(b"v"), u64::MAX);
+    let put = store
+        .atomic_put("max/k", "w".into(), Some(&stale), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
+    let delete = store.atomic_delete("max/k", &stale).await;
+    assert!(
+        matches!(delete, Err(Error::KeyModified { .. })),
+        "{delete:?}"
+    );
+    let pair = store
+        .get("max/k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pair.value, "v", "untouched");
+    assert!(pair.last_index < u64::MAX);
+
+    // Absent: never written, and deleted (a tombstone).
+    store.delete("max/k").await.unwrap();
+    for key in ["max/absent", "max/k"] {
+        let stale = KvPair::new(key, Bytes::from_static(b"v"), u64::MAX);
+        let put = store
+            .atomic_put(key, "w".into(), Some(&stale), WriteOptions::default())
+            .await;
+        assert!(
+            matches!(put, Err(Error::KeyNotFound { .. })),
+            "{key}: {put:?}"
+        );
+        let delete = store.atomic_delete(key, &stale).await;
+        assert!(
+            matches!(delete, Err(Error::KeyNotFound { .. })),
+            "{key}: {delete:?}"
+        );
+        assert_eq!(store.get(key, ReadOptions::default()).await.unwrap(), None);
+    }
+
+    // Another client's item at version u64::MAX: readable, but no write can go above it.
+    let sk = sort_key(store.config(), "max/foreign");
+    store
+        .client()
+        .put_item()
+        .table_name(&store.config().table)
+        .item("pk", AttributeValue::S(partition(&sk)))
+        .item("sk", AttributeValue::S(sk.clone()))
+        .item("value", AttributeValue::B(Blob::new("foreign")))
+        .item("version", AttributeValue::N(u64::MAX.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let pair = store
+        .get("max/foreign", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pair.last_index, u64::MAX);
+    let put = store
+        .put("max/foreign", "w".into(), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::Backend { .. })), "{put:?}");
+    let put = store
+        .atomic_put(
+            "max/foreign",
+            "w".into(),
+            Some(&pair),
+            WriteOptions::default(),
+        )
+        .await;
+    assert!(matches!(put, Err(Error::Backend { .. })), "{put:?}");
+    let delete = store.atomic_delete("max/foreign", &pair).await;
+    assert!(matches!(delete, Err(Error::Backend { .. })), "{delete:?}");
+    let delete = store.delete("max/foreign").await;
+    assert!(matches!(delete, Err(Error::Backend { .. })), "{delete:?}");
+    let delete = store.delete_tree("max").await;
+    assert!(matches!(delete, Err(Error::Backend { .. })), "{delete:?}");
+    assert_eq!(
+        raw_item(&store, &sk).await.unwrap()["value"]
+            .as_b()
+            .unwrap()
+            .as_ref(),
+        b"foreign"
+    );
+    store
+        .client()
+        .delete_item()
+        .table_name(&store.config().table)
+        .key("pk", AttributeValue::S(partition(&sk)))
+        .key("sk", AttributeValue::S(sk))
+        .send()
+        .await
+        .unwrap();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
