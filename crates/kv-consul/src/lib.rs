@@ -96,6 +96,13 @@
 //! * Every watch, every held lock (its key watch) and every waiting lock keeps one HTTP/1.1
 //!   connection busy with a blocking query. Consul accepts `limits.http_max_conns_per_client`
 //!   (200 by default) connections per client address: size that limit for more.
+//! * Dropping a watch closes its connection at once, but the agent keeps serving the
+//!   abandoned blocking query, and counting its connection against that limit, until the
+//!   query's wait ends (hashicorp/consul#8524; measured on 1.22.7). Clients on one address
+//!   that together drop more than about `http_max_conns_per_client / watch_wait` watches per
+//!   second (20/s with the defaults) get HTTP 429 (or a refused request, reported as
+//!   [`kv_core::Error::Unavailable`]) until those waits end: lower [`Config::watch_wait`]
+//!   (down to 1 s) or raise the limit for such churn.
 //! * Each write costs two requests (a read, then the transaction), a TTL write three (plus the
 //!   session); reads and watches one per answer.
 //!

@@ -8,7 +8,9 @@
 //! without it, even if Consul deletes it later. An index that goes backwards (a restored
 //! snapshot, a new leader lagging) resets the index to 0 (one non-blocking read). Errors back
 //! off exponentially from 100 ms to 5 s; permission errors end the stream. Dropping the
-//! stream aborts the task, and with it the in-flight HTTP request.
+//! stream aborts the task, and with it the in-flight HTTP request: hyper sees the response
+//! future dropped and closes the connection (it cannot go back to the pool mid-request). The
+//! agent, though, holds its end until the query's wait is over (see the crate docs).
 
 use std::future::Future;
 use std::sync::Arc;
