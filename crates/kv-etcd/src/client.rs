@@ -9,6 +9,8 @@ use bytes::Bytes;
 use etcd_client::{GetOptions, KeyValue, KvClient, LeaseClient, WatchClient};
 use kv_core::{Error, KvPair, Result};
 
+use crate::lease;
+
 /// The backend's name in errors and capabilities.
 pub(crate) const BACKEND: &str = "etcd";
 
@@ -73,6 +75,25 @@ impl Inner {
         })
     }
 
+    /// Splits stored key/values into the pairs readers see (as [`to_pair`](Self::to_pair)
+    /// and not past the deadline of a TTL lease of this crate, see [`crate::lease`]) and the
+    /// leases of the expired ones, which the caller revokes.
+    pub(crate) fn visible(&self, kvs: &[KeyValue]) -> (Vec<KvPair>, Vec<i64>) {
+        let mut expired = Vec::new();
+        let pairs = kvs
+            .iter()
+            .filter(|kv| {
+                let gone = lease::is_expired(kv.lease());
+                if gone {
+                    expired.push(kv.lease());
+                }
+                !gone
+            })
+            .filter_map(|kv| self.to_pair(kv))
+            .collect();
+        (pairs, expired)
+    }
+
     /// The user key of a stored key, if it is one.
     pub(crate) fn to_key(&self, stored: &[u8]) -> Option<String> {
         let relative = stored.strip_prefix(self.prefix.as_bytes())?;
@@ -84,19 +105,21 @@ impl Inner {
     }
 
     /// Reads a whole range in pages of `page_size`, every page at the revision of the first.
-    /// Returns the key/values in ascending key order and that revision.
+    /// Returns the key/values in ascending key order and that revision. With `keys_only` the
+    /// values are left out (keys, revisions and leases are there).
     pub(crate) async fn range_all(
         &self,
         start: Vec<u8>,
         end: Vec<u8>,
         consistent: bool,
+        keys_only: bool,
         operation: &'static str,
     ) -> Result<(Vec<KeyValue>, i64)> {
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self
-                .range_pages(start.clone(), end.clone(), consistent, operation)
+                .range_pages(start.clone(), end.clone(), consistent, keys_only, operation)
                 .await
             {
                 // A compaction between two pages removed the revision the listing is read
@@ -116,6 +139,7 @@ impl Inner {
         start: Vec<u8>,
         end: Vec<u8>,
         consistent: bool,
+        keys_only: bool,
         operation: &'static str,
     ) -> Result<(Vec<KeyValue>, i64)> {
         let mut out = Vec::new();
@@ -130,6 +154,9 @@ impl Inner {
             }
             if !consistent {
                 options = options.with_serializable();
+            }
+            if keys_only {
+                options = options.with_keys_only();
             }
             let mut kv = self.kv.clone();
             let mut response = self

@@ -26,14 +26,15 @@
 //! | what | etcd key | etcd value | lease |
 //! | --- | --- | --- | --- |
 //! | key `a/b` | `a/b` (with a [namespace](Config::namespace) `ns`: `ns/a/b`) | the value, byte for byte | none |
-//! | key `a/b` written with a TTL | same | same | a lease of the TTL rounded up to whole seconds, granted for this write |
+//! | key `a/b` written with a TTL | same | same | a lease of the TTL rounded up to whole seconds, granted for this write, whose ID (negative, chosen by this crate) carries the key's deadline in Unix milliseconds ([TTLs and clocks](#ttls-and-clocks)) |
 //! | a held lock on `l` | `l` | the [lock value](kv_core::LockOptions::value) | the holder's lease of the lock TTL, kept alive while held |
 //!
 //! No metadata is stored anywhere: the index is etcd's own `mod_revision`, expiry is etcd's
-//! own lease. There are no directory keys: `a/b/c` can be written alone, and `a` can hold a
-//! value and have children. Keys are stored without a leading `/` (as valkeyrie does).
-//! `list` skips stored keys that are not valid keys for this crate (not UTF-8, `//`, `__kv`
-//! segments…), so foreign data under the namespace never breaks a listing.
+//! own lease (its ID carrying the deadline for when etcd is late). There are no directory
+//! keys: `a/b/c` can be written alone, and `a` can hold a value and have children. Keys are
+//! stored without a leading `/` (as valkeyrie does). `list` skips stored keys that are not
+//! valid keys for this crate (not UTF-8, `//`, `__kv` segments…), so foreign data under the
+//! namespace never breaks a listing, and `delete_tree` leaves them alone.
 //!
 //! ## How the contract is met
 //!
@@ -42,11 +43,13 @@
 //!   re-create, because the revision counter is global. Unrelated writes raise it too: indexes
 //!   are not contiguous per key.
 //! * **CAS**: `atomic_put(k, v, None)` is `txn(create_revision(k) == 0 → put)`;
-//!   `atomic_put(k, v, Some(prev))` is `txn(mod_revision(k) == prev.last_index → put)`;
-//!   `atomic_delete` likewise with a delete. The failure branch reads the key back in the same
-//!   transaction to tell [`KeyNotFound`](kv_core::Error::KeyNotFound) from
-//!   [`KeyModified`](kv_core::Error::KeyModified). The returned `last_index` is the
-//!   transaction's revision, which is the new `mod_revision`.
+//!   `atomic_put(k, v, Some(prev))` is `txn(mod_revision(k) == prev.last_index and the key's
+//!   lease is not an expired TTL lease → put)`; `atomic_delete` likewise with a delete. The
+//!   failure branch reads the key back in the same transaction to tell
+//!   [`KeyNotFound`](kv_core::Error::KeyNotFound) from
+//!   [`KeyModified`](kv_core::Error::KeyModified); a key found past its TTL counts as absent
+//!   (a create-only write then replaces exactly that version). The returned `last_index` is
+//!   the transaction's revision, which is the new `mod_revision`.
 //! * **TTL**: every `put`/`atomic_put` with a TTL grants a new lease of the TTL **rounded up
 //!   to whole seconds** and writes the key bound to it; etcd deletes the key when the lease
 //!   expires (a real delete: watches see it, every reader stops seeing it). A write without
@@ -58,7 +61,9 @@
 //!   [`Capabilities::ttl_precision`](kv_core::Capabilities::ttl_precision) is
 //!   [`TTL_PRECISION`] (2 s): up to 1 s of rounding, the leader's expiry check every 500 ms,
 //!   and the revocation's trip through Raft (measured on 3.4: a 2 s key is gone after
-//!   2.05–2.45 s, a 2.1 s key, rounded to 3 s, after 3.06 s).
+//!   2.05–2.45 s, a 2.1 s key, rounded to 3 s, after 3.06 s). When etcd is later than that
+//!   (after a restart), readers enforce the deadline themselves: see
+//!   [TTLs and clocks](#ttls-and-clocks).
 //! * **Watch** / **WatchTree**: the current state is read at revision `R`, then an etcd watch
 //!   starts at `R + 1`, so nothing between the read and the watch is missed. A broken stream
 //!   is reopened with backoff from the last seen revision + 1. If etcd compacted that
@@ -66,8 +71,19 @@
 //!   stream continues with the current state, it does not end. One item per etcd revision.
 //! * **List** is a range read over `dir/` (path-aware: never `dirx/…`), ascending by key,
 //!   paginated by [`Config::page_size`] with every page read at the first page's revision
-//!   (one consistent snapshot). **DeleteTree** is one transaction deleting `dir` and the
-//!   range `dir/…`: atomic.
+//!   (one consistent snapshot).
+//! * **DeleteTree** deletes exactly the keys `list(dir)` shows, plus `dir` itself, never a
+//!   stored key `list` skips (`dir//x`, `dir/x/`, `__kv` segments, not UTF-8; without a
+//!   namespace, `delete_tree("")` leaves `/registry/…`-style keys alone). It reads the range's
+//!   keys at a revision `R`, splits them into maximal runs of listed keys, and deletes every
+//!   run as a range `[first, last + "\0")`, with `dir`, in **one transaction** guarded by "no
+//!   key in the runs' span was created after `R`". When the guard fails, the transaction's
+//!   failure branch returns the keys created since, and it tries again. Atomic, except in two
+//!   rare cases: more than 127 runs (etcd's default `--max-txn-ops` is 128: several guarded
+//!   transactions), and keys created in the tree so fast that the guard fails 5 times in a
+//!   row (the keys read so far are then deleted by name, 127 per transaction, which never
+//!   touches a key `list` skips but may leave keys created meanwhile). Expired keys that etcd
+//!   has not deleted yet are deleted along with the rest (nobody sees them anyway).
 //! * **Locks** (see [`kv_core::lock`]): the lock's key is created with
 //!   `txn(create_revision == 0 → put(value, lease))`; waiters watch the key for its deletion
 //!   from the revision of their failed attempt. The fencing token is the put's revision
@@ -81,6 +97,10 @@
 //!   authentication (the token is refreshed automatically when it expires); [`TlsConfig`]
 //!   gives the CA, an optional client certificate and key (mutual TLS) and the server name,
 //!   inline or as files. Both are exercised against private etcd servers in the tests.
+//! * **Watch of a TTL key**: the loop keeps each watched key's lease and arms a timer at the
+//!   earliest deadline (+ [`CLOCK_TOLERANCE`]) among them; when it fires, the expired keys are
+//!   dropped from the published state and their leases revoked, even while the server is
+//!   unreachable.
 //! * **Consistency**: reads are linearizable; [`ReadOptions::stale`](kv_core::ReadOptions::stale)
 //!   makes them serializable (served by any member).
 //! * **Timeouts and errors**: every request has [`Config::request_timeout`]
@@ -92,6 +112,38 @@
 //!   the store is closed. [`close`](kv_core::Store::close) releases held locks (revoking
 //!   their leases) first.
 //!
+//! ## TTLs and clocks
+//!
+//! etcd enforces TTLs with leases, and etcd 3.4 restores every lease to its **full** TTL when
+//! it restarts (lease checkpoints are not persisted before etcd 3.6): on its own, a 10 s key
+//! written just before a crash stays visible for the outage plus another 10 s (measured:
+//! 15.6–16.1 s; in this crate's restart test a 4 s key stayed 8.1 s, and 5.0 s with the
+//! scheme below). So the ID of every lease granted for a TTL write (etcd lets the client
+//! choose it) carries the key's deadline:
+//!
+//! | bits of the lease ID | content |
+//! | --- | --- |
+//! | 63 | 1: negative. etcd only generates positive IDs, so a lease etcd numbered (other programs', this crate's lock leases) never looks like one of these |
+//! | 62 | 0 |
+//! | 61–20 | the deadline: the writer's clock at the write + the TTL, Unix milliseconds |
+//! | 19–10 | random (a taken ID is retried with new bits) |
+//! | 9–0 | a checksum of bits 10–61 |
+//!
+//! Every key/value etcd returns carries its lease ID, so every reader — `get`, `exists`,
+//! `list`, `watch`, `watch_tree`, CAS, `delete`, lock acquisition — recognises a key whose
+//! deadline passed more than [`CLOCK_TOLERANCE`] (1 s) ago by its own clock, treats it as
+//! absent and revokes its lease (errors ignored: a lease already gone is fine), after which
+//! etcd deletes the key and everybody, other programs included, agrees. Watches arm a timer
+//! at the deadline + tolerance of the keys they hold. Leases without the mark (written by
+//! other programs, lock leases) are never filtered.
+//!
+//! **Clock assumption**: the clocks of all machines using the store agree within
+//! [`CLOCK_TOLERANCE`] (NTP does far better). A reader whose clock is ahead of the writer's
+//! by more than that could drop a key before its TTL; one behind by more than that could see
+//! a key past `ttl + ttl_precision` after a server restart (never otherwise: etcd's own expiry
+//! does not depend on clients' clocks). [`TTL_PRECISION`] (2 s) covers the tolerance plus
+//! the revocation.
+//!
 //! ## Limits and deviations
 //!
 //! * **Values** up to [`Capabilities::max_value_len`](kv_core::Capabilities::max_value_len):
@@ -99,7 +151,9 @@
 //!   for the key and framing (about 1.52 MiB without namespace). Larger values are
 //!   [`Error::ValueTooLarge`](kv_core::Error::ValueTooLarge) before anything is sent.
 //! * **Keys** up to 1024 bytes (the workspace limit; etcd itself only bounds the request).
-//! * **TTLs** are whole seconds (rounded up) and at least the server's minimum lease TTL.
+//! * **TTLs** are whole seconds on the server (rounded up) and at least the server's minimum
+//!   lease TTL. Keys outliving a server restart are dropped by readers relying on the
+//!   clients' clocks ([TTLs and clocks](#ttls-and-clocks)).
 //! * **Lease per TTL write**: a key rewritten with a TTL many times leaves one lease per write
 //!   until each expires (leases are cheap in etcd, but a very long TTL rewritten very often
 //!   accumulates them).
@@ -120,12 +174,14 @@
 
 mod client;
 pub mod config;
+mod lease;
 mod lock;
 mod store;
+mod tree;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, Credentials, Pem, TlsConfig};
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
-pub use store::{DEFAULT_MAX_REQUEST_BYTES, EtcdStore, TTL_PRECISION};
+pub use store::{CLOCK_TOLERANCE, DEFAULT_MAX_REQUEST_BYTES, EtcdStore, TTL_PRECISION};

@@ -31,6 +31,7 @@ use kv_core::{
 use tokio::sync::Mutex;
 
 use crate::client::{Inner, header_revision, map_error};
+use crate::lease;
 use crate::store::revoke_quietly;
 
 /// The [`LockBackend`] of one lock key.
@@ -78,14 +79,22 @@ impl EtcdLock {
                 "lock",
                 kv.get(
                     self.full_key.clone(),
-                    Some(GetOptions::new().with_count_only()),
+                    Some(GetOptions::new().with_keys_only()),
                 ),
             )
             .await?;
-        if current.count() > 0 {
-            return Ok(Attempt::Busy {
-                revision: header_revision(current.header()),
-            });
+        match current.kvs().first() {
+            // A key written with a TTL that is past its deadline is absent: revoking its
+            // lease deletes it, and the create below can succeed.
+            Some(kv) if lease::is_expired(kv.lease()) => {
+                lease::revoke_all(&self.inner, vec![kv.lease()]).await;
+            }
+            Some(_) => {
+                return Ok(Attempt::Busy {
+                    revision: header_revision(current.header()),
+                });
+            }
+            None => {}
         }
         let lease_id = crate::store::grant(&self.inner, self.ttl, "lock").await?;
         let txn = Txn::new()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
     PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use kv_core::{
@@ -17,7 +17,9 @@ use kv_core::{
 
 use crate::client::{BACKEND, Inner, header_revision, map_error};
 use crate::config::Config;
+use crate::lease;
 use crate::lock::EtcdLock;
+use crate::tree;
 use crate::watch::{self, Mode};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB): the largest request the server accepts.
@@ -28,10 +30,22 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// framing.
 const REQUEST_OVERHEAD: usize = 4096;
 
-/// How much later than its TTL a key may still be visible: TTLs are rounded up to whole
-/// seconds (up to 1 s), the leader's lessor checks for expired leases every 500 ms (at best),
-/// then revokes them through Raft; the rest is margin for a loaded server.
+/// How much later than its TTL a key may still be visible. etcd itself deletes a key when
+/// its lease expires: TTLs are rounded up to whole seconds (up to 1 s), the leader's lessor
+/// checks for expired leases every 500 ms (at best), then revokes them through Raft. When etcd
+/// is late (after a restart it restores leases to their full TTL), this crate's readers drop
+/// the key [`CLOCK_TOLERANCE`] after its deadline (see
+/// [TTLs and clocks](crate#ttls-and-clocks)), which leaves the other half of this bound for
+/// clock differences and the revocation.
 pub const TTL_PRECISION: Duration = Duration::from_secs(2);
+
+/// How far apart the clocks of the machines using a store may be (half of
+/// [`TTL_PRECISION`]). A key written with a TTL carries its deadline by the writer's clock;
+/// readers treat it as absent once their own clock is this much past that deadline, so a
+/// reader whose clock runs ahead of the writer's by less than this never drops a key before
+/// its TTL, and one that runs behind by less than this still drops it within
+/// `ttl + TTL_PRECISION`.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
 
 /// A [`Store`] on an etcd v3 cluster (server 3.4 or newer).
 ///
@@ -162,7 +176,9 @@ impl EtcdStore {
     }
 }
 
-/// Grants a lease for a key TTL (rounded up to whole seconds).
+/// Grants a lease with a server-chosen ID (rounded up to whole seconds): the lease of a lock,
+/// kept alive while held, so its ID carries no deadline (TTL writes use
+/// [`lease::grant_ttl`]).
 pub(crate) async fn grant(inner: &Inner, ttl: Duration, operation: &'static str) -> Result<i64> {
     let seconds = kv_core::ttl::whole_seconds_up(ttl) as i64;
     let mut lease = inner.lease.clone();
@@ -182,13 +198,110 @@ fn put_options(lease: Option<i64>) -> Option<PutOptions> {
     lease.map(|id| PutOptions::new().with_lease(id))
 }
 
-/// Whether the `or_else` read-back of a failed transaction found the key.
-fn read_back_found(response: &etcd_client::TxnResponse) -> bool {
-    response.op_responses().iter().any(|op| match op {
-        TxnOpResponse::Get(get) => !get.kvs().is_empty(),
-        _ => false,
+/// The key as the `or_else` read-back of a failed transaction found it.
+fn read_back(response: &etcd_client::TxnResponse) -> Option<KeyValue> {
+    response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+        _ => None,
     })
 }
+
+/// What a conditional write requires of the key's current version.
+#[derive(Debug, Clone, Copy)]
+enum Condition {
+    /// Absent (never created, deleted).
+    Absent,
+    /// This version, found expired (its TTL lease is past its deadline but etcd has not
+    /// deleted it yet): writing over exactly it is a create.
+    Expired { revision: i64, lease: i64 },
+    /// The caller's version (`mod_revision`), not expired; `lease`: exactly this lease, once
+    /// the lease comparison failed on a lease that is not an expired one of ours.
+    Unchanged { revision: i64, lease: Option<i64> },
+}
+
+impl Condition {
+    fn unchanged(previous: &KvPair) -> Self {
+        Condition::Unchanged {
+            revision: i64::try_from(previous.last_index).unwrap_or(i64::MAX),
+            lease: None,
+        }
+    }
+
+    fn compares(self, key: &[u8]) -> Vec<Compare> {
+        let key = key.to_vec();
+        match self {
+            Condition::Absent => vec![Compare::create_revision(key, CompareOp::Equal, 0)],
+            Condition::Expired { revision, lease } => vec![
+                Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+                Compare::lease(key, CompareOp::Equal, lease),
+            ],
+            Condition::Unchanged { revision, lease } => vec![
+                Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+                match lease {
+                    Some(lease) => Compare::lease(key, CompareOp::Equal, lease),
+                    // Not bound to one of our TTL leases past its deadline (etcd compares
+                    // lease IDs as integers; see `lease::expired_below`).
+                    None => Compare::lease(key, CompareOp::Greater, lease::expired_below() - 1),
+                },
+            ],
+        }
+    }
+
+    /// After a failed transaction that read the key back as `current`: the condition to try
+    /// next, or the error to report. Expired keys' leases go to `expired`.
+    fn next(self, current: Option<&KeyValue>, expired: &mut Vec<i64>) -> Result<Self, Outcome> {
+        let Some(kv) = current else {
+            return match self {
+                // Deleted meanwhile (revoked by a reader): create it.
+                Condition::Absent | Condition::Expired { .. } => Ok(Condition::Absent),
+                Condition::Unchanged { .. } => Err(Outcome::NotFound),
+            };
+        };
+        if lease::is_expired(kv.lease()) {
+            expired.push(kv.lease());
+            return match self {
+                Condition::Absent | Condition::Expired { .. } => Ok(Condition::Expired {
+                    revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                }),
+                Condition::Unchanged { .. } => Err(Outcome::NotFound),
+            };
+        }
+        match self {
+            Condition::Absent | Condition::Expired { .. } => Err(Outcome::Exists),
+            Condition::Unchanged {
+                revision,
+                lease: None,
+            } if kv.mod_revision() == revision => Ok(Condition::Unchanged {
+                revision,
+                lease: Some(kv.lease()),
+            }),
+            Condition::Unchanged { .. } => Err(Outcome::Modified),
+        }
+    }
+}
+
+/// Why a conditional write failed.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Exists,
+    NotFound,
+    Modified,
+}
+
+impl Outcome {
+    fn error(self, key: String) -> Error {
+        match self {
+            Outcome::Exists => Error::KeyExists { key },
+            Outcome::NotFound => Error::KeyNotFound { key },
+            Outcome::Modified => Error::KeyModified { key },
+        }
+    }
+}
+
+/// How many transactions a conditional write sends at most (a retry happens only around an
+/// expired key or a foreign lease).
+const CONDITIONAL_ATTEMPTS: usize = 3;
 
 #[async_trait]
 impl Store for EtcdStore {
@@ -203,7 +316,7 @@ impl Store for EtcdStore {
         self.caps.check_value(&key, &value)?;
         let ttl = self.caps.check_ttl(options.ttl)?;
         let lease = match ttl {
-            Some(ttl) => Some(grant(&inner, ttl, "put").await?),
+            Some(ttl) => Some(lease::grant_ttl(&inner, ttl, "put").await?),
             None => None,
         };
         // On failure the lease is left to expire: the put may have been applied (a timeout),
@@ -230,25 +343,34 @@ impl Store for EtcdStore {
         let response = inner
             .call("get", kv.get(inner.full_key(&key), Some(get_options)))
             .await?;
-        Ok(response.kvs().first().and_then(|kv| inner.to_pair(kv)))
+        let (mut pairs, expired) = inner.visible(response.kvs());
+        lease::revoke_all(&inner, expired).await;
+        Ok(pairs.pop())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
+        let full = inner.full_key(&key);
+        // Read back in the same transaction: deleting an expired key (see `crate::lease`)
+        // deletes nothing that existed.
+        let txn = Txn::new().and_then([
+            TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
+            TxnOp::delete(full, None),
+        ]);
         let mut kv = inner.kv.clone();
-        let response = inner
-            .call("delete", kv.delete(inner.full_key(&key), None))
-            .await?;
-        Ok(response.deleted() > 0)
+        let response = inner.call("delete", kv.txn(txn)).await?;
+        let existed = read_back(&response).is_some_and(|kv| !lease::is_expired(kv.lease()));
+        Ok(existed)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn exists(&self, key: &str, options: ReadOptions) -> Result<bool> {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
-        let mut get_options = GetOptions::new().with_count_only();
+        // Keys only, not a count: the lease tells whether the key is expired.
+        let mut get_options = GetOptions::new().with_keys_only();
         if !options.consistent {
             get_options = get_options.with_serializable();
         }
@@ -256,7 +378,9 @@ impl Store for EtcdStore {
         let response = inner
             .call("exists", kv.get(inner.full_key(&key), Some(get_options)))
             .await?;
-        Ok(response.count() > 0)
+        let (pairs, expired) = inner.visible(response.kvs());
+        lease::revoke_all(&inner, expired).await;
+        Ok(!pairs.is_empty())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
@@ -265,9 +389,11 @@ impl Store for EtcdStore {
         let directory = self.caps.check_directory(directory)?;
         let (start, end) = inner.subtree_range(&directory);
         let (kvs, _) = inner
-            .range_all(start, end, options.consistent, "list")
+            .range_all(start, end, options.consistent, false, "list")
             .await?;
-        Ok(kvs.iter().filter_map(|kv| inner.to_pair(kv)).collect())
+        let (pairs, expired) = inner.visible(&kvs);
+        lease::revoke_all(&inner, expired).await;
+        Ok(pairs)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
@@ -275,16 +401,8 @@ impl Store for EtcdStore {
         let inner = self.inner()?;
         let directory = self.caps.check_directory(directory)?;
         let (start, end) = inner.subtree_range(&directory);
-        let below = TxnOp::delete(start, Some(DeleteOptions::new().with_range(end)));
-        let mut ops = vec![below];
-        if !directory.is_empty() {
-            ops.push(TxnOp::delete(inner.full_key(&directory), None));
-        }
-        let mut kv = inner.kv.clone();
-        inner
-            .call("delete_tree", kv.txn(Txn::new().and_then(ops)))
-            .await?;
-        Ok(())
+        let directory_key = (!directory.is_empty()).then(|| inner.full_key(&directory));
+        tree::delete_tree(&inner, start, end, directory_key).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -300,40 +418,43 @@ impl Store for EtcdStore {
         self.caps.check_value(&key, &value)?;
         let ttl = self.caps.check_ttl(options.ttl)?;
         let full = inner.full_key(&key);
-        let compare = match previous {
-            None => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
-            Some(previous) => Compare::mod_revision(
-                full.clone(),
-                CompareOp::Equal,
-                i64::try_from(previous.last_index).unwrap_or(i64::MAX),
-            ),
-        };
         let lease = match ttl {
-            Some(ttl) => Some(grant(&inner, ttl, "atomic_put").await?),
+            Some(ttl) => Some(lease::grant_ttl(&inner, ttl, "atomic_put").await?),
             None => None,
         };
-        let txn = Txn::new()
-            .when([compare])
-            .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options(lease))])
-            .or_else([TxnOp::get(full, Some(GetOptions::new().with_keys_only()))]);
-        // On a failed request the lease is left to expire (see `put`).
-        let mut kv = inner.kv.clone();
-        let response = inner.call("atomic_put", kv.txn(txn)).await?;
-        if response.succeeded() {
-            return Ok(KvPair {
-                key,
-                value,
-                last_index: header_revision(response.header()) as u64,
-            });
-        }
-        if let Some(id) = lease {
-            revoke_quietly(&inner, id).await;
-        }
-        Err(match (previous, read_back_found(&response)) {
-            (None, _) => Error::KeyExists { key },
-            (Some(_), false) => Error::KeyNotFound { key },
-            (Some(_), true) => Error::KeyModified { key },
-        })
+        let mut condition = previous.map_or(Condition::Absent, Condition::unchanged);
+        let mut expired = Vec::new();
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            let txn = Txn::new()
+                .when(condition.compares(&full))
+                .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options(lease))])
+                .or_else([TxnOp::get(
+                    full.clone(),
+                    Some(GetOptions::new().with_keys_only()),
+                )]);
+            // On a failed request the lease is left to expire (see `put`).
+            let mut kv = inner.kv.clone();
+            let response = inner.call("atomic_put", kv.txn(txn)).await?;
+            if response.succeeded() {
+                lease::revoke_all(&inner, expired).await;
+                return Ok(KvPair {
+                    key,
+                    value,
+                    last_index: header_revision(response.header()) as u64,
+                });
+            }
+            match condition.next(read_back(&response).as_ref(), &mut expired) {
+                Ok(next) if attempts < CONDITIONAL_ATTEMPTS => condition = next,
+                Ok(_) if previous.is_none() => break Outcome::Exists,
+                Ok(_) => break Outcome::Modified,
+                Err(outcome) => break outcome,
+            }
+        };
+        expired.extend(lease);
+        lease::revoke_all(&inner, expired).await;
+        Err(outcome.error(key))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -341,23 +462,31 @@ impl Store for EtcdStore {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
         let full = inner.full_key(&key);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                full.clone(),
-                CompareOp::Equal,
-                i64::try_from(previous.last_index).unwrap_or(i64::MAX),
-            )])
-            .and_then([TxnOp::delete(full.clone(), None)])
-            .or_else([TxnOp::get(full, Some(GetOptions::new().with_keys_only()))]);
-        let mut kv = inner.kv.clone();
-        let response = inner.call("atomic_delete", kv.txn(txn)).await?;
-        if response.succeeded() {
-            Ok(())
-        } else if read_back_found(&response) {
-            Err(Error::KeyModified { key })
-        } else {
-            Err(Error::KeyNotFound { key })
-        }
+        let mut condition = Condition::unchanged(previous);
+        let mut expired = Vec::new();
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            let txn = Txn::new()
+                .when(condition.compares(&full))
+                .and_then([TxnOp::delete(full.clone(), None)])
+                .or_else([TxnOp::get(
+                    full.clone(),
+                    Some(GetOptions::new().with_keys_only()),
+                )]);
+            let mut kv = inner.kv.clone();
+            let response = inner.call("atomic_delete", kv.txn(txn)).await?;
+            if response.succeeded() {
+                return Ok(());
+            }
+            match condition.next(read_back(&response).as_ref(), &mut expired) {
+                Ok(next) if attempts < CONDITIONAL_ATTEMPTS => condition = next,
+                Ok(_) => break Outcome::Modified,
+                Err(outcome) => break outcome,
+            }
+        };
+        lease::revoke_all(&inner, expired).await;
+        Err(outcome.error(key))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

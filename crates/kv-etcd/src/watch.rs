@@ -10,11 +10,14 @@
 //! state (and nothing in between was lost that the current state does not reflect).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
 use kv_core::{Error, KvPair, Result, WatchSender};
+use tokio::time::Instant;
 
 use crate::client::{Inner, header_revision};
+use crate::lease;
 
 /// What is watched: one stored key, or the stored range `[start, end)`.
 #[derive(Debug, Clone)]
@@ -23,20 +26,31 @@ pub(crate) enum Mode {
     Tree(Vec<u8>, Vec<u8>),
 }
 
+/// A watched key as the loop knows it: the pair it publishes and the key's lease, whose
+/// deadline (for the TTL leases of this crate) the loop enforces itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) pair: KvPair,
+    pub(crate) lease: i64,
+}
+
+/// The watched keys by user key.
+pub(crate) type State = BTreeMap<String, Entry>;
+
 /// The state a watch publishes, built from the watched keys in key order.
 pub(crate) trait Snapshot: Clone + PartialEq + Send + Sync + 'static {
-    fn from_map(map: &BTreeMap<String, KvPair>) -> Self;
+    fn from_map(map: &State) -> Self;
 }
 
 impl Snapshot for Option<KvPair> {
-    fn from_map(map: &BTreeMap<String, KvPair>) -> Self {
-        map.values().next().cloned()
+    fn from_map(map: &State) -> Self {
+        map.values().next().map(|entry| entry.pair.clone())
     }
 }
 
 impl Snapshot for Vec<KvPair> {
-    fn from_map(map: &BTreeMap<String, KvPair>) -> Self {
-        map.values().cloned().collect()
+    fn from_map(map: &State) -> Self {
+        map.values().map(|entry| entry.pair.clone()).collect()
     }
 }
 
@@ -48,13 +62,52 @@ fn is_fatal(error: &Error) -> bool {
     )
 }
 
-/// Reads the current state; returns it and the revision it was read at.
-async fn read(
-    inner: &Inner,
-    mode: &Mode,
-    consistent: bool,
-) -> Result<(BTreeMap<String, KvPair>, i64)> {
+/// Adds a stored key/value to the state, unless it is not a user key or it is expired (its
+/// lease then goes to `expired`).
+fn insert(inner: &Inner, map: &mut State, kv: &etcd_client::KeyValue, expired: &mut Vec<i64>) {
+    let Some(key) = inner.to_key(kv.key()) else {
+        return;
+    };
+    if lease::is_expired(kv.lease()) {
+        expired.push(kv.lease());
+        map.remove(&key);
+    } else if let Some(pair) = inner.to_pair(kv) {
+        map.insert(
+            key,
+            Entry {
+                pair,
+                lease: kv.lease(),
+            },
+        );
+    }
+}
+
+/// Drops the entries whose TTL lease is past its deadline; returns their leases.
+fn drop_expired(map: &mut State) -> Vec<i64> {
+    let mut expired = Vec::new();
+    map.retain(|_, entry| {
+        let gone = lease::is_expired(entry.lease);
+        if gone {
+            expired.push(entry.lease);
+        }
+        !gone
+    });
+    expired
+}
+
+/// When the next entry expires (the earliest deadline + tolerance of the TTL leases of this
+/// crate in the state), as a timer instant.
+fn next_expiry(map: &State) -> Option<Instant> {
+    let at = map.values().filter_map(|e| lease::expiry(e.lease)).min()?;
+    let wait = at.saturating_sub(kv_core::ttl::now_millis());
+    Some(Instant::now() + Duration::from_millis(wait))
+}
+
+/// Reads the current state; returns it and the revision it was read at. Expired keys are
+/// left out and their leases revoked.
+async fn read(inner: &Inner, mode: &Mode, consistent: bool) -> Result<(State, i64)> {
     let mut map = BTreeMap::new();
+    let mut expired = Vec::new();
     let revision = match mode {
         Mode::Key(key) => {
             let mut options = GetOptions::new();
@@ -65,21 +118,22 @@ async fn read(
             let response = inner
                 .call("watch", kv.get(key.clone(), Some(options)))
                 .await?;
-            for pair in response.kvs().iter().filter_map(|kv| inner.to_pair(kv)) {
-                map.insert(pair.key.clone(), pair);
+            for kv in response.kvs() {
+                insert(inner, &mut map, kv, &mut expired);
             }
             header_revision(response.header())
         }
         Mode::Tree(start, end) => {
             let (kvs, revision) = inner
-                .range_all(start.clone(), end.clone(), consistent, "watch_tree")
+                .range_all(start.clone(), end.clone(), consistent, false, "watch_tree")
                 .await?;
-            for pair in kvs.iter().filter_map(|kv| inner.to_pair(kv)) {
-                map.insert(pair.key.clone(), pair);
+            for kv in &kvs {
+                insert(inner, &mut map, kv, &mut expired);
             }
             revision
         }
     };
+    lease::revoke_all(inner, expired).await;
     Ok((map, revision))
 }
 
@@ -92,6 +146,40 @@ async fn open(inner: &Inner, mode: &Mode, start_revision: i64) -> Result<etcd_cl
     let options = options.with_start_revision(start_revision);
     let mut client = inner.watch.clone();
     inner.call("watch", client.watch(key, Some(options))).await
+}
+
+/// The loop's etcd watch: open, or closed and to be (re)opened at an instant.
+enum Connection {
+    Open(Box<etcd_client::WatchStream>),
+    Closed { reopen_at: Instant },
+}
+
+/// What woke the loop up.
+enum Step {
+    Opened(Box<etcd_client::WatchStream>),
+    OpenFailed(Error),
+    Message(Result<Option<WatchResponse>, etcd_client::Error>),
+    Expiry,
+}
+
+/// Waits for the connection's next step. Cancel-safe: the loop drops it when an entry
+/// expires first (an interrupted open is started again, a stream loses nothing).
+async fn next_step(
+    inner: &Inner,
+    mode: &Mode,
+    next_revision: i64,
+    connection: &mut Connection,
+) -> Step {
+    match connection {
+        Connection::Open(stream) => Step::Message(stream.message().await),
+        Connection::Closed { reopen_at } => {
+            tokio::time::sleep_until(*reopen_at).await;
+            match open(inner, mode, next_revision).await {
+                Ok(stream) => Step::Opened(Box::new(stream)),
+                Err(error) => Step::OpenFailed(error),
+            }
+        }
+    }
 }
 
 /// The loop: runs until the stream is dropped (the task is then aborted), the store is closed
@@ -108,12 +196,17 @@ pub(crate) async fn run<T: Snapshot>(
 /// [`run`], optionally resuming from a state already published at a revision (instead of
 /// reading it first): what the loop does after a broken connection. Tests use it to resume
 /// from a compacted revision.
+///
+/// Besides etcd's events, the loop enforces the deadlines of the keys it holds (see
+/// [`crate::lease`]): a timer fires at the earliest one (plus the clock tolerance), drops the
+/// expired keys, publishes the state and revokes their leases, whether or not the server is
+/// reachable at that moment.
 pub(crate) async fn run_from<T: Snapshot>(
     inner: Inner,
     mode: Mode,
     consistent: bool,
     tx: WatchSender<T>,
-    mut resume: Option<(BTreeMap<String, KvPair>, i64)>,
+    mut resume: Option<(State, i64)>,
 ) {
     let mut backoff = kv_core::Backoff::default();
     'resync: loop {
@@ -130,83 +223,114 @@ pub(crate) async fn run_from<T: Snapshot>(
                 continue 'resync;
             }
         };
+        let expired = drop_expired(&mut map);
         if !tx.send(T::from_map(&map)) {
             return;
         }
+        lease::revoke_all(&inner, expired).await;
         let mut next_revision = revision + 1;
+        let mut connection = Connection::Closed {
+            reopen_at: Instant::now(),
+        };
         loop {
-            let mut stream = match open(&inner, &mode, next_revision).await {
-                Ok(stream) => stream,
-                Err(error) if is_fatal(&error) => return tx.fail(error),
-                Err(error) => {
+            let expiry = next_expiry(&map);
+            let timer = async move {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                step = next_step(&inner, &mode, next_revision, &mut connection) => step,
+                () = timer => Step::Expiry,
+            };
+            let response = match step {
+                Step::Expiry => {
+                    let expired = drop_expired(&mut map);
+                    if !expired.is_empty() {
+                        if !tx.send(T::from_map(&map)) {
+                            return;
+                        }
+                        lease::revoke_all(&inner, expired).await;
+                    }
+                    continue;
+                }
+                Step::Opened(stream) => {
+                    connection = Connection::Open(stream);
+                    continue;
+                }
+                Step::OpenFailed(error) if is_fatal(&error) => return tx.fail(error),
+                Step::OpenFailed(error) => {
                     tracing::debug!(%error, "watch: opening the etcd watch failed, retrying");
-                    backoff.wait().await;
+                    connection = reopen_later(&mut backoff);
+                    continue;
+                }
+                Step::Message(Ok(Some(response))) => response,
+                Step::Message(Ok(None)) => {
+                    tracing::debug!("watch: the etcd watch stream ended, reopening");
+                    connection = reopen_later(&mut backoff);
+                    continue;
+                }
+                Step::Message(Err(error)) => {
+                    tracing::debug!(%error, "watch: the etcd watch stream broke, reopening");
+                    connection = reopen_later(&mut backoff);
                     continue;
                 }
             };
-            loop {
-                let response = match stream.message().await {
-                    Ok(Some(response)) => response,
-                    Ok(None) => {
-                        tracing::debug!("watch: the etcd watch stream ended, reopening");
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "watch: the etcd watch stream broke, reopening");
-                        break;
-                    }
-                };
-                if response.compact_revision() > 0 {
-                    tracing::warn!(
-                        compact_revision = response.compact_revision(),
-                        wanted = next_revision,
-                        "etcd compacted the revisions a watch needed: resynchronising from a fresh read"
-                    );
-                    continue 'resync;
+            if response.compact_revision() > 0 {
+                tracing::warn!(
+                    compact_revision = response.compact_revision(),
+                    wanted = next_revision,
+                    "etcd compacted the revisions a watch needed: resynchronising from a fresh read"
+                );
+                continue 'resync;
+            }
+            if response.canceled() && response.cancel_reason().contains("permission denied") {
+                return tx.fail(Error::PermissionDenied {
+                    backend: crate::client::BACKEND,
+                    message: response.cancel_reason().to_owned(),
+                });
+            }
+            if response.canceled() {
+                tracing::debug!(
+                    reason = response.cancel_reason(),
+                    "watch: etcd cancelled the watch, reopening"
+                );
+                connection = reopen_later(&mut backoff);
+                continue;
+            }
+            backoff.reset();
+            let mut pending: Option<i64> = None;
+            let mut expired = Vec::new();
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let event_revision = kv.mod_revision();
+                if pending.is_some_and(|r| r != event_revision) && !tx.send(T::from_map(&map)) {
+                    return;
                 }
-                if response.canceled() && response.cancel_reason().contains("permission denied") {
-                    return tx.fail(Error::PermissionDenied {
-                        backend: crate::client::BACKEND,
-                        message: response.cancel_reason().to_owned(),
-                    });
-                }
-                if response.canceled() {
-                    tracing::debug!(
-                        reason = response.cancel_reason(),
-                        "watch: etcd cancelled the watch, reopening"
-                    );
-                    break;
-                }
-                backoff.reset();
-                let mut pending: Option<i64> = None;
-                for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let event_revision = kv.mod_revision();
-                    if pending.is_some_and(|r| r != event_revision) && !tx.send(T::from_map(&map)) {
-                        return;
-                    }
-                    pending = Some(event_revision);
-                    next_revision = next_revision.max(event_revision + 1);
-                    let Some(key) = inner.to_key(kv.key()) else {
-                        continue;
-                    };
-                    match event.event_type() {
-                        EventType::Put => {
-                            if let Some(pair) = inner.to_pair(kv) {
-                                map.insert(key, pair);
-                            }
-                        }
-                        EventType::Delete => {
+                pending = Some(event_revision);
+                next_revision = next_revision.max(event_revision + 1);
+                match event.event_type() {
+                    EventType::Put => insert(&inner, &mut map, kv, &mut expired),
+                    EventType::Delete => {
+                        if let Some(key) = inner.to_key(kv.key()) {
                             map.remove(&key);
                         }
                     }
                 }
-                if pending.is_some() && !tx.send(T::from_map(&map)) {
-                    return;
-                }
             }
-            backoff.wait().await;
+            if pending.is_some() && !tx.send(T::from_map(&map)) {
+                return;
+            }
+            lease::revoke_all(&inner, expired).await;
         }
+    }
+}
+
+/// A closed connection to reopen after the next back-off delay.
+fn reopen_later(backoff: &mut kv_core::Backoff) -> Connection {
+    Connection::Closed {
+        reopen_at: Instant::now() + backoff.next_delay(),
     }
 }
 
@@ -277,7 +401,13 @@ mod tests {
         // now compacted.
         let tasks = TaskSet::new();
         let mut state = BTreeMap::new();
-        state.insert("k".to_owned(), first.clone());
+        state.insert(
+            "k".to_owned(),
+            Entry {
+                pair: first.clone(),
+                lease: 0,
+            },
+        );
         let resume = Some((state, first.last_index as i64));
         let mode = Mode::Key(inner.full_key("k"));
         let loop_inner = inner.clone();

@@ -349,8 +349,20 @@ async fn storage_layout_is_plain_etcd() {
         )
         .await
         .unwrap();
+    let written = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let kv = raw_get(&mut client, &format!("{ns}/ttl")).await.unwrap();
     assert_ne!(kv.lease(), 0, "bound to a lease");
+    // The lease ID is negative (etcd never chooses one) and carries the deadline, Unix
+    // milliseconds, in bits 20-61.
+    assert!(kv.lease() < 0, "lease ID {:x}", kv.lease());
+    let deadline = (kv.lease() as u64 >> 20) & ((1 << 42) - 1);
+    assert!(
+        deadline.abs_diff(written + 2500) < 1000,
+        "deadline {deadline} for a write at {written} with a 2.5 s TTL"
+    );
     let lease = client
         .lease_time_to_live(kv.lease(), Some(LeaseTimeToLiveOptions::new().with_keys()))
         .await
@@ -799,4 +811,314 @@ async fn a_dead_holder_loses_the_lock_within_its_ttl() {
     eprintln!("a dead holder's {ttl:?} lock was taken over after {taken_after:?}");
     lock.unlock().await.unwrap();
     store.delete_tree("").await.unwrap();
+}
+
+/// A stored key, printable and exact (non-UTF-8 bytes escaped).
+fn shown(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}
+
+/// The stored keys under `prefix`, sorted, as [`shown`].
+async fn raw_keys(client: &mut Client, prefix: &str) -> Vec<String> {
+    let response = client
+        .get(
+            prefix,
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    response.kvs().iter().map(|kv| shown(kv.key())).collect()
+}
+
+async fn list_keys(store: &EtcdStore, directory: &str) -> Vec<String> {
+    store
+        .list(directory, ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+}
+
+/// `delete_tree(dir)` deletes exactly the keys `list(dir)` shows plus `dir` itself, in one
+/// transaction (one revision): stored keys that break the key rules, written by other
+/// programs, stay wherever they sort (between valid keys too), and so do keys outside `dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_deletes_exactly_what_list_shows() {
+    let ns = unique("delete-tree-exact");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+    for key in [
+        "dir", "dir/a", "dir/a/b", "dir/b/c", "dir/z", "dira/x", "other/x",
+    ] {
+        store
+            .put(key, "mine".into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let foreign: [&[u8]; 9] = [
+        b"dir/",
+        b"dir//x",
+        b"dir/./y",
+        b"dir/a/",
+        b"dir/b//d",
+        b"dir/bad\xff",
+        b"dir/x/__kvlock",
+        b"dir/z/",
+        b"dir/z//",
+    ];
+    for key in foreign {
+        client
+            .put([format!("{ns}/").as_bytes(), key].concat(), "foreign", None)
+            .await
+            .unwrap();
+    }
+    let listed = list_keys(&store, "dir").await;
+    assert_eq!(listed, ["dir/a", "dir/a/b", "dir/b/c", "dir/z"]);
+
+    let now = client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let (_, mut events) = client
+        .watch(
+            format!("{ns}/"),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(now + 1),
+            ),
+        )
+        .await
+        .unwrap()
+        .split();
+    store.delete_tree("dir").await.unwrap();
+    let mut deleted = Vec::new();
+    let mut revisions = std::collections::BTreeSet::new();
+    while deleted.len() < listed.len() + 1 {
+        let response = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("delete events")
+            .unwrap()
+            .unwrap();
+        for event in response.events() {
+            assert_eq!(event.event_type(), EventType::Delete);
+            let kv = event.kv().unwrap();
+            revisions.insert(kv.mod_revision());
+            deleted.push(shown(kv.key()));
+        }
+    }
+    assert_eq!(revisions.len(), 1, "one revision: the delete is atomic");
+    let mut expected: Vec<String> = std::iter::once("dir")
+        .chain(listed.iter().map(String::as_str))
+        .map(|k| format!("{ns}/{k}"))
+        .collect();
+    expected.sort();
+    deleted.sort();
+    assert_eq!(deleted, expected, "the listed keys and the directory key");
+
+    let mut left = raw_keys(&mut client, &format!("{ns}/")).await;
+    let mut expected: Vec<String> = foreign
+        .iter()
+        .map(|k| shown(&[format!("{ns}/").as_bytes(), k].concat()))
+        .chain(["dira/x", "other/x"].map(|k| format!("{ns}/{k}")))
+        .collect();
+    left.sort();
+    expected.sort();
+    assert_eq!(left, expected, "every key list(dir) did not show is left");
+    client
+        .delete(
+            format!("{ns}/"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+}
+
+/// More runs of listed keys (separated by foreign keys) than one etcd transaction may hold
+/// (`--max-txn-ops`, 128 by default): still exactly the listed keys are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_with_more_runs_than_one_transaction_holds() {
+    const RUNS: usize = 300;
+    let ns = unique("delete-tree-runs");
+    let store = store_in(&ns).await;
+    let client = raw().await;
+    store
+        .put("dir", "dir".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    futures::stream::iter(0..RUNS)
+        .map(|i| {
+            let (store, mut client, ns) = (&store, client.clone(), &ns);
+            async move {
+                let key = format!("dir/k{i:04}");
+                store
+                    .put(&key, "mine".into(), WriteOptions::default())
+                    .await
+                    .unwrap();
+                // `dir/k0001/` sorts between `dir/k0001` and `dir/k0002`.
+                client
+                    .put(format!("{ns}/{key}/"), "foreign", None)
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    assert_eq!(list_keys(&store, "dir").await.len(), RUNS);
+    store.delete_tree("dir").await.unwrap();
+    assert!(list_keys(&store, "dir").await.is_empty());
+    assert!(!store.exists("dir", ReadOptions::default()).await.unwrap());
+    let mut client = client;
+    let left = raw_keys(&mut client, &format!("{ns}/")).await;
+    assert_eq!(left.len(), RUNS, "every foreign key is left");
+    assert!(left.iter().all(|k| k.ends_with('/')));
+    client
+        .delete(
+            format!("{ns}/"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+}
+
+/// Foreign keys written into the tree while `delete_tree` runs (between its read and its
+/// delete) are never deleted: the delete is guarded and redone if the tree changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_never_deletes_a_foreign_key_written_meanwhile() {
+    const KEYS: usize = 200;
+    let ns = unique("delete-tree-race");
+    // Small pages: delete_tree's read takes several round trips, a window for the writer.
+    let config = Config::builder()
+        .endpoints(endpoints())
+        .namespace(&ns)
+        .page_size(10)
+        .build()
+        .unwrap();
+    let store = EtcdStore::connect(config).await.unwrap();
+    let client = raw().await;
+    for round in 0..5 {
+        let dir = format!("dir{round}");
+        futures::stream::iter(0..KEYS)
+            .map(|i| {
+                let (store, dir) = (&store, &dir);
+                async move {
+                    store
+                        .put(
+                            &format!("{dir}/k{i:04}"),
+                            "mine".into(),
+                            WriteOptions::default(),
+                        )
+                        .await
+                        .unwrap()
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            let prefix = format!("{ns}/{dir}");
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Inside the tree's range, between two listed keys, never listed itself.
+                    let key = format!("{prefix}/k{:04}/{i}/", (i * 37) % KEYS);
+                    client.put(key.clone(), "foreign", None).await.unwrap();
+                    written.push(key);
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                written
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.delete_tree(&dir).await.unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writer.await.unwrap();
+        assert!(list_keys(&store, &dir).await.is_empty(), "round {round}");
+        let mut client = client.clone();
+        let mut left = raw_keys(&mut client, &format!("{ns}/{dir}/")).await;
+        let mut written = written;
+        left.sort();
+        written.sort();
+        assert_eq!(
+            left.len(),
+            written.len(),
+            "round {round}: foreign keys written during delete_tree were deleted"
+        );
+        assert_eq!(left, written);
+    }
+    let mut client = client;
+    client
+        .delete(
+            format!("{ns}/"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+}
+
+/// Keys bound to leases this crate did not grant for a TTL write are never treated as
+/// expired, whatever their ID looks like: a server-chosen ID, a positive ID with bit 62 set
+/// (as etcd's own IDs have for about half of all members) whose bits read as a deadline in
+/// 1970, and a negative ID without the checksum. Reads neither hide them nor revoke their
+/// lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_other_programs_are_never_filtered() {
+    let ns = unique("foreign-leases");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+    let chosen = [(1i64 << 62) | (1 << 20), i64::MIN | (1 << 20) | 1];
+    let mut leases = Vec::new();
+    for id in chosen {
+        // A leftover of an interrupted earlier run would make the grant fail.
+        let _ = client.lease_revoke(id).await;
+        let granted = client
+            .lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(id)))
+            .await
+            .unwrap();
+        leases.push(granted.id());
+    }
+    leases.push(client.lease_grant(60, None).await.unwrap().id());
+    for (i, id) in leases.iter().enumerate() {
+        client
+            .put(
+                format!("{ns}/k{i}"),
+                "foreign",
+                Some(etcd_client::PutOptions::new().with_lease(*id)),
+            )
+            .await
+            .unwrap();
+    }
+    for i in 0..leases.len() {
+        let key = format!("k{i}");
+        assert!(
+            store
+                .get(&key, ReadOptions::default())
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.exists(&key, ReadOptions::default()).await.unwrap());
+        let mut watch = store.watch(&key, ReadOptions::default()).await.unwrap();
+        assert!(watch.next().await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(list_keys(&store, "").await, ["k0", "k1", "k2"]);
+    for id in leases {
+        let ttl = client.lease_time_to_live(id, None).await.unwrap().ttl();
+        assert!(ttl > 0, "lease {id:x} was revoked (ttl {ttl})");
+        client.lease_revoke(id).await.unwrap();
+    }
+    store.close().await.unwrap();
 }

@@ -466,3 +466,244 @@ async fn mutual_tls() {
     drop(etcd);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// Reads until `read` gives `Ok(false)` ("absent"), every 50 ms, for at most `limit` after
+/// `since`; returns when it first did (errors, as while the server restarts, count as
+/// "not yet").
+async fn absent_after<F, Fut>(since: Instant, limit: Duration, mut read: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kv_core::Result<bool>>,
+{
+    while since.elapsed() < limit {
+        if let Ok(false) = read().await {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// etcd 3.4 restores every lease to its full TTL when it restarts, so a TTL key written just
+/// before a crash would stay a whole extra TTL. It must still be gone for every reader within
+/// `ttl + ttl_precision` of its write: `get`, `exists`, `list`, watches opened before the crash
+/// and after the restart, and then `delete` and create-only `atomic_put` treat it as absent
+/// and the server itself has deleted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_keys_expire_on_time_across_a_server_restart() {
+    let mut etcd = PrivateEtcd::start();
+    etcd.ready().await;
+    let store = connect(&etcd.url()).await;
+    let caps = store.capabilities().clone();
+    let ttl = caps.min_ttl.max(Duration::from_secs(4));
+    let bound = ttl + caps.ttl_precision + Duration::from_secs(1);
+
+    let mut early_watch = store.watch("ttl/k", ReadOptions::default()).await.unwrap();
+    assert_eq!(early_watch.next().await.unwrap().unwrap(), None);
+    let mut early_tree = store
+        .watch_tree("ttl", ReadOptions::default())
+        .await
+        .unwrap();
+    assert!(early_tree.next().await.unwrap().unwrap().is_empty());
+
+    let written = Instant::now();
+    for key in ["ttl/k", "cas", "del"] {
+        store
+            .put(key, "v".into(), WriteOptions::with_ttl(ttl))
+            .await
+            .unwrap();
+    }
+    etcd.stop(); // SIGKILL right after the writes
+    let killed = written.elapsed();
+    // Any state after the initial one that lacks the key reports its expiry (the watch may
+    // coalesce its appearance away: it happened during the outage).
+    let early_watch = tokio::spawn(async move {
+        loop {
+            match early_watch.next().await {
+                Some(Ok(None)) => return written.elapsed(),
+                Some(Ok(Some(_))) => {}
+                other => panic!("watch: {other:?}"),
+            }
+        }
+    });
+    let early_tree = tokio::spawn(async move {
+        loop {
+            match early_tree.next().await {
+                Some(Ok(snapshot)) if snapshot.is_empty() => return written.elapsed(),
+                Some(Ok(_)) => {}
+                other => panic!("watch_tree: {other:?}"),
+            }
+        }
+    });
+
+    // A short outage, then the same data directory again: etcd restores the lease to its
+    // full TTL, so on its own it would delete the key after about restart + TTL + 1 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    etcd.spawn();
+    etcd.ready().await;
+    let restarted = written.elapsed();
+    assert!(
+        restarted < ttl,
+        "the restart took until {restarted:?}, past the TTL"
+    );
+    // Not expired early: the key is still there before its TTL.
+    let mut late_watch = store.watch("ttl/k", ReadOptions::default()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), late_watch.next())
+        .await
+        .expect("the first state")
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.is_some() || written.elapsed() >= ttl,
+        "a {ttl:?} key gone {:?} after its write",
+        written.elapsed()
+    );
+    let late_watch = tokio::spawn(async move {
+        loop {
+            match late_watch.next().await {
+                Some(Ok(None)) => return written.elapsed(),
+                Some(Ok(Some(_))) => {}
+                other => panic!("watch: {other:?}"),
+            }
+        }
+    });
+
+    let limit = ttl * 2 + Duration::from_secs(10);
+    let get = absent_after(written, limit, || async {
+        Ok(store.get("ttl/k", ReadOptions::default()).await?.is_some())
+    });
+    let exists = absent_after(written, limit, || {
+        store.exists("ttl/k", ReadOptions::stale())
+    });
+    let list = absent_after(written, limit, || async {
+        Ok(!store.list("ttl", ReadOptions::default()).await?.is_empty())
+    });
+    let (get, exists, list) = tokio::join!(get, exists, list);
+    let watched = |task: tokio::task::JoinHandle<Duration>| async {
+        tokio::time::timeout(limit.saturating_sub(written.elapsed()), task)
+            .await
+            .ok()
+            .map(Result::unwrap)
+    };
+    let (early_watch, early_tree, late_watch) = (
+        watched(early_watch).await,
+        watched(early_tree).await,
+        watched(late_watch).await,
+    );
+
+    // Past `ttl + ttl_precision`, keys nobody read since are absent for writes too.
+    tokio::time::sleep((ttl + caps.ttl_precision).saturating_sub(written.elapsed())).await;
+    let deleted = store.delete("del").await;
+    let created = store
+        .atomic_put("cas", "new".into(), None, WriteOptions::default())
+        .await;
+    let mut raw = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
+    let server_has = raw.get("ttl/k", None).await.unwrap().count();
+    eprintln!(
+        "a {ttl:?} key written before a SIGKILL at {killed:?}, restart at {restarted:?}: \
+         gone for get after {get:?}, exists {exists:?}, list {list:?}, the watch opened \
+         before the crash {early_watch:?}, watch_tree {early_tree:?}, the watch opened after \
+         the restart {late_watch:?} (bound {bound:?})"
+    );
+    for (what, gone) in [
+        ("get", get),
+        ("exists", exists),
+        ("list", list),
+        ("the watch opened before the crash", early_watch),
+        ("the watch_tree opened before the crash", early_tree),
+        ("the watch opened after the restart", late_watch),
+    ] {
+        let gone = gone.unwrap_or_else(|| panic!("{what}: the key never went away"));
+        assert!(
+            gone <= bound,
+            "{what}: a {ttl:?} key visible until {gone:?} after its write (bound {bound:?})"
+        );
+        assert!(
+            gone >= ttl,
+            "{what}: a {ttl:?} key gone early, after {gone:?}"
+        );
+    }
+    assert_eq!(server_has, 0, "the server deleted the expired key");
+    assert!(
+        matches!(deleted, Ok(false)),
+        "delete of an expired key: {deleted:?}"
+    );
+    created.expect("create-only atomic_put over an expired key");
+    store.close().await.unwrap();
+}
+
+/// `delete_tree("")` on a store without namespace deletes exactly what `list("")` shows:
+/// keys written by other programs that break the key rules (`/registry/…`, `a//b`, `a/`,
+/// `__kv` segments, non-UTF-8) stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_of_the_root_keeps_what_list_does_not_show() {
+    let etcd = PrivateEtcd::start();
+    etcd.ready().await;
+    let store = connect(&etcd.url()).await;
+    let mut raw = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
+    for key in ["a", "a/b", "k", "registry/x"] {
+        store
+            .put(key, "mine".into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let foreign: [&[u8]; 6] = [
+        b"/registry/pods/x",
+        b"a//b",
+        b"a/",
+        b"x/__kvlock/y",
+        b"\xff\xfe",
+        b"k/",
+    ];
+    for key in foreign {
+        raw.put(key, "foreign", None).await.unwrap();
+    }
+    let listed: Vec<String> = store
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(listed, ["a", "a/b", "k", "registry/x"]);
+    store.delete_tree("").await.unwrap();
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let all = raw
+        .get(
+            vec![0],
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_all_keys()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    // Printable and exact: non-UTF-8 bytes escaped.
+    let mut left: Vec<String> = all
+        .kvs()
+        .iter()
+        .map(|kv| kv.key().escape_ascii().to_string())
+        .collect();
+    let mut expected: Vec<String> = foreign
+        .iter()
+        .map(|k| k.escape_ascii().to_string())
+        .collect();
+    left.sort();
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "exactly the keys list never showed are left"
+    );
+    store.close().await.unwrap();
+}
