@@ -37,6 +37,7 @@
 //! | `/kv/a` | container | empty while `a` is only a parent; `a`'s value once written |
 //! | `/kv/a/b` | container | **the value of `a/b`, plain bytes** (`zkCli get /kv/a/b` prints it) |
 //! | `/kv/a/b/__kv` | persistent, or persistent-with-TTL | the *marker*: present ⇔ `a/b` is a written key; data = the TTL in milliseconds as ASCII decimal, empty for a permanent key |
+//! | `/kv/a/b/__kv/__kvowner-<session>-<n>` | ephemeral | only while `a/b` is held as a lock: the holding acquisition's *owner node*, empty (see Locks) |
 //! | `/kv/__kvlocks/a/b/__kvlock-0000000007` | ephemeral sequential | a lock waiter's ticket (see Locks) |
 //!
 //! * **Why a marker.** ZooKeeper keeps parents as real nodes, but the contract lists only keys
@@ -69,7 +70,8 @@
 //!   Residual window, stated honestly: ZooKeeper's `check` compares data versions, not zxids,
 //!   so a concurrent *delete and re-create* of the node that lands on the very same data
 //!   version within the one round trip between the read and the multi-op would not be
-//!   detected. Any write in between that leaves the node in place is always detected.
+//!   detected. Any write in between that leaves the node in place is always detected. Locks
+//!   do not depend on data versions (see Locks), so this window does not apply to them.
 //! * **TTL**: the marker is a TTL node (`CreateMode::Persistent` + TTL) whose data records the
 //!   TTL, because the server hides a node's TTL from clients (`ephemeralOwner` reads 0). The
 //!   server deletes it lazily, once unmodified for the TTL and only every
@@ -103,13 +105,36 @@
 //! * **Locks**: a waiter takes an ephemeral sequential ticket in
 //!   `/<ns>/__kvlocks/<key>/__kvlock-N` and watches only its predecessor (no herd effect,
 //!   first come first served). First in line, it waits until the key is absent, then writes it
-//!   with the lock's value and a TTL marker of the lock's TTL (the multi-op above), and
-//!   removes its ticket. The holder renews by touching the marker (`setData`, which moves its
-//!   `mtime`) every TTL/3. The lock is lost when the marker is no longer the one it created
-//!   (the marker's `czxid` identifies the acquisition: someone deleted or overwrote the key),
-//!   when renewals fail for a whole TTL, or when the session expires; a persistent watch on the
-//!   key reports a deletion or an overwrite at once. `unlock` deletes the key only if the
-//!   marker is still its own.
+//!   with the lock's value and a TTL marker of the lock's TTL (the multi-op above), plus, in
+//!   the same transaction, an ephemeral *owner node* below the new marker whose name is unique
+//!   to this acquisition (`__kvowner-<session id>-<n>`); then it removes its ticket. Taking
+//!   over an expired lock (like any write or delete of the key) deletes the previous owner
+//!   node in the transaction that replaces or deletes the marker: a node with a child cannot
+//!   be deleted.
+//! * **Renewal is atomic and cannot touch another acquisition's lock.** The holder renews
+//!   every TTL/3 with one multi-op, `[check(owner node), setData(marker)]`. While the owner
+//!   node exists, the marker at that path is the one this acquisition created (it cannot be
+//!   deleted or replaced without deleting its child), so the server applies the renewal only
+//!   if this very acquisition still owns the key, and refuses all of it otherwise. A holder
+//!   that was paused (SIGSTOP, a VM freeze) or whose renewal was held up in the network past
+//!   its TTL while another client took the lock over cannot modify the new holder's marker. (A
+//!   renewal conditioned on the marker's data version could, since versions restart at 0 with
+//!   every new marker: an ABA.) A holder that resumes after a whole TTL without a successful
+//!   renewal reports the lock lost without renewing it, even if nobody took it over (readers
+//!   may have seen the key expire).
+//! * The owner node also keeps the server's TTL sweeper off a fresh lock marker. The sweeper
+//!   lists expired TTL nodes, then deletes them *by path*, a few milliseconds apart
+//!   (ZooKeeper's `deleteContainer` re-checks neither the TTL nor the node's identity, only
+//!   that it has no children), so a marker created at an expired marker's path just after the
+//!   listing would be deleted; a marker with a child is not.
+//! * The lock is lost when its owner node or the marker it created (identified by its
+//!   `czxid`) is gone (someone deleted or overwrote the key, or took it over after expiry),
+//!   when renewals fail for a whole TTL, or when the session expires (the owner node goes with
+//!   it); a persistent watch on the key reports a deletion or an overwrite at once. A lost
+//!   holder deletes its own owner node if it is still there, so that the server can sweep the
+//!   expired marker. `unlock` deletes the key, the marker and the owner node in one
+//!   transaction, only if the marker is still its own. Readers never see owner nodes (`list`
+//!   skips `__kv…` names) and watches ignore their events.
 //! * **Fencing token** = the key's `last_index` (`mzxid`) after the acquiring write, as
 //!   kv-core's lock contract defines it. It rises strictly with every acquisition (zxids are
 //!   global). The ticket's sequence number is *not* used: it would differ from the key's
@@ -143,7 +168,12 @@
 //! * Keys with characters outside the BMP are stored escaped (see Storage layout).
 //! * Other clients see the `__kv` marker children and the `__kvlocks` directory.
 //! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] znodes, not beyond.
-//! * CAS has the residual delete-and-re-create window described above.
+//! * CAS has the residual delete-and-re-create window described above (locks do not).
+//! * Known issue, plain keys only: a `put`/`atomic_put` that replaces a key whose TTL marker
+//!   has just expired can lose its new marker to the server's TTL sweeper (see Locks: it
+//!   deletes by path), and then the key is gone. The window runs from the sweeper's listing
+//!   (every `znode.container.checkIntervalMs`) to its delete, a few milliseconds per expired
+//!   node listed. Locks are immune (their marker has a child).
 //! * A lock *waiter* whose process hangs keeps its ticket until its session expires
 //!   ([`Config::session_timeout`]), delaying the waiters queued behind it by that much; a
 //!   *holder* that hangs loses the lock after the lock's TTL, as the contract says.

@@ -1,21 +1,57 @@
 //! Locks: a queue of ephemeral sequential tickets (each waiter watches only its predecessor),
 //! then the key itself written with a TTL marker renewed in the background.
+//!
+//! Every acquisition creates, in the transaction that writes the key, an ephemeral *owner
+//! node* below the new marker, named uniquely for that acquisition. A marker cannot be
+//! deleted while it has a child, so while the owner node exists the marker at that path is
+//! the one this acquisition created; whoever replaces or deletes the key deletes the owner
+//! node in the same transaction. Hence a renewal is one multi-op,
+//! `[check(owner node), setData(marker)]`, that the server refuses unless this very
+//! acquisition still owns the key: a late renewal can never touch a later holder's marker
+//! (data versions restart at 0 with every new marker, so a version check alone could).
+//! The child also makes the server's TTL sweeper unable to delete a fresh marker at a path
+//! it had listed as expired just before (it deletes by path and only skips nodes with
+//! children).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::{
     Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, Lock, LockBackend, LockOptions,
-    Result,
+    LockState, Result,
 };
 use zookeeper_client as zk;
 
-use crate::store::{BACKEND, Inner, LOCKS_DIR, map_zk};
+use crate::store::{BACKEND, Inner, LOCKS_DIR, OWNER_PREFIX, map_zk};
 
 const TICKET_PREFIX: &str = "__kvlock-";
+
+/// Numbers the acquisitions of this process, for unique owner node names.
+static ACQUISITIONS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh owner node name: the session (unique among live sessions; the node is ephemeral,
+/// so it never outlives it) and this process's acquisition number, so that no later
+/// acquisition, by anyone, can create a node of the same name.
+fn owner_name(client: &zk::Client) -> String {
+    format!(
+        "{OWNER_PREFIX}{:016x}-{}",
+        client.session_id().0 as u64,
+        ACQUISITIONS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What a successful write of the key returns to `acquire`.
+struct Taken {
+    /// The acquiring write's stat (`mzxid` = the fencing token).
+    stat: zk::Stat,
+    /// The name of the owner node created below the marker.
+    owner: String,
+    /// When the acquiring transaction was sent: the marker's `mtime` is not earlier.
+    written_at: tokio::time::Instant,
+}
 
 /// Builds the user-facing lock.
 pub(crate) fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> Lock {
@@ -121,9 +157,12 @@ impl ZkLock {
         }
     }
 
-    /// First in line: waits until the key is absent, then writes it with a TTL marker.
-    async fn take_key(&self, client: &zk::Client, abandon: &CancellationToken) -> Result<zk::Stat> {
+    /// First in line: waits until the key is absent, then writes it with a TTL marker and an
+    /// owner node below it, in one transaction (which also deletes an expired predecessor's
+    /// marker and owner node).
+    async fn take_key(&self, client: &zk::Client, abandon: &CancellationToken) -> Result<Taken> {
         let inner = &self.inner;
+        let owner = owner_name(client);
         loop {
             match inner
                 .write_key(
@@ -132,10 +171,17 @@ impl ZkLock {
                     &self.value,
                     Some(self.ttl),
                     crate::store::Expect::Absent,
+                    Some(&owner),
                 )
                 .await
             {
-                Ok(stat) => return Ok(stat),
+                Ok((stat, written_at)) => {
+                    return Ok(Taken {
+                        stat,
+                        owner,
+                        written_at,
+                    });
+                }
                 Err(Error::KeyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -184,7 +230,7 @@ impl ZkLock {
 impl LockBackend for ZkLock {
     async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
         let inner = &self.inner;
-        let (stat, generation) = loop {
+        let (taken, generation) = loop {
             let client = inner.client().await?;
             let generation = inner.generation();
             let ticket = self.enqueue(&client).await?;
@@ -196,7 +242,7 @@ impl LockBackend for ZkLock {
             // The key is the guard from now on; the ticket only ordered the waiters.
             self.remove_ticket(&client, &ticket).await;
             match outcome {
-                Ok(stat) => break (stat, generation),
+                Ok(taken) => break (taken, generation),
                 // The session expired while waiting (the ticket went with it): queue again
                 // on a new session.
                 Err(error)
@@ -212,20 +258,29 @@ impl LockBackend for ZkLock {
                 Err(error) => return Err(error),
             }
         };
+        let Taken {
+            stat,
+            owner,
+            written_at,
+        } = taken;
         let fencing_token = stat.mzxid as u64;
         let (notifier, lease) = LeaseNotifier::new(fencing_token);
         let held = Arc::new(Held {
             inner: inner.clone(),
             key: self.key.clone(),
             owner: stat.mzxid,
-            marker_version: AtomicI32::new(0),
+            owner_path: inner.marker_child_path(&self.key, &owner),
+            marker_path: inner.marker_path(&self.key),
             generation,
+            ttl: self.ttl,
+            renewed_at: StdMutex::new(written_at),
             data: crate::store::marker_data(Some(self.ttl)),
         });
         let renewer = held.clone();
         let watcher = held.clone();
         let ttl = self.ttl;
         let task_notifier = notifier.clone();
+        let task_lease = lease.clone();
         inner.tasks.spawn(async move {
             let renew = kv_core::lock::keep_alive(ttl, task_notifier.clone(), move || {
                 let renewer = renewer.clone();
@@ -235,6 +290,9 @@ impl LockBackend for ZkLock {
                 _ = renew => {}
                 _ = watcher.watch_for_loss(&task_notifier) => {}
                 _ = task_notifier.ended() => {}
+            }
+            if task_lease.state() == LockState::Lost {
+                watcher.abandon().await;
             }
         });
         Ok(Acquired {
@@ -246,14 +304,21 @@ impl LockBackend for ZkLock {
     }
 }
 
-/// An acquired lock: the key's marker was created by the write whose zxid is `owner`.
+/// An acquired lock: the key's marker was created by the write whose zxid is `owner`,
+/// together with the ephemeral node at `owner_path` below it.
 #[derive(Debug)]
 struct Held {
     inner: Arc<Inner>,
     key: String,
     owner: i64,
-    marker_version: AtomicI32,
+    /// The owner node: while it exists, the marker is this acquisition's.
+    owner_path: String,
+    marker_path: String,
     generation: u64,
+    ttl: Duration,
+    /// When the last successful renewal (or the acquiring write) was sent: the marker's
+    /// `mtime` is not earlier, so the key is visible until at least this plus the TTL.
+    renewed_at: StdMutex<tokio::time::Instant>,
     /// The marker's data (its TTL), rewritten by every renewal.
     data: Vec<u8>,
 }
@@ -268,37 +333,61 @@ impl Held {
             .filter(|m| m.czxid == self.owner && state.node.is_some()))
     }
 
-    /// One renewal: touches the marker (its mtime is what the TTL counts from).
+    /// One renewal: touches the marker (its mtime is what the TTL counts from), in one
+    /// multi-op that the server refuses unless this acquisition's owner node still exists,
+    /// i.e. unless the marker is still the one this acquisition created.
     async fn renew(&self) -> Result<bool> {
         let inner = &self.inner;
+        let renewed_at = *self.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if renewed_at.elapsed() >= self.ttl {
+            // The process did not run for a whole TTL (stopped, suspended): the key may have
+            // expired, so readers may have seen it gone. Do not bring it back.
+            tracing::warn!(key = %self.key, "no renewal for a whole TTL: the lock is lost");
+            return Ok(false);
+        }
         let client = inner.client().await?;
         if inner.generation() != self.generation {
             tracing::warn!(key = %self.key, "the ZooKeeper session expired: the lock is lost");
             return Ok(false);
         }
-        let marker = inner.marker_path(&self.key);
-        for _ in 0..4 {
-            let version = self.marker_version.load(Ordering::SeqCst);
-            match inner
-                .timed("renew", client.set_data(&marker, &self.data, Some(version)))
-                .await?
-            {
-                Ok(stat) => {
-                    if stat.czxid != self.owner {
-                        return Ok(false);
-                    }
-                    self.marker_version.store(stat.version, Ordering::SeqCst);
-                    return Ok(true);
-                }
-                Err(zk::Error::NoNode) => return Ok(false),
-                Err(zk::Error::BadVersion) => match self.owned_marker(&client).await? {
-                    Some(stat) => self.marker_version.store(stat.version, Ordering::SeqCst),
-                    None => return Ok(false),
-                },
-                Err(e) => return Err(map_zk(e, "renew", inner.config.request_timeout)),
+        let mut writer = client.new_multi_writer();
+        let build = (|| {
+            writer.add_check_version(&self.owner_path, -1)?;
+            writer.add_set_data(&self.marker_path, &self.data, None)
+        })();
+        build.map_err(|e| Error::backend(BACKEND, e))?;
+        let started = tokio::time::Instant::now();
+        match inner.timed("renew", writer.commit()).await? {
+            Ok(_) => {
+                *self.renewed_at.lock().unwrap_or_else(|e| e.into_inner()) = started;
+                Ok(true)
             }
+            // The owner node is gone: the key was deleted or overwritten (a takeover after
+            // expiry deletes it with the expired marker), or the session ended.
+            Err(zk::Error::NoNode) => Ok(false),
+            Err(e) => Err(map_zk(e, "renew", inner.config.request_timeout)),
         }
-        Ok(true)
+    }
+
+    /// After the lock was lost: deletes this acquisition's owner node if it is still there
+    /// (nobody took the key over), so that the server can sweep the expired marker. Only
+    /// ever touches this acquisition's own node. Best effort.
+    async fn abandon(&self) {
+        let inner = &self.inner;
+        if inner.generation() != self.generation {
+            return; // The node went with its session.
+        }
+        let Ok(client) = inner.current_client() else {
+            return;
+        };
+        match inner
+            .timed("unlock", client.delete(&self.owner_path, None))
+            .await
+        {
+            Ok(Ok(()) | Err(zk::Error::NoNode)) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "could not remove a lost lock's owner node"),
+            Err(error) => tracing::debug!(%error, "could not remove a lost lock's owner node"),
+        }
     }
 
     /// Marks the lock lost as soon as the key is deleted or overwritten, or the session
@@ -343,6 +432,8 @@ impl Held {
         }
     }
 
+    /// Deletes the key, its marker and the owner node in one transaction, if the marker is
+    /// still this acquisition's.
     async fn release(&self) -> Result<()> {
         let inner = &self.inner;
         let client = inner.client().await?;

@@ -20,6 +20,8 @@ use crate::config::Config;
 pub(crate) const BACKEND: &str = "zookeeper";
 /// Name of the marker child that makes a znode a written key.
 pub(crate) const MARKER: &str = "__kv";
+/// Prefix of the ephemeral owner node a lock creates below its key's marker.
+pub(crate) const OWNER_PREFIX: &str = "__kvowner-";
 /// Name of the directory (below the namespace root) that holds lock queues.
 pub(crate) const LOCKS_DIR: &str = "__kvlocks";
 /// How often a write retries after losing a race against another writer or the container
@@ -67,6 +69,9 @@ pub(crate) struct Marker {
     pub(crate) stat: zk::Stat,
     /// The TTL in milliseconds, 0 for a permanent key.
     pub(crate) ttl_ms: u64,
+    /// The marker's children: the owner node of the lock acquisition that wrote the key, if
+    /// any. Only [`Inner::read_key`] reads them (writers must delete them with the marker).
+    pub(crate) children: Vec<String>,
 }
 
 impl Marker {
@@ -75,7 +80,11 @@ impl Marker {
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(0);
-        Marker { stat, ttl_ms }
+        Marker {
+            stat,
+            ttl_ms,
+            children: Vec::new(),
+        }
     }
 
     /// The expiry deadline in Unix milliseconds, 0 for none: the marker's `mtime` (set by the
@@ -218,6 +227,11 @@ impl Inner {
         format!("{}/{}/{MARKER}", self.root, encode_key(key))
     }
 
+    /// The path of the marker's child `name` (a lock's owner node).
+    pub(crate) fn marker_child_path(&self, key: &str, name: &str) -> String {
+        format!("{}/{name}", self.marker_path(key))
+    }
+
     pub(crate) fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'static> {
         mode.with_acls(self.acl)
     }
@@ -268,7 +282,7 @@ impl Inner {
         Ok(fresh)
     }
 
-    fn current_client(&self) -> Result<zk::Client> {
+    pub(crate) fn current_client(&self) -> Result<zk::Client> {
         self.client
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -314,17 +328,17 @@ impl Inner {
             .map_err(|e| map_zk(e, operation, self.config.request_timeout))
     }
 
-    /// Reads a key's node and marker in one consistent multi-read.
+    /// Reads a key's node, marker and the marker's children in one consistent multi-read.
     pub(crate) async fn read_key(&self, client: &zk::Client, key: &str) -> Result<KeyState> {
         let node = self.node_path(key);
         let marker = self.marker_path(key);
         let mut reader = client.new_multi_reader();
-        reader
-            .add_get_data(&node)
-            .map_err(|e| Error::backend(BACKEND, e))?;
-        reader
-            .add_get_data(&marker)
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        let build = (|| {
+            reader.add_get_data(&node)?;
+            reader.add_get_data(&marker)?;
+            reader.add_get_children(&marker)
+        })();
+        build.map_err(|e| Error::backend(BACKEND, e))?;
         let results = self.request("get", reader.commit()).await?;
         let mut results = results.into_iter();
         let node = match results.next() {
@@ -337,7 +351,7 @@ impl Inner {
             }
             _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
         };
-        let marker = match results.next() {
+        let mut marker = match results.next() {
             Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
             Some(zk::MultiReadResult::Error {
                 err: zk::Error::NoNode,
@@ -347,6 +361,20 @@ impl Inner {
             }
             _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
         };
+        match results.next() {
+            Some(zk::MultiReadResult::Children { children }) => {
+                if let Some(marker) = &mut marker {
+                    marker.children = children;
+                }
+            }
+            Some(zk::MultiReadResult::Error {
+                err: zk::Error::NoNode,
+            }) => {}
+            Some(zk::MultiReadResult::Error { err }) => {
+                return Err(map_zk(err, "get", self.config.request_timeout));
+            }
+            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+        }
         Ok(KeyState { node, marker })
     }
 
@@ -372,8 +400,11 @@ impl Inner {
     }
 
     /// Writes `value` at `key` with a marker of the given kind, whatever is there. Used by
-    /// `put` and, with `must_be_absent`, by create-only writes. Returns the write's stat
-    /// (`mzxid` = the new `last_index`).
+    /// `put` and, with `must_be_absent`, by create-only writes. A lock passes `owner`: the
+    /// name of the ephemeral node created below the new marker in the same transaction (see
+    /// `lock.rs`). The old marker's children (a previous holder's owner node) are deleted with
+    /// it. Returns the write's stat (`mzxid` = the new `last_index`) and when the transaction
+    /// that succeeded was sent (the new marker's `mtime` is not earlier).
     pub(crate) async fn write_key(
         &self,
         client: &zk::Client,
@@ -381,10 +412,17 @@ impl Inner {
         value: &[u8],
         ttl: Option<Duration>,
         expect: Expect,
-    ) -> Result<zk::Stat> {
+        owner: Option<&str>,
+    ) -> Result<(zk::Stat, tokio::time::Instant)> {
         let node = self.node_path(key);
         let marker = self.marker_path(key);
         let marker_options = self.marker_options(ttl);
+        let owner = owner.map(|name| {
+            (
+                self.marker_child_path(key, name),
+                self.options(zk::CreateMode::Ephemeral),
+            )
+        });
         for _ in 0..MAX_ATTEMPTS {
             let state = self.read_key(client, key).await?;
             match expect {
@@ -419,17 +457,25 @@ impl Inner {
                     Some((_, stat)) => writer.add_set_data(&node, value, Some(stat.version))?,
                 }
                 if let Some(m) = &state.marker {
+                    for child in &m.children {
+                        writer.add_delete(&self.marker_child_path(key, child), None)?;
+                    }
                     writer.add_delete(&marker, Some(m.stat.version))?;
                 }
-                writer.add_create(&marker, &marker_data(ttl), &marker_options)
+                writer.add_create(&marker, &marker_data(ttl), &marker_options)?;
+                if let Some((path, options)) = &owner {
+                    writer.add_create(path, &[], options)?;
+                }
+                Ok::<_, zk::Error>(())
             })();
             build.map_err(|e| Error::backend(BACKEND, e))?;
+            let sent_at = tokio::time::Instant::now();
             match self.timed("put", writer.commit()).await? {
                 Ok(results) => {
                     return results
                         .into_iter()
                         .find_map(|r| match r {
-                            zk::MultiWriteResult::SetData { stat } => Some(stat),
+                            zk::MultiWriteResult::SetData { stat } => Some((stat, sent_at)),
                             _ => None,
                         })
                         .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"));
@@ -437,7 +483,13 @@ impl Inner {
                 Err(zk::Error::NoNode) if state.node.is_none() => {
                     self.ensure_parents(client, &node).await?;
                 }
-                Err(zk::Error::NoNode | zk::Error::NodeExists | zk::Error::BadVersion) => {}
+                // Raced with another writer, the sweeper or an owner's session ending.
+                Err(
+                    zk::Error::NoNode
+                    | zk::Error::NodeExists
+                    | zk::Error::BadVersion
+                    | zk::Error::NotEmpty,
+                ) => {}
                 Err(error) => return Err(map_zk(error, "put", self.config.request_timeout)),
             }
         }
@@ -447,8 +499,9 @@ impl Inner {
         ))
     }
 
-    /// Deletes the key's marker (and its node when nothing else is below it) if the key is
-    /// visible and `check` accepts its state. Returns false when the key was absent.
+    /// Deletes the key's marker with its children (a lock's owner node), and its node when
+    /// nothing else is below it, if the key is visible and `check` accepts its state. Returns
+    /// false when the key was absent.
     pub(crate) async fn delete_key(
         &self,
         client: &zk::Client,
@@ -469,6 +522,9 @@ impl Inner {
             check(&state)?;
             let mut writer = client.new_multi_writer();
             let build = (|| {
+                for child in &m.children {
+                    writer.add_delete(&self.marker_child_path(key, child), None)?;
+                }
                 writer.add_delete(&marker, Some(m.stat.version))?;
                 if stat.num_children <= 1 {
                     writer.add_delete(&node, Some(stat.version))
@@ -831,7 +887,7 @@ impl Store for ZookeeperStore {
         let ttl = inner.caps.check_ttl(options.ttl)?;
         let client = inner.client().await?;
         inner
-            .write_key(&client, &key, &value, ttl, Expect::Any)
+            .write_key(&client, &key, &value, ttl, Expect::Any, None)
             .await?;
         Ok(())
     }
@@ -933,7 +989,9 @@ impl Store for ZookeeperStore {
             None => Expect::Absent,
             Some(previous) => Expect::Index(previous.last_index),
         };
-        let stat = inner.write_key(&client, &key, &value, ttl, expect).await?;
+        let (stat, _) = inner
+            .write_key(&client, &key, &value, ttl, expect, None)
+            .await?;
         Ok(KvPair::new(key, value, stat.mzxid as u64))
     }
 

@@ -86,18 +86,22 @@ fn triage<T: Clone + PartialEq + Send + Sync + 'static>(
 }
 
 /// True for events that cannot change what the watch reports: lock renewals (data writes to
-/// a marker) and lock queues.
+/// a marker), lock owner nodes (below a marker; created and deleted with it, or with their
+/// session, which changes nothing readers see) and lock queues.
 fn irrelevant(inner: &Inner, event: &zk::WatchedEvent) -> bool {
     if event.event_type == zk::EventType::NodeDataChanged
         && event.path.ends_with(&format!("/{MARKER}"))
     {
         return true;
     }
-    event
+    let Some(rest) = event
         .path
         .strip_prefix(&inner.root)
         .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|rest| rest.starts_with(LOCKS_DIR))
+    else {
+        return false;
+    };
+    rest.starts_with(LOCKS_DIR) || rest.contains(&format!("/{MARKER}/"))
 }
 
 /// What an event means for the loop.

@@ -771,12 +771,38 @@ async fn other_credentials_are_denied() {
     stranger.close().await.unwrap();
 }
 
-/// A TCP proxy to the server that the test can cut and restore, to break connections.
+/// A TCP proxy to the server that the test can cut and restore, to break connections, or
+/// pause and resume, to hold the bytes in flight (as a stopped process or a congested network
+/// would) and deliver them late, in order, on the same connection.
 struct Proxy {
     port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
+    paused: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies one direction of a proxied connection, holding the bytes while the proxy is paused.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|paused| !*paused).await.is_err() {
+            break;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Proxy {
@@ -786,10 +812,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let cut = std::sync::Arc::new(tokio::sync::Notify::new());
-        let (open2, cut2) = (open.clone(), cut.clone());
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let (open2, cut2, paused2) = (open.clone(), cut.clone(), paused.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !open2.load(Ordering::SeqCst) {
@@ -797,12 +824,21 @@ impl Proxy {
                 }
                 let target = target.clone();
                 let cut = cut2.clone();
+                let paused = paused2.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
+                    let both = async {
+                        tokio::join!(
+                            pump(from_client, to_server, paused.subscribe()),
+                            pump(from_server, to_client, paused.subscribe()),
+                        )
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = both => {}
                         _ = cut.notified() => {}
                     }
                 });
@@ -812,6 +848,7 @@ impl Proxy {
             port,
             open,
             cut,
+            paused,
             task,
         }
     }
@@ -823,6 +860,15 @@ impl Proxy {
 
     fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds every byte in flight, both ways, on every connection, until `resume`.
+    fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    fn resume(&self) {
+        self.paused.send_replace(false);
     }
 }
 
@@ -936,4 +982,302 @@ async fn close_ends_the_session_at_once() {
     }
     held.unlock().await.unwrap();
     holder.close().await.unwrap();
+}
+
+/// The children of `key`'s marker: the owner node of the acquisition holding it, if any.
+async fn marker_children(zk: &zk::Client, ns: &str, key: &str) -> Vec<String> {
+    zk.list_children(&format!("/{ns}/{key}/__kv"))
+        .await
+        .unwrap_or_default()
+}
+
+/// A holder whose renewal is delayed in the network past its TTL (a stopped process, a
+/// congested link) while another client takes the lock over: when the stale renewal finally
+/// reaches the server, it must not touch the new holder's marker. Marker data versions restart
+/// at 0 with every new marker, so a renewal conditioned only on the version the old holder
+/// last saw (0) would succeed on the new holder's marker and rewrite its TTL (an ABA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_renewal_cannot_touch_the_next_holders_lock() {
+    let ns = unique("stale");
+    let proxy = Proxy::start(endpoints().split(',').next().unwrap().to_owned()).await;
+    let config = Config::builder()
+        .endpoint(format!("127.0.0.1:{}", proxy.port))
+        .namespace(&ns)
+        .session_timeout(Duration::from_secs(20))
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let old = ZookeeperStore::connect(config).await.unwrap();
+    let new = store_in(&ns).await;
+    let observer = store_in(&ns).await;
+    let zk = raw().await;
+
+    // The old holder: a 1 s lease, renewed every 333 ms. Its first renewal is held in the
+    // network, so the version it conditions on is still its marker's first (0).
+    let mut old_lock = old
+        .new_lock(
+            "k",
+            LockOptions::default()
+                .value("old")
+                .ttl(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let old_lease = old_lock.lock().await.unwrap();
+    proxy.pause();
+    let state = tokio::time::timeout(Duration::from_secs(5), old_lease.lost())
+        .await
+        .expect("renewals failing for a whole TTL end the old lease");
+    assert_eq!(state, LockState::Lost);
+
+    // The new holder takes the expired lock over: a fresh marker, data version 0 again.
+    let long = Duration::from_secs(30);
+    let mut new_lock = new
+        .new_lock("k", LockOptions::default().value("new").ttl(long))
+        .await
+        .unwrap();
+    let new_lease = tokio::time::timeout(Duration::from_secs(5), new_lock.lock())
+        .await
+        .expect("the expired lock is free")
+        .unwrap();
+    assert!(new_lease.fencing_token() > old_lease.fencing_token());
+
+    // The old holder's renewal reaches the server now. A request on the same connection
+    // after it is answered only once the server has processed it.
+    proxy.resume();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        old.get("k", ReadOptions::default()),
+    )
+    .await
+    .expect("the old holder's connection works again")
+    .unwrap();
+    let (data, _) = zk.get_data(&format!("/{ns}/k/__kv")).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&data),
+        "30000",
+        "the stale renewal rewrote the new holder's marker (its TTL)"
+    );
+
+    // Past the old holder's 1 s TTL: the new holder's key must still be there, and its lock
+    // still taken.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pair = observer
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .expect("the new holder's key expired early");
+    assert_eq!(
+        (pair.value, pair.last_index),
+        (Bytes::from("new"), new_lease.fencing_token())
+    );
+    assert!(new_lease.is_held(), "the new holder lost the lock");
+    let mut third = observer
+        .new_lock("k", LockOptions::default().value("third"))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), third.lock())
+            .await
+            .is_err(),
+        "a third client got the lock while the new holder holds it"
+    );
+    assert_eq!(old_lease.state(), LockState::Lost);
+
+    // The layout: one ephemeral owner node below the marker, the new holder's.
+    let owners = marker_children(&zk, &ns, "k").await;
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert!(owners[0].starts_with("__kvowner-"), "{owners:?}");
+    let (_, stat) = zk
+        .get_data(&format!("/{ns}/k/__kv/{}", owners[0]))
+        .await
+        .unwrap();
+    assert_eq!(Some(stat.ephemeral_owner), new.session_id());
+    // Hidden from readers.
+    let listed: Vec<String> = observer
+        .list("", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(listed, ["k"]);
+
+    assert!(matches!(
+        old_lock.unlock().await,
+        Err(Error::LockLost { .. })
+    ));
+    assert!(
+        new_lease.is_held(),
+        "the old holder's unlock released the new holder's lock"
+    );
+    new_lock.unlock().await.unwrap();
+    assert_eq!(
+        zk.check_stat(&format!("/{ns}/k")).await.unwrap(),
+        None,
+        "unlock leaves nothing behind"
+    );
+    old.close().await.unwrap();
+    new.close().await.unwrap();
+    observer.close().await.unwrap();
+}
+
+/// ZooKeeper sweeps an expired TTL node by *path*: the sweeper lists its candidates, then
+/// deletes them one by one (about 6 ms apart) without re-checking their TTL, so a new marker
+/// created at an expired marker's path between the listing and the delete would be deleted
+/// too, and the new holder would lose a lock it just took. A lock's marker always has a child
+/// (its owner node), which makes that delete fail. Many locks taken over at staggered times
+/// around their predecessors' expiry, spread over more than one sweep period (500 ms on the
+/// test server), make the race near certain without that protection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeovers_at_expiry_survive_the_servers_ttl_sweep() {
+    const KEYS: usize = 40;
+    let ns = unique("sweep");
+    let store = std::sync::Arc::new(store_in(&ns).await);
+    let zk = raw().await;
+    let ttl = Duration::from_secs(1);
+    for i in 0..KEYS {
+        store
+            .put(
+                &format!("k{i}"),
+                "plain".into(),
+                WriteOptions::with_ttl(ttl),
+            )
+            .await
+            .unwrap();
+    }
+    let expired = Instant::now() + ttl;
+    let mut takers = Vec::new();
+    for i in 0..KEYS {
+        let store = store.clone();
+        takers.push(tokio::spawn(async move {
+            tokio::time::sleep_until((expired + Duration::from_millis(15 * i as u64)).into()).await;
+            let mut lock = store
+                .new_lock(
+                    &format!("k{i}"),
+                    LockOptions::default()
+                        .value("lock")
+                        .ttl(Duration::from_secs(5)),
+                )
+                .await
+                .unwrap();
+            let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock())
+                .await
+                .expect("the expired key frees the lock")
+                .unwrap();
+            (lock, lease)
+        }));
+    }
+    let mut locks = Vec::new();
+    for taker in takers {
+        locks.push(taker.await.unwrap());
+    }
+    // Two more sweeps.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let lost: Vec<usize> = (0..KEYS).filter(|&i| !locks[i].1.is_held()).collect();
+    assert!(
+        lost.is_empty(),
+        "locks lost right after being taken: {lost:?}"
+    );
+    let listed = store.list("", ReadOptions::default()).await.unwrap();
+    assert_eq!(listed.len(), KEYS);
+    assert!(listed.iter().all(|p| p.value == "lock"));
+    for (mut lock, _) in locks {
+        lock.unlock().await.unwrap();
+    }
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for i in 0..KEYS {
+        assert!(
+            marker_children(&zk, &ns, &format!("k{i}")).await.is_empty(),
+            "an owner node outlived its lock"
+        );
+    }
+    store.close().await.unwrap();
+}
+
+/// A holder whose whole process stops for longer than its TTL (SIGSTOP, a VM freeze; here its
+/// runtime's only thread is blocked) while nobody takes the lock: when it runs again, its
+/// lease ends as lost and it does not bring back the key readers have seen expire; its owner
+/// node goes, so the server sweeps the expired key as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_frozen_past_its_ttl_does_not_revive_its_lock() {
+    let ns = unique("frozen");
+    let observer = store_in(&ns).await;
+    let zk = raw().await;
+    let (lease_tx, lease_rx) = tokio::sync::oneshot::channel();
+    let (freeze_tx, freeze_rx) = tokio::sync::oneshot::channel::<()>();
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let store = store_in(&ns).await;
+                let mut lock = store
+                    .new_lock(
+                        "k",
+                        LockOptions::default()
+                            .value("frozen")
+                            .ttl(Duration::from_secs(1)),
+                    )
+                    .await
+                    .unwrap();
+                let lease = lock.lock().await.unwrap();
+                lease_tx.send(lease).unwrap();
+                freeze_rx.await.unwrap();
+                // Nothing on this runtime runs meanwhile: no renewal, no timer.
+                std::thread::sleep(Duration::from_millis(1600));
+                end_rx.await.unwrap();
+                drop(lock);
+                store.close().await.unwrap();
+            });
+        })
+    };
+    let lease = lease_rx.await.unwrap();
+    freeze_tx.send(()).unwrap();
+    let frozen = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        observer.get("k", ReadOptions::default()).await.unwrap(),
+        None,
+        "expired while its holder is frozen"
+    );
+    let state = tokio::time::timeout(Duration::from_secs(3), lease.lost())
+        .await
+        .expect("the resumed holder reports the loss");
+    assert_eq!(state, LockState::Lost);
+    assert!(frozen.elapsed() >= Duration::from_millis(1600));
+    // It stays gone: the resumed holder does not renew an expired lock.
+    for _ in 0..10 {
+        assert_eq!(
+            observer.get("k", ReadOptions::default()).await.unwrap(),
+            None,
+            "the resumed holder brought its expired key back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its owner node is gone, so the server sweeps the marker, then the key's node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while zk.check_stat(&format!("/{ns}/k")).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the expired lock is never swept: {:?}",
+            marker_children(&zk, &ns, "k").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    end_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || holder.join().unwrap())
+        .await
+        .unwrap();
+    observer.close().await.unwrap();
 }
