@@ -1,0 +1,718 @@
+//! The fault scenarios. Each runs against a [`Target`], panics (fails) on the first broken
+//! promise with a description, and returns (and emits) its [`Report`].
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kv_core::{Error, KvPair, LockOptions, ReadOptions, Store, WriteOptions};
+use rand::Rng;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::child::{KEY_VAR, TTL_VAR};
+use crate::history::{Call, Outcome, Recorder};
+use crate::linearizability;
+use crate::locks::Witness;
+use crate::report::Report;
+use crate::{Target, scenario_length};
+
+/// How long a watch may take to show a change, or a lock to be granted when free.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra time on top of a backend's TTL and TTL precision (scheduling, network).
+const SLACK: Duration = Duration::from_millis(1500);
+/// The search budget of the linearizability check.
+const CHECK_BUDGET: u64 = 50_000_000;
+
+fn unique(scenario: &str) -> String {
+    format!("faults-{scenario}-{:016x}", rand::rng().random::<u64>())
+}
+
+async fn connect(target: &dyn Target) -> Arc<dyn Store> {
+    target
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}: cannot connect: {e}", target.name()))
+}
+
+fn lock_ttl(store: &dyn Store) -> Duration {
+    store.capabilities().min_ttl.max(Duration::from_secs(2))
+}
+
+fn text(pair: &KvPair) -> String {
+    String::from_utf8_lossy(&pair.value).into_owned()
+}
+
+/// Several clients read, write, delete and compare-and-swap ONE key while some of their calls
+/// are cut short by a random `timeout` (the call may or may not have taken effect). The
+/// history must be linearizable; a watcher's states must never go backwards and must end on
+/// the final value.
+pub async fn register_under_cancellation(target: &dyn Target) -> Report {
+    const CLIENTS: usize = 5;
+    let key = format!("{}/k", unique("register"));
+    let recorder = Recorder::new();
+    let mut stores = Vec::new();
+    for _ in 0..CLIENTS {
+        stores.push(connect(target).await);
+    }
+    let observer = connect(target).await;
+
+    // The watcher: every state it sees, in order.
+    let seen: Arc<std::sync::Mutex<Vec<Option<KvPair>>>> = Arc::default();
+    let watch_failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let mut stream = observer
+        .watch(&key, ReadOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("watch: {e}"));
+    let watcher = {
+        let seen = seen.clone();
+        let failed = watch_failed.clone();
+        tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(state) => seen.lock().unwrap_or_else(|e| e.into_inner()).push(state),
+                    Err(error) => {
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(error.to_string());
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let until = Instant::now() + scenario_length();
+    let cut_short = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for (client, store) in stores.iter().cloned().enumerate() {
+        let recorder = recorder.clone();
+        let key = key.clone();
+        let cut_short = cut_short.clone();
+        let errors = errors.clone();
+        clients.push(tokio::spawn(async move {
+            let mut last: Option<KvPair> = None;
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let value = format!("c{client}-{n}");
+                let (cut, limit) = {
+                    let mut rng = rand::rng();
+                    if rng.random_bool(0.12) {
+                        (true, Duration::from_micros(rng.random_range(0..20_000)))
+                    } else {
+                        (false, Duration::from_secs(30))
+                    }
+                };
+                let choice = rand::rng().random_range(0..100);
+                let invoked = recorder.now();
+                let (call, outcome) = match choice {
+                    0..=29 => {
+                        let result =
+                            timeout(limit, store.get(&key, ReadOptions::default())).await;
+                        let outcome = match result {
+                            Ok(Ok(pair)) => {
+                                let read = pair.as_ref().map(text);
+                                last = pair;
+                                Outcome::Read(read)
+                            }
+                            Ok(Err(_)) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Unknown
+                            }
+                            Err(_) => Outcome::Unknown,
+                        };
+                        (Call::Get, outcome)
+                    }
+                    30..=49 => {
+                        let result = timeout(
+                            limit,
+                            store.put(&key, value.clone().into(), WriteOptions::default()),
+                        )
+                        .await;
+                        let outcome = match result {
+                            Ok(Ok(())) => Outcome::Written,
+                            Ok(Err(_)) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Unknown
+                            }
+                            Err(_) => Outcome::Unknown,
+                        };
+                        (Call::Put(value), outcome)
+                    }
+                    50..=59 => {
+                        let outcome = match timeout(limit, store.delete(&key)).await {
+                            Ok(Ok(existed)) => Outcome::Deleted(existed),
+                            Ok(Err(_)) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Unknown
+                            }
+                            Err(_) => Outcome::Unknown,
+                        };
+                        (Call::Delete, outcome)
+                    }
+                    60..=89 => {
+                        let expected = last.as_ref().map(text);
+                        let result = timeout(
+                            limit,
+                            store.atomic_put(
+                                &key,
+                                value.clone().into(),
+                                last.as_ref(),
+                                WriteOptions::default(),
+                            ),
+                        )
+                        .await;
+                        let outcome = match result {
+                            Ok(Ok(pair)) => {
+                                last = Some(pair);
+                                Outcome::Written
+                            }
+                            Ok(Err(
+                                Error::KeyExists { .. }
+                                | Error::KeyNotFound { .. }
+                                | Error::KeyModified { .. },
+                            )) => Outcome::Refused,
+                            Ok(Err(_)) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Unknown
+                            }
+                            Err(_) => Outcome::Unknown,
+                        };
+                        (
+                            Call::CasPut {
+                                expected,
+                                new: value,
+                            },
+                            outcome,
+                        )
+                    }
+                    _ => {
+                        let Some(previous) = last.clone() else {
+                            continue;
+                        };
+                        let result = timeout(limit, store.atomic_delete(&key, &previous)).await;
+                        let outcome = match result {
+                            Ok(Ok(())) => Outcome::Written,
+                            Ok(Err(Error::KeyNotFound { .. } | Error::KeyModified { .. })) => {
+                                Outcome::Refused
+                            }
+                            Ok(Err(_)) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Unknown
+                            }
+                            Err(_) => Outcome::Unknown,
+                        };
+                        (
+                            Call::CasDelete {
+                                expected: text(&previous),
+                            },
+                            outcome,
+                        )
+                    }
+                };
+                if cut && outcome == Outcome::Unknown {
+                    cut_short.fetch_add(1, Ordering::Relaxed);
+                }
+                recorder.record(client, call, invoked, outcome);
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap_or_else(|e| panic!("a client panicked: {e}"));
+    }
+    // Calls cut short may still land: give them a moment, then read the final state.
+    sleep(Duration::from_millis(300)).await;
+    let invoked = recorder.now();
+    let last_state = observer
+        .get(&key, ReadOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("final get: {e}"));
+    recorder.record(
+        CLIENTS,
+        Call::Get,
+        invoked,
+        Outcome::Read(last_state.as_ref().map(text)),
+    );
+
+    let ops = recorder.ops();
+    let started = std::time::Instant::now();
+    let verdict = match linearizability::check(None, &ops, CHECK_BUDGET) {
+        Ok(verdict) => verdict,
+        Err(inconclusive) => panic!(
+            "{}: the linearizability check gave up after {} steps on {} operations",
+            target.name(),
+            inconclusive.explored,
+            ops.len()
+        ),
+    };
+    let check_time = started.elapsed();
+    assert!(
+        verdict.linearizable,
+        "{}: the history of {} operations is not linearizable: {}",
+        target.name(),
+        ops.len(),
+        verdict.explanation.unwrap_or_default()
+    );
+
+    // The watcher ends on the final state, never going backwards on the way.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        if let Some(error) = watch_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            panic!("{}: the watch ended with an error: {error}", target.name());
+        }
+        let latest = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned();
+        let reached = match (&latest, &last_state) {
+            (Some(Some(a)), Some(b)) => a.last_index == b.last_index && a.value == b.value,
+            (Some(None), None) => true,
+            _ => false,
+        };
+        if reached {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the watch never reached the final state {last_state:?} (last seen {latest:?})",
+            target.name()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    let states = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut highest = 0;
+    for state in states.iter().flatten() {
+        assert!(
+            state.last_index >= highest,
+            "{}: the watch went backwards: index {} after {highest}",
+            target.name(),
+            state.last_index
+        );
+        highest = state.last_index;
+    }
+    for store in stores.iter().chain([&observer]) {
+        let _ = store.close().await;
+    }
+
+    let unknown = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+    let mut report = Report::new(target.name(), "register_under_cancellation");
+    report
+        .add("operations", ops.len())
+        .add("cut_short", cut_short.load(Ordering::Relaxed))
+        .add("unknown_outcome", unknown)
+        .add("errors", errors.load(Ordering::Relaxed))
+        .add("linearizable", "yes")
+        .add("check_steps", verdict.explored)
+        .add("check_ms", check_time.as_millis())
+        .add("watch_states", states.len())
+        .add("watch_backwards", 0);
+    report.emit();
+    report
+}
+
+/// Several clients contend for one lock; their `lock()` calls are cut short at random moments
+/// (before, while and right after the server grants the lock), and some holders drop their
+/// `Lock` instead of unlocking. An independent witness sees no two holders at once and
+/// strictly rising fencing tokens; afterwards no task is left and the lock is free.
+pub async fn locks_under_cancellation(target: &dyn Target) -> Report {
+    const CLIENTS: usize = 4;
+    let key = format!("{}/lock", unique("locks"));
+    let witness = Witness::new();
+    let mut stores = Vec::new();
+    for _ in 0..CLIENTS {
+        stores.push(connect(target).await);
+    }
+    let ttl = lock_ttl(&*stores[0]);
+    let baselines: Vec<usize> = stores.iter().map(|s| s.background_tasks()).collect();
+    let until = Instant::now() + scenario_length();
+    let counters: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
+    const ACQUIRED: usize = 0;
+    const CANCELLED: usize = 1;
+    const ERRORS: usize = 2;
+    const DROPPED: usize = 3;
+    const LOST_WHILE_HELD: usize = 4;
+    let mut clients = Vec::new();
+    for (client, store) in stores.iter().cloned().enumerate() {
+        let key = key.clone();
+        let witness = witness.clone();
+        let counters = counters.clone();
+        clients.push(tokio::spawn(async move {
+            let options = LockOptions::default().value(format!("c{client}")).ttl(ttl);
+            let mut lock = store
+                .new_lock(&key, options.clone())
+                .await
+                .unwrap_or_else(|e| panic!("new_lock: {e}"));
+            while Instant::now() < until {
+                // A third of the attempts are cut short after a random time, a third after a
+                // random number of scheduler yields (finer than the timer), a third wait.
+                let (limit, yields) = {
+                    let mut rng = rand::rng();
+                    match rng.random_range(0..3) {
+                        0 => (Duration::from_micros(rng.random_range(0..25_000)), None),
+                        1 => (Duration::ZERO, Some(rng.random_range(0..300u32))),
+                        _ => (Duration::from_secs(30), None),
+                    }
+                };
+                let cut_short = async {
+                    match yields {
+                        Some(n) => {
+                            for _ in 0..n {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        None => sleep(limit).await,
+                    }
+                };
+                let outcome = tokio::select! {
+                    biased;
+                    _ = cut_short => Err(()),
+                    result = lock.lock() => Ok(result),
+                };
+                match outcome {
+                    Ok(Ok(lease)) => {
+                        counters[ACQUIRED].fetch_add(1, Ordering::Relaxed);
+                        witness.enter(client, lease.fencing_token());
+                        let hold = rand::rng().random_range(0..4);
+                        sleep(Duration::from_millis(hold)).await;
+                        if !lease.is_held() {
+                            counters[LOST_WHILE_HELD].fetch_add(1, Ordering::Relaxed);
+                        }
+                        witness.leave(client);
+                        if rand::rng().random_bool(0.2) {
+                            // Dropped while held: released in the background.
+                            counters[DROPPED].fetch_add(1, Ordering::Relaxed);
+                            lock = store
+                                .new_lock(&key, options.clone())
+                                .await
+                                .unwrap_or_else(|e| panic!("new_lock: {e}"));
+                        } else {
+                            match lock.unlock().await {
+                                Ok(()) | Err(Error::LockLost { .. }) => {}
+                                Err(error) => panic!("unlock: {error}"),
+                            }
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        counters[ERRORS].fetch_add(1, Ordering::Relaxed);
+                        eprintln!("client {client}: lock failed: {error}");
+                    }
+                    Err(_) => {
+                        counters[CANCELLED].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap_or_else(|e| panic!("a client panicked: {e}"));
+    }
+    let holdings = witness
+        .check()
+        .unwrap_or_else(|violation| panic!("{}: {violation}", target.name()));
+    assert!(holdings > 0, "{}: nobody ever got the lock", target.name());
+    let lost = counters[LOST_WHILE_HELD].load(Ordering::Relaxed);
+    assert_eq!(lost, 0, "{}: {lost} holders lost the lock while holding it briefly", target.name());
+
+    // No task is left behind on any handle.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (store, baseline) in stores.iter().zip(&baselines) {
+        while store.background_tasks() > *baseline {
+            assert!(
+                Instant::now() < deadline,
+                "{}: {} background tasks left (baseline {baseline})",
+                target.name(),
+                store.background_tasks()
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // And the lock is free: a newcomer gets it at once.
+    let newcomer = connect(target).await;
+    let mut lock = newcomer
+        .new_lock(&key, LockOptions::default().ttl(ttl))
+        .await
+        .unwrap_or_else(|e| panic!("new_lock: {e}"));
+    let started = Instant::now();
+    let lease = timeout(EVENT_TIMEOUT, lock.lock())
+        .await
+        .unwrap_or_else(|_| panic!("{}: the lock stayed held after the storm", target.name()))
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    let free_after = started.elapsed();
+    let last_token = witness.holdings().last().map(|h| h.token).unwrap_or(0);
+    assert!(
+        lease.fencing_token() > last_token,
+        "{}: the newcomer's token {} is not above {last_token}",
+        target.name(),
+        lease.fencing_token()
+    );
+    lock.unlock().await.unwrap_or_else(|e| panic!("unlock: {e}"));
+    for store in stores.iter().chain([&newcomer]) {
+        let _ = store.close().await;
+    }
+
+    let mut report = Report::new(target.name(), "locks_under_cancellation");
+    report
+        .add("acquisitions", counters[ACQUIRED].load(Ordering::Relaxed))
+        .add("cancelled", counters[CANCELLED].load(Ordering::Relaxed))
+        .add("dropped_holders", counters[DROPPED].load(Ordering::Relaxed))
+        .add("errors", counters[ERRORS].load(Ordering::Relaxed))
+        .add("overlaps", 0)
+        .add("token_violations", 0)
+        .add("newcomer_wait_ms", free_after.as_millis());
+    report.emit();
+    report
+}
+
+/// A child process started by a scenario, with its stdout lines.
+struct ChildProcess {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildProcess {
+    fn start(target: &dyn Target, mode: &str, key: &str, ttl: Duration) -> Self {
+        let mut child = target
+            .child(mode)
+            .env(KEY_VAR, key)
+            .env(TTL_VAR, ttl.as_millis().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the child process: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ChildProcess { child, lines }
+    }
+
+    /// The rest of the first line containing `tag` (the test harness may print before it).
+    async fn expect(&self, tag: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    if let Some((_, rest)) = line.split_once(tag) {
+                        return rest.trim().to_owned();
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the child did not print {tag:?} within {limit:?}"
+                    );
+                    sleep(Duration::from_millis(5)).await;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    panic!("the child exited before printing {tag:?}")
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill -{signal}: {e}"));
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A child process takes the lock and is killed with SIGKILL: the next holder gets it within
+/// TTL + precision, with a higher fencing token. Three rounds on one key.
+pub async fn killed_holder(target: &dyn Target) -> Report {
+    const ROUNDS: usize = 3;
+    let key = format!("{}/lock", unique("killed"));
+    let mut store = if target.single_process() {
+        None
+    } else {
+        Some(connect(target).await)
+    };
+    let (ttl, precision) = {
+        let probe = match &store {
+            Some(store) => store.clone(),
+            None => connect(target).await,
+        };
+        let caps = (lock_ttl(&*probe), probe.capabilities().ttl_precision);
+        if store.is_none() {
+            let _ = probe.close().await;
+        }
+        caps
+    };
+    let bound = ttl + precision + SLACK;
+    let mut longest = Duration::ZERO;
+    let mut last_token = 0;
+    for round in 0..ROUNDS {
+        let mut child = ChildProcess::start(target, "hold", &key, ttl);
+        let token: u64 = child
+            .expect("locked ", Duration::from_secs(30))
+            .await
+            .parse()
+            .unwrap_or_else(|e| panic!("the child's token: {e}"));
+        assert!(token > last_token, "round {round}: token {token} after {last_token}");
+        child.kill();
+        let killed = Instant::now();
+        if store.is_none() {
+            store = Some(connect(target).await);
+        }
+        let Some(handle) = store.clone() else {
+            unreachable!("connected above")
+        };
+        let mut lock = handle
+            .new_lock(&key, LockOptions::default().value("parent").ttl(ttl))
+            .await
+            .unwrap_or_else(|e| panic!("new_lock: {e}"));
+        let lease = timeout(bound + EVENT_TIMEOUT, lock.lock())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} round {round}: the killed holder's lock never became free",
+                    target.name()
+                )
+            })
+            .unwrap_or_else(|e| panic!("lock: {e}"));
+        let waited = killed.elapsed();
+        assert!(
+            waited <= bound,
+            "{} round {round}: the lock of a killed holder became free after {waited:?}, more than TTL {ttl:?} + precision {precision:?} + {SLACK:?}",
+            target.name()
+        );
+        assert!(
+            lease.fencing_token() > token,
+            "{} round {round}: the next holder's token {} is not above the killed holder's {token}",
+            target.name(),
+            lease.fencing_token()
+        );
+        last_token = lease.fencing_token();
+        longest = longest.max(waited);
+        lock.unlock().await.unwrap_or_else(|e| panic!("unlock: {e}"));
+        if target.single_process()
+            && let Some(store) = store.take()
+        {
+            let _ = store.close().await;
+        }
+    }
+    if let Some(store) = store {
+        let _ = store.close().await;
+    }
+    let mut report = Report::new(target.name(), "killed_holder");
+    report
+        .add("kills", ROUNDS)
+        .add("lock_ttl_ms", ttl.as_millis())
+        .add("longest_reacquire_ms", longest.as_millis())
+        .add("bound_ms", bound.as_millis())
+        .add("token_violations", 0);
+    report.emit();
+    report
+}
+
+/// A child process takes the lock and is stopped (SIGSTOP) for longer than the TTL; another
+/// client takes the lock meanwhile, with a higher token. When the child continues (SIGCONT),
+/// its lease must report the loss promptly (one renewal interval plus a round trip).
+pub async fn paused_holder(target: &dyn Target) -> Report {
+    let mut report = Report::new(target.name(), "paused_holder");
+    if target.single_process() {
+        // Only one process can open the database: nobody else can take the lock while the
+        // holder is paused, so there is nothing to check.
+        report.add("applicable", "no (one process per database)");
+        report.emit();
+        return report;
+    }
+    let key = format!("{}/lock", unique("paused"));
+    let store = connect(target).await;
+    let ttl = lock_ttl(&*store);
+    let precision = store.capabilities().ttl_precision;
+    let child = ChildProcess::start(target, "hold", &key, ttl);
+    let token: u64 = child
+        .expect("locked ", Duration::from_secs(30))
+        .await
+        .parse()
+        .unwrap_or_else(|e| panic!("the child's token: {e}"));
+    child.signal("STOP");
+    let stopped = Instant::now();
+    let mut lock = store
+        .new_lock(&key, LockOptions::default().value("parent").ttl(ttl))
+        .await
+        .unwrap_or_else(|e| panic!("new_lock: {e}"));
+    let bound = ttl + precision + SLACK;
+    let lease = timeout(bound + EVENT_TIMEOUT, lock.lock())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{}: the paused holder's lock never became free",
+                target.name()
+            )
+        })
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    let takeover = stopped.elapsed();
+    assert!(
+        takeover <= bound,
+        "{}: the paused holder's lock became free after {takeover:?} (bound {bound:?})",
+        target.name()
+    );
+    assert!(
+        lease.fencing_token() > token,
+        "{}: the new holder's token {} is not above the paused holder's {token}",
+        target.name(),
+        lease.fencing_token()
+    );
+    // Keep it paused past its TTL for sure, then let it run again.
+    if stopped.elapsed() < ttl + precision {
+        sleep(ttl + precision - stopped.elapsed()).await;
+    }
+    child.signal("CONT");
+    let resumed = Instant::now();
+    let ended = child.expect("ended ", ttl + SLACK + EVENT_TIMEOUT).await;
+    let noticed = resumed.elapsed();
+    assert_eq!(
+        ended,
+        "lost",
+        "{}: the paused holder's lease ended as {ended:?}, not lost",
+        target.name()
+    );
+    let renew_bound = ttl / 3 + SLACK;
+    assert!(
+        noticed <= renew_bound,
+        "{}: the resumed holder believed it held the lock for {noticed:?} after resuming (bound {renew_bound:?})",
+        target.name()
+    );
+    assert!(lease.is_held(), "{}: the new holder lost the lock", target.name());
+    lock.unlock().await.unwrap_or_else(|e| panic!("unlock: {e}"));
+    drop(child);
+    let _ = store.close().await;
+    report
+        .add("applicable", "yes")
+        .add("lock_ttl_ms", ttl.as_millis())
+        .add("takeover_ms", takeover.as_millis())
+        .add("stale_after_resume_ms", noticed.as_millis())
+        .add("token_violations", 0);
+    report.emit();
+    report
+}

@@ -1,0 +1,189 @@
+//! The fault scenarios on all six backends, against the servers `scripts/servers` starts (their
+//! addresses come from the `KV_TEST_*` variables, as for the conformance suites; a missing
+//! variable fails the test). Process scenarios re-run this test binary as a child process
+//! (the `child_process` entry below) that connects to the same store.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::{Result, Store};
+use kv_faults::Target;
+use rand::Rng;
+
+const BACKEND_VAR: &str = "KV_FAULTS_BACKEND";
+/// The DynamoDB namespace (or bolt directory) a child must use to reach the parent's store.
+const SHARED_VAR: &str = "KV_FAULTS_SHARED";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} not set: run the README test command or `eval \"$(scripts/servers env)\"`")
+    })
+}
+
+/// Connects to `backend`; `shared` is the DynamoDB namespace or the bolt directory.
+async fn connect_backend(backend: &str, shared: &str) -> Result<Arc<dyn Store>> {
+    Ok(match backend {
+        "etcd" => {
+            let endpoints = env("KV_TEST_ETCD_ENDPOINTS");
+            let config = kv_etcd::Config::builder()
+                .endpoints(endpoints.split(',').map(str::trim))
+                .build()?;
+            Arc::new(kv_etcd::EtcdStore::connect(config).await?)
+        }
+        "consul" => {
+            let config = kv_consul::Config::builder()
+                .endpoint(env("KV_TEST_CONSUL_ADDR"))
+                .build()?;
+            Arc::new(kv_consul::ConsulStore::connect(config).await?)
+        }
+        "zookeeper" => {
+            let config = kv_zookeeper::Config::builder()
+                .endpoints([env("KV_TEST_ZOOKEEPER_ENDPOINTS")])
+                .build()?;
+            Arc::new(kv_zookeeper::ZookeeperStore::connect(config).await?)
+        }
+        "redis" => {
+            let config = kv_redis::Config::from_url(&env("KV_TEST_REDIS_URL"))?;
+            Arc::new(kv_redis::RedisStore::connect(config).await?)
+        }
+        "dynamodb" => {
+            let var = |name: &str, default: &str| {
+                std::env::var(name).unwrap_or_else(|_| default.to_owned())
+            };
+            let config = kv_dynamodb::Config::new("kv_faults")
+                .endpoint(env("KV_TEST_DYNAMODB_ENDPOINT"))
+                .region(var("AWS_REGION", "us-east-1"))
+                .static_credentials(
+                    var("AWS_ACCESS_KEY_ID", "kvtest"),
+                    var("AWS_SECRET_ACCESS_KEY", "kvtest"),
+                )
+                .namespace(shared)
+                .create_table(true)
+                .poll_interval(Duration::from_millis(100))
+                .lock_retry_interval(Duration::from_millis(100));
+            Arc::new(kv_dynamodb::DynamoStore::connect(config).await?)
+        }
+        "bolt" => Arc::new(kv_bolt::BoltStore::open(kv_bolt::Config::new(shared)).await?),
+        other => panic!("unknown backend {other}"),
+    })
+}
+
+struct Backend {
+    name: &'static str,
+    shared: String,
+    /// Keeps the bolt directory alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn new(name: &'static str) -> Self {
+        let (shared, dir) = match name {
+            "bolt" => {
+                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+                let path: PathBuf = dir.path().join("db");
+                (path.display().to_string(), Some(dir))
+            }
+            _ => (format!("kvf-{:016x}", rand::rng().random::<u64>()), None),
+        };
+        Backend {
+            name,
+            shared,
+            _dir: dir,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for Backend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn connect(&self) -> Result<Arc<dyn Store>> {
+        connect_backend(self.name, &self.shared).await
+    }
+
+    fn child(&self, mode: &str) -> Command {
+        let mut command = Command::new(std::env::current_exe().expect("the test binary's path"));
+        command
+            .args(["--exact", "child_process", "--nocapture", "--test-threads=1"])
+            .env(kv_faults::child::MODE_VAR, mode)
+            .env(BACKEND_VAR, self.name)
+            .env(SHARED_VAR, &self.shared);
+        command
+    }
+
+    fn single_process(&self) -> bool {
+        self.name == "bolt"
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The child process's entry: does nothing when run as a plain test.
+#[test]
+fn child_process() {
+    let Ok(mode) = std::env::var(kv_faults::child::MODE_VAR) else {
+        return;
+    };
+    let backend = env(BACKEND_VAR);
+    let shared = env(SHARED_VAR);
+    runtime().block_on(async move {
+        let store = connect_backend(&backend, &shared)
+            .await
+            .unwrap_or_else(|e| panic!("child: cannot connect to {backend}: {e}"));
+        kv_faults::child::run(store, &mode).await;
+    });
+}
+
+macro_rules! fault_tests {
+    ($($backend:ident),* $(,)?) => {
+        $(
+            mod $backend {
+                use super::*;
+
+                #[test]
+                fn register_under_cancellation() {
+                    runtime().block_on(async {
+                        let target = Backend::new(stringify!($backend));
+                        kv_faults::scenarios::register_under_cancellation(&target).await;
+                    });
+                }
+
+                #[test]
+                fn locks_under_cancellation() {
+                    runtime().block_on(async {
+                        let target = Backend::new(stringify!($backend));
+                        kv_faults::scenarios::locks_under_cancellation(&target).await;
+                    });
+                }
+
+                #[test]
+                fn killed_holder() {
+                    runtime().block_on(async {
+                        let target = Backend::new(stringify!($backend));
+                        kv_faults::scenarios::killed_holder(&target).await;
+                    });
+                }
+
+                #[test]
+                fn paused_holder() {
+                    runtime().block_on(async {
+                        let target = Backend::new(stringify!($backend));
+                        kv_faults::scenarios::paused_holder(&target).await;
+                    });
+                }
+            }
+        )*
+    };
+}
+
+fault_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb);
