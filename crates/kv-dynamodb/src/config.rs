@@ -105,7 +105,9 @@ pub struct Config {
     pub namespace: String,
     /// Limit for establishing a TCP/TLS connection.
     pub connect_timeout: Duration,
-    /// Limit for one whole call, retries included ([`Error::Timeout`] beyond it).
+    /// Limit for one whole call, retries included ([`Error::Timeout`] beyond it). Also how
+    /// long a watch goes on retrying failures that waiting does not clear (its table deleted
+    /// and not created again, …) before it ends with the error.
     pub request_timeout: Duration,
     /// How many attempts the SDK makes for a retryable failure (throttling, 5xx, network).
     pub max_attempts: u32,

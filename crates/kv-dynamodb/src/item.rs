@@ -30,7 +30,8 @@ pub const ATTR_DELETED: &str = "deleted";
 /// The lock holder's random token (S), only on keys held as locks.
 pub const ATTR_OWNER: &str = "owner";
 
-/// The `last_index` reported for an item another client wrote without a `version`.
+/// The `last_index` reported for an item another client wrote without a (usable) `version`.
+/// Compare-and-swap against such an item is refused (see [`Item::versioned`]).
 pub(crate) const VERSIONLESS: u64 = 1;
 
 /// Expression attribute name placeholders and the attributes they stand for.
@@ -114,6 +115,10 @@ pub(crate) struct Item {
     pub sk: String,
     pub value: Bytes,
     pub version: u64,
+    /// False for an item another client wrote without a `version` (or with one below 1):
+    /// nothing in it changes when that client rewrites it, so its `last_index`
+    /// ([`VERSIONLESS`]) cannot tell one write from the next, and CAS on it is refused.
+    pub versioned: bool,
     pub deadline_ms: Option<u64>,
     pub deleted: bool,
 }
@@ -126,6 +131,7 @@ impl Item {
     /// Decodes an item; `None` if it lacks a sort key (not ours).
     pub fn from_map(map: &HashMap<String, AttributeValue>) -> Option<Item> {
         let sk = map.get(ATTR_SK)?.as_s().ok()?.clone();
+        let version = number(map.get(ATTR_VERSION)).filter(|v| *v >= VERSIONLESS);
         Some(Item {
             sk,
             value: match map.get(ATTR_VALUE) {
@@ -133,9 +139,8 @@ impl Item {
                 Some(AttributeValue::S(text)) => Bytes::copy_from_slice(text.as_bytes()),
                 _ => Bytes::new(),
             },
-            version: number(map.get(ATTR_VERSION))
-                .unwrap_or(VERSIONLESS)
-                .max(VERSIONLESS),
+            version: version.unwrap_or(VERSIONLESS),
+            versioned: version.is_some(),
             deadline_ms: number(map.get(ATTR_DEADLINE)),
             deleted: matches!(map.get(ATTR_DELETED), Some(AttributeValue::Bool(true))),
         })
@@ -213,6 +218,19 @@ pub(crate) fn version_exhausted(full_key: &str) -> Error {
             u64::MAX
         ),
     )
+}
+
+/// The error of a compare-and-swap at `last_index` [`VERSIONLESS`] on an item without a
+/// version (see [`Item::versioned`]): a rewrite by the client that wrote it leaves nothing
+/// that a condition could tell from the item read before, so a stale pair would win. Refused
+/// instead, with an error that retrying does not clear (unlike `KeyModified`); a plain `put`
+/// gives the key a version.
+pub(crate) fn versionless_cas() -> Error {
+    Error::NotSupported {
+        backend: BACKEND,
+        operation: "compare-and-swap on a key stored without a `version` attribute \
+                    (another client wrote it; a plain put gives it one)",
+    }
 }
 
 /// Maps an SDK error to the semantic error.

@@ -47,11 +47,35 @@
 //! The value stays plain bytes under the plain key, so the AWS CLI
 //! (`aws dynamodb get-item --key '{"pk":{"S":"a"},"sk":{"S":"a/b"}}'`, which shows `B` values
 //! base64-encoded as it does for every binary attribute) and any other client read what we
-//! write; the metadata sits *beside* the value in its own attributes. An item written by
-//! another client with only `pk`, `sk`, `value` (B, or S for text) and `version` is read
-//! back as a permanent key (without `version`, its `last_index` is 1, and CAS works on it). valkeyrie's DynamoDB store cannot share a table with this one:
-//! its table has a single hash key `id` and base64 text in `encoded_value`, a layout in
-//! which listing a directory has to Scan the whole table, which is what this design avoids.
+//! write; the metadata sits *beside* the value in its own attributes. valkeyrie's DynamoDB
+//! store cannot share a table with this one: its table has a single hash key `id` and
+//! base64 text in `encoded_value`, a layout in which listing a directory has to Scan the
+//! whole table, which is what this design avoids.
+//!
+//! ### Items written by other programs
+//!
+//! An item written by another client with only `pk`, `sk`, `value` (B, or S for text) and
+//! `version` is read back as a permanent key, and CAS works on it as long as that client
+//! raises `version` on every write (as this crate does).
+//!
+//! * **Without `version`** (or with one below 1) its `last_index` is 1, and it stays 1 when
+//!   that client rewrites the item: nothing in the item changes on a rewrite that a
+//!   condition could check (DynamoDB keeps no per-item revision), so a pair read before the
+//!   rewrite would still match. Compare-and-swap against such an item is therefore
+//!   **refused**: `atomic_put` / `atomic_delete` with a `previous` pair at `last_index` 1
+//!   return [`Error::NotSupported`](kv_core::Error::NotSupported), whose message says why,
+//!   and which retrying does not clear (unlike `KeyModified`). A plain `put` (or `delete`)
+//!   gives the key a version; CAS works from then on. A foreign rewrite that drops
+//!   `version` again makes every pair read before it stale (`KeyModified`), since the
+//!   condition `version = :prev` no longer holds. Create-only `atomic_put` reports such an
+//!   item as present (`KeyExists`); `get`, `list`, watches and `delete_tree` treat it as any
+//!   other key.
+//! * **At a sort key that is no valid key** (`a//b`, `a/`, a `.` or `__kv…` segment, a
+//!   character the [key rules](kv_core::key) refuse) or **under a partition key other than
+//!   the sort key's first segment** (where `get` never looks), an item cannot be named by any
+//!   call: `list` and `watch_tree` skip it, and `delete_tree` leaves it alone (it deletes
+//!   exactly what `list` shows, plus the directory key). Only the Scan of `list("")` without
+//!   a namespace can meet the second kind; the partition's Query cannot.
 //!
 //! ### Why this key design: listing reads only the subtree
 //!
@@ -105,12 +129,20 @@
 //!   A failed condition returns the current item (`ReturnValuesOnConditionCheckFailure =
 //!   ALL_OLD`), which tells [`KeyExists`](kv_core::Error::KeyExists),
 //!   [`KeyNotFound`](kv_core::Error::KeyNotFound) and
-//!   [`KeyModified`](kv_core::Error::KeyModified) apart without a second read.
+//!   [`KeyModified`](kv_core::Error::KeyModified) apart without a second read. An item
+//!   another client wrote without `version` never matches `version = :prev`, and a swap
+//!   against it is refused (see [above](#items-written-by-other-programs)).
 //! * **delete** — a conditional tombstone (`Ok(true)` only if the replaced item was live).
 //!   `atomic_delete` adds `version = :prev AND <live>`.
 //! * **list** — see above: Query (or the root Scan) with a filter expression dropping
-//!   tombstones and expired items, every 1 MB page followed, sorted.
-//! * **delete_tree** — the same Query (keys and versions only), then tombstones. A tree of
+//!   tombstones and expired items, every 1 MB page followed, sorted; items at keys no call
+//!   could name are skipped (see [above](#items-written-by-other-programs)). A directory
+//!   whose `dir/` prefix is 1024 bytes or longer (`max_key_len` bytes long, or one byte
+//!   less) has nothing below it: no sort key is that long. It lists as empty without a
+//!   request (DynamoDB would refuse the Query's 1025-byte prefix), and its `watch_tree`
+//!   starts with the empty snapshot.
+//! * **delete_tree** — the same Query (keys and versions only), then tombstones, over
+//!   exactly the keys `list` shows plus the directory key. A tree of
 //!   at most **100** keys (DynamoDB's TransactWriteItems limit) is deleted **atomically**
 //!   in one transaction whose every tombstone is conditional on the version the Query saw;
 //!   a concurrent write cancels it and the tree is read again (five attempts, then the
@@ -131,7 +163,18 @@
 //!   out, so each watch also wakes at the earliest `deadline_ms` of what it published and
 //!   re-reads. Reader errors (expired iterators, trimmed data, network) reopen the stream
 //!   with exponential backoff up to 5 s and make every watch re-read; a watch that falls
-//!   behind the reader re-reads too. Tables without a stream, or [`WatchMode::Poll`], fall
+//!   behind the reader re-reads too. The stream reopened is always the one DescribeTable
+//!   names now (`LatestStreamArn`): a table deleted and created again (or a DynamoDB Local
+//!   restarted in memory, then the table created again) has a new stream with a new ARN,
+//!   while the old one is gone (`ResourceNotFoundException`) or disabled with its shards
+//!   closed and no children. The reader treats both, and a `LatestStreamArn` that is no
+//!   longer its stream (checked every 30 s, with the shard list), like any failure: it
+//!   moves to the table's current stream and every watch re-reads, so the watches report
+//!   the state of the new table and go on. Failures that waiting does not clear (the table
+//!   missing or without a stream, a request DynamoDB refuses) end the watches with that
+//!   error once they have lasted longer than [`Config::request_timeout`]; an unreachable or
+//!   throttling server is retried for as long as it takes. A watch never waits silently on
+//!   a stream that will not speak again. Tables without a stream, or [`WatchMode::Poll`], fall
 //!   back to **polling**: the watched key or subtree is re-read every
 //!   [`Config::poll_interval`] (the declared fallback; one read per watch per interval).
 //!   [`DynamoStore::watches_use_streams`] says which is in use.
@@ -183,6 +226,9 @@
 //!   `ttl_precision` (NTP does far better).
 //! * Deleted keys leave a tombstone item for [`Config::tombstone_ttl`]; other clients
 //!   scanning the table see it (`deleted = true`).
+//! * Compare-and-swap on an item another client wrote without `version` is refused with
+//!   `NotSupported` until a plain `put` gives it one (see
+//!   [above](#items-written-by-other-programs)).
 //!
 //! ## Configuration, credentials, TLS
 //!

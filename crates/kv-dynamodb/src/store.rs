@@ -21,8 +21,9 @@ use kv_core::{
 
 use crate::config::{Config, Credentials, WatchMode};
 use crate::item::{
-    ABSENT, BACKEND, Item, LIVE, LIVE_FILTER, VERSION_BELOW, expression_attrs, live_item,
-    next_version, num, partition_of, s, sdk_error, tombstone_item, version_exhausted,
+    ABSENT, ATTR_PK, ATTR_SK, BACKEND, Item, LIVE, LIVE_FILTER, VERSION_BELOW, VERSIONLESS,
+    expression_attrs, live_item, next_version, num, partition_of, s, sdk_error, tombstone_item,
+    version_exhausted, versionless_cas,
 };
 use crate::table;
 
@@ -45,16 +46,10 @@ const KEYS_ONLY: &str = "#pk, #sk, #ver, #del";
 /// How often a conditional write is retried when only the version guard failed.
 const VERSION_RETRIES: usize = 64;
 
-/// The condition "the stored version is `previous`". An item written by another client
-/// without a `version` attribute is reported with `last_index` 1, so 1 also matches a
-/// missing version.
-fn version_is(previous: u64) -> &'static str {
-    if previous == crate::item::VERSIONLESS {
-        "(#ver = :prev OR attribute_not_exists(#ver))"
-    } else {
-        "#ver = :prev"
-    }
-}
+/// The condition "the stored version is `previous`". An item without a `version` (another
+/// client's) never matches, even at `previous` = 1, the `last_index` it is read with: its
+/// writer could have rewritten it since (see [`crate::item::versionless_cas`]).
+const VERSION_IS: &str = "#ver = :prev";
 
 /// A handle to a kv store kept in one DynamoDB table. See the [crate documentation](crate)
 /// for the storage layout and how the contract is met.
@@ -73,7 +68,8 @@ pub(crate) struct Inner {
     /// `""` or `"namespace/"`.
     pub ns_prefix: String,
     pub caps: Capabilities,
-    /// The table's stream, when watches use it.
+    /// The table's stream when the handle connected, when watches use it. The stream
+    /// reader follows the table's current one (a table created again has a new stream).
     pub stream_arn: Option<String>,
     pub tasks: TaskSet,
     /// The shared stream reader of this handle's watches.
@@ -252,8 +248,8 @@ impl Inner {
             .client
             .get_item()
             .table_name(&self.config.table)
-            .key(crate::item::ATTR_PK, s(partition_of(full)))
-            .key(crate::item::ATTR_SK, s(full))
+            .key(ATTR_PK, s(partition_of(full)))
+            .key(ATTR_SK, s(full))
             .consistent_read(consistent)
             .send()
             .await
@@ -280,6 +276,11 @@ impl Inner {
         consistent: bool,
         live_only: bool,
     ) -> Result<Vec<Item>> {
+        // No sort key is longer than 1024 bytes, so none starts with a longer prefix (and
+        // DynamoDB refuses such a condition with a ValidationException).
+        if prefix.len() > MAX_SORT_KEY {
+            return Ok(Vec::new());
+        }
         // Deletions need only the keys and versions, not the values.
         let projection = (!live_only).then_some(KEYS_ONLY);
         let now = ttl::now_millis();
@@ -347,6 +348,14 @@ impl Inner {
             };
             items.extend(
                 page.iter()
+                    // Only items `get` finds: the partition key is the sort key's first
+                    // segment (a Scan also returns other programs' items that break this).
+                    .filter(|map| {
+                        let text = |attr| map.get(attr).and_then(|v| v.as_s().ok());
+                        text(ATTR_PK)
+                            .zip(text(ATTR_SK))
+                            .is_some_and(|(pk, sk)| pk == partition_of(sk))
+                    })
                     .filter_map(Item::from_map)
                     .filter(|item| item.sk.starts_with(prefix))
                     .filter(|item| !live_only || item.live_at(now)),
@@ -373,17 +382,26 @@ impl Inner {
         } else {
             let full = self.full_key(directory);
             let prefix = key::child_prefix(&full);
+            if prefix.len() >= MAX_SORT_KEY {
+                // A key below would be longer than DynamoDB's sort keys: there is none (and
+                // a directory of `max_key_len` bytes makes a prefix DynamoDB refuses).
+                return Ok(Vec::new());
+            }
             self.items_with_prefix(Some(partition_of(&full)), &prefix, consistent, true)
                 .await?
         };
-        items.retain(|item| {
-            self.relative(&item.sk).is_some_and(|k| {
-                !k.split('/')
-                    .any(|seg| seg.starts_with(key::RESERVED_PREFIX))
-            })
-        });
+        items.retain(|item| self.is_key(&item.sk));
         items.sort_by(|a, b| a.sk.cmp(&b.sk));
         Ok(items)
+    }
+
+    /// True when the item at `full` holds a key of this namespace that `get` accepts: its
+    /// relative key is normalised and follows the key rules (no reserved `__kv` segment,
+    /// no `a//b`, no trailing `/`, no forbidden character). Other programs can write any
+    /// sort key; `list`, `watch_tree` and `delete_tree` skip the ones no call could name.
+    pub fn is_key(&self, full: &str) -> bool {
+        self.relative(full)
+            .is_some_and(|k| key::normalize_key(k).is_ok_and(|n| n == k))
     }
 
     pub fn pairs(&self, items: Vec<Item>) -> Vec<KvPair> {
@@ -494,7 +512,7 @@ impl Inner {
         };
         let now = ttl::now_millis();
         let item = live_item(full, value, version, deadline_ms, None);
-        let condition = format!("{} AND {LIVE}", version_is(previous));
+        let condition = format!("{VERSION_IS} AND {LIVE}");
         match self
             .put_conditional(
                 "put_item",
@@ -506,14 +524,19 @@ impl Inner {
             .await?
         {
             Conditional::Written(_) => Ok(version),
-            Conditional::Failed(current) => Err(self.cas_failure(full, current, now)),
+            Conditional::Failed(current) => Err(self.cas_failure(full, current, now, previous)),
         }
     }
 
-    /// The error of a failed compare-and-swap: absent → KeyNotFound, else KeyModified.
-    fn cas_failure(&self, full: &str, current: Option<Item>, now: u64) -> Error {
+    /// The error of a failed compare-and-swap at `previous`: absent → KeyNotFound; a live
+    /// item without a version read at its `last_index` → NotSupported (no swap on it can be
+    /// safe); else KeyModified.
+    fn cas_failure(&self, full: &str, current: Option<Item>, now: u64, previous: u64) -> Error {
         let key = self.relative(full).unwrap_or(full).to_owned();
         match current {
+            Some(item) if item.live_at(now) && !item.versioned && previous == VERSIONLESS => {
+                versionless_cas()
+            }
             Some(item) if item.live_at(now) => Error::KeyModified { key },
             _ => Error::KeyNotFound { key },
         }
@@ -531,7 +554,7 @@ impl Inner {
         let now = ttl::now_millis();
         match current {
             Some(item) if item.live_at(now) && item.version == previous => version_exhausted(full),
-            current => self.cas_failure(full, current, now),
+            current => self.cas_failure(full, current, now, previous),
         }
     }
 
@@ -573,7 +596,7 @@ impl Inner {
         };
         let now = ttl::now_millis();
         let item = tombstone_item(full, version, self.config.tombstone_ttl);
-        let condition = format!("{} AND {LIVE}", version_is(previous));
+        let condition = format!("{VERSION_IS} AND {LIVE}");
         match self
             .put_conditional(
                 "atomic_delete",
@@ -585,36 +608,46 @@ impl Inner {
             .await?
         {
             Conditional::Written(_) => Ok(()),
-            Conditional::Failed(current) => Err(self.cas_failure(full, current, now)),
+            Conditional::Failed(current) => Err(self.cas_failure(full, current, now, previous)),
         }
     }
 
-    /// `directory` itself and every item below it, tombstones included, keys and versions only.
+    /// `directory` itself and every item below it, tombstones included, keys and versions
+    /// only: the items `list` would show (whatever their state), plus the directory key.
     pub async fn tree_items(&self, directory: &str) -> Result<Vec<Item>> {
-        if directory.is_empty() {
+        let mut items = if directory.is_empty() {
             if self.ns_prefix.is_empty() {
-                return self.items_with_prefix(None, "", true, false).await;
+                self.items_with_prefix(None, "", true, false).await?
+            } else {
+                let pk = partition_of(&self.ns_prefix).to_owned();
+                self.items_with_prefix(Some(&pk), &self.ns_prefix, true, false)
+                    .await?
             }
-            let pk = partition_of(&self.ns_prefix).to_owned();
-            return self
-                .items_with_prefix(Some(&pk), &self.ns_prefix, true, false)
-                .await;
-        }
-        let full = self.full_key(directory);
-        let below = key::child_prefix(&full);
-        let mut items = self
-            .items_with_prefix(Some(partition_of(&full)), &full, true, false)
-            .await?;
-        items.retain(|item| item.sk == full || item.sk.starts_with(&below));
+        } else {
+            let full = self.full_key(directory);
+            let below = key::child_prefix(&full);
+            let mut items = self
+                .items_with_prefix(Some(partition_of(&full)), &full, true, false)
+                .await?;
+            items.retain(|item| item.sk == full || item.sk.starts_with(&below));
+            items
+        };
+        items.retain(|item| self.is_key(&item.sk));
         Ok(items)
     }
 
     /// Tombstones `items` (at most 100) in one TransactWriteItems, each conditional on the
     /// version read. `Ok(false)` when the transaction was cancelled (a concurrent write).
     pub async fn tombstone_atomically(&self, items: &[Item]) -> Result<bool> {
-        let condition = "#ver = :prev AND attribute_not_exists(#del)";
         let mut actions = Vec::with_capacity(items.len());
         for item in items {
+            // An item without a version (another client's) can only be required to still
+            // have none: a rewrite by that client goes unnoticed, a write of ours cancels.
+            let condition = if item.versioned {
+                "#ver = :prev AND attribute_not_exists(#del)"
+            } else {
+                "(attribute_not_exists(#ver) OR #ver < :prev) AND attribute_not_exists(#del)"
+            };
             let version = next_version(item.version).ok_or_else(|| version_exhausted(&item.sk))?;
             let tomb = tombstone_item(&item.sk, version, self.config.tombstone_ttl);
             let (names, values) =

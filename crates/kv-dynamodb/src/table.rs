@@ -24,7 +24,8 @@ pub(crate) struct Description {
     pub stream_arn: Option<String>,
 }
 
-async fn describe(client: &Client, config: &Config) -> Result<Option<TableDescription>> {
+/// DescribeTable: `None` when the table does not exist.
+pub(crate) async fn describe(client: &Client, config: &Config) -> Result<Option<TableDescription>> {
     match client
         .describe_table()
         .table_name(&config.table)
@@ -76,12 +77,19 @@ pub(crate) async fn ensure(client: &Client, config: &Config) -> Result<Descripti
     if config.create_table {
         enable_ttl(client, config).await?;
     }
-    let stream_arn = description
+    Ok(Description {
+        stream_arn: stream_of(&description),
+    })
+}
+
+/// The ARN of the table's stream, when it has an enabled one. A table deleted and created
+/// again has a new stream with a new ARN.
+pub(crate) fn stream_of(description: &TableDescription) -> Option<String> {
+    description
         .stream_specification()
         .filter(|spec| spec.stream_enabled())
         .and_then(|_| description.latest_stream_arn())
-        .map(str::to_owned);
-    Ok(Description { stream_arn })
+        .map(str::to_owned)
 }
 
 /// The key schema must be `pk` (S, HASH) + `sk` (S, RANGE).

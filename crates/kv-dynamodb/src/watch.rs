@@ -5,24 +5,39 @@
 //! handle is active, and tells every watch which keys changed; each watch re-reads its key or
 //! subtree when one of them concerns it. So a handle is one stream reader however many
 //! watches it runs (DynamoDB throttles more than about two readers per shard).
+//!
+//! A table deleted and created again (or a DynamoDB Local restarted in memory, then the
+//! table created again) has a new stream with a new ARN, and the old stream never speaks
+//! again: it is gone (`ResourceNotFoundException`), or disabled with its last shards closed
+//! and no children. The reader treats every failure, a stream without open shards, and a
+//! table whose `LatestStreamArn` is another stream (checked every [`REDISCOVER`]) the same
+//! way: it describes the table again, opens its current stream and makes every watch re-read
+//! its state. Failures that waiting does not clear (the table missing, a request DynamoDB
+//! refuses) end the watches with an `Err` item once they have lasted longer than the request
+//! timeout; unreachable servers are retried for as long as it takes. A watch never waits
+//! silently on a stream that will not speak again.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::TableStatus;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use kv_core::tasks::AbortOnDrop;
 use kv_core::{
-    Error, ReadOptions, Result, WatchSender, WatchStream, WatchTreeStream, key, spawn_watch, ttl,
+    Backoff, Error, ReadOptions, Result, WatchSender, WatchStream, WatchTreeStream, key,
+    spawn_watch, ttl,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::item::{ATTR_SK, sdk_error};
+use crate::item::{ATTR_SK, BACKEND, sdk_error};
 use crate::store::Inner;
+use crate::table;
 
-/// How often the shard list is re-read even when no shard closed.
+/// How often the shard list, and which stream is the table's current one, are re-read even
+/// when nothing failed.
 const REDISCOVER: Duration = Duration::from_secs(30);
 /// How many GetRecords calls one poll makes on a shard that keeps returning records.
 const DRAIN_CALLS: usize = 8;
@@ -30,15 +45,17 @@ const DRAIN_CALLS: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Events buffered per watch before it lags (a lagging watch simply re-reads).
 const HUB_CAPACITY: usize = 256;
+/// How long a watch on a stream waits for an event before re-reading anyway.
+const IDLE_REREAD: Duration = Duration::from_secs(3600);
 
 /// What the hub tells the watches.
 #[derive(Debug, Clone)]
 enum Event {
     /// These sort keys changed.
     Changed(Arc<Vec<String>>),
-    /// Records may have been missed (the stream reader restarted): re-read.
+    /// Records may have been missed (the stream was reopened, maybe a new one): re-read.
     Resync,
-    /// The stream cannot be read any more (permission revoked…).
+    /// The stream cannot be read any more (permission revoked, the table gone…).
     Failed(Error),
 }
 
@@ -80,9 +97,10 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// Registers a watch. When no reader runs, opens `LATEST` iterators on every shard
-    /// before returning (so the watch's first read cannot miss a change) and starts one.
-    async fn subscribe(inner: &Arc<Inner>, arn: &str) -> Result<Subscription> {
+    /// Registers a watch. When no reader runs, opens `LATEST` iterators on every shard of
+    /// the table's current stream before returning (so the watch's first read cannot miss a
+    /// change) and starts one.
+    async fn subscribe(inner: &Arc<Inner>) -> Result<Subscription> {
         let hub = &inner.hub;
         let _starting = hub.starting.lock().await;
         {
@@ -97,14 +115,11 @@ impl Hub {
                 });
             }
         }
-        let cursors = Cursors::open(inner, arn).await?;
+        let cursors = open_stream(inner).await?;
         let (tx, rx) = broadcast::channel(HUB_CAPACITY);
-        let reader = inner.tasks.spawn_owned(read_stream(
-            inner.clone(),
-            arn.to_owned(),
-            cursors,
-            tx.clone(),
-        ));
+        let reader = inner
+            .tasks
+            .spawn_owned(read_stream(inner.clone(), cursors, tx.clone()));
         let mut state = hub.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tx = Some(tx);
         state.reader = Some(reader);
@@ -117,13 +132,9 @@ impl Hub {
 }
 
 /// The hub's reader: polls every shard each interval and broadcasts the changed keys;
-/// after a failure, reopens the stream with backoff and tells the watches to re-read.
-async fn read_stream(
-    inner: Arc<Inner>,
-    arn: String,
-    mut cursors: Cursors,
-    tx: broadcast::Sender<Event>,
-) {
+/// when the stream fails or falls silent for good, reopens the table's current stream and
+/// tells the watches to re-read, or tells them it gave up.
+async fn read_stream(inner: Arc<Inner>, mut cursors: Cursors, tx: broadcast::Sender<Event>) {
     let interval = inner.config.poll_interval;
     loop {
         tokio::time::sleep(interval).await;
@@ -132,30 +143,117 @@ async fn read_stream(
                 if !keys.is_empty() && tx.send(Event::Changed(Arc::new(keys))).is_err() {
                     return;
                 }
-                continue;
+                match cursors.check(&inner).await {
+                    Ok(()) => continue,
+                    Err(error) => error,
+                }
             }
             Err(error) => error,
         };
-        let mut error = error;
-        let mut backoff = kv_core::Backoff::new(interval, MAX_BACKOFF);
-        loop {
-            if is_terminal(&error) {
+        match reopen(&inner, error).await {
+            Ok(reopened) => {
+                if reopened.arn != cursors.arn {
+                    tracing::info!(
+                        old = %cursors.arn,
+                        new = %reopened.arn,
+                        "dynamodb stream reader: the table has a new stream"
+                    );
+                }
+                cursors = reopened;
+                if tx.send(Event::Resync).is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
                 let _ = tx.send(Event::Failed(error));
                 return;
             }
-            tracing::debug!(%error, "dynamodb stream reader: reopening the stream");
-            backoff.wait().await;
-            match Cursors::open(&inner, &arn).await {
-                Ok(reopened) => {
-                    cursors = reopened;
-                    if tx.send(Event::Resync).is_err() {
-                        return;
-                    }
-                    break;
-                }
-                Err(next) => error = next,
-            }
         }
+    }
+}
+
+/// After a reader failure: waits with backoff, then opens the table's current stream (the
+/// same one, or the new stream of a table created again). The error when the reader must
+/// give up instead (see [`Failures`]).
+async fn reopen(inner: &Inner, mut error: Error) -> Result<Cursors> {
+    let mut backoff = Backoff::new(inner.config.poll_interval, MAX_BACKOFF);
+    let mut failures = Failures::default();
+    loop {
+        if failures.fatal(inner, &error) {
+            return Err(error);
+        }
+        tracing::debug!(%error, "dynamodb stream reader: reopening the stream");
+        backoff.wait().await;
+        match open_stream(inner).await {
+            Ok(cursors) => return Ok(cursors),
+            Err(next) => error = next,
+        }
+    }
+}
+
+/// The ARN of the table's current stream, from DescribeTable: after the table was created
+/// again, not the one the handle started with. A missing table, one being deleted, or one
+/// without a stream is an error.
+async fn current_stream(inner: &Inner) -> Result<String> {
+    let name = &inner.config.table;
+    match table::describe(&inner.client, &inner.config).await? {
+        None => Err(Error::backend(
+            BACKEND,
+            format!("table {name:?} does not exist (any more)"),
+        )),
+        Some(table) if table.table_status() == Some(&TableStatus::Deleting) => Err(Error::backend(
+            BACKEND,
+            format!("table {name:?} is being deleted"),
+        )),
+        Some(table) => table::stream_of(&table).ok_or_else(|| {
+            Error::backend(BACKEND, format!("table {name:?} has no stream (any more)"))
+        }),
+    }
+}
+
+/// `LATEST` cursors on the table's current stream, which must have an open shard.
+async fn open_stream(inner: &Inner) -> Result<Cursors> {
+    let arn = current_stream(inner).await?;
+    let cursors = Cursors::open(inner, &arn).await?;
+    if cursors.iterators.is_empty() {
+        return Err(no_open_shard(&arn));
+    }
+    Ok(cursors)
+}
+
+fn no_open_shard(arn: &str) -> Error {
+    Error::backend(
+        BACKEND,
+        format!("stream {arn} has no open shard (its table was deleted or its stream disabled)"),
+    )
+}
+
+/// Decides when a retry loop gives up: at once on a terminal error; on errors that waiting
+/// does not clear (the table or its stream missing, a request DynamoDB refuses) once they
+/// have lasted longer than the request timeout. Transient errors (server unreachable,
+/// throttled, timed out) are retried for as long as it takes: the contract's watches catch
+/// up after an outage.
+#[derive(Debug, Default)]
+struct Failures {
+    /// Since when every failure has been a lasting one.
+    lasting_since: Option<Instant>,
+}
+
+impl Failures {
+    fn fatal(&mut self, inner: &Inner, error: &Error) -> bool {
+        if is_terminal(error) {
+            return true;
+        }
+        if error.is_transient() {
+            self.lasting_since = None;
+            return false;
+        }
+        let since = *self.lasting_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= inner.timeout()
+    }
+
+    fn reset(&mut self) {
+        self.lasting_since = None;
     }
 }
 
@@ -218,8 +316,11 @@ fn is_terminal(error: &Error) -> bool {
     )
 }
 
-/// The shared watch loop: sessions that end with an error are retried with backoff, or end
-/// the stream when the error is terminal.
+/// The shared watch loop: subscribes to the stream (before reading, so nothing is missed),
+/// reads and publishes the state, then re-reads whenever a changed key concerns the watch,
+/// the stream was reopened, a TTL deadline of the published state passes, or (without a
+/// stream) every poll interval. A failed read or subscription is retried with backoff,
+/// until [`Failures`] says to give up; the stream then ends with the error.
 async fn run<T, M, R, Fut>(
     inner: Arc<Inner>,
     tx: WatchSender<T>,
@@ -233,96 +334,102 @@ async fn run<T, M, R, Fut>(
     Fut: Future<Output = Result<(T, Option<u64>)>> + Send,
 {
     let poll_interval = inner.config.poll_interval;
-    let mut backoff = kv_core::Backoff::new(poll_interval, MAX_BACKOFF);
+    let streams = inner.stream_arn.is_some();
+    let mut backoff = Backoff::new(poll_interval, MAX_BACKOFF);
+    let mut failures = Failures::default();
     let mut consistent = first_consistent;
+    let mut subscription: Option<Subscription> = None;
+    // When to read the state next (`None`: when an event or a deadline says so).
+    let mut read_at = Some(Instant::now());
+    // The earliest TTL deadline (Unix ms) of what was published.
+    let mut deadline: Option<u64> = None;
     loop {
-        let error = match session(&inner, &tx, &mut consistent, &mut backoff, &matches, &read).await
-        {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        if is_terminal(&error) {
-            tx.fail(error);
-            return;
-        }
-        tracing::debug!(%error, "dynamodb watch: resynchronising");
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = tx.closed() => return,
-        }
-    }
-}
-
-/// One session: subscribe to the stream (before reading, so nothing is missed), read and
-/// publish the state, then re-read whenever a changed key concerns the watch, a TTL deadline
-/// of the published state passes, or (without a stream) every poll interval. `Ok` when the
-/// stream was dropped.
-async fn session<T, M, R, Fut>(
-    inner: &Arc<Inner>,
-    tx: &WatchSender<T>,
-    consistent: &mut bool,
-    backoff: &mut kv_core::Backoff,
-    matches: &M,
-    read: &R,
-) -> Result<()>
-where
-    T: Clone + PartialEq + Send + Sync + 'static,
-    M: Fn(&str) -> bool + Send + Sync,
-    R: Fn(bool) -> Fut + Send + Sync,
-    Fut: Future<Output = Result<(T, Option<u64>)>> + Send,
-{
-    let poll_interval = inner.config.poll_interval;
-    let mut subscription = match &inner.stream_arn {
-        Some(arn) => Some(Hub::subscribe(inner, arn).await?),
-        None => None,
-    };
-    let (state, mut deadline) = read(*consistent).await?;
-    if !tx.send(state) {
-        return Ok(());
-    }
-    // Later reads follow a change: they must see it.
-    *consistent = true;
-    backoff.reset();
-    loop {
-        // Without a stream, every interval may hide a change; with one, only TTL deadlines
-        // need a timer.
-        let mut wake = Instant::now()
-            + if subscription.is_some() {
-                Duration::from_secs(3600)
-            } else {
-                poll_interval
-            };
-        if let Some(deadline) = deadline {
-            let until =
-                Duration::from_millis(deadline.saturating_sub(ttl::now_millis()).saturating_add(1));
-            wake = wake.min(Instant::now() + until);
-        }
-        let changed = match &mut subscription {
-            Some(subscription) => tokio::select! {
-                _ = tokio::time::sleep_until(wake) => false,
-                _ = tx.closed() => return Ok(()),
-                event = subscription.rx.recv() => match event {
-                    Ok(Event::Changed(keys)) => keys.iter().any(|sk| matches(sk)),
-                    Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Ok(Event::Failed(error)) => return Err(error),
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(Error::unavailable(
-                            crate::item::BACKEND,
-                            "the stream reader stopped",
-                        ));
+        if read_at.is_some_and(|at| at <= Instant::now()) {
+            read_at = None;
+            let result = async {
+                if streams && subscription.is_none() {
+                    subscription = Some(Hub::subscribe(&inner).await?);
+                }
+                read(consistent).await
+            }
+            .await;
+            match result {
+                Ok((state, next)) => {
+                    deadline = next;
+                    if !tx.send(state) {
+                        return;
                     }
-                },
+                    // Later reads follow a change: they must see it.
+                    consistent = true;
+                    backoff.reset();
+                    failures.reset();
+                }
+                Err(error) => {
+                    if failures.fatal(&inner, &error) {
+                        tx.fail(error);
+                        return;
+                    }
+                    tracing::debug!(%error, "dynamodb watch: retrying");
+                    read_at = Some(Instant::now() + backoff.next_delay());
+                }
+            }
+        }
+        // A pending retry is the next read. Else: without a stream, every interval may hide a
+        // change; with one, only TTL deadlines need a timer.
+        let wake = match read_at {
+            Some(at) => at,
+            None => {
+                let idle = if subscription.is_some() {
+                    IDLE_REREAD
+                } else {
+                    poll_interval
+                };
+                let mut wake = Instant::now() + idle;
+                if let Some(deadline) = deadline {
+                    let until = Duration::from_millis(
+                        deadline.saturating_sub(ttl::now_millis()).saturating_add(1),
+                    );
+                    wake = wake.min(Instant::now() + until);
+                }
+                wake
+            }
+        };
+        let event = match &mut subscription {
+            Some(subscription) => tokio::select! {
+                _ = tokio::time::sleep_until(wake) => None,
+                _ = tx.closed() => return,
+                event = subscription.rx.recv() => Some(event),
             },
             None => tokio::select! {
-                _ = tokio::time::sleep_until(wake) => true,
-                _ = tx.closed() => return Ok(()),
+                _ = tokio::time::sleep_until(wake) => None,
+                _ = tx.closed() => return,
             },
         };
-        if changed || deadline.is_some_and(ttl::is_expired) {
-            let (state, next) = read(true).await?;
-            deadline = next;
-            if !tx.send(state) {
-                return Ok(());
+        let now = Instant::now();
+        match event {
+            // A retry, a deadline, a poll or the idle timer: read (a retry keeps its time).
+            None => {
+                read_at.get_or_insert(now);
+            }
+            Some(Ok(Event::Changed(keys))) => {
+                if keys.iter().any(|sk| matches(sk)) {
+                    read_at.get_or_insert(now);
+                }
+            }
+            Some(Err(broadcast::error::RecvError::Lagged(_))) => {
+                read_at.get_or_insert(now);
+            }
+            // The stream was reopened (maybe a new one, the table created again): read now,
+            // even while a failed read waits for its retry.
+            Some(Ok(Event::Resync)) => read_at = Some(now),
+            Some(Ok(Event::Failed(error))) => {
+                tx.fail(error);
+                return;
+            }
+            // The reader stopped without a word (it cannot, short of a bug): start another.
+            Some(Err(broadcast::error::RecvError::Closed)) => {
+                subscription = None;
+                read_at.get_or_insert_with(|| now + backoff.next_delay());
             }
         }
     }
@@ -336,6 +443,8 @@ struct Cursors {
     /// Every shard id seen (read from or skipped because it predates the watch).
     known: HashSet<String>,
     last_discovery: Instant,
+    /// When DescribeTable last confirmed that this is the table's current stream.
+    last_table_check: Instant,
 }
 
 impl Cursors {
@@ -346,6 +455,7 @@ impl Cursors {
             iterators: HashMap::new(),
             known: HashSet::new(),
             last_discovery: Instant::now(),
+            last_table_check: Instant::now(),
         };
         for (shard, open) in cursors.shards(inner).await? {
             cursors.known.insert(shard.clone());
@@ -458,6 +568,27 @@ impl Cursors {
             self.discover(inner).await?;
         }
         Ok(changed)
+    }
+
+    /// Fails when this stream will report nothing any more: none of its shards is open
+    /// (the table was deleted or its stream disabled: the last shards closed without
+    /// children), or, checked every [`REDISCOVER`], the table's current stream is another
+    /// one (the table was created again).
+    async fn check(&mut self, inner: &Inner) -> Result<()> {
+        if self.iterators.is_empty() {
+            return Err(no_open_shard(&self.arn));
+        }
+        if self.last_table_check.elapsed() >= REDISCOVER {
+            self.last_table_check = Instant::now();
+            let current = current_stream(inner).await?;
+            if current != self.arn {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("the table's stream is now {current}, not {}", self.arn),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Picks up shards created since the watch started (children of closed shards), read

@@ -359,7 +359,8 @@ async fn storage_layout_is_readable_by_other_clients() {
         .unwrap()
         .unwrap();
     assert_eq!((got.value.as_ref(), got.last_index), (&b"hello"[..], 7));
-    // Even without a version (text value): last_index 1, and CAS works on it.
+    // Even without a version (text value): last_index 1. CAS on it is refused (its writer
+    // could rewrite it unnoticed), until a plain put gives it a version.
     let sk3 = sort_key(&config, "app/bare");
     store
         .client()
@@ -377,16 +378,41 @@ async fn storage_layout_is_readable_by_other_clients() {
         .unwrap()
         .unwrap();
     assert_eq!((bare.value.as_ref(), bare.last_index), (&b"text"[..], 1));
-    let swapped = store
+    let refused = store
         .atomic_put(
             "app/bare",
             Bytes::from_static(b"v2"),
             Some(&bare),
             WriteOptions::default(),
         )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::NotSupported { .. })),
+        "{refused:?}"
+    );
+    store
+        .put(
+            "app/bare",
+            Bytes::from_static(b"v2"),
+            WriteOptions::default(),
+        )
         .await
         .unwrap();
-    assert!(swapped.last_index > 1);
+    let versioned = store
+        .get("app/bare", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let swapped = store
+        .atomic_put(
+            "app/bare",
+            Bytes::from_static(b"v3"),
+            Some(&versioned),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(swapped.last_index > versioned.last_index);
     store.atomic_delete("app/bare", &swapped).await.unwrap();
 
     // A delete leaves a tombstone that keeps the version and expires a day later.
@@ -1089,5 +1115,399 @@ async fn a_previous_index_of_u64_max_is_a_conflict_not_a_panic() {
         .await
         .unwrap();
     store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// Reads `stream` until an item satisfies `wanted`, at most `bound`; panics on an `Err` item,
+/// the end of the stream, or the bound.
+async fn until<S, T>(stream: &mut S, bound: Duration, what: &str, wanted: impl Fn(&T) -> bool) -> T
+where
+    S: futures::Stream<Item = kv_core::Result<T>> + Unpin,
+    T: std::fmt::Debug,
+{
+    let give_up = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(give_up, stream.next()).await {
+            Ok(Some(Ok(item))) if wanted(&item) => return item,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("{what}: {other:?} within {bound:?}"),
+        }
+    }
+}
+
+/// Reads `stream` until its `Err` item, at most `bound`; panics on the end of the stream
+/// without one, or the bound.
+async fn until_error<S, T>(stream: &mut S, bound: Duration, what: &str) -> Error
+where
+    S: futures::Stream<Item = kv_core::Result<T>> + Unpin,
+    T: std::fmt::Debug,
+{
+    let give_up = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(give_up, stream.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(error))) => return error,
+            other => panic!("{what}: {other:?} within {bound:?}, expected an Err item"),
+        }
+    }
+}
+
+/// A table deleted and created again under the same name has a new stream, with a new ARN:
+/// the watches opened before follow it (they notice the old stream is gone, describe the
+/// table again, re-read their state and go on on the new stream) and report what is written
+/// next, instead of waiting forever on the old stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_follow_a_table_deleted_and_created_again() {
+    let cfg = config(&random("kv_recreate")).request_timeout(Duration::from_secs(10));
+    let store = store(cfg.clone()).await;
+    assert!(store.watches_use_streams());
+    store
+        .put("r/k", "before".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut watch = store.watch("r/k", ReadOptions::default()).await.unwrap();
+    let mut tree = store.watch_tree("r", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await.unwrap().value, "before");
+    assert_eq!(next(&mut tree, "first tree").await.len(), 1);
+
+    let client = store.client().clone();
+    client
+        .delete_table()
+        .table_name(&cfg.table)
+        .send()
+        .await
+        .unwrap();
+    // Created again exactly as the crate creates it (stream, TTL), by a second handle.
+    let creator = DynamoStore::connect(cfg.clone()).await.unwrap();
+    let pair = store
+        .atomic_put("r/k", "after".into(), None, WriteOptions::default())
+        .await
+        .expect("the same handle writes to the new table");
+    let bound = Duration::from_secs(15);
+    let started = Instant::now();
+    let seen = until(&mut watch, bound, "watch after re-creation", |state| {
+        state.as_ref().is_some_and(|p| p.value == "after")
+    })
+    .await;
+    eprintln!("the watch saw the write {:?} after it", started.elapsed());
+    assert_eq!(seen, Some(pair.clone()));
+    let snapshot = until(
+        &mut tree,
+        bound,
+        "watch_tree after re-creation",
+        |snapshot| snapshot.iter().any(|p| p.value == "after"),
+    )
+    .await;
+    assert_eq!(snapshot, [pair]);
+    // And they keep following the new stream.
+    creator
+        .put("r/k2", "more".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    until(
+        &mut tree,
+        bound,
+        "watch_tree on the new stream",
+        |snapshot| snapshot.len() == 2,
+    )
+    .await;
+    creator.delete("r/k").await.unwrap();
+    until(
+        &mut watch,
+        bound,
+        "watch on the new stream",
+        Option::is_none,
+    )
+    .await;
+
+    drop((watch, tree));
+    store.close().await.unwrap();
+    creator.close().await.unwrap();
+    client
+        .delete_table()
+        .table_name(&cfg.table)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A table deleted for good: the watches do not wait forever, they end with an `Err` item
+/// once it has been gone for about the request timeout (2 s here); so does a watch opened
+/// after the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_with_an_error_when_their_table_stays_deleted() {
+    let cfg = config(&random("kv_gone")).request_timeout(Duration::from_secs(2));
+    let store = store(cfg.clone()).await;
+    let mut watch = store.watch("g/k", ReadOptions::default()).await.unwrap();
+    let mut tree = store.watch_tree("g", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await, None);
+    assert!(next(&mut tree, "first tree").await.is_empty());
+    store
+        .client()
+        .delete_table()
+        .table_name(&cfg.table)
+        .send()
+        .await
+        .unwrap();
+    let bound = Duration::from_secs(15);
+    let started = Instant::now();
+    let error = until_error(&mut watch, bound, "watch of a deleted table").await;
+    eprintln!("watch ended after {:?}: {error}", started.elapsed());
+    assert!(!matches!(error, Error::Closed), "{error:?}");
+    let error = until_error(&mut tree, bound, "watch_tree of a deleted table").await;
+    assert!(!matches!(error, Error::Closed), "{error:?}");
+    assert!(watch.next().await.is_none() && tree.next().await.is_none());
+    let mut late = store.watch("g/k", ReadOptions::default()).await.unwrap();
+    until_error(&mut late, bound, "watch opened after the deletion").await;
+    drop(late);
+    assert!(store.get("g/k", ReadOptions::default()).await.is_err());
+    store.close().await.unwrap();
+}
+
+/// No key lies below a directory of `max_key_len` bytes (or one byte less): a child would be
+/// longer than DynamoDB's 1024-byte sort key. `list` says so (empty, not a
+/// ValidationException), `watch_tree` starts with the empty snapshot, and `delete_tree`
+/// deletes the directory key itself; with and without a namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_watch_tree_of_directories_at_the_key_length_limit() {
+    for namespace in [random("ns"), String::new()] {
+        let store = store(config(TABLE).namespace(namespace.clone())).await;
+        let max = store.capabilities().max_key_len;
+        let head = random("lim");
+        for len in [max, max - 1] {
+            let dir = format!("{head}/{}", "d".repeat(len - head.len() - 1));
+            assert_eq!(dir.len(), len);
+            let what = format!("namespace {namespace:?}, directory of {len} bytes");
+            store
+                .put(&dir, "dir".into(), WriteOptions::default())
+                .await
+                .unwrap();
+            let listed = store.list(&dir, ReadOptions::default()).await;
+            assert!(
+                listed.as_ref().is_ok_and(Vec::is_empty),
+                "{what}: {listed:?}"
+            );
+            let mut tree = store
+                .watch_tree(&dir, ReadOptions::default())
+                .await
+                .unwrap();
+            assert!(next(&mut tree, &what).await.is_empty(), "{what}");
+            drop(tree);
+            store.delete_tree(&dir).await.unwrap();
+            assert_eq!(store.get(&dir, ReadOptions::default()).await.unwrap(), None);
+        }
+        store.delete_tree(&head).await.unwrap();
+        store.close().await.unwrap();
+    }
+}
+
+/// Puts an item the way another program would: only the attributes given.
+async fn put_raw(store: &DynamoStore, pk: &str, sk: &str, extra: &[(&str, AttributeValue)]) {
+    let mut request = store
+        .client()
+        .put_item()
+        .table_name(&store.config().table)
+        .item("pk", AttributeValue::S(pk.to_owned()))
+        .item("sk", AttributeValue::S(sk.to_owned()));
+    for (name, value) in extra {
+        request = request.item(*name, value.clone());
+    }
+    request.send().await.expect("raw put_item");
+}
+
+/// Items other programs wrote at sort keys that are no valid keys (`t//b`, `t/c/`, a control
+/// character, a reserved `__kv` segment, `.`) or under a partition key that is not the sort
+/// key's first segment (which `get` could never find) are not listed, not in `watch_tree`
+/// snapshots, and `delete_tree` leaves them alone: it deletes exactly what `list` shows, plus
+/// the directory key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_delete_tree_skip_items_whose_keys_break_the_key_rules() {
+    // Without a namespace, on a table of its own: `list("")` is the table's Scan.
+    let cfg = config(&random("kv_foreign")).namespace("");
+    let store = store(cfg.clone()).await;
+    let value = ("value", AttributeValue::S("foreign".into()));
+    let version = ("version", AttributeValue::N("5".into()));
+    let foreign = [
+        ("t", "t//b"),
+        ("t", "t/c/"),
+        ("t", "t/bad\u{1}x"),
+        ("t", "t/__kvx"),
+        ("t", "t/./x"),
+        ("t", "t/ok//deeper"),
+        ("zz", "t/wrong-partition"),
+    ];
+    for (pk, sk) in foreign {
+        put_raw(&store, pk, sk, &[value.clone(), version.clone()]).await;
+    }
+    for key in ["t", "t/ok", "t/ok/deep"] {
+        store
+            .put(key, "mine".into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let keys = |pairs: &[KvPair]| pairs.iter().map(|p| p.key.clone()).collect::<Vec<_>>();
+    let below = store.list("t", ReadOptions::default()).await.unwrap();
+    assert_eq!(keys(&below), ["t/ok", "t/ok/deep"]);
+    let all = store.list("", ReadOptions::default()).await.unwrap();
+    assert_eq!(keys(&all), ["t", "t/ok", "t/ok/deep"]);
+    for pair in &all {
+        let got = store.get(&pair.key, ReadOptions::default()).await;
+        assert_eq!(
+            got.unwrap().as_ref(),
+            Some(pair),
+            "every listed key reads back"
+        );
+    }
+    let mut tree = store.watch_tree("t", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut tree, "watch_tree(t)").await, below);
+    let mut root = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut root, "watch_tree(\"\")").await, all);
+    drop((tree, root));
+
+    store.delete_tree("t").await.unwrap();
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for (pk, sk) in foreign {
+        let item = store
+            .client()
+            .get_item()
+            .table_name(&cfg.table)
+            .key("pk", AttributeValue::S(pk.to_owned()))
+            .key("sk", AttributeValue::S(sk.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap_or_else(|| panic!("{sk:?} was deleted"));
+        assert!(!item.contains_key("deleted"), "{sk:?} became a tombstone");
+        assert_eq!(item["value"], value.1, "{sk:?}");
+    }
+    // Nothing was written where `get` would look for the item of the wrong partition.
+    assert_eq!(raw_item(&store, "t/wrong-partition").await, None);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+    store
+        .client()
+        .delete_table()
+        .table_name(&cfg.table)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// An item another program wrote, and rewrote, without a `version` attribute: nothing in it
+/// changes on a rewrite, so no `last_index` can tell the two writes apart. A compare-and-swap
+/// against it is refused with `NotSupported` (retrying would not help, unlike `KeyModified`)
+/// so that a pair read before the rewrite can never win; a plain `put` gives the key a version,
+/// and CAS works from then on. A foreign rewrite that drops the version again makes every
+/// pair read before it stale (`KeyModified`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_on_an_item_without_a_version_never_succeeds_with_a_stale_pair() {
+    let store = store(config(TABLE)).await;
+    let sk = sort_key(store.config(), "cas/foreign");
+    let pk = partition(&sk);
+    let text = |t: &str| ("value", AttributeValue::S(t.to_owned()));
+    put_raw(&store, &pk, &sk, &[text("v1")]).await;
+    let stale = store
+        .get("cas/foreign", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stale.value, "v1");
+    put_raw(&store, &pk, &sk, &[text("v2")]).await;
+    let put = store
+        .atomic_put(
+            "cas/foreign",
+            "mine".into(),
+            Some(&stale),
+            WriteOptions::default(),
+        )
+        .await;
+    assert!(
+        matches!(&put, Err(Error::NotSupported { operation, .. }) if operation.contains("version")),
+        "{put:?}"
+    );
+    let delete = store.atomic_delete("cas/foreign", &stale).await;
+    assert!(
+        matches!(delete, Err(Error::NotSupported { .. })),
+        "{delete:?}"
+    );
+    let current = store
+        .get("cas/foreign", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.value, "v2", "the foreign rewrite stands");
+    // A fresh read does not help: the same index, the same refusal.
+    let put = store
+        .atomic_put(
+            "cas/foreign",
+            "mine".into(),
+            Some(&current),
+            WriteOptions::default(),
+        )
+        .await;
+    assert!(matches!(put, Err(Error::NotSupported { .. })), "{put:?}");
+    assert!(matches!(
+        store
+            .atomic_put("cas/foreign", "mine".into(), None, WriteOptions::default())
+            .await,
+        Err(Error::KeyExists { .. })
+    ));
+
+    // A plain put gives it a version: CAS works from then on.
+    store
+        .put("cas/foreign", "mine".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mine = store
+        .get("cas/foreign", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let swapped = store
+        .atomic_put(
+            "cas/foreign",
+            "swapped".into(),
+            Some(&mine),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // Rewritten without a version again: the pair read before is stale.
+    put_raw(&store, &pk, &sk, &[text("v3")]).await;
+    let put = store
+        .atomic_put(
+            "cas/foreign",
+            "late".into(),
+            Some(&swapped),
+            WriteOptions::default(),
+        )
+        .await;
+    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
+    let delete = store.atomic_delete("cas/foreign", &swapped).await;
+    assert!(
+        matches!(delete, Err(Error::KeyModified { .. })),
+        "{delete:?}"
+    );
+    assert_eq!(
+        raw_item(&store, &sk).await.unwrap()["value"],
+        AttributeValue::S("v3".into())
+    );
+    // delete_tree still deletes such items.
+    store.delete_tree("cas").await.unwrap();
+    assert_eq!(
+        store
+            .get("cas/foreign", ReadOptions::default())
+            .await
+            .unwrap(),
+        None
+    );
     store.close().await.unwrap();
 }
