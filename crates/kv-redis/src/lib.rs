@@ -32,14 +32,14 @@
 //! | Redis key | type | content |
 //! | --- | --- | --- |
 //! | `p` + `k` (`app/a/b`) | string | **the value, exactly the bytes written** — `redis-cli GET app/a/b` prints it, any client reads it |
-//! | `p` + `__kv:meta:{` + `p` + `k` + `}` (`app/__kv:meta:{app/a/b}`) | hash | `v`: the key's `last_index` (decimal); while a lock holds the key also `o`, the owner token, and `h`, the SHA-1 of the lock value |
+//! | `p` + `__kv:meta:{` + `p` + `k` + `}` (`app/__kv:meta:{app/a/b}`) | hash | `v`: the key's `last_index` (decimal); `h`: the SHA-1 (hex) of the value that index belongs to; while a lock holds the key also `o`, the owner token |
 //!
 //! * Both keys always carry the same TTL (`PX` on the value, `PEXPIRE` on the hash, in the
 //!   same script) and are deleted together.
 //! * The metadata lives **beside** the value, never around it: valkeyrie's JSON envelope
 //!   breaks other clients, its raw codec breaks CAS; this layout does neither.
 //! * `__kv` segments are reserved by `kv-core`, so no user key collides with a metadata key,
-//!   and listings skip them (`SCAN … TYPE string` plus a key-rule check).
+//!   and listings never show one (they are hashes, and their names break the key rules).
 //! * The `{…}` hash tag makes Redis Cluster hash the metadata key by the full value key, so
 //!   both land in one slot and every script stays single-slot. A key containing `{` or `}`
 //!   would break that (Redis hashes only the first `{…}` of a name): its metadata key is
@@ -47,15 +47,52 @@
 //!   string hashing to the value key's slot (a unit test checks every case). A namespace
 //!   prefix may carry a closed tag (`app{1}/` puts the whole namespace in one slot) but not
 //!   an unclosed `{`.
-//! * A value written by another client (no metadata) reads with `last_index` 1; a later write
-//!   through this crate gives it a real index. Writes by other clients do not bump the index,
-//!   so CAS cannot detect them (except creation and deletion): write through this crate
-//!   when you rely on CAS.
-//! * The lock value's SHA-1 (`h`) lets the holder notice a plain `SET` by another client over
-//!   a held lock as a takeover.
+//! * The value's SHA-1 (`h`) ties the metadata to one incarnation of the value: see
+//!   [Other programs writing the same keys](#other-programs-writing-the-same-keys).
 //! * With no namespace prefix the store *is* the database: `list("")` shows every string key
 //!   that is a valid store key and `delete_tree("")` deletes them. Give each application its
 //!   own prefix (or database) when sharing a server.
+//!
+//! ## Other programs writing the same keys
+//!
+//! The value keys are plain Redis strings, so other programs (any client, `redis-cli`) may
+//! read them and also write them: `SET` (with or without a TTL), `DEL`, `EXPIRE`/`PERSIST`,
+//! `APPEND`, a key expiring on its own. They must leave the `__kv` metadata keys alone. The
+//! metadata cannot follow such writes (a plain `DEL` even leaves it behind), so the value key
+//! is the truth and the metadata counts only while it matches the value:
+//!
+//! * **Reads** (`get`, `list`, watches) always return the value key's current bytes and TTL.
+//! * **A foreign write voids the version.** The metadata records the SHA-1 of the value its
+//!   index belongs to, and every script compares it with the value now at the key. When they
+//!   differ, another program replaced the value (overwrote it, or deleted and re-created it
+//!   while the metadata stayed behind): a CAS (`atomic_put`, `atomic_delete`) with a pair read
+//!   before fails with [`kv_core::Error::KeyModified`] and writes nothing, and the next read
+//!   adopts the value — gives it a fresh `last_index`, above every index the key had, in new
+//!   metadata with the value's TTL — so watchers see the index rise and a CAS with the pair
+//!   read then succeeds. (A read may thus write the metadata hash of a foreign value.)
+//! * **A value no write of this crate ever touched** (no metadata) reads with `last_index` 1;
+//!   nothing ties that index to one value, so a CAS with index 1 holds only while the value is
+//!   still byte for byte the previous pair's value. The first write through this crate gives
+//!   the key a real index. Reads do not create metadata for such values.
+//! * **Locks**: any foreign write of a held lock's key (delete, overwrite) marks the lease
+//!   lost at once (see below); an unlock never deletes a value that is not the holder's.
+//! * **Limits**: a foreign write that puts back exactly the bytes the metadata records (an
+//!   A→B→A sequence nobody read in between) is indistinguishable from no write. Metadata left
+//!   behind by a foreign `DEL` holds nothing visible and is removed by the next write or delete
+//!   of that key through this crate, or with its TTL if the value had one; `delete_tree` does
+//!   not look for it. Metadata written by earlier versions of this crate (no `h`) counts as
+//!   void: such keys are adopted with a fresh index on their first read.
+//! * **What is a store key**: a *string* key inside the namespace whose rest is a valid,
+//!   normalised key (`kv_core::key::normalize_key(k) == Ok(k)`). Anything else other programs
+//!   put there — names like `a//b`, `a/`, `/a`, `a/./b`, `a/__kvx`, control characters, more
+//!   than 1024 bytes; keys of other types (hashes, lists, …) — is invisible, the same way for
+//!   every call: `get`/`exists` report it absent, `list` and `watch_tree` skip it (and their
+//!   snapshots do not change for it), `delete` and `delete_tree` leave it alone (also when it
+//!   sits at the directory key itself). `put` over a key of another type replaces it (Redis
+//!   `SET`); a create-only `atomic_put` or a lock finds the name taken.
+//! * **TTL changes** by another program (`EXPIRE`, `PERSIST`) reach the value only. The index
+//!   stays; but if the metadata then expires before the value, the value counts as never
+//!   written through this crate (index 1) until its next write here.
 //!
 //! ## How the contract is met
 //!
@@ -66,16 +103,23 @@
 //!   at least 1 per write; after a delete (which removes the metadata) a re-created key starts
 //!   at the server clock, above every earlier index because an index never runs ahead of the
 //!   clock by more than a few writes per µs — and a delete that would leave it ahead waits
-//!   (≤ 2 ms, in practice never) for the clock to pass it. This relies on the primary's clock
-//!   not stepping back between a delete and the re-create (NTP slews, it does not step).
-//! * **CAS**: the scripts compare the stored index with the caller's and answer
+//!   (≤ 2 ms, in practice never) for the clock to pass it. The same holds across a server
+//!   restart without persistence (every key and its metadata gone): indexes, fencing tokens
+//!   included, restart from the server clock, above everything handed out before (tested).
+//!   This relies on the primary's clock not stepping back between a delete (or restart) and
+//!   the re-create (NTP slews, it does not step), and after a failover on the new primary's
+//!   clock not being behind the old one's.
+//! * **CAS**: the scripts compare the caller's index with the key's current one (the
+//!   metadata's while its SHA-1 matches the value, see
+//!   [above](#other-programs-writing-the-same-keys)) and answer
 //!   `KeyExists`/`KeyNotFound`/`KeyModified` without writing anything.
 //! * **TTL**: `SET … PX` and `PEXPIRE` with millisecond precision. Redis checks expiry on
 //!   every access, so readers never see an expired key; a `put` without TTL is a plain `SET`
 //!   (clears the TTL) and a fresh metadata hash (no TTL).
 //! * **list / delete_tree**: `SCAN MATCH <escaped prefix>* TYPE string` (never `KEYS`),
-//!   de-duplicated (SCAN may repeat keys), filtered path-aware, values read in concurrent
-//!   batches of [`store::BATCH`], sorted.
+//!   de-duplicated (SCAN may repeat keys), filtered path-aware and by the key rules (the same
+//!   filter as `watch_tree`'s events), values read in concurrent batches of [`store::BATCH`],
+//!   sorted.
 //!   Neither is a snapshot: a key written during the scan may or may not appear. `delete_tree`
 //!   deletes key by key (value + metadata each atomically); **it is not atomic as a whole**
 //!   (Redis has no range delete): a concurrent writer can leave a key created during the call.
@@ -96,8 +140,14 @@
 //!   token-checked `DEL`; "ours" means our owner token in the metadata *and* the value still
 //!   hashing to the lock value's SHA-1. Any event on a held key triggers an ownership check,
 //!   so a deletion or overwrite by anyone (this crate or a plain `SET`) marks the lease lost
-//!   at once (measured: ~1 ms) instead of at the next renewal. The fencing token is the key's
-//!   `last_index` after acquisition. Without notifications, locks still work by polling.
+//!   at once (measured: ~1 ms) instead of at the next renewal. Every reconnection of the
+//!   handle's command or subscriber connection (fred's reconnect events) makes every held
+//!   lock renew at once: a server restarted without persistence has forgotten the lock, a
+//!   contender can take it right away, and no keyspace event says so — the holder's lease is
+//!   marked lost as soon as its connection is back (measured: 20–170 ms after the restarted
+//!   server accepts connections, depending on where fred's reconnection back-off stands;
+//!   otherwise up to `ttl/3` later, at the next renewal), and waiters retry at once. The fencing token is the key's `last_index` after acquisition. Without
+//!   notifications, locks still work by polling.
 //! * **Tasks**: watch loops and lock renewals run on the handle's `TaskSet`; dropping a stream
 //!   or a lock ends them; `close()` releases locks, ends watches with `Closed`, then
 //!   disconnects both connections.
@@ -115,9 +165,13 @@
 //!   `proto-max-bulk-len` default. Measured once on a private 7.0.15 server: a 512 MiB value
 //!   is written in 8.4 s and read in 8.2 s (debug build, loopback) with a server memory peak
 //!   of 1.9 GB (the request buffer, the Lua argument and the stored value); 100 MiB takes
-//!   ~1 s for put + get. The whole value travels in one request and is held in memory on both
-//!   sides: raise [`Config::request_timeout`] (default 10 s) for values of hundreds of MiB,
-//!   and lower `max_value_len` if the server's `proto-max-bulk-len` is lower.
+//!   ~1 s for put + get. Since the metadata records the value's SHA-1, every write, read and
+//!   CAS also hashes the value inside its script: ~0.25 s of server time per 100 MiB (during
+//!   which, as during any script, the server serves nobody else), so 100 MiB now takes
+//!   ~1.7 s for put + get, and 512 MiB some 2.5 s more than measured above. The whole value
+//!   travels in one request and is held in memory on both sides: raise
+//!   [`Config::request_timeout`] (default 10 s) for values of hundreds of MiB, and lower
+//!   `max_value_len` if the server's `proto-max-bulk-len` is lower.
 //! * `max_key_len`: 1024 bytes (kv-core's limit; Redis allows far longer keys).
 //! * `min_ttl`: 100 ms ([`store::MIN_TTL`]); `ttl_precision`: 100 ms ([`store::TTL_PRECISION`]).
 //! * `ReadOptions::consistent` is ignored: every read goes to the primary.

@@ -1,19 +1,25 @@
 //! Locks: `SET NX PX` semantics in Lua with a random owner token in the metadata hash,
-//! renewed and released by token-checked scripts.
+//! renewed and released by token-checked scripts. A holder re-checks its key after every
+//! keyspace event of the key and after every reconnection of the handle's connections (a
+//! restarted server may have lost the key, and no event says so).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fred::types::Value;
+use fred::prelude::EventInterface;
+use fred::types::config::Server;
+use fred::types::{KeyspaceEvent, Value};
 use kv_core::lock::keep_alive;
 use kv_core::{
     Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, Lock, LockBackend, LockOptions,
     Result,
 };
 use rand::Rng;
+use tokio::sync::broadcast::Receiver as BroadcastReceiver;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
 use crate::scripts::SCRIPTS;
 use crate::store::{Inner, parse_index, protocol_error};
@@ -30,6 +36,55 @@ pub(crate) fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> 
         ttl: options.ttl,
     };
     Lock::new(key, Arc::new(backend), tasks)
+}
+
+/// The key's keyspace subscription and its event receiver, when there is a subscriber
+/// connection (without one, waiting polls and loss is noticed by renewals and reconnections).
+type Events = Option<(Subscription, BroadcastReceiver<KeyspaceEvent>)>;
+
+/// Reconnections of the handle's connections: the command connection and, when the lock
+/// subscribed to its key, the subscriber connection (each reconnects on its own). Made before
+/// a request, it reports every reconnection from then on.
+struct Reconnects {
+    commands: Option<BroadcastReceiver<Server>>,
+    subscriber: Option<BroadcastReceiver<Server>>,
+}
+
+impl Reconnects {
+    fn new(inner: &Inner, events: &Events) -> Self {
+        Reconnects {
+            commands: Some(inner.client.reconnect_rx()),
+            subscriber: events
+                .as_ref()
+                .map(|(subscription, _)| subscription.subscriptions().client.reconnect_rx()),
+        }
+    }
+
+    /// Completes at the next reconnection of either connection (a lagging receiver missed
+    /// some: that counts too).
+    async fn next(&mut self) {
+        async fn one(rx: &mut Option<BroadcastReceiver<Server>>) {
+            let Some(receiver) = rx else {
+                return std::future::pending().await;
+            };
+            match receiver.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                // The client is gone (the store is closing): nothing more to report.
+                Err(RecvError::Closed) => {
+                    *rx = None;
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+        let Reconnects {
+            commands,
+            subscriber,
+        } = self;
+        tokio::select! {
+            _ = one(commands) => {}
+            _ = one(subscriber) => {}
+        }
+    }
 }
 
 struct RedisLock {
@@ -61,12 +116,7 @@ fn ttl_ms(ttl: Duration) -> Value {
 impl RedisLock {
     /// Subscribes to the key's keyspace channel, best effort: without it, waiting falls back to
     /// polling and loss detection to the renewals.
-    async fn subscribe(
-        &self,
-    ) -> Option<(
-        Subscription,
-        tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>,
-    )> {
+    async fn subscribe(&self) -> Events {
         let subs = match self.inner.subscriptions().await {
             Ok(subs) => subs,
             Err(error) => {
@@ -108,13 +158,7 @@ impl RedisLock {
 }
 
 /// Waits for the next event on `full` (or returns at once without a subscription).
-async fn next_event(
-    events: &mut Option<(
-        Subscription,
-        tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>,
-    )>,
-    full: &str,
-) {
+async fn next_event(events: &mut Events, full: &str) {
     let Some((_, rx)) = events else {
         return std::future::pending().await;
     };
@@ -143,6 +187,10 @@ impl LockBackend for RedisLock {
         let token = new_token();
         loop {
             self.inner.tasks.ensure_open()?;
+            // Made before the attempt: a reconnection from here on (the server may have
+            // restarted empty after granting the lock) reaches the holder's renewal task, or
+            // wakes the waiter.
+            let mut reconnects = Reconnects::new(&self.inner, &events);
             let attempt = tokio::select! {
                 attempt = self.try_acquire(&token) => attempt,
                 _ = abandon.cancelled() => {
@@ -166,6 +214,7 @@ impl LockBackend for RedisLock {
                         self.ttl,
                         notifier.clone(),
                         events.take(),
+                        reconnects,
                     );
                     return Ok(Acquired {
                         fencing_token: index,
@@ -178,6 +227,8 @@ impl LockBackend for RedisLock {
                     backoff.reset();
                     tokio::select! {
                         _ = next_event(&mut events, &self.full) => {}
+                        // A restarted server may have lost the holder's key.
+                        _ = reconnects.next() => {}
                         _ = tokio::time::sleep(poll) => {}
                         _ = abandon.cancelled() => return Err(Error::Closed),
                     }
@@ -197,17 +248,18 @@ impl LockBackend for RedisLock {
 
 /// Renews every `ttl / 3` (kv-core's `keep_alive`) and, between renewals, checks ownership
 /// after every keyspace event of the key, so a deletion or overwrite by someone else is
-/// reported at once rather than at the next renewal.
+/// reported at once rather than at the next renewal. After every reconnection of either
+/// connection it renews at once: a server restarted without persistence has forgotten the
+/// lock (a contender can take it right away), and no keyspace event reports that. A check
+/// that cannot reach the server is retried with back-off until one gets an answer.
 fn spawn_renewal(
     inner: Arc<Inner>,
     full: String,
     token: String,
     ttl: Duration,
     notifier: LeaseNotifier,
-    mut events: Option<(
-        Subscription,
-        tokio::sync::broadcast::Receiver<fred::types::KeyspaceEvent>,
-    )>,
+    mut events: Events,
+    mut reconnects: Reconnects,
 ) {
     let tasks = inner.tasks.clone();
     tasks.spawn(async move {
@@ -233,25 +285,42 @@ fn spawn_renewal(
             }
         };
         let watch_takeover = async {
+            let mut backoff = redis_backoff();
+            // When to ask again after a check that got no answer.
+            let mut retry_at: Option<Instant> = None;
             loop {
-                next_event(&mut events, &full).await;
-                match inner
-                    .eval(
-                        "lock check",
-                        &SCRIPTS.lock_check,
-                        &full,
-                        vec![token.clone().into()],
-                    )
-                    .await
-                {
+                // An event calls for an ownership check; a reconnection (or a retry) for a
+                // renewal: the check plus a fresh TTL, after a time without renewals.
+                let renewal = tokio::select! {
+                    _ = next_event(&mut events, &full) => false,
+                    _ = reconnects.next() => {
+                        tracing::debug!(key = full, "reconnected: renewing a held lock at once");
+                        true
+                    }
+                    _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)),
+                        if retry_at.is_some() => true,
+                };
+                let (script, args): (_, Vec<Value>) = if renewal {
+                    (&SCRIPTS.lock_renew, vec![token.clone().into(), ttl_ms(ttl)])
+                } else {
+                    (&SCRIPTS.lock_check, vec![token.clone().into()])
+                };
+                match inner.eval("lock check", script, &full, args).await {
                     Ok(reply) if reply.as_i64() == Some(0) => {
-                        tracing::debug!(key = full, "lock deleted or taken over");
+                        tracing::debug!(key = full, "lock deleted, taken over or forgotten");
                         notifier.lost();
                         return;
                     }
-                    Ok(_) => {}
-                    // Renewal handles connection trouble.
-                    Err(_) => {}
+                    Ok(_) => {
+                        retry_at = None;
+                        backoff.reset();
+                    }
+                    // keep_alive marks the lock lost once no renewal succeeded for a whole
+                    // TTL; until then, keep asking.
+                    Err(error) => {
+                        tracing::debug!(%error, key = full, "lock check failed; retrying");
+                        retry_at = Some(Instant::now() + backoff.next_delay());
+                    }
                 }
             }
         };

@@ -15,6 +15,12 @@ use fred::types::scripts::Script;
 ///   (several writes within one microsecond), waits — at most ~2 ms, in practice never — until
 ///   the clock has passed it, so that a re-create in the next microsecond still gets a higher
 ///   index.
+/// * `is_value`: the value key holds a string (a key of another type, written by another
+///   program, is no store value).
+/// * `current_index`: the index of the value now at the key. The metadata's `v` counts only
+///   while its `h` is the SHA-1 of that very value; otherwise another program replaced the
+///   value (a plain `SET`, or `DEL` + `SET`, which leaves the metadata behind) and that
+///   version is void (`false`). No metadata at all: `'1'` (never written through this crate).
 const PRELUDE: &str = r#"
 local function now_us()
   local t = redis.call('TIME')
@@ -42,31 +48,59 @@ local function write(value, ttl, owner)
     redis.call('SET', KEYS[1], value)
   end
   redis.call('DEL', KEYS[2])
-  if owner then
-    redis.call('HSET', KEYS[2], 'v', fmt(idx), 'o', owner, 'h', redis.sha1hex(value))
-  else
-    redis.call('HSET', KEYS[2], 'v', fmt(idx))
-  end
+  redis.call('HSET', KEYS[2], 'v', fmt(idx), 'h', redis.sha1hex(value))
+  if owner then redis.call('HSET', KEYS[2], 'o', owner) end
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   return fmt(idx)
+end
+local function is_value()
+  return redis.call('TYPE', KEYS[1])['ok'] == 'string'
+end
+local function current_index(value)
+  local meta = redis.call('HMGET', KEYS[2], 'v', 'h')
+  if not meta[1] then return '1' end
+  if meta[2] == redis.sha1hex(value) then return meta[1] end
+  return false
+end
+-- A CAS precondition on the value now at the key: its current index is `expected`, and for
+-- a value without metadata (index 1, nothing ties it to one incarnation) it is still the
+-- value the caller read (`previous`).
+local function unchanged(expected, previous)
+  if not is_value() then return '!notfound' end
+  local value = redis.call('GET', KEYS[1])
+  local cur = current_index(value)
+  if cur ~= expected then return '!modified' end
+  if cur == '1' and value ~= previous then return '!modified' end
+  return nil
 end
 -- The lock is ours: our owner token, and the value is still the one we wrote (another
 -- client's plain SET replaces the value without touching the metadata).
 local function owned(token)
   if redis.call('HGET', KEYS[2], 'o') ~= token then return false end
+  if not is_value() then return false end
   local v = redis.call('GET', KEYS[1])
-  if not v then return false end
   return redis.sha1hex(v) == redis.call('HGET', KEYS[2], 'h')
 end
 "#;
 
-/// `GET`: nil when absent, else `{value, index, pttl}`. A value without metadata (written by
-/// another client) reports index 1.
+/// `GET`: nil when absent (or not a string), else `{value, index, pttl}`. A value without
+/// metadata (written by another client only) reports index 1. A value whose metadata belongs
+/// to another incarnation (replaced by another client) is adopted: it gets a fresh index,
+/// above every earlier one, and metadata recording its digest (with the value's TTL), so that
+/// every read until the next write reports that same index and CAS accepts it.
 const GET: &str = r#"
+if not is_value() then return false end
 local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local idx = redis.call('HGET', KEYS[2], 'v') or '1'
-return {v, idx, redis.call('PTTL', KEYS[1])}
+local pttl = redis.call('PTTL', KEYS[1])
+local idx = current_index(v)
+if not idx then
+  local n = next_index(KEYS[2])
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'v', fmt(n), 'h', redis.sha1hex(v))
+  if pttl > 0 then redis.call('PEXPIRE', KEYS[2], pttl) end
+  idx = fmt(n)
+end
+return {v, idx, pttl}
 "#;
 
 /// `PUT value ttl_ms` → new index.
@@ -74,37 +108,42 @@ const PUT: &str = r#"
 return write(ARGV[1], tonumber(ARGV[2]), nil)
 "#;
 
-/// `ATOMIC_PUT value ttl_ms expected` (`expected == ''`: create only) → new index, or
-/// `!exists` / `!notfound` / `!modified`.
+/// `ATOMIC_PUT value ttl_ms expected previous` (`expected == ''`: create only; `previous`:
+/// the caller's previous value when `expected` is 1, else empty) → new index, or `!exists` /
+/// `!notfound` / `!modified`.
 const ATOMIC_PUT: &str = r#"
-local exists = redis.call('EXISTS', KEYS[1]) == 1
 if ARGV[3] == '' then
-  if exists then return '!exists' end
+  if redis.call('EXISTS', KEYS[1]) == 1 then return '!exists' end
 else
-  if not exists then return '!notfound' end
-  local cur = redis.call('HGET', KEYS[2], 'v') or '1'
-  if cur ~= ARGV[3] then return '!modified' end
+  local refused = unchanged(ARGV[3], ARGV[4])
+  if refused then return refused end
 end
 return write(ARGV[1], tonumber(ARGV[2]), nil)
 "#;
 
-/// `ATOMIC_DELETE expected` → `ok` / `!notfound` / `!modified`.
+/// `ATOMIC_DELETE expected previous` → `ok` / `!notfound` / `!modified`.
 const ATOMIC_DELETE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return '!notfound' end
-local cur = redis.call('HGET', KEYS[2], 'v') or '1'
-if cur ~= ARGV[1] then return '!modified' end
-redis.call('DEL', KEYS[1], KEYS[2])
-settle(tonumber(cur))
-return 'ok'
-"#;
-
-/// `DELETE` → 1 if the value existed, else 0. Removes the metadata too.
-const DELETE: &str = r#"
-local existed = redis.call('EXISTS', KEYS[1])
+local refused = unchanged(ARGV[1], ARGV[2])
+if refused then return refused end
 local cur = redis.call('HGET', KEYS[2], 'v')
 redis.call('DEL', KEYS[1], KEYS[2])
 if cur then settle(tonumber(cur)) end
-return existed
+return 'ok'
+"#;
+
+/// `DELETE` → 1 if the value existed, else 0. Removes the metadata too; a key of another type
+/// (no store value) is left alone.
+const DELETE: &str = r#"
+local existed = is_value()
+local cur = redis.call('HGET', KEYS[2], 'v')
+if existed then
+  redis.call('DEL', KEYS[1], KEYS[2])
+else
+  redis.call('DEL', KEYS[2])
+end
+if cur then settle(tonumber(cur)) end
+if existed then return 1 end
+return 0
 "#;
 
 /// `LOCK_ACQUIRE value ttl_ms token` → new index (the fencing token), or `!held` when the
@@ -165,7 +204,7 @@ fn with_prelude(body: &str) -> Script {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    get: Script::from_lua(GET),
+    get: with_prelude(GET),
     put: with_prelude(PUT),
     atomic_put: with_prelude(ATOMIC_PUT),
     atomic_delete: with_prelude(ATOMIC_DELETE),

@@ -146,7 +146,8 @@ impl RedisStore {
     }
 
     /// The underlying fred client, for what this crate does not cover. Writing our keys
-    /// through it bypasses the version metadata (see the crate docs).
+    /// through it is a foreign write: it voids their version (see the crate docs, "Other
+    /// programs writing the same keys").
     pub fn client(&self) -> &fred::clients::Client {
         &self.inner.client
     }
@@ -357,7 +358,9 @@ impl Inner {
     }
 
     /// The store key of a Redis key, if it is one of ours (inside the namespace, a valid
-    /// normalised key, no reserved segment).
+    /// normalised key, no reserved segment). The one name filter of `list`, `delete_tree` and
+    /// `watch_tree`'s events; keys of other types are filtered by `SCAN … TYPE string` and by
+    /// the scripts (which treat them as absent).
     pub(crate) fn relative_key<'a>(&self, full: &'a str) -> Option<&'a str> {
         let relative = full.strip_prefix(self.config.namespace.as_str())?;
         match key::normalize_key(relative) {
@@ -381,7 +384,8 @@ impl Inner {
         .await
     }
 
-    /// Reads one key (value, index, TTL) atomically.
+    /// Reads one key (value, index, TTL) atomically; a key of another type is absent. A value
+    /// replaced by another program is adopted with a fresh index (see the `GET` script).
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Found>> {
         let full = self.full_key(key);
         let reply = self.eval("get", &SCRIPTS.get, &full, vec![]).await?;
@@ -669,6 +673,17 @@ pub(crate) fn protocol_error(operation: &str) -> Error {
     )
 }
 
+/// The CAS scripts' `expected previous` arguments: the previous index and, for index 1 (a
+/// value without metadata, which only its content identifies), the previous value.
+fn cas_args(previous: &KvPair) -> (Value, Value) {
+    let value = if previous.last_index == 1 {
+        Value::Bytes(previous.value.clone())
+    } else {
+        Value::from("")
+    };
+    (previous.last_index.to_string().into(), value)
+}
+
 fn ttl_arg(ttl: Option<Duration>) -> Value {
     // Whole milliseconds, at least 1 (check_ttl already enforced min_ttl).
     let ms = ttl.map(|t| t.as_millis().max(1) as i64).unwrap_or(0);
@@ -722,11 +737,12 @@ impl Store for RedisStore {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
         let key = inner.caps.check_key(key)?;
-        // EXISTS expires lazily like GET, without transferring the value.
-        let n: i64 = inner
-            .call("exists", inner.client.exists(inner.full_key(&key)))
+        // TYPE expires lazily like GET, without transferring the value; a key of another
+        // type is no store value (`get` does not report it either).
+        let kind: String = inner
+            .call("exists", inner.client.r#type(inner.full_key(&key)))
             .await?;
-        Ok(n == 1)
+        Ok(kind == "string")
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
@@ -777,15 +793,21 @@ impl Store for RedisStore {
         inner.caps.check_value(&key, &value)?;
         let ttl = inner.caps.check_ttl(options.ttl)?;
         let full = inner.full_key(&key);
-        let expected = previous
-            .map(|p| p.last_index.to_string())
-            .unwrap_or_default();
+        let (expected, previous_value) = match previous {
+            Some(previous) => cas_args(previous),
+            None => (Value::from(""), Value::from("")),
+        };
         let reply = inner
             .eval(
                 "atomic_put",
                 &SCRIPTS.atomic_put,
                 &full,
-                vec![Value::Bytes(value.clone()), ttl_arg(ttl), expected.into()],
+                vec![
+                    Value::Bytes(value.clone()),
+                    ttl_arg(ttl),
+                    expected,
+                    previous_value,
+                ],
             )
             .await?;
         match reply.as_str().as_deref() {
@@ -805,12 +827,13 @@ impl Store for RedisStore {
         inner.tasks.ensure_open()?;
         let key = inner.caps.check_key(key)?;
         let full = inner.full_key(&key);
+        let (expected, previous_value) = cas_args(previous);
         let reply = inner
             .eval(
                 "atomic_delete",
                 &SCRIPTS.atomic_delete,
                 &full,
-                vec![previous.last_index.to_string().into()],
+                vec![expected, previous_value],
             )
             .await?;
         match reply.as_str().as_deref() {

@@ -1157,3 +1157,361 @@ async fn a_previous_index_of_u64_max_is_a_conflict() {
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
 }
+
+/// A restarted Redis without persistence has forgotten every lock: a contender gets the key at
+/// once, so the old holder must learn at once too, not at its next renewal (`ttl / 3`). The
+/// reconnection itself is the signal: every held lock re-checks its key right away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_persistence_loses_held_locks_at_once() {
+    let mut server = PrivateServer::start("KA").await;
+    let a = RedisStore::connect(server.config()).await.unwrap();
+    a.put("k", "before".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let before = a
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap()
+        .last_index;
+    // A long TTL on purpose: the first renewal is 3.3 s after the acquisition.
+    let ttl = Duration::from_secs(10);
+    let mut lock_a = a
+        .new_lock("l", LockOptions::default().value("a").ttl(ttl))
+        .await
+        .unwrap();
+    let lease_a = lock_a.lock().await.unwrap();
+    let acquired = Instant::now();
+
+    server.restart().await;
+    let restarted = Instant::now();
+    // Nobody writes the key after the restart: no keyspace event can tell A, only the
+    // reconnection can.
+    let state = tokio::time::timeout(Duration::from_secs(1), lease_a.lost())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the holder still believes it holds the lock {:?} after the restart",
+                restarted.elapsed()
+            )
+        });
+    assert_eq!(state, LockState::Lost);
+    let noticed = restarted.elapsed();
+    eprintln!(
+        "restart noticed {noticed:?} after the server was back ({:?} after the acquisition)",
+        acquired.elapsed()
+    );
+    assert!(
+        acquired.elapsed() < kv_core::lock::renew_interval(ttl),
+        "noticed only at the renewal"
+    );
+
+    // The restarted server is empty: a contender takes the lock at once, with a higher
+    // fencing token (the server clock, not the lost counter, orders them).
+    let b = RedisStore::connect(server.config()).await.unwrap();
+    let mut lock_b = b
+        .new_lock("l", LockOptions::default().value("b").ttl(ttl))
+        .await
+        .unwrap();
+    let lease_b = tokio::time::timeout(Duration::from_secs(1), lock_b.lock())
+        .await
+        .expect("the lock is free at once after the restart")
+        .unwrap();
+    assert!(
+        lease_b.fencing_token() > lease_a.fencing_token(),
+        "{} after {}",
+        lease_b.fencing_token(),
+        lease_a.fencing_token()
+    );
+    // Plain indexes keep rising across the restart too.
+    b.put("k", "after".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let after = b
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap()
+        .last_index;
+    assert!(after > before, "{after} after {before}");
+
+    // A's unlock reports the loss and leaves B's lock alone.
+    assert!(matches!(lock_a.unlock().await, Err(Error::LockLost { .. })));
+    let held = b.get("l", ReadOptions::default()).await.unwrap().unwrap();
+    assert_eq!(held.value, "b");
+    assert!(lease_b.is_held());
+    lock_b.unlock().await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Another program deletes a value key (leaving the metadata hash behind) and writes it again,
+/// or overwrites it in place: a CAS with a pair read before must fail, and the foreign value
+/// reads with a fresh, higher index that CAS accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_writes_void_the_version() {
+    let ns = unique("foreign");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    let value_key = store.value_key("k");
+    let meta_key = store.meta_key("k");
+    store
+        .put("k", "ours".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let old = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await.unwrap(), Some(old.clone()));
+
+    // Plain DEL + SET by another client: the metadata hash survives the DEL.
+    let _: i64 = raw.del(&value_key).await.unwrap();
+    assert_eq!(next(&mut watch, "foreign del").await.unwrap(), None);
+    let n: i64 = raw.exists(&meta_key).await.unwrap();
+    assert_eq!(n, 1, "a plain DEL leaves the metadata behind");
+    let _: () = raw
+        .set(&value_key, "theirs", None, None, false)
+        .await
+        .unwrap();
+    let put = store
+        .atomic_put("k", "mine".into(), Some(&old), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
+    let delete = store.atomic_delete("k", &old).await;
+    assert!(
+        matches!(delete, Err(Error::KeyModified { .. })),
+        "{delete:?}"
+    );
+    let plain: String = raw.get(&value_key).await.unwrap();
+    assert_eq!(plain, "theirs", "the failed CAS wrote nothing");
+    // The foreign value reads with a fresh index, and watchers see it rise.
+    let theirs = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.value, "theirs");
+    assert!(
+        theirs.last_index > old.last_index,
+        "{} after {}",
+        theirs.last_index,
+        old.last_index
+    );
+    let seen = next(&mut watch, "foreign set").await.unwrap().unwrap();
+    assert_eq!(seen, theirs);
+    // That index is stable and valid for CAS.
+    let again = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.last_index, theirs.last_index);
+    let mine = store
+        .atomic_put("k", "mine".into(), Some(&theirs), WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(mine.last_index > theirs.last_index);
+    assert_eq!(
+        next(&mut watch, "our cas")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_index,
+        mine.last_index
+    );
+
+    // An overwrite in place (no DEL), even with a value of the same length.
+    let _: () = raw
+        .set(&value_key, "MINE", None, None, false)
+        .await
+        .unwrap();
+    let put = store
+        .atomic_put("k", "x".into(), Some(&mine), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
+    let seen = next(&mut watch, "foreign overwrite")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.value, "MINE");
+    assert!(seen.last_index > mine.last_index);
+    store.atomic_delete("k", &seen).await.unwrap();
+    assert_eq!(next(&mut watch, "our delete").await.unwrap(), None);
+
+    // A value no write of this crate ever touched (no metadata) reads with index 1; a CAS
+    // with index 1 holds only while the value is still the one read.
+    let _: () = raw
+        .set(store.value_key("f"), "one", None, None, false)
+        .await
+        .unwrap();
+    let first = store
+        .get("f", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.last_index, 1);
+    let _: () = raw
+        .set(store.value_key("f"), "two", None, None, false)
+        .await
+        .unwrap();
+    let put = store
+        .atomic_put("f", "x".into(), Some(&first), WriteOptions::default())
+        .await;
+    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
+    let delete = store.atomic_delete("f", &first).await;
+    assert!(
+        matches!(delete, Err(Error::KeyModified { .. })),
+        "{delete:?}"
+    );
+    let second = store
+        .get("f", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((second.value.as_ref(), second.last_index), (&b"two"[..], 1));
+    let ours = store
+        .atomic_put("f", "ours".into(), Some(&second), WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(ours.last_index > 1);
+
+    // Metadata written before the value digest existed (only `v`) is adopted on first read.
+    let n: i64 = raw.hdel(store.meta_key("f"), "h").await.unwrap();
+    assert_eq!(n, 1);
+    let adopted = store
+        .get("f", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(adopted.last_index > ours.last_index);
+    drop(watch);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// Keys other programs write into the namespace that are no store keys — names breaking the
+/// key rules, other Redis types — are invisible to `list` and `watch_tree` alike, and
+/// `delete_tree` leaves them alone; the crate's own metadata never shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_delete_tree_and_watch_tree_agree_on_foreign_keys() {
+    let ns = unique("agree");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    for key in ["d", "d/a", "d/b/c", "e/x"] {
+        store
+            .put(key, key.into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let keys = |pairs: Vec<KvPair>| pairs.into_iter().map(|p| p.key).collect::<Vec<_>>();
+    let mut tree = store.watch_tree("d", ReadOptions::default()).await.unwrap();
+    assert_eq!(
+        keys(next(&mut tree, "first").await.unwrap()),
+        ["d/a", "d/b/c"]
+    );
+
+    // Written by someone else while the watch runs.
+    let long = format!("{ns}/d/{}", "x".repeat(kv_core::key::MAX_KEY_LEN));
+    let bad_names = [
+        format!("{ns}/d//b"),
+        format!("{ns}/d/"),
+        format!("{ns}/d/./x"),
+        format!("{ns}/d/../x"),
+        format!("{ns}/d/__kvx"),
+        format!("{ns}/d/tab\tx"),
+        format!("{ns}//d/x"),
+        long,
+    ];
+    for name in &bad_names {
+        let _: () = raw.set(name, "foreign", None, None, false).await.unwrap();
+    }
+    let other_types = [format!("{ns}/d/hash"), format!("{ns}/e")];
+    for name in &other_types {
+        let _: () = raw.hset(name, ("f", "v")).await.unwrap();
+    }
+    let _: i64 = raw
+        .custom(
+            fred::types::CustomCommand::new_static("RPUSH", None, false),
+            vec![format!("{ns}/d/list"), "item".to_owned()],
+        )
+        .await
+        .unwrap();
+    store
+        .put("d/z", "last".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    // Every snapshot up to the one with d/z shows store keys only, and the watch lives on.
+    let store_keys = ["d/a", "d/b/c", "d/z"];
+    loop {
+        let snapshot = keys(next(&mut tree, "after foreign writes").await.unwrap());
+        assert!(
+            snapshot.iter().all(|k| store_keys.contains(&k.as_str())),
+            "{snapshot:?}"
+        );
+        if snapshot.len() == store_keys.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        keys(store.list("d", ReadOptions::default()).await.unwrap()),
+        ["d/a", "d/b/c", "d/z"]
+    );
+    assert_eq!(
+        keys(store.list("", ReadOptions::default()).await.unwrap()),
+        ["d", "d/a", "d/b/c", "d/z", "e/x"],
+        "metadata and foreign keys never show"
+    );
+    // A key of another type is no store value: reads see nothing, deletes leave it alone.
+    assert_eq!(
+        store.get("d/hash", ReadOptions::default()).await.unwrap(),
+        None
+    );
+    assert!(
+        !store
+            .exists("d/hash", ReadOptions::default())
+            .await
+            .unwrap()
+    );
+    assert!(!store.delete("d/hash").await.unwrap());
+
+    store.delete_tree("d").await.unwrap();
+    store.delete_tree("e").await.unwrap();
+    // delete_tree goes key by key: the watch may report some steps, then the empty tree.
+    loop {
+        let snapshot = keys(next(&mut tree, "deleted").await.unwrap());
+        assert!(
+            snapshot.iter().all(|k| store_keys.contains(&k.as_str())),
+            "{snapshot:?}"
+        );
+        if snapshot.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for name in bad_names
+        .iter()
+        .chain(&other_types)
+        .chain([&format!("{ns}/d/list")])
+    {
+        let n: i64 = raw.exists(name).await.unwrap();
+        assert_eq!(n, 1, "delete_tree removed the foreign key {name:?}");
+    }
+    let n: i64 = raw.exists(store.meta_key("d/a")).await.unwrap();
+    assert_eq!(n, 0, "the store's own keys and metadata are gone");
+    drop(tree);
+    let mut all = bad_names.to_vec();
+    all.extend(other_types);
+    all.push(format!("{ns}/d/list"));
+    let _: i64 = raw.del(all).await.unwrap();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
