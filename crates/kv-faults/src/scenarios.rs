@@ -12,7 +12,7 @@ use kv_core::{Error, KvPair, LockOptions, ReadOptions, Store, WriteOptions};
 use rand::Rng;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::child::{KEY_VAR, TTL_VAR};
+use crate::child::{KEY_VAR, TTL_VAR, WAIT_VAR};
 use crate::history::{Call, Outcome, Recorder};
 use crate::linearizability;
 use crate::locks::Witness;
@@ -480,8 +480,21 @@ struct ChildProcess {
 
 impl ChildProcess {
     fn start(target: &dyn Target, mode: &str, key: &str, ttl: Duration) -> Self {
-        let mut child = target
-            .child(mode)
+        Self::start_with(target, mode, key, ttl, &[])
+    }
+
+    fn start_with(
+        target: &dyn Target,
+        mode: &str,
+        key: &str,
+        ttl: Duration,
+        env: &[(&str, String)],
+    ) -> Self {
+        let mut command = target.child(mode);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .env(KEY_VAR, key)
             .env(TTL_VAR, ttl.as_millis().to_string())
             .stdout(Stdio::piped())
@@ -713,6 +726,150 @@ pub async fn paused_holder(target: &dyn Target) -> Report {
         .add("takeover_ms", takeover.as_millis())
         .add("stale_after_resume_ms", noticed.as_millis())
         .add("token_violations", 0);
+    report.emit();
+    report
+}
+
+/// Where Debian's libfaketime lives.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The environment that runs a child with its wall clock moved by `skew_secs` (monotonic time
+/// untouched, so its timers still work).
+fn skewed_env(skew_secs: i64) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", LIBFAKETIME.to_owned()),
+        ("FAKETIME", format!("{skew_secs:+}s")),
+        ("DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
+
+fn unix_ms() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i128)
+        .unwrap_or(0)
+}
+
+/// Starts a child with a skewed clock and checks that the skew took effect.
+async fn skewed_child(
+    target: &dyn Target,
+    mode: &str,
+    key: &str,
+    ttl: Duration,
+    skew_secs: i64,
+    extra: &[(&str, String)],
+) -> ChildProcess {
+    let mut env = skewed_env(skew_secs);
+    env.extend(extra.iter().cloned());
+    let child = ChildProcess::start_with(target, mode, key, ttl, &env);
+    let clock: i128 = child
+        .expect("clock ", Duration::from_secs(30))
+        .await
+        .parse()
+        .unwrap_or_else(|e| panic!("the child's clock: {e}"));
+    let measured = (clock - unix_ms()) as f64 / 1000.0;
+    assert!(
+        (measured - skew_secs as f64).abs() < 5.0,
+        "libfaketime did not move the child's clock by {skew_secs} s (measured {measured:.1} s): is Debian's libfaketime installed?"
+    );
+    child
+}
+
+/// Clients whose wall clocks are 30 s ahead of or behind the others' must neither steal a
+/// live lock, nor see a live TTL key as expired, nor see an expired one as live: expiry must
+/// not depend on clients agreeing on the time.
+pub async fn skewed_clocks(target: &dyn Target) -> Report {
+    let mut report = Report::new(target.name(), "skewed_clocks");
+    if target.single_process() {
+        // One process per database: there is no second client whose clock could differ.
+        report.add("applicable", "no (one process per database)");
+        report.emit();
+        return report;
+    }
+    const SKEW: i64 = 30;
+    let base = unique("skew");
+    let store = connect(target).await;
+    let caps = store.capabilities().clone();
+    let ttl = lock_ttl(&*store);
+
+    // 1. A held, renewed lock: children 30 s ahead and behind must not get it.
+    let lock_key = format!("{base}/lock");
+    let mut lock = store
+        .new_lock(&lock_key, LockOptions::default().value("holder").ttl(ttl))
+        .await
+        .unwrap_or_else(|e| panic!("new_lock: {e}"));
+    let lease = timeout(EVENT_TIMEOUT, lock.lock())
+        .await
+        .unwrap_or_else(|_| panic!("{}: a free lock was not granted", target.name()))
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    let wait = ttl * 2 + caps.ttl_precision;
+    let mut stolen = 0;
+    for skew in [SKEW, -SKEW] {
+        let child = skewed_child(
+            target,
+            "try-lock",
+            &lock_key,
+            ttl,
+            skew,
+            &[(WAIT_VAR, wait.as_millis().to_string())],
+        )
+        .await;
+        let outcome = child.expect("try-lock ", wait + EVENT_TIMEOUT).await;
+        if outcome != "busy" {
+            stolen += 1;
+        }
+        assert_eq!(
+            outcome,
+            "busy",
+            "{}: a client with its clock {skew:+} s off took a lock held (and renewed) by another",
+            target.name()
+        );
+    }
+    assert!(lease.is_held(), "{}: the holder lost its lock", target.name());
+    lock.unlock().await.unwrap_or_else(|e| panic!("unlock: {e}"));
+
+    // 2. A TTL key just written is live for a client 30 s ahead...
+    let key_ttl = caps.min_ttl.max(Duration::from_secs(6));
+    let ttl_key = format!("{base}/ttl");
+    store
+        .put(&ttl_key, "v".into(), WriteOptions::with_ttl(key_ttl))
+        .await
+        .unwrap_or_else(|e| panic!("put: {e}"));
+    let written = Instant::now();
+    let ahead = skewed_child(target, "read", &ttl_key, ttl, SKEW, &[]).await;
+    let seen_ahead = ahead.expect("read ", EVENT_TIMEOUT).await;
+    let read_at = written.elapsed();
+    if read_at < key_ttl {
+        assert_eq!(
+            seen_ahead,
+            "present",
+            "{}: a client with its clock {SKEW:+} s off saw a live TTL key ({key_ttl:?}, read {read_at:?} after the write) as expired",
+            target.name()
+        );
+    }
+    // ...and gone, once expired, for a client 30 s behind.
+    let gone_by = key_ttl + caps.ttl_precision + SLACK;
+    if written.elapsed() < gone_by {
+        sleep(gone_by - written.elapsed()).await;
+    }
+    let behind = skewed_child(target, "read", &ttl_key, ttl, -SKEW, &[]).await;
+    let seen_behind = behind.expect("read ", EVENT_TIMEOUT).await;
+    assert_eq!(
+        seen_behind,
+        "absent",
+        "{}: a client with its clock {} s off still saw a TTL key ({key_ttl:?}) {:?} after it was written",
+        target.name(),
+        -SKEW,
+        written.elapsed()
+    );
+    drop((ahead, behind));
+    let _ = store.close().await;
+    report
+        .add("applicable", "yes")
+        .add("skew_s", format!("±{SKEW}"))
+        .add("locks_stolen", stolen)
+        .add("live_key_seen_expired", 0)
+        .add("expired_key_seen_live", 0);
     report.emit();
     report
 }

@@ -187,3 +187,33 @@ macro_rules! fault_tests {
 }
 
 fault_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb);
+
+macro_rules! skewed_clock_tests {
+    ($($backend:ident $(: $why:literal)?),* $(,)?) => {
+        mod skewed_clocks {
+            use super::*;
+            $(
+                #[test]
+                $(#[ignore = $why])?
+                fn $backend() {
+                    runtime().block_on(async {
+                        let target = Backend::new(stringify!($backend));
+                        kv_faults::scenarios::skewed_clocks(&target).await;
+                    });
+                }
+            )*
+        }
+    };
+}
+
+// Expiry that depends on clients agreeing on the time is a known open defect (issue 11) on the
+// backends marked here; `cargo test -p kv-faults --test faults skewed -- --include-ignored`
+// shows it. docs/reliability.md lists it.
+skewed_clock_tests!(
+    bolt,
+    redis,
+    etcd: "open: TTL keys are hidden by the writer's deadline against the reader's clock",
+    consul: "open: TTL keys are hidden by the writer's deadline against the reader's clock",
+    zookeeper: "open: TTL markers' server mtime is compared with the reader's clock",
+    dynamodb: "open: lock and TTL expiry compare the writer's deadline with the reader's clock",
+);
