@@ -1255,3 +1255,54 @@ fn open_batch(txn: &redb::WriteTransaction, seq: u64, sync: bool) -> Result<Batc
 fn job_failed(job: Job, _error: &Error) -> Finish {
     job(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer stuck inside one transaction (a hung disk, simulated by a request that blocks
+    /// the writer thread) is surfaced: calls queued behind it time out within their limit, and
+    /// later calls fail at once with `Unavailable` instead of piling up; once the writer is
+    /// free again, writes work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_writer_makes_calls_fail_fast() {
+        let engine = Engine::open(&Config::temporary()).unwrap();
+        let timeout = Duration::from_millis(200);
+        let stuck = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .write(Duration::from_secs(5), "stuck", |_batch| {
+                        std::thread::sleep(Duration::from_millis(800));
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Queued behind the stuck transaction: bounded by its own timeout.
+        let started = Instant::now();
+        let queued = engine
+            .write(timeout, "put", |b| b.put("a".into(), "1".into(), 0))
+            .await;
+        assert!(matches!(queued, Err(Error::Timeout { .. })), "{queued:?}");
+        assert!(started.elapsed() < timeout + Duration::from_millis(150));
+        // The writer has now been busy for longer than the timeout: refused at once.
+        let started = Instant::now();
+        let refused = engine
+            .write(timeout, "put", |b| b.put("b".into(), "2".into(), 0))
+            .await;
+        assert!(
+            matches!(refused, Err(Error::Unavailable { .. })),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(50));
+        stuck.await.unwrap().unwrap();
+        // Free again: writes work (the queued one may have been applied meanwhile).
+        engine
+            .write(timeout, "put", |b| b.put("c".into(), "3".into(), 0))
+            .await
+            .unwrap();
+        assert!(engine.get("c").unwrap().0.is_some());
+    }
+}
