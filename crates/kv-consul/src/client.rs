@@ -1,6 +1,9 @@
 //! A thin client for the parts of Consul's HTTP API this backend uses: KV reads (plain and
-//! blocking), compare-and-delete, `/v1/txn`, sessions, and two status calls.
+//! blocking), compare-and-delete, `/v1/txn`, sessions, and two status calls; and the handle's
+//! [`Epoch`]: the highest index it has seen, to notice a server that lost its state.
 
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -11,10 +14,175 @@ use kv_core::{Error, Result};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+use tokio::sync::watch;
 
 use crate::config::Config;
 
 pub(crate) const BACKEND: &str = "consul";
+
+/// The reserved segment of the key whose absence [`Client::confirm_loss`] reads the store's
+/// index from. `__kv` segments are refused in user keys, so this crate never writes it.
+const PROBE_SEGMENT: &str = "__kv";
+
+/// What one handle knows about the server's history, to notice that it lost its state.
+///
+/// Consul's indexes are Raft indexes: on a healthy cluster the KV store's index (the highest
+/// index of any KV write or delete, what a read of an *absent* key reports as
+/// `X-Consul-Index`) never decreases, and every index a response carries (`X-Consul-Index`,
+/// an entry's `ModifyIndex`, the index a transaction commits at) is at most that index at the
+/// time of the answer. So `high`, the highest index seen, is a lower bound of the store's
+/// index, and an *exact* reading of the store's index below it — a consistent read of an
+/// absent key, a transaction that commits at a lower index — means the store lost its state
+/// (a dev agent restarted, a cluster rebuilt, a snapshot restored): every lock held and every
+/// watch opened before belongs to a history that is gone. [`Epoch::declare`] then starts a
+/// new *generation*; locks and watches of older generations end (see the crate docs).
+#[derive(Debug)]
+pub(crate) struct Epoch {
+    state: StdMutex<EpochState>,
+    generation: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct EpochState {
+    generation: u64,
+    high: u64,
+    /// The highest index seen before the last loss, and the index that revealed it.
+    lost_from: u64,
+    lost_to: u64,
+}
+
+/// The epoch as it was when a request was sent: what its answer is judged against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    generation: u64,
+    high: u64,
+}
+
+impl Epoch {
+    pub(crate) fn new() -> Epoch {
+        Epoch {
+            state: StdMutex::new(EpochState::default()),
+            generation: watch::channel(0).0,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, EpochState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Taken before sending a request.
+    pub(crate) fn mark(&self) -> Mark {
+        let state = self.state();
+        Mark {
+            generation: state.generation,
+            high: state.high,
+        }
+    }
+
+    /// Records an index carried by the answer to a request sent at `mark`. Answers to
+    /// requests sent in an earlier generation are ignored: they may come from the lost history.
+    pub(crate) fn observe(&self, mark: Mark, index: u64) {
+        let mut state = self.state();
+        if state.generation == mark.generation && index > state.high {
+            state.high = index;
+        }
+    }
+
+    /// Records an exact reading of the store's index (or a fresh commit index), answered to
+    /// a request sent at `mark`: below the highest index seen before it was sent, the server
+    /// lost its state.
+    pub(crate) fn check(&self, mark: Mark, index: u64) {
+        if index > 0 && index < mark.high {
+            self.declare(mark.generation, mark.high, index);
+        } else {
+            self.observe(mark, index);
+        }
+    }
+
+    /// The server lost its state: indexes fell from `from` to `to`. Ends `generation` (once:
+    /// several requests may notice the same loss) and starts the next one at `to`.
+    pub(crate) fn declare(&self, generation: u64, from: u64, to: u64) {
+        let mut state = self.state();
+        if state.generation != generation {
+            return;
+        }
+        state.generation += 1;
+        state.high = to;
+        state.lost_from = from;
+        state.lost_to = to;
+        tracing::warn!(
+            from,
+            to,
+            "the Consul server lost its state (its KV index went backwards): ending this handle's watches and locks"
+        );
+        self.generation.send_replace(state.generation);
+    }
+
+    /// How many losses this handle has noticed (the current generation).
+    pub(crate) fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// A guard for a watch or a held lock, of the current generation.
+    pub(crate) fn guard(self: &Arc<Self>) -> EpochGuard {
+        let rx = self.generation.subscribe();
+        let generation = *rx.borrow();
+        EpochGuard {
+            epoch: self.clone(),
+            rx,
+            generation,
+        }
+    }
+
+    /// The error that ends the watches of a lost generation.
+    pub(crate) fn error(&self) -> Error {
+        let state = *self.state();
+        Error::backend(
+            BACKEND,
+            format!(
+                "the Consul server lost its state: its index went backwards from {} to {} \
+                 (a restarted dev agent, a rebuilt cluster or a restored snapshot); this watch \
+                 belongs to the lost history (watch again), locks held before are lost, and \
+                 fencing tokens start low again",
+                state.lost_from, state.lost_to
+            ),
+        )
+    }
+}
+
+/// One watch's or held lock's tie to the generation it started in.
+#[derive(Debug, Clone)]
+pub(crate) struct EpochGuard {
+    epoch: Arc<Epoch>,
+    rx: watch::Receiver<u64>,
+    generation: u64,
+}
+
+impl EpochGuard {
+    /// The generation this guard belongs to.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True once the server was found to have lost its state since the guard was made.
+    pub(crate) fn is_over(&self) -> bool {
+        *self.rx.borrow() != self.generation
+    }
+
+    /// Completes when the server is found to have lost its state.
+    pub(crate) async fn over(&mut self) {
+        let generation = self.generation;
+        if self.rx.wait_for(|g| *g != generation).await.is_err() {
+            // The epoch is gone with the client: never.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The error to end a watch with.
+    pub(crate) fn error(&self) -> Error {
+        self.epoch.error()
+    }
+}
 
 /// One KV entry as Consul returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -69,6 +237,7 @@ pub(crate) struct Client {
     datacenter: Option<String>,
     pub(crate) request_timeout: Duration,
     pub(crate) watch_wait: Duration,
+    pub(crate) epoch: Arc<Epoch>,
 }
 
 struct Response {
@@ -183,6 +352,7 @@ impl Client {
             datacenter: config.datacenter.clone(),
             request_timeout: config.request_timeout,
             watch_wait: config.watch_wait,
+            epoch: Arc::new(Epoch::new()),
         })
     }
 
@@ -270,6 +440,10 @@ impl Client {
 
     /// Reads one key: the entry (if any) and the `X-Consul-Index`. With `block`, a blocking
     /// query that returns once the key's index passes the given one (or the wait elapses).
+    ///
+    /// The index is the entry's `ModifyIndex` when the key exists, and the KV store's index
+    /// when it does not: a consistent read of an absent key is an exact reading of the
+    /// store's index, checked against the [`Epoch`].
     pub(crate) async fn kv_get(
         &self,
         key: &str,
@@ -287,18 +461,80 @@ impl Client {
             encode_path(key),
             Self::read_query(consistent, block)
         );
+        let mark = self.epoch.mark();
         let response = self
             .send(Method::GET, &path, None, self.read_timeout(block), "get")
             .await?;
         match response.status {
-            StatusCode::NOT_FOUND => Ok((None, response.index)),
+            StatusCode::NOT_FOUND => {
+                if consistent {
+                    self.epoch.check(mark, response.index);
+                } else {
+                    // A stale read may come from a server that lags behind: no verdict.
+                    self.epoch.observe(mark, response.index);
+                }
+                Ok((None, response.index))
+            }
             StatusCode::OK => {
                 let mut entries: Vec<Entry> = parse(&response.body)?;
+                self.observe_entries(mark, response.index, &entries);
                 let entry = entries.drain(..).find(|e| e.key == key);
                 Ok((entry, response.index))
             }
             _ => Err(unexpected(&response)),
         }
+    }
+
+    fn observe_entries(&self, mark: Mark, index: u64, entries: &[Entry]) {
+        let highest = entries.iter().map(|e| e.modify_index).max().unwrap_or(0);
+        self.epoch.observe(mark, index.max(highest));
+    }
+
+    /// After a query's index fell below `seen` (the highest index that query had answered),
+    /// decides whether the server lost its state, and declares it if so (ending `generation`).
+    ///
+    /// * `key` names one key (`is_key`) that Consul reads directly: a key's own index never
+    ///   falls on a healthy store (its `ModifyIndex` only rises while it exists, and when it
+    ///   does not exist the index is the store's, which is at least every `ModifyIndex` it
+    ///   ever had), so a consistent re-read of it below `seen` settles it.
+    /// * Otherwise `key` is a listing's prefix (or a key Consul reads through one): a
+    ///   listing's index *does* fall on a healthy store, when Consul reaps the tombstones of
+    ///   keys deleted under the prefix. The judge is then the store's own index, read exactly
+    ///   as the index of an absent key: `<dir>/__kv`, reserved, never written by this crate.
+    ///   If that key exists (another program wrote it) or cannot be read, the fall is taken as
+    ///   legitimate.
+    pub(crate) async fn confirm_loss(
+        &self,
+        key: &str,
+        is_key: bool,
+        seen: u64,
+        generation: u64,
+    ) -> Result<()> {
+        let direct = is_key && consul_accepts(key);
+        let probe = if direct {
+            key.to_owned()
+        } else {
+            probe_key(key)
+        };
+        if !consul_accepts(&probe) {
+            return Ok(());
+        }
+        let (entry, index) = match self.kv_get(&probe, true, None).await {
+            Ok(read) => read,
+            Err(Error::PermissionDenied { message, .. }) if !direct => {
+                tracing::debug!(probe, message, "cannot read the index probe key");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if !direct && entry.is_some() {
+            tracing::debug!(probe, "the index probe key exists: no verdict");
+            return Ok(());
+        }
+        if index > 0 && index < seen {
+            self.epoch.declare(generation, seen, index);
+        }
+        Ok(())
     }
 
     /// Lists every entry whose key starts with `prefix` (plain string prefix).
@@ -319,12 +555,43 @@ impl Client {
             encode_path(prefix),
             Self::read_query(consistent, block)
         );
+        let mark = self.epoch.mark();
         let response = self
             .send(Method::GET, &path, None, self.read_timeout(block), "list")
             .await?;
+        // A listing's index is the highest index under the prefix, not the store's: never a
+        // verdict on its own (see `confirm_loss`).
         match response.status {
-            StatusCode::NOT_FOUND => Ok((Vec::new(), response.index)),
-            StatusCode::OK => Ok((parse(&response.body)?, response.index)),
+            StatusCode::NOT_FOUND => {
+                self.epoch.observe(mark, response.index);
+                Ok((Vec::new(), response.index))
+            }
+            StatusCode::OK => {
+                let entries: Vec<Entry> = parse(&response.body)?;
+                self.observe_entries(mark, response.index, &entries);
+                Ok((entries, response.index))
+            }
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// The names of every key that starts with `prefix` (plain string prefix), without their
+    /// values: `?keys`, consistent.
+    pub(crate) async fn kv_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        if !consul_accepts(prefix) {
+            let mut keys = Box::pin(self.kv_keys(safe_prefix(prefix))).await?;
+            keys.retain(|k| k.starts_with(prefix));
+            return Ok(keys);
+        }
+        let path = format!("/v1/kv/{}?keys&consistent", encode_path(prefix));
+        let mark = self.epoch.mark();
+        let response = self
+            .send(Method::GET, &path, None, self.request_timeout, "list")
+            .await?;
+        self.epoch.observe(mark, response.index);
+        match response.status {
+            StatusCode::NOT_FOUND => Ok(Vec::new()),
+            StatusCode::OK => parse(&response.body),
             _ => Err(unexpected(&response)),
         }
     }
@@ -340,8 +607,20 @@ impl Client {
     }
 
     /// Runs a `/v1/txn` transaction made of KV operations.
+    ///
+    /// A committed transaction that wrote an entry reports the index it committed at (the
+    /// highest `ModifyIndex` among its results): a fresh Raft index, above every index seen
+    /// before it was sent, or the server lost its state (checked against the [`Epoch`]).
     pub(crate) async fn txn(&self, ops: Vec<Json>, operation: &'static str) -> Result<TxnOutcome> {
         let body = serde_json::to_vec(&ops).map_err(|e| Error::backend(BACKEND, e))?;
+        // Only these verbs report the entry they wrote; checks report the entry as it was.
+        let writes_entry = ops.iter().any(|op| {
+            matches!(
+                op["KV"]["Verb"].as_str(),
+                Some("set" | "cas" | "lock" | "unlock")
+            )
+        });
+        let mark = self.epoch.mark();
         let response = self
             .send(
                 Method::PUT,
@@ -376,15 +655,20 @@ impl Client {
         match response.status {
             StatusCode::OK => {
                 let parsed: TxnResponse = parse(&response.body)?;
-                let index = parsed
+                let committed = parsed
                     .results
                     .unwrap_or_default()
                     .iter()
                     .filter_map(|r| r.kv.as_ref())
                     .map(|e| e.modify_index)
-                    .max()
-                    .unwrap_or(response.index);
-                Ok(TxnOutcome::Committed(index))
+                    .max();
+                // Deletions report nothing (and write transactions carry no X-Consul-Index).
+                match committed {
+                    Some(index) if writes_entry => self.epoch.check(mark, index),
+                    Some(index) => self.epoch.observe(mark, index),
+                    None => {}
+                }
+                Ok(TxnOutcome::Committed(committed.unwrap_or(response.index)))
             }
             StatusCode::CONFLICT => {
                 let parsed: TxnResponse = parse(&response.body)?;
@@ -510,6 +794,14 @@ impl Client {
     }
 }
 
+/// The reserved key whose absence [`Client::confirm_loss`] reads the store's index from, in
+/// the directory of `key` (`key` up to its last `/`): `ns/dir/` and `ns/dir/x` give
+/// `ns/dir/__kv`, `x` gives `__kv`.
+pub(crate) fn probe_key(key: &str) -> String {
+    let dir = key.rfind('/').map_or("", |i| &key[..=i]);
+    format!("{dir}{PROBE_SEGMENT}")
+}
+
 /// A KV operation for `/v1/txn`.
 pub(crate) fn txn_op(verb: &str, key: &str) -> Json {
     json!({ "KV": { "Verb": verb, "Key": key } })
@@ -627,6 +919,18 @@ mod tests {
         assert_eq!(safe_prefix("p/q/pct%20x"), "p/q/");
         assert_eq!(safe_prefix("p/pct%20x/k"), "p/");
         assert_eq!(safe_prefix(" p/k"), "");
+    }
+
+    #[test]
+    fn probes_next_to_the_key_or_in_the_directory() {
+        assert_eq!(probe_key("ns/dir/"), "ns/dir/__kv");
+        assert_eq!(probe_key("ns/dir/x"), "ns/dir/__kv");
+        assert_eq!(probe_key("x"), "__kv");
+        assert_eq!(probe_key(""), "__kv");
+        assert!(
+            kv_core::key::normalize_key("ns/dir/__kv").is_err(),
+            "never a user key"
+        );
     }
 
     #[test]

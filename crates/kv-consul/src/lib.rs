@@ -38,7 +38,9 @@
 //! * A key written with a TTL, and a lock's key, is held (`Session`) by a session of its own,
 //!   named `kv-rs ttl <key>` / `kv-rs lock <key>`, with `Behavior=delete`, `LockDelay=0s` and
 //!   no health checks, so that Consul deletes the key itself when the session ends.
-//! * Nothing else is written: no index keys, no lock queues.
+//! * Nothing else is written: no index keys, no lock queues. (A watch whose index falls may
+//!   *read* the key `<dir>/__kv`, which no valid key can be, to learn the store's index: see
+//!   [below](#when-the-server-loses-its-state).)
 //! * Consul's `/v1/kv` endpoint refuses some keys our key rules allow: a leading or trailing
 //!   space in the whole Consul key, and `%XX` sequences that decode to a space or `..`
 //!   (e.g. `pct%20x`). `/v1/txn` takes them, so they are written as usual; reads and watches
@@ -67,8 +69,10 @@
 //!   such an entry as absent. A write without TTL detaches the session: the key is permanent.
 //! * **watch / watch_tree**: blocking queries (`?index=N&wait=`, `?recurse` on `dir/` for a
 //!   tree); a state is published only when it differs from the last one; a timer at the
-//!   earliest visible TTL deadline publishes the expiry on time; an index going backwards
-//!   resets to 0; errors back off (100 ms … 5 s); dropping the stream aborts the task and its
+//!   earliest visible TTL deadline publishes the expiry on time; an index below the highest
+//!   one the query has answered is checked (a server that lost its state ends the watch with
+//!   an error, see [below](#when-the-server-loses-its-state); otherwise the index is reset to
+//!   0); errors back off (100 ms … 5 s); dropping the stream aborts the task and its
 //!   in-flight request.
 //! * **Locks**: a session with `Behavior=delete` and
 //!   `LockDelay=0s`, acquired with `check-not-exists` + `lock` in one transaction; renewed in the
@@ -78,7 +82,20 @@
 //!   Fencing token = `ModifyIndex` at acquisition.
 //! * **Reads**: `ReadOptions::consistent` (the default) is Consul's `?consistent` mode
 //!   (linearizable); `ReadOptions::stale()` is `?stale` (any server answers).
-//! * **delete_tree** is one transaction: `delete-tree` on `dir/` plus `delete` of `dir`: atomic.
+//! * **delete_tree** deletes exactly what `list(dir)` shows, plus `dir` itself, never a key
+//!   `list` skips (keys other programs wrote that break the key rules: `dir//x`, `dir/x/`,
+//!   `__kv` segments, forbidden characters, over 1024 bytes). It reads the names under `dir/`
+//!   (`?keys`, consistent), then deletes in one `/v1/txn`: a prefix `p/` under which every
+//!   key is listed is one `delete-tree p/` — the whole `dir/` in the common case where
+//!   nothing is hidden, any number of keys —, and next to a hidden key each listed key is one
+//!   `delete` by name (whether `list` shows a key depends on its name only, so no condition
+//!   is needed). Keys past their TTL that Consul has not removed yet (this crate's own
+//!   records) are deleted along, as are held locks' keys (their holders see the lock lost).
+//!   **Atomic** when that takes at most 64 operations (Consul's fixed limit per
+//!   transaction); beyond, several transactions, each atomic, not atomic as a whole. A key
+//!   created while `delete_tree` runs (between its read and its transaction) is deleted if it
+//!   falls under a `delete-tree` prefix — even one `list` would skip, if another program
+//!   writes one just then — and left otherwise.
 //! * **list** is `?recurse` on `dir/` (path-aware), filtered: expired entries, keys that are
 //!   not valid normalised keys (written raw by other clients, e.g. ending in `/`) and keys with
 //!   a reserved `__kv` segment are skipped.
@@ -128,13 +145,69 @@
 //!   (the `ModifyIndex` changed), and its release, which destroys the session, deletes that
 //!   key. Writes through this crate always detach the session first.
 //! * Without a prefix, `list("")`, `watch_tree("")` and `delete_tree("")` span the whole
-//!   Consul KV store (keys that are not valid normalised keys are skipped by the reads, but
-//!   `delete_tree("")` deletes them too).
+//!   Consul KV store (keys that are not valid normalised keys are skipped by all three:
+//!   `delete_tree("")` leaves them).
+//!
+//! ## When the server loses its state
+//!
+//! A Consul server can come back without the state it had: a dev agent (`consul agent -dev`
+//! keeps everything in memory) restarted, a cluster rebuilt from scratch, an older snapshot
+//! restored. Its Raft indexes then start again low (120 → 24): every key, session and lock
+//! of the old history is gone, `last_index` values go backwards, and another client can
+//! acquire a lock that a holder still believes it holds, until that holder notices.
+//!
+//! **Detection.** Each handle keeps the highest index it has seen (`X-Consul-Index`, every
+//! entry's `ModifyIndex`, the index each write commits at). On a healthy cluster the KV
+//! store's index never decreases and bounds all of these, so the handle declares the state
+//! lost when an exact reading of the store's index is below that highest index: a
+//! consistent read of an absent key (Consul answers with the store's index), a write that
+//! commits at a lower index, a watched key whose own index falls, or — when a listing's index
+//! falls, which also happens on a healthy store when Consul reaps the tombstones of deleted
+//! keys — a consistent read of the absent key `<dir>/__kv` (if another program wrote that
+//! key, or it cannot be read, the fall counts as legitimate). Stale reads (`?stale`) never
+//! count: a lagging server may answer them. The first request of the handle that reaches the
+//! new server usually notices: a watch's resynchronising read, a waiting lock's read, any
+//! `get` of an absent key, any write. Indexes are all there is to go by: if the new server's index has
+//! already passed the highest one the handle saw when the handle reaches it (a busy new
+//! cluster, a long outage), nothing reveals the loss, except that the handle's locks find
+//! their sessions and keys gone (their renewal and key watch mark them lost, as always).
+//!
+//! **What happens then**, at once and for the whole handle:
+//!
+//! * every watch and tree watch opened before ends with an `Err` item
+//!   ([`kv_core::Error::Backend`], whose message says that the server lost its state and its
+//!   index went backwards from N to M): a watch never carries on with states of another
+//!   history. Watch again to follow the new one.
+//! * every lock held through the handle is marked lost: its
+//!   [`LockLease::lost`](kv_core::LockLease::lost) completes with `LockState::Lost` (its
+//!   session and key are gone with the old state anyway), and `unlock` reports
+//!   [`LockLost`](kv_core::Error::LockLost).
+//! * [`ConsulStore::state_losses`] counts it. Everything else goes on: reads, writes, new
+//!   watches and new locks work on the new history; locks that were *waiting* go on waiting
+//!   and may be acquired in it.
+//!
+//! **Fencing tokens restart low.** A fencing token is the lock key's `ModifyIndex`, so an
+//! acquisition on the new history gets a token lower than tokens handed out before the
+//! loss (the new agent's index is low), and `last_index` values are not comparable across
+//! the loss either. A resource protected by fencing tokens must treat a store that lost its
+//! state as a **new epoch** (e.g. fence on an epoch number its operator raises, then the
+//! token): comparing tokens across the loss, it refuses every new holder as stale, and if it
+//! simply took the lower tokens, an old holder's higher token would then win. Nothing in
+//! Consul survives such a loss, so no client-side scheme can keep tokens rising for every
+//! client; detection is per handle (a handle created after the loss knows nothing of it),
+//! which is why only this handle's watches and locks are ended. Between the loss and the
+//! moment the old holder notices, two clients can believe they hold the same lock. The holder
+//! notices at the first answer of the new server that reveals the loss: a watch's
+//! resynchronising read (within the watches' 5 s back-off once the server answers again),
+//! any read of an absent key or any write through the handle, or else the lock's own renewal
+//! (every TTL / 3), which finds its session gone. Run Consul servers with persistent data
+//! (not `-dev`) wherever locks matter.
 
 mod client;
 mod config;
 mod lock;
 mod store;
+mod tree;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, TlsConfig};

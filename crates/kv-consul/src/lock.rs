@@ -12,6 +12,9 @@
 //!   answered 404 (session gone) marks the lock lost at once. Beside it, a blocking query on
 //!   the key marks the lock lost as soon as the key is deleted, overwritten or its session
 //!   changes.
+//! * Server state lost: when any request of the handle notices that the server lost its
+//!   state (its KV index went below one seen before; see the crate docs), every lock the
+//!   handle holds is marked lost at once.
 //! * Release: destroy the session. With `Behavior=delete`, Consul deletes the key in the same
 //!   Raft transaction — but only if the key is still held by that session, so a key someone
 //!   else has overwritten meanwhile is left alone.
@@ -155,6 +158,11 @@ impl ConsulLock {
         let ttl = self.ttl;
         let task_notifier = notifier.clone();
         let task_session = session.clone();
+        // Taken right after the acquiring transaction: if that transaction itself revealed a
+        // loss of state (it committed below an index seen before), the lock belongs to the new
+        // history and lives on. A loss noticed by another request in that very instant is
+        // caught by `watch_held` and the renewal, which then find the key and session gone.
+        let mut epoch = self.inner.client.epoch.guard();
         self.inner.tasks.spawn(async move {
             let renew = {
                 let client = inner.client.clone();
@@ -169,6 +177,12 @@ impl ConsulLock {
                 _ = keep_alive(ttl, task_notifier.clone(), renew) => {}
                 _ = watch_held(&inner, &full, &task_session, token, &task_notifier) => {}
                 _ = task_notifier.ended() => {}
+                // The server lost its state: the session and the key are gone with it, and
+                // someone else may hold the lock in the new history already.
+                _ = epoch.over() => {
+                    tracing::warn!(key = full, "the server lost its state: lock lost");
+                    task_notifier.lost();
+                }
             }
         });
         Acquired {

@@ -14,6 +14,7 @@ use kv_core::{
 
 use crate::client::{BACKEND, Client, Cond, Entry, TxnOutcome, txn_cond, txn_op, txn_write};
 use crate::config::Config;
+use crate::tree;
 
 /// Largest value accepted: every write is one `/v1/txn` request, whose whole body (the value
 /// base64-encoded, plus the operations) Consul caps at `txn_max_req_len` = 512 KiB by default.
@@ -340,6 +341,15 @@ impl ConsulStore {
         self.inner.session_ttl_min
     }
 
+    /// How many times this handle found that the server had lost its state (its KV index
+    /// went below one the handle had seen: a restarted dev agent, a rebuilt cluster, a
+    /// restored snapshot). Each time, the watches opened and the locks held before ended (see
+    /// the [crate documentation](crate#when-the-server-loses-its-state)). Per handle: a handle
+    /// created after a loss starts at 0.
+    pub fn state_losses(&self) -> u64 {
+        self.inner.client.epoch.generation()
+    }
+
     fn check_write(
         &self,
         key: &str,
@@ -437,17 +447,41 @@ impl Store for ConsulStore {
     async fn delete_tree(&self, directory: &str) -> Result<()> {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
-        let mut ops = vec![txn_op("delete-tree", &self.inner.full_children(&directory))];
+        // Exactly what `list` shows, plus the directory key: see `crate::tree`.
+        let children = self.inner.full_children(&directory);
+        let keys: Vec<(String, bool)> = self
+            .inner
+            .client
+            .kv_keys(&children)
+            .await?
+            .into_iter()
+            .map(|key| {
+                let shown = self.inner.relative(&key).is_some();
+                (key, shown)
+            })
+            .collect();
+        let mut ops = Vec::new();
         if !directory.is_empty() {
             ops.push(txn_op("delete", &self.inner.full(&directory)));
         }
-        match self.inner.client.txn(ops, "delete_tree").await? {
-            TxnOutcome::Committed(_) => Ok(()),
-            TxnOutcome::RolledBack(op, what) => Err(Error::backend(
-                BACKEND,
-                format!("delete_tree transaction failed at operation {op}: {what}"),
-            )),
+        ops.extend(tree::plan(&children, &keys).iter().map(|d| d.op()));
+        if ops.len() > tree::MAX_TXN_OPS {
+            tracing::debug!(
+                ops = ops.len(),
+                "delete_tree: more operations than one transaction holds, deleting in several"
+            );
         }
+        for chunk in ops.chunks(tree::MAX_TXN_OPS) {
+            if let TxnOutcome::RolledBack(op, what) =
+                self.inner.client.txn(chunk.to_vec(), "delete_tree").await?
+            {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("delete_tree transaction failed at operation {op}: {what}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

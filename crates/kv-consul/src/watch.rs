@@ -5,12 +5,16 @@
 //! (`?index=N&wait=…`). The query returns when the key (or the prefix) changes, or unchanged
 //! after the wait; an unchanged state is not re-published (the `WatchSender` drops equal
 //! states). While a TTL key is visible, a timer armed at its deadline republishes the state
-//! without it, even if Consul deletes it later. An index that goes backwards (a restored
-//! snapshot, a new leader lagging) resets the index to 0 (one non-blocking read). Errors back
-//! off exponentially from 100 ms to 5 s; permission errors end the stream. Dropping the
-//! stream aborts the task, and with it the in-flight HTTP request: hyper sees the response
-//! future dropped and closes the connection (it cannot go back to the pool mid-request). The
-//! agent, though, holds its end until the query's wait is over (see the crate docs).
+//! without it, even if Consul deletes it later. An index that goes below the highest one the
+//! query has answered is judged first (`Client::confirm_loss`): if the server lost its state
+//! (a restarted dev agent, a restored snapshot), the watch ends with an error, as every watch
+//! of the handle does once any of its requests notices the loss; otherwise (tombstones reaped
+//! under a listed prefix, a lagging server answering a stale read) the index is reset to 0
+//! (one non-blocking read). Errors back off exponentially from 100 ms to 5 s; permission
+//! errors end the stream. Dropping the stream aborts the task, and with it the in-flight HTTP
+//! request: hyper sees the response future dropped and closes the connection (it cannot go
+//! back to the pool mid-request). The agent, though, holds its end until the query's wait is
+//! over (see the crate docs).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use std::time::Duration;
 use kv_core::ttl::now_millis;
 use kv_core::{Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
 
-use crate::client::Entry;
+use crate::client::{Entry, EpochGuard};
 use crate::store::{Inner, deadline_of, is_live};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -55,49 +59,103 @@ pub(crate) fn is_terminal(error: &Error) -> bool {
 
 /// The shared loop: `fetch(index)` runs one (blocking) query, `project` turns the raw answer
 /// into the published state plus the deadline at which it must be recomputed.
-async fn run<R, T, F, Fut, P>(
+///
+/// `seen` is the highest index this query has answered. An answer below it (after a
+/// resync, or a blocking query that returned a lower index) is judged by `verify(seen)`
+/// before anything is published: it declares a server that lost its state on the handle's
+/// [`Epoch`](crate::client::Epoch). Whoever notices it, the watch then ends with the
+/// epoch's error instead of publishing states of another history; otherwise (a listing's
+/// tombstones were reaped, a stale read came from a lagging server) the lower index is
+/// taken as it is.
+async fn run<R, T, F, Fut, V, VFut, P>(
     tx: WatchSender<T>,
     mut raw: R,
     mut index: u64,
+    mut guard: EpochGuard,
     mut fetch: F,
+    mut verify: V,
     project: P,
 ) where
     T: Clone + PartialEq + Send + Sync + 'static,
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<(R, u64)>>,
+    V: FnMut(u64) -> VFut,
+    VFut: Future<Output = Result<()>>,
     P: Fn(&R) -> (T, Option<u64>),
 {
     let mut backoff = kv_core::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut seen = index;
     loop {
+        if guard.is_over() {
+            tx.fail(guard.error());
+            return;
+        }
         let (state, deadline) = project(&raw);
         if !tx.send(state) {
             return;
         }
-        tokio::select! {
+        let failure = tokio::select! {
             result = fetch(index) => match result {
                 Ok((new_raw, new_index)) => {
-                    backoff.reset();
-                    raw = new_raw;
-                    index = if new_index < index { 0 } else { new_index };
-                }
-                Err(error) if is_terminal(&error) => {
-                    tx.fail(error);
-                    return;
-                }
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::debug!(%error, ?delay, "Consul watch query failed, retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = tx.closed() => return,
+                    let verified = if new_index < seen {
+                        verify(seen).await
+                    } else {
+                        Ok(())
+                    };
+                    match verified {
+                        Ok(()) => {
+                            backoff.reset();
+                            raw = new_raw;
+                            // After a fall that is not a lost state (if it is, the loop ends
+                            // at the top): re-read plainly, and follow the lower index.
+                            index = if new_index < seen { 0 } else { new_index };
+                            seen = new_index;
+                            None
+                        }
+                        Err(error) => Some(error),
                     }
-                    // Resynchronise with a plain read first.
-                    index = 0;
                 }
+                Err(error) => Some(error),
             },
             // A TTL deadline passed: publish the state without the expired key(s).
-            _ = sleep_until_millis(deadline) => {}
+            _ = sleep_until_millis(deadline) => None,
+            // Another request of this handle found that the server lost its state.
+            _ = guard.over() => None,
             _ = tx.closed() => return,
+        };
+        match failure {
+            None => {}
+            Some(error) if is_terminal(&error) => {
+                tx.fail(error);
+                return;
+            }
+            Some(error) => {
+                let delay = backoff.next_delay();
+                tracing::debug!(%error, ?delay, "Consul watch query failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tx.closed() => return,
+                }
+                // Resynchronise with a plain read first.
+                index = 0;
+            }
+        }
+    }
+}
+
+/// Runs `read` until no loss of state was declared while it ran, and returns its answer with
+/// a guard of the generation it belongs to: a watch's first state never comes from a history
+/// that was found lost meanwhile.
+async fn initial_read<R, F, Fut>(inner: &Inner, mut read: F) -> Result<(R, EpochGuard)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<R>>,
+{
+    loop {
+        let guard = inner.client.epoch.guard();
+        let answer = read().await?;
+        if !guard.is_over() {
+            return Ok((answer, guard));
         }
     }
 }
@@ -110,19 +168,26 @@ pub(crate) async fn watch_key(
     consistent: bool,
 ) -> Result<WatchStream> {
     let full = inner.full(&key);
-    let (entry, index) = inner.client.kv_get(&full, consistent, None).await?;
+    let ((entry, index), guard) =
+        initial_read(&inner, || inner.client.kv_get(&full, consistent, None)).await?;
     let stream = spawn_watch(&inner.tasks.clone(), move |tx| async move {
         let wait = inner.client.watch_wait;
+        let generation = guard.generation();
         let fetch = |index: u64| {
             let client = inner.client.clone();
             let full = full.clone();
             async move { client.kv_get(&full, consistent, Some((index, wait))).await }
         };
+        let verify = |seen: u64| {
+            let client = inner.client.clone();
+            let full = full.clone();
+            async move { client.confirm_loss(&full, true, seen, generation).await }
+        };
         let project = |entry: &Option<Entry>| -> (Option<KvPair>, Option<u64>) {
             let pair = entry.as_ref().and_then(|e| inner.pair(e));
             (pair, next_deadline(entry.iter()))
         };
-        run(tx, entry, index, fetch, project).await;
+        run(tx, entry, index, guard, fetch, verify, project).await;
     });
     Ok(stream)
 }
@@ -134,9 +199,11 @@ pub(crate) async fn watch_tree(
     prefix: String,
     consistent: bool,
 ) -> Result<WatchTreeStream> {
-    let (entries, index) = inner.client.kv_list(&prefix, consistent, None).await?;
+    let ((entries, index), guard) =
+        initial_read(&inner, || inner.client.kv_list(&prefix, consistent, None)).await?;
     let stream = spawn_watch(&inner.tasks.clone(), move |tx| async move {
         let wait = inner.client.watch_wait;
+        let generation = guard.generation();
         let fetch = |index: u64| {
             let client = inner.client.clone();
             let prefix = prefix.clone();
@@ -145,6 +212,11 @@ pub(crate) async fn watch_tree(
                     .kv_list(&prefix, consistent, Some((index, wait)))
                     .await
             }
+        };
+        let verify = |seen: u64| {
+            let client = inner.client.clone();
+            let prefix = prefix.clone();
+            async move { client.confirm_loss(&prefix, false, seen, generation).await }
         };
         let project = |entries: &Vec<Entry>| -> (Vec<KvPair>, Option<u64>) {
             let snapshot = inner.snapshot(&directory, entries);
@@ -155,7 +227,7 @@ pub(crate) async fn watch_tree(
             });
             (snapshot, next_deadline(relevant))
         };
-        run(tx, entries, index, fetch, project).await;
+        run(tx, entries, index, guard, fetch, verify, project).await;
     });
     Ok(stream)
 }
@@ -168,6 +240,8 @@ mod tests {
     use futures::StreamExt;
     use kv_core::TaskSet;
     use tokio::time::Instant;
+
+    use crate::client::Epoch;
 
     /// The loop's index bookkeeping and back-off, driven by scripted answers.
     #[tokio::test]
@@ -187,13 +261,25 @@ mod tests {
             }),
         ]));
         let recorded = calls.clone();
+        let verified: StdArc<Mutex<Vec<u64>>> = StdArc::default();
+        let verifications = verified.clone();
+        let epoch = StdArc::new(Epoch::new());
+        let guard = epoch.guard();
         let mut stream = kv_core::spawn_watch(&tasks, move |tx| async move {
             let fetch = move |index: u64| {
                 recorded.lock().unwrap().push((index, Instant::now()));
                 let next = script.lock().unwrap().remove(0);
                 async move { next }
             };
-            run(tx, 1u32, 7, fetch, |state: &u32| (*state, None)).await;
+            // The store is healthy: the lower index is legitimate.
+            let verify = move |seen: u64| {
+                verifications.lock().unwrap().push(seen);
+                async { Ok(()) }
+            };
+            run(tx, 1u32, 7, guard, fetch, verify, |state: &u32| {
+                (*state, None)
+            })
+            .await;
         });
         let mut items = Vec::new();
         while let Some(item) = stream.next().await {
@@ -227,6 +313,82 @@ mod tests {
             "back-off after an error"
         );
         assert!(gap(3, 4) >= Duration::from_millis(200), "doubled");
+        // Only the fall from 10 to 5 was judged; 12 after 5 is a rise again.
+        assert_eq!(*verified.lock().unwrap(), [10]);
+        assert_eq!(epoch.generation(), 0);
+        assert_eq!(tasks.running(), 0);
+    }
+
+    /// A lower index that turns out to be a lost server state ends the watch with the
+    /// epoch's error, without publishing the state of the other history; so does a loss
+    /// noticed by another request of the handle while the watch waits.
+    #[tokio::test]
+    async fn a_lost_server_state_ends_the_watch() {
+        let tasks = TaskSet::new();
+        let epoch = StdArc::new(Epoch::new());
+        let guard = epoch.guard();
+        let judge = epoch.clone();
+        let mut stream = kv_core::spawn_watch(&tasks, move |tx| async move {
+            let script = StdArc::new(Mutex::new(vec![Ok((2u32, 120u64)), Ok((99, 24))]));
+            let fetch = move |_index: u64| {
+                let next = script.lock().unwrap().remove(0);
+                async move { next }
+            };
+            let verify = move |seen: u64| {
+                judge.declare(0, seen, 24);
+                async { Ok(()) }
+            };
+            run(tx, 1u32, 100, guard, fetch, verify, |state: &u32| {
+                (*state, None)
+            })
+            .await;
+        });
+        let mut items = Vec::new();
+        while let Some(item) = stream.next().await {
+            items.push(item);
+        }
+        let values: Vec<u32> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok().copied())
+            .collect();
+        assert!(
+            !values.contains(&99),
+            "published a state of the lost history: {values:?}"
+        );
+        let error = items.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(error.contains("lost its state"), "{error}");
+        assert!(error.contains("from 120 to 24"), "{error}");
+        assert_eq!(epoch.generation(), 1);
+
+        // Noticed elsewhere while this watch waits in a blocking query.
+        let guard = epoch.guard();
+        let mut stream = kv_core::spawn_watch(&tasks, move |tx| async move {
+            let fetch = |_index: u64| std::future::pending::<Result<(u32, u64)>>();
+            let verify = |_seen: u64| async { Ok(()) };
+            run(tx, 1u32, 30, guard, fetch, verify, |state: &u32| {
+                (*state, None)
+            })
+            .await;
+        });
+        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+        // A stale answer does not count, an exact one below the highest index does.
+        let mark = epoch.mark();
+        epoch.observe(mark, 40);
+        epoch.check(epoch.mark(), 45);
+        assert_eq!(epoch.generation(), 1);
+        epoch.check(epoch.mark(), 3);
+        let item = tokio::time::timeout(Duration::from_secs(1), stream.next())
+            .await
+            .expect("the watch ends at once");
+        let error = item.unwrap().unwrap_err().to_string();
+        assert!(error.contains("from 45 to 3"), "{error}");
+        assert_eq!(epoch.generation(), 2);
+        // An answer to a request sent before the loss neither raises the new floor nor
+        // declares another loss.
+        epoch.check(mark, 1);
+        epoch.observe(mark, 1000);
+        epoch.check(epoch.mark(), 5);
+        assert_eq!(epoch.generation(), 2);
         assert_eq!(tasks.running(), 0);
     }
 }

@@ -101,6 +101,52 @@ impl Raw {
         r.json::<bool>().await.unwrap()
     }
 
+    /// Writes keys through `/v1/txn`, which takes any key (`/v1/kv` redirects `a//b`), 64
+    /// per transaction, with the value `foreign`.
+    async fn set_raw(&self, keys: &[String]) {
+        for chunk in keys.chunks(64) {
+            let ops: Vec<Json> = chunk
+                .iter()
+                .map(|k| serde_json::json!({ "KV": { "Verb": "set", "Key": k, "Value": "Zm9yZWlnbg==" } }))
+                .collect();
+            let r = self
+                .http
+                .put(format!("{}/v1/txn", self.base))
+                .json(&ops)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    }
+
+    /// Every stored key that starts with `prefix`, sorted.
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let r = self
+            .http
+            .get(format!("{}/v1/kv/{}?keys", self.base, encode(prefix)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return Vec::new();
+        }
+        let mut keys: Vec<String> = r.json().await.unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// Deletes every key that starts with `prefix`.
+    async fn delete_prefix(&self, prefix: &str) {
+        let r = self
+            .http
+            .delete(format!("{}/v1/kv/{}?recurse", self.base, encode(prefix)))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
     async fn session(&self, id: &str) -> Option<Json> {
         let r = self
             .http
@@ -175,8 +221,14 @@ async fn values_are_plain_bytes_under_plain_keys() {
             .unwrap()
             .is_empty()
     );
+    // It leaves the keys `list` does not show.
+    assert_eq!(
+        raw.keys(&format!("{p}/")).await,
+        [format!("{p}/dir/"), format!("{p}/dir/__kvinternal")]
+    );
     Store::close(&store).await.unwrap();
     Store::close(&other).await.unwrap();
+    raw.delete_prefix(&format!("{p}/")).await;
     reqwest::Client::new()
         .delete(format!("{}/v1/kv/{p}-sibling", address()))
         .send()
@@ -625,6 +677,170 @@ async fn delete_tree_is_one_transaction() {
     assert_eq!(after, vec!["dx"], "one snapshot: every key went at once");
     store.delete_tree("").await.unwrap();
     Store::close(&store).await.unwrap();
+}
+
+/// `delete_tree(dir)` deletes exactly what `list(dir)` shows, plus `dir`: keys that other
+/// programs wrote under it and that break the key rules (`list` skips them) stay, next to
+/// valid keys, TTL keys and a held lock's key, which go; in one transaction, since the keys
+/// fit in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_deletes_what_list_shows_and_leaves_what_it_hides() {
+    let p = unique("tree-foreign");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    for k in ["d", "d/a", "d/a/b", "d/a/b/c", "d/c/d", "d/z", "dx", "d!"] {
+        store
+            .put(k, "v".into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    store
+        .put(
+            "d/ttl",
+            "t".into(),
+            WriteOptions::with_ttl(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let mut lock = store
+        .new_lock(
+            "d/lock",
+            LockOptions::default().ttl(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    let foreign: Vec<String> = [
+        "d/",
+        "d//x",
+        "d/a/",
+        "d/a//b",
+        "d/__kvforeign",
+        "d/c/__kv",
+        "d/a/b/__kvlock/1",
+        "d/./x",
+        "d/tab\tkey",
+        "d/nbsp\u{a0}key",
+    ]
+    .iter()
+    .map(|k| format!("{p}/{k}"))
+    .chain([format!("{p}/d/{}", "x".repeat(1100))])
+    .collect();
+    raw.set_raw(&foreign).await;
+    // Raw keys that are valid are ordinary keys: listed, and deleted.
+    raw.set_raw(&[format!("{p}/d/raw/valid")]).await;
+    let listed: Vec<String> = store
+        .list("d", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "d/a",
+            "d/a/b",
+            "d/a/b/c",
+            "d/c/d",
+            "d/lock",
+            "d/raw/valid",
+            "d/ttl",
+            "d/z"
+        ]
+    );
+
+    let mut tree = store.watch_tree("", ReadOptions::default()).await.unwrap();
+    assert_eq!(tree.next().await.unwrap().unwrap().len(), 11);
+    store.delete_tree("d").await.unwrap();
+    let after: Vec<String> = tree
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(
+        after,
+        ["d!", "dx"],
+        "one snapshot: every listed key went at once"
+    );
+    assert!(
+        store
+            .list("d", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.get("d", ReadOptions::default()).await.unwrap(), None);
+    let state = tokio::time::timeout(Duration::from_secs(5), lease.lost())
+        .await
+        .expect("the lock's key was deleted: lost");
+    assert_eq!(state, LockState::Lost);
+    // What is left is exactly the foreign keys, untouched, and the siblings.
+    let mut expected = foreign.clone();
+    expected.extend([format!("{p}/d!"), format!("{p}/dx")]);
+    expected.sort();
+    assert_eq!(raw.keys(&format!("{p}/")).await, expected);
+    assert_eq!(raw.get_raw(&format!("{p}/d/")).await.unwrap(), "foreign");
+    assert_eq!(
+        raw.get_raw(&format!("{p}/d/__kvforeign")).await.unwrap(),
+        "foreign"
+    );
+
+    // The whole namespace: the same.
+    store.delete_tree("").await.unwrap();
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut foreign_sorted = foreign.clone();
+    foreign_sorted.sort();
+    assert_eq!(raw.keys(&format!("{p}/")).await, foreign_sorted);
+    assert_eq!(store.state_losses(), 0);
+    drop(tree);
+    drop(lock);
+    Store::close(&store).await.unwrap();
+    raw.delete_prefix(&format!("{p}/")).await;
+}
+
+/// More deletions than one transaction holds (Consul's limit is 64 operations): 70 keys,
+/// each next to a hidden key, take 71 deletions by name, sent in two transactions.
+#[tokio::test]
+async fn delete_tree_beyond_one_transaction_still_leaves_hidden_keys() {
+    const NODES: usize = 70;
+    let p = unique("tree-foreign-large");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let valid: Vec<String> = (0..NODES).map(|i| format!("{p}/m/{i:02}/k")).collect();
+    let hidden: Vec<String> = (0..NODES).map(|i| format!("{p}/m/{i:02}//h")).collect();
+    raw.set_raw(&valid).await;
+    raw.set_raw(&hidden).await;
+    store
+        .put("m", "dir".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list("m", ReadOptions::default()).await.unwrap().len(),
+        NODES
+    );
+    store.delete_tree("m").await.unwrap();
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut hidden = hidden;
+    hidden.sort();
+    assert_eq!(raw.keys(&format!("{p}/")).await, hidden);
+    Store::close(&store).await.unwrap();
+    raw.delete_prefix(&format!("{p}/")).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Failure modes that need a server this test may stop: a private Consul dev agent (the binary
 //! `scripts/servers install consul` builds) on free ports, killed and restarted under a watch,
-//! a waiting lock and a held lock.
+//! a waiting lock and a held lock. A dev agent keeps its state in memory: restarted, it comes
+//! back empty, its indexes starting again near 0 — a server that lost its state.
 
 use std::time::{Duration, Instant};
 
@@ -142,17 +143,20 @@ async fn watches_and_locks_survive_or_report_a_server_restart() {
         after.last_index < before.last_index,
         "the new agent's index went backwards"
     );
-    let seen = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match watch.next().await {
-                Some(Ok(Some(pair))) if pair.value == "after" => return pair,
-                Some(Ok(_)) => continue,
-                other => panic!("watch ended: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the watch caught up with the new agent");
+    // The new agent has none of the old state: the watch does not carry on with another
+    // history, it ends with an error saying so.
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch ends once the handle notices the lost state");
+    match ended {
+        Some(Err(error)) => assert!(error.to_string().contains("lost its state"), "{error}"),
+        other => panic!("the watch went on: {other:?}"),
+    }
+    assert!(watch.next().await.is_none(), "the error is the last item");
+    // A new watch follows the new agent.
+    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
+    let seen = watch.next().await.unwrap().unwrap().unwrap();
+    assert_eq!(seen.value, "after");
     assert_eq!(seen.last_index, after.last_index);
 
     // The waiter acquires on the new agent (the blocker's key is gone with the old state).
@@ -170,5 +174,147 @@ async fn watches_and_locks_survive_or_report_a_server_restart() {
     Store::close(&writer).await.unwrap();
     assert_eq!(store.background_tasks(), 0);
     assert_eq!(other.background_tasks(), 0);
+    drop(agent);
+}
+
+/// A server that lost its state (a dev agent restarted: in-memory, it comes back empty and its
+/// indexes start again near 0) is noticed, not papered over: handle A holds a lock and
+/// watches a key, handle C watches a tree; after the restart both watches end with an error
+/// and A's lock is lost within 10 s — through the loss being noticed, not through the lock's
+/// own checks: its TTL (60 s) and the blocking query on its key (`watch_wait` 30 s) are far
+/// longer. Then B takes the lock, with a fencing token lower than A's (tokens start low
+/// again: documented), and A goes on working in the new history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_state_ends_watches_and_locks() {
+    let http = free_port();
+    let agent = Agent::start(temp_dir("state-loss"), http, "").await;
+    let config = Config::builder()
+        .endpoint(format!("http://127.0.0.1:{http}"))
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .watch_wait(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let a = ConsulStore::connect(config.clone()).await.unwrap();
+    let b = ConsulStore::connect(config.clone()).await.unwrap();
+    let c = ConsulStore::connect(config).await.unwrap();
+
+    // Raise the index well above what the fresh agent will reach.
+    for i in 0..30 {
+        a.put("filler", format!("{i}").into(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut lock = a
+        .new_lock("lock", LockOptions::default().ttl(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    a.put("watched", "before".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut watch = a.watch("watched", ReadOptions::default()).await.unwrap();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().unwrap().value,
+        "before"
+    );
+    c.put("dir/x", "before".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut tree = c.watch_tree("dir", ReadOptions::default()).await.unwrap();
+    assert_eq!(tree.next().await.unwrap().unwrap().len(), 1);
+    assert!(
+        b.get("lock", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_some(),
+        "B sees A's lock"
+    );
+    assert_eq!(a.state_losses(), 0);
+
+    let (dir, http) = agent.stop();
+    let agent = Agent::start(dir, http, "").await;
+    let restarted = Instant::now();
+
+    // A's watch ends with an error, never with a state of the new history.
+    let item = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("A's watch reports the lost state within 10 s");
+    match item {
+        Some(Err(error)) => {
+            let message = error.to_string();
+            assert!(message.contains("lost its state"), "{message}");
+            assert!(message.contains("went backwards"), "{message}");
+        }
+        other => panic!("A's watch went on with the new agent's state: {other:?}"),
+    }
+    assert!(watch.next().await.is_none(), "the error is the last item");
+    // A's lock is lost.
+    let state = tokio::time::timeout(
+        Duration::from_secs(10).saturating_sub(restarted.elapsed()),
+        lease.lost(),
+    )
+    .await
+    .expect("A's lease reports the loss within 10 s");
+    assert_eq!(state, LockState::Lost);
+    // C's tree watch too (a listing's index may fall on a healthy store, when tombstones are
+    // reaped: C checks the store's own index before concluding).
+    let item = tokio::time::timeout(Duration::from_secs(10), tree.next())
+        .await
+        .expect("C's tree watch reports the lost state within 10 s");
+    match item {
+        Some(Err(error)) => assert!(error.to_string().contains("lost its state"), "{error}"),
+        other => panic!("C's tree watch went on with the new agent's state: {other:?}"),
+    }
+    eprintln!(
+        "watches ended and lock lost {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(a.state_losses(), 1);
+    assert_eq!(c.state_losses(), 1);
+    assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+
+    // B takes the lock; its fencing token is lower than A's was.
+    let mut lock_b = b
+        .new_lock("lock", LockOptions::default().ttl(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let lease_b = tokio::time::timeout(Duration::from_secs(10), lock_b.lock())
+        .await
+        .expect("B takes the lock")
+        .unwrap();
+    assert!(
+        lease_b.fencing_token() < lease.fencing_token(),
+        "{} after {}: fencing tokens start low again after a lost state",
+        lease_b.fencing_token(),
+        lease.fencing_token()
+    );
+    assert!(lease_b.is_held());
+
+    // A works on in the new history: a new watch follows it, and locks can be taken again.
+    let mut watch = a.watch("watched", ReadOptions::default()).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), None);
+    a.put("watched", "after".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the new watch follows the new agent");
+    assert_eq!(item.unwrap().unwrap().unwrap().value, "after");
+    lock_b.unlock().await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(10), lock.lock())
+        .await
+        .expect("A takes the lock again")
+        .unwrap();
+    assert!(lease.is_held());
+    assert_eq!(a.state_losses(), 1, "one loss, noticed once");
+    lock.unlock().await.unwrap();
+
+    drop(watch);
+    drop(tree);
+    for store in [&a, &b, &c] {
+        Store::close(store).await.unwrap();
+        assert_eq!(store.background_tasks(), 0);
+    }
     drop(agent);
 }
