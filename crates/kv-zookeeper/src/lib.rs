@@ -39,6 +39,7 @@
 //! | `/kv/a/b/__kv` | persistent, or persistent-with-TTL | the *marker*: present ⇔ `a/b` is a written key; data = the TTL in milliseconds as ASCII decimal, empty for a permanent key |
 //! | `/kv/a/b/__kv/__kvowner-<session>-<n>` | ephemeral | only while `a/b` is held as a lock: the holding acquisition's *owner node*, empty (see Locks) |
 //! | `/kv/__kvlocks/a/b/__kvlock-0000000007` | ephemeral sequential | a lock waiter's ticket (see Locks) |
+//! | `/kv/__kvclock-<session>` | ephemeral | never visible: created, written and deleted in one transaction to sample the server's clock (see TTL) |
 //!
 //! * **Why a marker.** ZooKeeper keeps parents as real nodes, but the contract lists only keys
 //!   that were written, and a key may be both a value and a parent. A node is a key exactly
@@ -76,10 +77,33 @@
 //!   TTL, because the server hides a node's TTL from clients (`ephemeralOwner` reads 0). The
 //!   server deletes it lazily, once unmodified for the TTL and only every
 //!   `znode.container.checkIntervalMs` (60 s by default), so every reader (get, list, CAS,
-//!   watches, locks) treats a key as gone once `marker.mtime + ttl <= now`. `mtime` is the
-//!   server's clock and `now` the client's: the two are assumed to agree (NTP); a client
-//!   whose clock is ahead sees keys expire early by the skew, one behind sees them late.
+//!   watches, locks) treats a key as gone once `marker.mtime + ttl <= now on the server`.
 //!   A write without TTL re-creates the marker as a persistent node: the key is permanent again.
+//! * **Expiry is judged on the server's clock, not the client's.** `mtime` is stamped by the
+//!   ZooKeeper leader (its wall clock when it proposed the write), so a deadline is a time on
+//!   the server's clock; comparing it with the client's wall clock would let a client whose
+//!   clock runs ahead take over live locks and hide live keys, and one behind see expired keys.
+//!   Each handle therefore estimates the server's clock from its own writes: every write's
+//!   answer carries the `mtime` the server stamped at some instant within the round trip, so
+//!   the server's clock read `mtime` at the middle of the round trip (measured on the local
+//!   *monotonic* clock), within half the round trip plus 1 ms (mtime has millisecond
+//!   resolution). "Now on the server" = that `mtime` + the monotonic time elapsed since. The
+//!   samples come from every write and lock renewal of the handle, and from a probe (one
+//!   transaction that creates, writes and deletes the ephemeral node
+//!   `/<ns>/__kvclock-<session>`: nothing is left behind) sent at connect and, lazily, before
+//!   any decision (get, list, CAS, delete, watch read, lock wait) when the newest sample is
+//!   older than 30 s. Of the last 8 samples, the one with the smallest error bound now (half
+//!   its round trip + 1 ms + 500 ppm of drift per second of age) is used. Readers (get, list,
+//!   watch timers, CAS and delete) go by that estimate; a lock waiter takes over an expired
+//!   lock only once the deadline has passed by the estimate *plus* its error bound, so it never
+//!   starts while the holder may still hold it. A holder's own checks (a whole TTL without a
+//!   successful renewal = lost) use only its monotonic clock. The local wall clock is not used
+//!   at all, so neither a skewed nor a stepped client clock matters. Remaining assumptions:
+//!   the ensemble's leader keeps a sane clock (a leader change to a server whose clock differs
+//!   moves every deadline by that difference until the next sample, ≤ 30 s later), and the
+//!   estimate is off by at most half a round trip + 1 ms (+ drift). If the server's clock was
+//!   never sampled (every probe failed, e.g. no write permission on the namespace root), the
+//!   handle falls back to its local wall clock and logs a warning.
 //! * **list / watch_tree**: a breadth-first walk, one multi-read per level (32 nodes per
 //!   request, each with its data, its children and its marker), keeping nodes with a live
 //!   marker; sorted by key. The namespace's `__kv…` directories are skipped.
@@ -161,7 +185,7 @@
 //! | `max_key_len` | 1024 bytes | kv-core's maximum; ZooKeeper bounds paths only by `jute.maxbuffer` |
 //! | `min_ttl` | 1 s | |
 //! | `max_ttl` | 365 days | ZooKeeper's TTL limit is 2^40 − 1 ms (≈ 34 years) |
-//! | `ttl_precision` | 500 ms | readers filter on the server's `mtime`, exact to the millisecond when clocks agree |
+//! | `ttl_precision` | 500 ms | readers filter on the server's `mtime` against their estimate of the server's clock, exact to half a round trip + 1 ms (see TTL); the rest covers watch timers on a loaded machine and round trips up to several hundred ms |
 //!
 //! ## Deviations
 //!
@@ -177,7 +201,8 @@
 //! * A lock *waiter* whose process hangs keeps its ticket until its session expires
 //!   ([`Config::session_timeout`]), delaying the waiters queued behind it by that much; a
 //!   *holder* that hangs loses the lock after the lock's TTL, as the contract says.
-//! * TTL expiry assumes client and server clocks agree.
+//! * TTL expiry is judged on the ZooKeeper leader's clock, estimated by each client to within
+//!   half a round trip + 1 ms; client clocks do not matter (see TTL).
 //! * TLS ([`TlsConfig`], `zookeeper+tls://…?ca_file=…&cert_file=…&key_file=…`) works: it was
 //!   checked by hand against ZooKeeper 3.8's Netty `secureClientPort` with
 //!   `ssl.clientAuth=need` (mutual TLS); a missing client certificate or a wrong CA is
@@ -187,6 +212,7 @@
 //!   ([`Credentials`]) are tested: nodes get `CREATOR_ALL_ACL`, another identity is
 //!   [`kv_core::Error::PermissionDenied`].
 
+mod clock;
 mod config;
 mod lock;
 mod store;

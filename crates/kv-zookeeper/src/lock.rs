@@ -185,12 +185,14 @@ impl ZkLock {
                 Err(Error::KeyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
-            // Someone holds the key (another lock, or a plain put): wait until it goes.
+            // Someone holds the key (another lock, or a plain put): wait until it goes. Its
+            // deadline is on the server's clock, and must have passed even at the low end of
+            // this handle's estimate of it (see `clock.rs`).
             let state = inner.read_key(client, &self.key).await?;
-            if !state.visible() {
+            if !state.blocks_lock() {
                 continue;
             }
-            let deadline = state.deadline();
+            let deadline = state.lock_deadline();
             let marker = inner.marker_path(&self.key);
             let (stat, watcher) = inner
                 .request("lock", client.check_and_watch_stat(&marker))
@@ -202,8 +204,7 @@ impl ZkLock {
                 if deadline == 0 {
                     std::future::pending::<()>().await;
                 }
-                let wait = deadline.saturating_sub(kv_core::ttl::now_millis()) + 1;
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                tokio::time::sleep(inner.clock.now().until(deadline, true)).await;
             };
             tokio::select! {
                 _ = watcher.changed() => {}
@@ -358,8 +359,15 @@ impl Held {
         build.map_err(|e| Error::backend(BACKEND, e))?;
         let started = tokio::time::Instant::now();
         match inner.timed("renew", writer.commit()).await? {
-            Ok(_) => {
+            Ok(results) => {
                 *self.renewed_at.lock().unwrap_or_else(|e| e.into_inner()) = started;
+                // The answer carries the server's clock: a free sample.
+                if let Some(stat) = results.into_iter().find_map(|r| match r {
+                    zk::MultiWriteResult::SetData { stat } => Some(stat),
+                    _ => None,
+                }) {
+                    inner.clock.record_write(started, stat.mtime);
+                }
                 Ok(true)
             }
             // The owner node is gone: the key was deleted or overwritten (a takeover after

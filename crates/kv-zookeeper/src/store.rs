@@ -14,6 +14,7 @@ use kv_core::{
 };
 use zookeeper_client as zk;
 
+use crate::clock::{ServerClock, ServerTime};
 use crate::config::Config;
 
 /// The backend name used in capabilities and errors.
@@ -24,6 +25,9 @@ pub(crate) const MARKER: &str = "__kv";
 pub(crate) const OWNER_PREFIX: &str = "__kvowner-";
 /// Name of the directory (below the namespace root) that holds lock queues.
 pub(crate) const LOCKS_DIR: &str = "__kvlocks";
+/// Name prefix (below the namespace root) of the node a session's clock probe creates and
+/// deletes in one transaction (see `clock.rs`).
+pub(crate) const CLOCK_PREFIX: &str = "__kvclock-";
 /// How often a write retries after losing a race against another writer or the container
 /// sweeper before giving up.
 const MAX_ATTEMPTS: usize = 64;
@@ -52,6 +56,8 @@ pub(crate) struct Inner {
     rebuild: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     acl: zk::Acls<'static>,
+    /// The estimate of the server's clock that every TTL deadline is judged on.
+    pub(crate) clock: ServerClock,
 }
 
 /// A key's node and marker as read in one multi-read.
@@ -61,6 +67,8 @@ pub(crate) struct KeyState {
     pub(crate) node: Option<(Vec<u8>, zk::Stat)>,
     /// The marker znode.
     pub(crate) marker: Option<Marker>,
+    /// The server's clock when the read was answered: expiry is judged on it.
+    pub(crate) now: ServerTime,
 }
 
 /// A key's marker: its stat and the TTL its data records.
@@ -107,13 +115,25 @@ pub(crate) fn marker_data(ttl: Option<Duration>) -> Vec<u8> {
 }
 
 impl KeyState {
-    /// True when the key is written and not expired.
+    /// True when the key is written and not expired (by the best estimate of the server's
+    /// clock).
     pub(crate) fn visible(&self) -> bool {
         self.node.is_some()
             && self
                 .marker
                 .as_ref()
-                .is_some_and(|m| !kv_core::ttl::is_expired(m.deadline()))
+                .is_some_and(|m| !self.now.expired(m.deadline()))
+    }
+
+    /// True when the key is written and not *surely* expired: a lock waiter does not take
+    /// the key over before its deadline has passed even if the server's clock is at the low
+    /// end of the estimate.
+    pub(crate) fn blocks_lock(&self) -> bool {
+        self.node.is_some()
+            && self
+                .marker
+                .as_ref()
+                .is_some_and(|m| !self.now.surely_expired(m.deadline()))
     }
 
     /// The visible pair, if any.
@@ -129,10 +149,18 @@ impl KeyState {
         ))
     }
 
-    /// The deadline (Unix ms, 0 = none) of a visible key.
+    /// The deadline (Unix ms on the server's clock, 0 = none) of a visible key.
     pub(crate) fn deadline(&self) -> u64 {
         match &self.marker {
             Some(m) if self.visible() => m.deadline(),
+            _ => 0,
+        }
+    }
+
+    /// The deadline (server's clock, 0 = none) of a key that [blocks a lock](Self::blocks_lock).
+    pub(crate) fn lock_deadline(&self) -> u64 {
+        match &self.marker {
+            Some(m) if self.blocks_lock() => m.deadline(),
             _ => 0,
         }
     }
@@ -339,7 +367,9 @@ impl Inner {
             reader.add_get_children(&marker)
         })();
         build.map_err(|e| Error::backend(BACKEND, e))?;
+        self.refresh_clock(client).await;
         let results = self.request("get", reader.commit()).await?;
+        let now = self.clock.now();
         let mut results = results.into_iter();
         let node = match results.next() {
             Some(zk::MultiReadResult::Data { data, stat }) => Some((data, stat)),
@@ -375,7 +405,60 @@ impl Inner {
             }
             _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
         }
-        Ok(KeyState { node, marker })
+        Ok(KeyState { node, marker, now })
+    }
+
+    /// The path of the session's clock probe node.
+    fn clock_path(&self, client: &zk::Client) -> String {
+        format!(
+            "{}/{CLOCK_PREFIX}{:016x}",
+            self.root,
+            client.session_id().0 as u64
+        )
+    }
+
+    /// Takes a sample of the server's clock: one transaction that creates the session's
+    /// ephemeral probe node `/<ns>/__kvclock-<session>`, sets its data and deletes it again
+    /// (nothing is left behind), whose `setData` answer carries the `mtime` the server
+    /// stamped on the transaction. (The stat of a `create` in a multi-op is not reliable on
+    /// every server version: ZOOKEEPER-4026.)
+    pub(crate) async fn probe_clock(&self, client: &zk::Client) -> Result<()> {
+        let path = self.clock_path(client);
+        let mut writer = client.new_multi_writer();
+        let build = (|| {
+            writer.add_create(&path, &[], &self.options(zk::CreateMode::Ephemeral))?;
+            writer.add_set_data(&path, &[], None)?;
+            writer.add_delete(&path, None)
+        })();
+        build.map_err(|e| Error::backend(BACKEND, e))?;
+        let sent = tokio::time::Instant::now();
+        let results = self.request("clock", writer.commit()).await?;
+        let stat = results
+            .into_iter()
+            .find_map(|r| match r {
+                zk::MultiWriteResult::SetData { stat } => Some(stat),
+                _ => None,
+            })
+            .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"))?;
+        self.clock.record_write(sent, stat.mtime);
+        Ok(())
+    }
+
+    /// Before a decision that depends on the server's clock: takes a new sample if the
+    /// newest is older than [`crate::clock::REFRESH`]. A failed probe is logged, not fatal:
+    /// the decision then uses the samples there are (or the local clock if there are none).
+    pub(crate) async fn refresh_clock(&self, client: &zk::Client) {
+        if !self.clock.needs_probe() {
+            return;
+        }
+        let _probing = self.clock.probing.lock().await;
+        if !self.clock.needs_probe() {
+            return;
+        }
+        self.clock.attempting();
+        if let Err(error) = self.probe_clock(client).await {
+            tracing::warn!(%error, "could not sample the ZooKeeper server's clock");
+        }
     }
 
     /// `sync` before a read when the caller wants a linearizable read (so that a follower has
@@ -427,7 +510,13 @@ impl Inner {
             let state = self.read_key(client, key).await?;
             match expect {
                 Expect::Any => {}
-                Expect::Absent if state.visible() => {
+                // A lock takes over an expired key only once it has surely expired.
+                Expect::Absent if owner.is_some() && state.blocks_lock() => {
+                    return Err(Error::KeyExists {
+                        key: key.to_owned(),
+                    });
+                }
+                Expect::Absent if owner.is_none() && state.visible() => {
                     return Err(Error::KeyExists {
                         key: key.to_owned(),
                     });
@@ -472,13 +561,18 @@ impl Inner {
             let sent_at = tokio::time::Instant::now();
             match self.timed("put", writer.commit()).await? {
                 Ok(results) => {
-                    return results
+                    let (stat, sent_at) = results
                         .into_iter()
                         .find_map(|r| match r {
                             zk::MultiWriteResult::SetData { stat } => Some((stat, sent_at)),
                             _ => None,
                         })
-                        .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"));
+                        .ok_or_else(|| {
+                            Error::backend(BACKEND, "multi response without set_data")
+                        })?;
+                    // The answer carries the server's clock for free.
+                    self.clock.record_write(sent_at, stat.mtime);
+                    return Ok((stat, sent_at));
                 }
                 Err(zk::Error::NoNode) if state.node.is_none() => {
                     self.ensure_parents(client, &node).await?;
@@ -552,6 +646,7 @@ impl Inner {
         directory: &str,
     ) -> Result<Vec<(KvPair, u64)>> {
         let base = self.node_path(directory);
+        self.refresh_clock(client).await;
         let top = match self.timed("list", client.list_children(&base)).await? {
             Ok(children) => children,
             Err(zk::Error::NoNode) => return Ok(Vec::new()),
@@ -577,6 +672,7 @@ impl Inner {
                     build.map_err(|e| Error::backend(BACKEND, e))?;
                 }
                 let results = self.request("list", reader.commit()).await?;
+                let now = self.clock.now();
                 let mut results = results.into_iter();
                 for key in chunk {
                     let (data, children, marker) = (results.next(), results.next(), results.next());
@@ -607,6 +703,7 @@ impl Inner {
                     let state = KeyState {
                         node: Some(node),
                         marker,
+                        now,
                     };
                     if let Some(pair) = state.pair(key) {
                         found.push((pair, state.deadline()));
@@ -782,11 +879,14 @@ impl ZookeeperStore {
             generation: AtomicU64::new(0),
             acl,
             config,
+            clock: ServerClock::default(),
         };
         let persistent = inner.options(zk::CreateMode::Persistent);
         inner
             .request("connect", client.mkdir(&root, &persistent))
             .await?;
+        // The first sample of the server's clock (not fatal: see `refresh_clock`).
+        inner.refresh_clock(&client).await;
         Ok(ZookeeperStore {
             inner: Arc::new(inner),
         })
@@ -800,6 +900,13 @@ impl ZookeeperStore {
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The estimated offset of the ZooKeeper server's clock from this process's wall clock
+    /// (server − local, in milliseconds) and its error bound in milliseconds, once measured.
+    /// TTL expiry is judged on the server's clock (see the crate documentation).
+    pub fn server_clock_offset(&self) -> Option<(i64, u64)> {
+        self.inner.clock.offset()
     }
 
     /// The current ZooKeeper session id (changes when an expired session is replaced).

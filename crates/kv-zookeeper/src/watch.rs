@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use kv_core::{Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
 use zookeeper_client as zk;
 
-use crate::store::{Inner, LOCKS_DIR, MARKER};
+use crate::store::{CLOCK_PREFIX, Inner, LOCKS_DIR, MARKER};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -101,7 +101,9 @@ fn irrelevant(inner: &Inner, event: &zk::WatchedEvent) -> bool {
     else {
         return false;
     };
-    rest.starts_with(LOCKS_DIR) || rest.contains(&format!("/{MARKER}/"))
+    rest.starts_with(LOCKS_DIR)
+        || rest.starts_with(CLOCK_PREFIX)
+        || rest.contains(&format!("/{MARKER}/"))
 }
 
 /// What an event means for the loop.
@@ -209,8 +211,8 @@ async fn run<T>(
                     if deadline == 0 {
                         std::future::pending::<()>().await;
                     }
-                    let wait = deadline.saturating_sub(kv_core::ttl::now_millis()) + 1;
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    // The deadline is on the server's clock (see `clock.rs`).
+                    tokio::time::sleep(inner.clock.now().until(deadline, false)).await;
                 };
                 tokio::select! {
                     event = watcher.changed() => {

@@ -152,6 +152,32 @@ async fn layout_is_plain_for_other_clients() {
     store.close().await.unwrap();
 }
 
+/// Expiry is judged on the server's clock: the handle measures it at connect with a probe
+/// that leaves nothing behind. (Against the local test server the offset is about zero; the
+/// kv-faults `skewed_clocks` scenario runs clients whose clocks are 30 s off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_clock_is_measured_without_leftovers() {
+    let ns = unique("clock");
+    let store = store_in(&ns).await;
+    let (offset, error) = store
+        .server_clock_offset()
+        .expect("the server's clock is sampled at connect");
+    assert!((1..1000).contains(&error), "error bound {error} ms");
+    assert!(
+        offset.unsigned_abs() <= error + 1000,
+        "the local server's clock is {offset} ms off"
+    );
+    let zk = raw().await;
+    assert!(
+        zk.list_children(&format!("/{ns}"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the clock probe leaves no node behind"
+    );
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_is_enforced_before_the_server_sweeps() {
     let ns = unique("ttl");
