@@ -29,6 +29,12 @@ pub const ATTR_EXPIRES: &str = "expires_at";
 pub const ATTR_DELETED: &str = "deleted";
 /// The lock holder's random token (S), only on keys held as locks.
 pub const ATTR_OWNER: &str = "owner";
+/// The lock's heartbeat (N), only on keys held as locks: 0 when acquired, changed by every
+/// renewal, so that contenders see the holder is alive without reading any clock.
+pub const ATTR_HEARTBEAT: &str = "heartbeat";
+/// The lock's lease duration (N, milliseconds), only on keys held as locks: how long a
+/// contender must see the item unchanged before it may take the lock over.
+pub const ATTR_LEASE: &str = "lease_ms";
 
 /// The `last_index` reported for an item another client wrote without a (usable) `version`.
 /// Compare-and-swap against such an item is refused (see [`Item::versioned`]).
@@ -44,6 +50,8 @@ const NAMES: &[(&str, &str)] = &[
     ("#exp", ATTR_EXPIRES),
     ("#del", ATTR_DELETED),
     ("#own", ATTR_OWNER),
+    ("#hb", ATTR_HEARTBEAT),
+    ("#lease", ATTR_LEASE),
 ];
 
 /// The item is live (exists, is no tombstone, has not expired at `:now`).
@@ -121,6 +129,12 @@ pub(crate) struct Item {
     pub versioned: bool,
     pub deadline_ms: Option<u64>,
     pub deleted: bool,
+    /// The lock holder's token, on a key held as a lock.
+    pub owner: Option<String>,
+    /// The lock's heartbeat counter (absent on items of older writers).
+    pub heartbeat: Option<u64>,
+    /// The lock's lease duration in milliseconds (absent on items of older writers).
+    pub lease_ms: Option<u64>,
 }
 
 fn number(value: Option<&AttributeValue>) -> Option<u64> {
@@ -143,6 +157,12 @@ impl Item {
             versioned: version.is_some(),
             deadline_ms: number(map.get(ATTR_DEADLINE)),
             deleted: matches!(map.get(ATTR_DELETED), Some(AttributeValue::Bool(true))),
+            owner: map
+                .get(ATTR_OWNER)
+                .and_then(|v| v.as_s().ok())
+                .cloned(),
+            heartbeat: number(map.get(ATTR_HEARTBEAT)),
+            lease_ms: number(map.get(ATTR_LEASE)),
         })
     }
 

@@ -39,9 +39,11 @@
 //! | `sk` | S | the full key, normalised (`ns/a/b`) |
 //! | `value` | B | the value: exactly the bytes written, nothing around them |
 //! | `version` | N | the key's `last_index` (see below) |
-//! | `deadline_ms` | N | only with a TTL: the exact expiry, Unix milliseconds |
-//! | `expires_at` | N | only with a TTL (or on a tombstone): Unix seconds, rounded up — the table's TTL attribute |
+//! | `deadline_ms` | N | only with a TTL: the exact expiry, Unix milliseconds *on the server's clock* (see [Time](#time-the-servers-clock-and-lease-observation)) |
+//! | `expires_at` | N | only with a TTL (or on a tombstone): Unix seconds, rounded up — the table's TTL attribute (on a lock: one lease after `deadline_ms`) |
 //! | `owner` | S | only on a key held as a lock: the holder's random token |
+//! | `heartbeat` | N | only on a key held as a lock: 0 when acquired, changed by every renewal |
+//! | `lease_ms` | N | only on a key held as a lock: the lease (the lock's TTL), milliseconds |
 //! | `deleted` | BOOL | only on a tombstone: `true` (then `value` is absent) |
 //!
 //! The value stays plain bytes under the plain key, so the AWS CLI
@@ -120,8 +122,9 @@
 //!   a tombstone or an item whose `deadline_ms` has passed is `None`.
 //! * **TTL** — DynamoDB deletes expired items lazily (within days on AWS; DynamoDB Local
 //!   within seconds), so expiry is enforced on read: every read, filter and condition
-//!   compares `deadline_ms` with the clock, to the millisecond. `expires_at` only lets
-//!   DynamoDB clean up. TTLs from 1 s to 365 days.
+//!   compares `deadline_ms` with the handle's estimate of the *server's* clock (never the
+//!   host's wall clock; see [Time](#time-the-servers-clock-and-lease-observation)).
+//!   `expires_at` only lets DynamoDB clean up. TTLs from 1 s to 365 days.
 //! * **CAS** — condition expressions on `version`: create-only is
 //!   `(attribute_not_exists(sk) OR attribute_exists(deleted) OR deadline_ms <= :now)`, a swap
 //!   is `version = :prev AND <live>` where *live* is
@@ -178,14 +181,21 @@
 //!   back to **polling**: the watched key or subtree is re-read every
 //!   [`Config::poll_interval`] (the declared fallback; one read per watch per interval).
 //!   [`DynamoStore::watches_use_streams`] says which is in use.
-//! * **locks** — the lock *is* the key: acquiring is the create-only write above with the
-//!   lock's value, `owner` = a random token and `deadline_ms` = now + TTL. A waiter retries
-//!   every [`Config::lock_retry_interval`] (and stops at once when its `lock()` future is
-//!   dropped). The holder renews every TTL/3 with UpdateItem `SET deadline_ms, expires_at`
-//!   conditional on `owner = :me AND version = :acquired AND <not deleted> AND deadline_ms >
-//!   :now`; a failed condition means the key was deleted, overwritten or expired: the lock
-//!   is reported lost at once. Release writes a tombstone only if `owner` and `version` are
-//!   still ours. The **fencing token** is the acquiring write's `version` (renewals do not
+//! * **locks** — the lock *is* the key: acquiring is a create-only write with the lock's
+//!   value, `owner` = a random token, `heartbeat` = 0, `lease_ms` = TTL and `deadline_ms` =
+//!   server now + TTL, conditional on the key being free: no item, a tombstone, or a plain
+//!   key (no `owner`) whose TTL ran out. An item with an `owner` is a held lock *whatever
+//!   its `deadline_ms` says*: it is taken over only by **lease observation** (see
+//!   [Time](#time-the-servers-clock-and-lease-observation)). A waiter retries every
+//!   [`Config::lock_retry_interval`] (and stops at once when its `lock()` future is
+//!   dropped). The holder renews every TTL/3 with UpdateItem `SET deadline_ms, expires_at,
+//!   heartbeat = <next>, lease_ms` conditional on `owner = :me AND version = :acquired AND
+//!   <not deleted>`; a failed condition means the key was deleted, overwritten or taken over:
+//!   the lock is reported lost at once. A holder whose last successful renewal was *sent* a
+//!   whole TTL ago (on its monotonic clock: it was paused, or could not reach DynamoDB) does
+//!   not renew but reports the lock lost, since a contender may have seen it unchanged for a
+//!   lease by then. Release writes a tombstone only if `owner` and `version` are still ours.
+//!   The **fencing token** is the acquiring (or take-over) write's `version` (renewals do not
 //!   change it), so it rises with every acquisition.
 //! * **close** — releases the handle's locks, cancels its watch and renewal tasks (watches
 //!   end with [`Closed`](kv_core::Error::Closed)) and returns once no task is left.
@@ -207,8 +217,11 @@
 //!   (`pk` and `sk`), the metadata attributes and their names. Tested at the limit with the
 //!   longest key, a TTL and a lock owner.
 //! * `max_key_len` = 1024 bytes minus the namespace prefix: DynamoDB's sort-key limit.
-//! * `min_ttl` 1 s, `max_ttl` 365 days, `ttl_precision` 500 ms (expiry is exact to the
-//!   millisecond on read; the margin covers clock differences between clients).
+//! * `min_ttl` 1 s, `max_ttl` 365 days, `ttl_precision` 1.5 s: expiry is judged to the
+//!   millisecond on each handle's estimate of the server's clock, which is off by at most
+//!   500 ms (half the `Date` header's one-second resolution) plus half a round trip; a
+//!   writer's and a reader's estimates may therefore differ by 1 s plus a round trip. The
+//!   same margin is added to a lock's lease before a contender takes it over.
 //! * Watch latency: one poll interval plus a GetRecords round trip (about 120 ms measured
 //!   against DynamoDB Local with a 100 ms interval). On AWS, stream records usually appear
 //!   within a second.
@@ -221,14 +234,60 @@
 //!   watches makes one GetRecords per shard per interval; in polling mode each watch makes
 //!   one read per interval.
 //! * Versions are clock-based (microseconds since the epoch), not small counters.
-//! * Expiry and lock leases are judged by the clients' clocks (the `deadline_ms` written
-//!   by one client is compared with another client's clock): clocks must agree to within
-//!   `ttl_precision` (NTP does far better).
+//! * Expiry is judged on each handle's estimate of DynamoDB's clock, good to about 1 s (see
+//!   [Time](#time-the-servers-clock-and-lease-observation)); a key may look expired up to
+//!   `ttl_precision` early or late to a handle other than its writer.
+//! * A dead holder's lock is taken over a whole lease (plus `ttl_precision`) after a
+//!   contender *first saw* it, not at the deadline the holder wrote: a contender that
+//!   arrives late waits a full lease from its arrival.
 //! * Deleted keys leave a tombstone item for [`Config::tombstone_ttl`]; other clients
 //!   scanning the table see it (`deleted = true`).
 //! * Compare-and-swap on an item another client wrote without `version` is refused with
 //!   `NotSupported` until a plain `put` gives it one (see
 //!   [above](#items-written-by-other-programs)).
+//!
+//! ## Time: the server's clock and lease observation
+//!
+//! No decision of this crate compares a deadline written by one client with another
+//! client's wall clock (a host 30 s ahead would otherwise see every TTL key expired and steal
+//! every held lock; a host behind would see expired keys live). Two mechanisms replace it,
+//! as in the AWS DynamoDB lock client:
+//!
+//! **TTL keys — the server's clock.** Every DynamoDB response (DynamoDB Local's too) carries
+//! an HTTP `Date` header, the server's time truncated to the second. Each handle installs an
+//! SDK interceptor that notes the monotonic time just before each attempt is transmitted
+//! (`t0`) and when its response arrives (`t1`), and parses `Date` = `D`: the offset *server
+//! time − local monotonic time* then lies in `(D − t1, D + 1 s − t0]`. The handle keeps the
+//! intersection of these intervals over all its responses (a sample that does not overlap
+//! replaces it: the server's clock stepped, or the local clock drifted), so the estimate
+//! tightens as responses arrive with different sub-second phases. "Server now" = monotonic
+//! now + the interval's midpoint; deadlines are written as server now + TTL, and reads,
+//! filters, conditions and watch timers compare `deadline_ms` with server now. `connect`
+//! already takes a sample (DescribeTable), so the host's wall clock never enters once
+//! connected; it is the documented fallback only while no response carried a parsable
+//! `Date` (a proxy that strips the header; `connect` logs a warning then).
+//!
+//! **Locks — lease observation.** A contender that finds the lock held (an item with an
+//! `owner`) remembers the `version`, `owner` and `heartbeat` it saw and its own *monotonic*
+//! time. Every renewal of a live holder changes `heartbeat`, which restarts the observation.
+//! Only when the item stayed unchanged for the lease written in it (`lease_ms`; the
+//! contender's own TTL for a lock item of an older writer without one) plus `ttl_precision`,
+//! measured on the contender's monotonic clock, does it write its own lock item at a higher
+//! version (the new fencing token), conditional on exactly the `version`, `owner` and
+//! `heartbeat` it observed: a heartbeat landing first makes the take-over fail and the
+//! observation start again. A live holder renews every TTL/3 and gives the lock up itself
+//! when no renewal succeeded for a TTL, before any contender can have watched it unchanged
+//! that long.
+//!
+//! Remaining assumptions: the hosts' *monotonic* clocks run at (nearly) the same rate — a
+//! drift of well under `ttl_precision` per lease (any real clock does far better); DynamoDB's
+//! `Date` header is accurate to its second and its clock does not jump during a lease;
+//! requests do not take longer than `ttl_precision` in flight unnoticed (a response's round
+//! trip widens its own sample). DynamoDB's TTL process removes items by `expires_at` on its
+//! own clock: a lock item's `expires_at` lies a lease after its deadline, so a dead holder's
+//! lock is normally taken over by observation before it disappears. Versions still take
+//! the host's wall clock (microseconds) as a floor; they only need to rise, which the
+//! version guard ensures whatever the clocks say.
 //!
 //! ## Configuration, credentials, TLS
 //!
@@ -243,6 +302,7 @@
 //! `PermissionDenied`, timeouts → `Timeout`. No call blocks the runtime: the SDK is async;
 //! the CA file is read on the blocking pool.
 
+mod clock;
 mod config;
 mod item;
 mod lock;
@@ -252,8 +312,8 @@ mod watch;
 
 pub use config::{Config, Credentials, TlsConfig, WatchMode};
 pub use item::{
-    ATTR_DEADLINE, ATTR_DELETED, ATTR_EXPIRES, ATTR_OWNER, ATTR_PK, ATTR_SK, ATTR_VALUE,
-    ATTR_VERSION,
+    ATTR_DEADLINE, ATTR_DELETED, ATTR_EXPIRES, ATTR_HEARTBEAT, ATTR_LEASE, ATTR_OWNER, ATTR_PK,
+    ATTR_SK, ATTR_VALUE, ATTR_VERSION,
 };
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions, key, ttl,
+    WatchStream, WatchTreeStream, WriteOptions, key,
 };
 
 use crate::config::{Config, Credentials, WatchMode};
@@ -25,7 +25,12 @@ use crate::item::{
     expression_attrs, live_item, next_version, num, partition_of, s, sdk_error, tombstone_item,
     version_exhausted, versionless_cas,
 };
+use crate::clock::{DateInterceptor, ServerClock};
 use crate::table;
+
+/// How far two handles' views of a TTL may differ: each one's estimate of the server's clock
+/// is off by at most 500 ms (half the `Date` header's resolution) plus half a round trip.
+pub(crate) const TTL_PRECISION: Duration = Duration::from_millis(1500);
 
 /// The longest sort key DynamoDB accepts, in bytes.
 const MAX_SORT_KEY: usize = 1024;
@@ -74,6 +79,9 @@ pub(crate) struct Inner {
     pub tasks: TaskSet,
     /// The shared stream reader of this handle's watches.
     pub hub: crate::watch::Hub,
+    /// The server's clock as this handle estimates it (from the responses' `Date` header):
+    /// every TTL deadline is written and judged on it.
+    pub clock: Arc<ServerClock>,
 }
 
 impl fmt::Debug for Inner {
@@ -118,9 +126,19 @@ impl DynamoStore {
             )));
         }
         let sdk = sdk_config(&config).await?;
-        let client = Client::new(&sdk);
+        let clock = ServerClock::new();
+        let client = Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .interceptor(DateInterceptor(clock.clone()))
+                .build(),
+        );
         let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
         let description = table::ensure(&client, &config).await?;
+        if !clock.synced() {
+            tracing::warn!(
+                "no usable `Date` header in DynamoDB's responses: TTLs fall back to this host's wall clock"
+            );
+        }
         let stream_arn = match config.watch_mode {
             WatchMode::Auto => description.stream_arn,
             _ => None,
@@ -129,7 +147,10 @@ impl DynamoStore {
         caps.max_key_len = MAX_SORT_KEY - ns_prefix.len();
         caps.max_value_len = MAX_ITEM - ITEM_OVERHEAD;
         caps.min_ttl = Duration::from_secs(1);
-        caps.ttl_precision = Duration::from_millis(500);
+        // Writer and reader each estimate the server's time to within 500 ms plus half a
+        // round trip (the `Date` header has a resolution of one second): two estimates may
+        // differ by 1 s plus a round trip. See the crate docs, "Time".
+        caps.ttl_precision = TTL_PRECISION;
         Ok(DynamoStore {
             inner: Arc::new(Inner {
                 client,
@@ -140,6 +161,7 @@ impl DynamoStore {
                 stream_arn,
                 tasks: TaskSet::new(),
                 hub: crate::watch::Hub::default(),
+                clock,
             }),
         })
     }
@@ -259,7 +281,7 @@ impl Inner {
 
     /// The live item at `full`, if any.
     pub async fn read_live(&self, full: &str, consistent: bool) -> Result<Option<Item>> {
-        let now = ttl::now_millis();
+        let now = self.clock.now_ms();
         Ok(self
             .read_item(full, consistent)
             .await?
@@ -283,7 +305,7 @@ impl Inner {
         }
         // Deletions need only the keys and versions, not the values.
         let projection = (!live_only).then_some(KEYS_ONLY);
-        let now = ttl::now_millis();
+        let now = self.clock.now_ms();
         let mut items = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
@@ -467,7 +489,7 @@ impl Inner {
         let mut floor = 0;
         for _ in 0..VERSION_RETRIES {
             let version = next_version(floor).ok_or_else(|| version_exhausted(full))?;
-            let now = ttl::now_millis();
+            let now = self.clock.now_ms();
             let item = live_item(full, value, version, deadline_ms, owner);
             match self
                 .put_conditional(
@@ -510,7 +532,7 @@ impl Inner {
         let Some(version) = next_version(previous) else {
             return Err(self.cas_above_every_version(full, previous).await);
         };
-        let now = ttl::now_millis();
+        let now = self.clock.now_ms();
         let item = live_item(full, value, version, deadline_ms, None);
         let condition = format!("{VERSION_IS} AND {LIVE}");
         match self
@@ -551,7 +573,7 @@ impl Inner {
             Ok(current) => current,
             Err(error) => return error,
         };
-        let now = ttl::now_millis();
+        let now = self.clock.now_ms();
         match current {
             Some(item) if item.live_at(now) && item.version == previous => version_exhausted(full),
             current => self.cas_failure(full, current, now, previous),
@@ -565,7 +587,7 @@ impl Inner {
         let mut floor = 0;
         for _ in 0..VERSION_RETRIES {
             let version = next_version(floor).ok_or_else(|| version_exhausted(full))?;
-            let now = ttl::now_millis();
+            let now = self.clock.now_ms();
             let item = tombstone_item(full, version, self.config.tombstone_ttl);
             match self
                 .put_conditional(
@@ -594,7 +616,7 @@ impl Inner {
         let Some(version) = next_version(previous) else {
             return Err(self.cas_above_every_version(full, previous).await);
         };
-        let now = ttl::now_millis();
+        let now = self.clock.now_ms();
         let item = tombstone_item(full, version, self.config.tombstone_ttl);
         let condition = format!("{VERSION_IS} AND {LIVE}");
         match self
@@ -752,7 +774,7 @@ impl DynamoStore {
             .inner
             .caps
             .check_ttl(options.ttl)?
-            .map(ttl::deadline_millis))
+            .map(|ttl| self.inner.clock.deadline_ms(ttl)))
     }
 }
 

@@ -27,7 +27,7 @@ use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use kv_core::tasks::AbortOnDrop;
 use kv_core::{
     Backoff, Error, ReadOptions, Result, WatchSender, WatchStream, WatchTreeStream, key,
-    spawn_watch, ttl,
+    spawn_watch,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -387,7 +387,7 @@ async fn run<T, M, R, Fut>(
                 let mut wake = Instant::now() + idle;
                 if let Some(deadline) = deadline {
                     let until = Duration::from_millis(
-                        deadline.saturating_sub(ttl::now_millis()).saturating_add(1),
+                        deadline.saturating_sub(inner.clock.now_ms()).saturating_add(1),
                     );
                     wake = wake.min(Instant::now() + until);
                 }

@@ -518,7 +518,9 @@ async fn expired_items_not_yet_removed_are_absent_everywhere() {
         .await
         .unwrap();
     assert!(created.last_index > 5);
-    // A lock can be taken over a lock whose holder died (deadline passed).
+    // A lock can be taken over a lock whose holder died, but only by lease observation: the
+    // item (written by an older client: no `heartbeat`, no `lease_ms`) must stay unchanged
+    // for the contender's own lease plus `ttl_precision`, whatever its `deadline_ms` says.
     let lock_sk = sort_key(&config, "exp/lock");
     store
         .client()
@@ -533,14 +535,22 @@ async fn expired_items_not_yet_removed_are_absent_everywhere() {
         .send()
         .await
         .unwrap();
+    let lease_ttl = Duration::from_secs(2);
     let mut lock = store
-        .new_lock("exp/lock", LockOptions::default())
+        .new_lock("exp/lock", LockOptions::default().ttl(lease_ttl))
         .await
         .unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(5), lock.lock())
+    let started = std::time::Instant::now();
+    let lease = tokio::time::timeout(Duration::from_secs(10), lock.lock())
         .await
         .expect("a dead holder's lock is free")
         .unwrap();
+    let waited = started.elapsed();
+    let precision = store.capabilities().ttl_precision;
+    assert!(
+        waited >= lease_ttl + precision,
+        "taken over after {waited:?}, before a whole lease was observed"
+    );
     assert!(lease.fencing_token() > 9);
     lock.unlock().await.unwrap();
     store.close().await.unwrap();
