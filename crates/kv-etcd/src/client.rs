@@ -9,6 +9,7 @@ use bytes::Bytes;
 use etcd_client::{GetOptions, KeyValue, KvClient, LeaseClient, WatchClient};
 use kv_core::{Error, KvPair, Result};
 
+use crate::clock::ServerClock;
 use crate::lease;
 
 /// The backend's name in errors and capabilities.
@@ -24,6 +25,8 @@ pub(crate) struct Inner {
     pub(crate) prefix: Arc<str>,
     pub(crate) timeout: Duration,
     pub(crate) page_size: i64,
+    /// The server's clock, which TTL deadlines are written and judged in.
+    pub(crate) clock: Arc<ServerClock>,
 }
 
 impl Inner {
@@ -83,7 +86,7 @@ impl Inner {
         let pairs = kvs
             .iter()
             .filter(|kv| {
-                let gone = lease::is_expired(kv.lease());
+                let gone = lease::is_expired(&self.clock, kv.lease());
                 if gone {
                     expired.push(kv.lease());
                 }

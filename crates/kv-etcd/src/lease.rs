@@ -4,10 +4,13 @@
 //! **full** TTL when it restarts (lease checkpoints are not persisted before 3.6): a key
 //! written just before a crash would outlive its TTL by the outage plus a whole TTL. So this
 //! crate chooses the ID of every lease it grants for a TTL write (etcd lets the client choose
-//! it in `LeaseGrant`) and writes the key's absolute deadline into it. Every key/value etcd
-//! returns carries its lease ID, so readers recognise a key past its deadline without asking
-//! anything, treat it as absent and revoke its lease (etcd then deletes the key, which CAS,
-//! watches and other clients see).
+//! it in `LeaseGrant`) and writes the key's absolute deadline into it, in the **server's**
+//! time as [`crate::clock`] estimates it (the latest the server's time can be + the TTL).
+//! Every key/value etcd returns carries its lease ID, so readers recognise a key past its
+//! deadline (the earliest the server's time can be has reached it) without asking anything,
+//! treat it as absent and revoke its lease (etcd then deletes the key, which CAS, watches and
+//! other clients see). While a handle does not know the server's time, it writes no deadline
+//! and hides nothing.
 //!
 //! The 64 bits of such an ID, most significant first:
 //!
@@ -15,7 +18,7 @@
 //! | --- | --- |
 //! | 63 | 1: the ID is negative. etcd numbers the leases it chooses with positive IDs only (`LeaseGrant` masks the sign bit), so no server-chosen ID (other programs', this crate's lock leases) ever looks like ours |
 //! | 62 | 0 |
-//! | 61–20 | the deadline in Unix milliseconds (42 bits: until the year 2109) |
+//! | 61–20 | the deadline in the server's Unix milliseconds (42 bits: until the year 2109) |
 //! | 19–10 | random, so that writers with the same deadline pick different IDs |
 //! | 9–0 | a checksum of bits 10–61, against negative IDs other programs might choose |
 //!
@@ -27,6 +30,7 @@
 //! `t`" is one lease comparison etcd can evaluate in a transaction ([`expired_below`]).
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -34,7 +38,7 @@ use etcd_client::LeaseGrantOptions;
 use kv_core::{Error, Result};
 
 use crate::client::Inner;
-use crate::store::CLOCK_TOLERANCE;
+use crate::clock::{ServerClock, ServerTime};
 
 const SIGN: u64 = 1 << 63;
 const TAG_MASK: u64 = 0b11 << 62;
@@ -70,23 +74,37 @@ pub(crate) fn deadline(lease: i64) -> Option<u64> {
         .then_some(body >> DEADLINE_SHIFT)
 }
 
-/// When (Unix milliseconds) readers start treating a key bound to `lease` as absent: the
-/// deadline plus [`CLOCK_TOLERANCE`], so that a reader whose clock runs ahead of the writer's
-/// by less than that never drops a key before its TTL. `None` when the lease is not ours.
+/// When (the server's Unix milliseconds) readers start treating a key bound to `lease` as
+/// absent: its deadline. `None` when the lease is not ours.
 pub(crate) fn expiry(lease: i64) -> Option<u64> {
-    deadline(lease).map(|d| d.saturating_add(CLOCK_TOLERANCE.as_millis() as u64))
+    deadline(lease)
 }
 
-/// True when `lease` is one of this crate's TTL leases and its key is past its expiry.
-pub(crate) fn is_expired(lease: i64) -> bool {
-    expiry(lease).is_some_and(|at| kv_core::ttl::now_millis() >= at)
+/// True when `lease` is one of this crate's TTL leases and the server's clock is certainly
+/// past its deadline (the earliest the server's time can be is at or past it). Never true
+/// while the server's time is not known well enough (see [`crate::clock`]).
+pub(crate) fn is_expired(clock: &Arc<ServerClock>, lease: i64) -> bool {
+    let Some(at) = expiry(lease) else {
+        return false;
+    };
+    clock.now().is_some_and(|now| expired_at(at, now))
 }
 
-/// Every lease ID of this crate whose key is expired now is below this value, and every
-/// other lease ID (none, positive, ours not expired yet) is at or above it. Used as
-/// `lease > expired_below() - 1` in transactions that must not act on an expired key.
-pub(crate) fn expired_below() -> i64 {
-    let cutoff = kv_core::ttl::now_millis().saturating_sub(CLOCK_TOLERANCE.as_millis() as u64);
+/// Whether a deadline has passed at the server time `now`.
+fn expired_at(deadline: u64, now: ServerTime) -> bool {
+    u64::try_from(now.earliest).is_ok_and(|earliest| earliest >= deadline)
+}
+
+/// Every lease ID of this crate whose key is expired now (as [`is_expired`]) is below this
+/// value, and every other lease ID (none, positive, ours not expired yet) is at or above it.
+/// Used as `lease > bound - 1` in transactions that must not act on an expired key. `None`
+/// while the server's time is not known: nothing is expired then.
+pub(crate) fn expired_below(clock: &Arc<ServerClock>) -> Option<i64> {
+    clock.now().map(bound_below)
+}
+
+fn bound_below(now: ServerTime) -> i64 {
+    let cutoff = u64::try_from(now.earliest).unwrap_or(0);
     // Deadlines up to `cutoff` (inclusive) are expired: IDs below the first ID of `cutoff + 1`.
     (SIGN | ((cutoff + 1).min(DEADLINE_LIMIT - 1) << DEADLINE_SHIFT)) as i64
 }
@@ -101,7 +119,9 @@ fn random() -> u64 {
 }
 
 /// Grants the lease of a write with `ttl`: etcd's TTL is `ttl` rounded up to whole seconds,
-/// the ID carries the deadline (now + `ttl`, by this machine's clock).
+/// the ID carries the deadline: the latest the server's time can be now, + `ttl` (never
+/// earlier than the true deadline). While the server's time is not known, etcd chooses the
+/// ID: the key then carries no deadline and only etcd's own lease expires it.
 pub(crate) async fn grant_ttl(
     inner: &Inner,
     ttl: Duration,
@@ -112,17 +132,20 @@ pub(crate) async fn grant_ttl(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let deadline = kv_core::ttl::now_millis().saturating_add(ttl_ms);
-        let mut options = LeaseGrantOptions::new();
-        // A deadline beyond 2109 does not fit: etcd's own expiry has to do.
-        if deadline < DEADLINE_LIMIT {
-            options = options.with_id(encode(deadline, random()));
-        }
+        let deadline = inner.clock.now().map(|now| {
+            u64::try_from(now.latest)
+                .unwrap_or(0)
+                .saturating_add(ttl_ms)
+        });
+        let options = match deadline {
+            // A deadline beyond 2109 does not fit: etcd's own expiry has to do.
+            Some(deadline) if deadline < DEADLINE_LIMIT => {
+                Some(LeaseGrantOptions::new().with_id(encode(deadline, random())))
+            }
+            _ => None,
+        };
         let mut lease = inner.lease.clone();
-        match inner
-            .call(operation, lease.grant(seconds, Some(options)))
-            .await
-        {
+        match inner.call(operation, lease.grant(seconds, options)).await {
             Ok(response) => return Ok(response.id()),
             // Someone holds that very ID: draw new random bits.
             Err(Error::Backend { source, .. })
@@ -184,16 +207,42 @@ mod tests {
     #[test]
     fn expiry_and_the_transaction_bound_agree() {
         let now = kv_core::ttl::now_millis();
-        let tolerance = CLOCK_TOLERANCE.as_millis() as u64;
-        let past = encode(now - tolerance - 1000, 5);
-        let recent = encode(now - tolerance / 2, 5);
+        // The server's time is known to be within [now, now + 300 ms].
+        let server = ServerTime {
+            earliest: now as i64,
+            latest: now as i64 + 300,
+        };
+        let past = encode(now - 1000, 5);
+        let exact = encode(now, 5);
+        let within = encode(now + 200, 5);
         let future = encode(now + 5000, 5);
-        assert!(is_expired(past));
-        assert!(!is_expired(recent), "within the clock tolerance");
-        assert!(!is_expired(future));
-        assert!(!is_expired(0) && !is_expired(42));
-        let below = expired_below();
-        assert!(past < below);
-        assert!(recent >= below && future >= below && 0 >= below && 42 >= below);
+        assert!(expired_at(deadline(past).unwrap(), server));
+        assert!(expired_at(deadline(exact).unwrap(), server));
+        assert!(
+            !expired_at(deadline(within).unwrap(), server),
+            "the server may not have reached it yet"
+        );
+        assert!(!expired_at(deadline(future).unwrap(), server));
+        let below = bound_below(server);
+        assert!(past < below && exact < below);
+        assert!(within >= below && future >= below && 0 >= below && 42 >= below);
+    }
+
+    #[test]
+    fn nothing_expires_while_the_server_time_is_unknown() {
+        let clock = ServerClock::unknown();
+        let past = encode(kv_core::ttl::now_millis() - 60_000, 5);
+        assert!(!is_expired(&clock, past));
+        assert_eq!(expired_below(&clock), None);
+        // With a known server time, it does (whatever this machine's clock says).
+        let anchor = std::time::Instant::now();
+        let server_now = kv_core::ttl::now_millis() as i64 + 3_600_000;
+        let clock = ServerClock::fixed(crate::clock::Estimate::from_sample(
+            server_now, anchor, anchor,
+        ));
+        assert!(is_expired(&clock, past));
+        assert!(is_expired(&clock, encode(server_now as u64 - 1, 1)));
+        assert!(!is_expired(&clock, encode(server_now as u64 + 1500, 1)));
+        assert!(!is_expired(&clock, 42));
     }
 }

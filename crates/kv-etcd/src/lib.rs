@@ -26,7 +26,7 @@
 //! | what | etcd key | etcd value | lease |
 //! | --- | --- | --- | --- |
 //! | key `a/b` | `a/b` (with a [namespace](Config::namespace) `ns`: `ns/a/b`) | the value, byte for byte | none |
-//! | key `a/b` written with a TTL | same | same | a lease of the TTL rounded up to whole seconds, granted for this write, whose ID (negative, chosen by this crate) carries the key's deadline in Unix milliseconds ([TTLs and clocks](#ttls-and-clocks)) |
+//! | key `a/b` written with a TTL | same | same | a lease of the TTL rounded up to whole seconds, granted for this write, whose ID (negative, chosen by this crate) carries the key's deadline in the etcd server's Unix milliseconds ([TTLs and clocks](#ttls-and-clocks)) |
 //! | a held lock on `l` | `l` | the [lock value](kv_core::LockOptions::value) | the holder's lease of the lock TTL, kept alive while held |
 //!
 //! No metadata is stored anywhere: the index is etcd's own `mod_revision`, expiry is etcd's
@@ -59,10 +59,11 @@
 //!   minimum lease TTL, probed at connection (2 s with default election settings: etcd raises
 //!   shorter grants to `1.5 × election timeout`, rounded up).
 //!   [`Capabilities::ttl_precision`](kv_core::Capabilities::ttl_precision) is
-//!   [`TTL_PRECISION`] (2 s): up to 1 s of rounding, the leader's expiry check every 500 ms,
-//!   and the revocation's trip through Raft (measured on 3.4: a 2 s key is gone after
-//!   2.05–2.45 s, a 2.1 s key, rounded to 3 s, after 3.06 s). When etcd is later than that
-//!   (after a restart), readers enforce the deadline themselves: see
+//!   [`TTL_PRECISION`] (3 s): etcd's own expiry takes up to 1 s of rounding, the leader's
+//!   expiry check every 500 ms, and the revocation's trip through Raft (measured on 3.4: a
+//!   2 s key is gone after 2.05–2.45 s, a 2.1 s key, rounded to 3 s, after 3.06 s). When etcd
+//!   is later than that (after a restart), readers enforce the deadline themselves, in the
+//!   server's time, late by at most twice [`CLOCK_TOLERANCE`]: see
 //!   [TTLs and clocks](#ttls-and-clocks).
 //! * **Watch** / **WatchTree**: the current state is read at revision `R`, then an etcd watch
 //!   starts at `R + 1`, so nothing between the read and the watch is missed. A broken stream
@@ -97,10 +98,11 @@
 //!   authentication (the token is refreshed automatically when it expires); [`TlsConfig`]
 //!   gives the CA, an optional client certificate and key (mutual TLS) and the server name,
 //!   inline or as files. Both are exercised against private etcd servers in the tests.
-//! * **Watch of a TTL key**: the loop keeps each watched key's lease and arms a timer at the
-//!   earliest deadline (+ [`CLOCK_TOLERANCE`]) among them; when it fires, the expired keys are
-//!   dropped from the published state and their leases revoked, even while the server is
-//!   unreachable.
+//! * **Watch of a TTL key**: the loop keeps each watched key's lease and arms a timer for when
+//!   the server's clock (as estimated, see [TTLs and clocks](#ttls-and-clocks)) certainly
+//!   reaches the earliest deadline among them; when it fires, the expired keys are dropped
+//!   from the published state and their leases revoked, even while the server is unreachable
+//!   (the estimate follows the local monotonic clock in between).
 //! * **Consistency**: reads are linearizable; [`ReadOptions::stale`](kv_core::ReadOptions::stale)
 //!   makes them serializable (served by any member).
 //! * **Timeouts and errors**: every request has [`Config::request_timeout`]
@@ -117,7 +119,7 @@
 //! etcd enforces TTLs with leases, and etcd 3.4 restores every lease to its **full** TTL when
 //! it restarts (lease checkpoints are not persisted before etcd 3.6): on its own, a 10 s key
 //! written just before a crash stays visible for the outage plus another 10 s (measured:
-//! 15.6–16.1 s; in this crate's restart test a 4 s key stayed 8.1 s, and 5.0 s with the
+//! 15.6–16.1 s; in this crate's restart test a 4 s key stayed 8.1 s, and 4.3 s with the
 //! scheme below). So the ID of every lease granted for a TTL write (etcd lets the client
 //! choose it) carries the key's deadline:
 //!
@@ -125,24 +127,58 @@
 //! | --- | --- |
 //! | 63 | 1: negative. etcd only generates positive IDs, so a lease etcd numbered (other programs', this crate's lock leases) never looks like one of these |
 //! | 62 | 0 |
-//! | 61–20 | the deadline: the writer's clock at the write + the TTL, Unix milliseconds |
+//! | 61–20 | the deadline: the latest the etcd server's clock can read at the write (below) + the TTL, Unix milliseconds |
 //! | 19–10 | random (a taken ID is retried with new bits) |
 //! | 9–0 | a checksum of bits 10–61 |
 //!
 //! Every key/value etcd returns carries its lease ID, so every reader — `get`, `exists`,
-//! `list`, `watch`, `watch_tree`, CAS, `delete`, lock acquisition — recognises a key whose
-//! deadline passed more than [`CLOCK_TOLERANCE`] (1 s) ago by its own clock, treats it as
-//! absent and revokes its lease (errors ignored: a lease already gone is fine), after which
-//! etcd deletes the key and everybody, other programs included, agrees. Watches arm a timer
-//! at the deadline + tolerance of the keys they hold. Leases without the mark (written by
-//! other programs, lock leases) are never filtered.
+//! `list`, `watch`, `watch_tree`, CAS, `delete`, lock acquisition — recognises a key past its
+//! deadline, treats it as absent and revokes its lease (errors ignored: a lease already gone
+//! is fine), after which etcd deletes the key and everybody, other programs included, agrees.
+//! Watches arm a timer at the deadline of the keys they hold. Leases without the mark
+//! (written by other programs, lock leases, writes made while the server's time was unknown)
+//! are never filtered.
 //!
-//! **Clock assumption**: the clocks of all machines using the store agree within
-//! [`CLOCK_TOLERANCE`] (NTP does far better). A reader whose clock is ahead of the writer's
-//! by more than that could drop a key before its TTL; one behind by more than that could see
-//! a key past `ttl + ttl_precision` after a server restart (never otherwise: etcd's own expiry
-//! does not depend on clients' clocks). [`TTL_PRECISION`] (2 s) covers the tolerance plus
-//! the revocation.
+//! ### Whose clock: the server's
+//!
+//! Deadlines are written and judged in the **etcd server's** time, never in the client's:
+//! clients' clocks may be off by any amount (a client 30 s ahead must not drop a key written
+//! 10 ms ago with a 6 s TTL, nor revoke it for everyone). etcd serves HTTP/1.1 on its client
+//! URLs besides gRPC, and Go's HTTP server stamps every answer with its clock in the `Date`
+//! header (whole seconds). Each store handle:
+//!
+//! * sends `GET /version` to the first endpoint that answers (plain or TLS, with the
+//!   connection's CA, client certificate and server name; no credentials needed) when it
+//!   connects, then every 30 s from a background task, and on demand when its estimate is
+//!   missing or getting old. A probe sent at local instant `t0` and answered at `t1` with
+//!   `Date: D` proves that at `t1` the server's clock reads within `[D, D + 1 s + (t1 − t0)]`
+//!   (1 s resolution, plus the round trip);
+//! * keeps that interval anchored on the local **monotonic** clock (the local wall clock is
+//!   never read for TTLs, so stepping it changes nothing), advances it with the monotonic
+//!   clock, widened for 500 ppm of drift, and intersects it with every new sample (a sample
+//!   that disagrees — a stepped server clock, another member — replaces it). Right after
+//!   connecting, a few probes timed so that the server's second turns in the middle of the
+//!   interval halve it each time, down to about 0.1 s plus the round trip within a few
+//!   seconds;
+//! * writes each TTL deadline as the **latest** the server's time can be + the TTL (never
+//!   earlier than due), and hides a key once the **earliest** the server's time can be has
+//!   reached its deadline (never before the server's clock does). So no key is ever hidden
+//!   early, whatever the clocks of the clients, and a key is hidden at most the writer's plus
+//!   the reader's uncertainty late — each at most [`CLOCK_TOLERANCE`] (1.25 s): a handle whose
+//!   uncertainty is wider (no sample yet, round trips over 250 ms, the HTTP side unreachable
+//!   for a long time) neither writes deadlines (etcd chooses the lease ID) nor hides keys by
+//!   them. [`TTL_PRECISION`] (3 s) covers twice that plus the revocation.
+//!
+//! **If the HTTP side cannot be reached** (a proxy passing gRPC only, a firewall), the handle
+//! logs a warning once and works as if this section did not exist: etcd's own leases still
+//! expire every key (within 2 s normally), only the restart case is late again. Keys are
+//! never hidden on the strength of an unverified local clock.
+//!
+//! **Assumptions**: the etcd members' clocks agree with each other well within a second
+//! (handles may sample different members; etcd's own lease expiry is the leader's business
+//! anyway); the server's clock does not jump (a jump makes readers hide keys early or late by
+//! the jump until the next sample, at most 30 s later, notices it); clients' monotonic clocks
+//! tick at the right rate within 500 ppm. Nothing is assumed of the clients' wall clocks.
 //!
 //! ## Limits and deviations
 //!
@@ -153,7 +189,8 @@
 //! * **Keys** up to 1024 bytes (the workspace limit; etcd itself only bounds the request).
 //! * **TTLs** are whole seconds on the server (rounded up) and at least the server's minimum
 //!   lease TTL. Keys outliving a server restart are dropped by readers relying on the
-//!   clients' clocks ([TTLs and clocks](#ttls-and-clocks)).
+//!   server's clock, read over HTTP ([TTLs and clocks](#ttls-and-clocks)); without HTTP
+//!   access to the endpoints they stay up to the outage plus a whole TTL after a restart.
 //! * **Lease per TTL write**: a key rewritten with a TTL many times leaves one lease per write
 //!   until each expires (leases are cheap in etcd, but a very long TTL rewritten very often
 //!   accumulates them).
@@ -173,6 +210,7 @@
 //! not found`).
 
 mod client;
+mod clock;
 pub mod config;
 mod lease;
 mod lock;

@@ -86,7 +86,7 @@ impl EtcdLock {
         match current.kvs().first() {
             // A key written with a TTL that is past its deadline is absent: revoking its
             // lease deletes it, and the create below can succeed.
-            Some(kv) if lease::is_expired(kv.lease()) => {
+            Some(kv) if lease::is_expired(&self.inner.clock, kv.lease()) => {
                 lease::revoke_all(&self.inner, vec![kv.lease()]).await;
             }
             Some(_) => {

@@ -16,6 +16,7 @@ use kv_core::{
 };
 
 use crate::client::{BACKEND, Inner, header_revision, map_error};
+use crate::clock::ServerClock;
 use crate::config::Config;
 use crate::lease;
 use crate::lock::EtcdLock;
@@ -32,20 +33,24 @@ const REQUEST_OVERHEAD: usize = 4096;
 
 /// How much later than its TTL a key may still be visible. etcd itself deletes a key when
 /// its lease expires: TTLs are rounded up to whole seconds (up to 1 s), the leader's lessor
-/// checks for expired leases every 500 ms (at best), then revokes them through Raft. When etcd
-/// is late (after a restart it restores leases to their full TTL), this crate's readers drop
-/// the key [`CLOCK_TOLERANCE`] after its deadline (see
-/// [TTLs and clocks](crate#ttls-and-clocks)), which leaves the other half of this bound for
-/// clock differences and the revocation.
-pub const TTL_PRECISION: Duration = Duration::from_secs(2);
+/// checks for expired leases every 500 ms (at best), then revokes them through Raft
+/// (measured: within 2 s). When etcd is late (after a restart it restores leases to their full
+/// TTL), this crate's readers drop the key once the server's clock is certainly past its
+/// deadline, which the writer set no earlier than due: late by at most the writer's plus the
+/// reader's uncertainty about the server's time, each at most [`CLOCK_TOLERANCE`] (typically
+/// about 0.1 s once a handle has refined its estimate), plus the revocation (see
+/// [TTLs and clocks](crate#ttls-and-clocks)).
+pub const TTL_PRECISION: Duration = Duration::from_secs(3);
 
-/// How far apart the clocks of the machines using a store may be (half of
-/// [`TTL_PRECISION`]). A key written with a TTL carries its deadline by the writer's clock;
-/// readers treat it as absent once their own clock is this much past that deadline, so a
-/// reader whose clock runs ahead of the writer's by less than this never drops a key before
-/// its TTL, and one that runs behind by less than this still drops it within
-/// `ttl + TTL_PRECISION`.
-pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
+/// The widest uncertainty about the etcd server's current time that a handle acts on. Each
+/// handle estimates the server's time from the `Date` header of HTTP answers (whole seconds,
+/// so 1 s plus the round trip at first, narrowed to about 0.1 s plus the round trip by a few
+/// well-timed probes after connecting). Writers put TTL deadlines at the latest the server's
+/// time can be + the TTL, readers hide a key once the earliest the server's time can be is
+/// past its deadline: no key is ever hidden early, and one is hidden at most twice this late.
+/// A handle whose estimate is wider than this (no answer yet, round trips over 250 ms) neither
+/// writes deadlines nor hides keys by them. The clients' own clocks play no part.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_millis(1250);
 
 /// A [`Store`] on an etcd v3 cluster (server 3.4 or newer).
 ///
@@ -127,6 +132,11 @@ impl EtcdStore {
         let min_ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let _ = tokio::time::timeout(config.connect_timeout, lease.revoke(granted.id())).await;
 
+        // The server's clock, for TTL deadlines: sampled now, then kept fresh in the
+        // background. Failing to read it is no connection error (see `crate::clock`).
+        let clock = ServerClock::new(&config).await;
+        clock.start(config.connect_timeout).await;
+
         let prefix = config.key_prefix();
         let mut caps = Capabilities::full(BACKEND);
         caps.min_ttl = min_ttl;
@@ -146,6 +156,7 @@ impl EtcdStore {
             prefix: prefix.into(),
             timeout: config.request_timeout,
             page_size: i64::from(config.page_size),
+            clock,
         };
         Ok(EtcdStore {
             inner: RwLock::new(Some(inner)),
@@ -227,7 +238,7 @@ impl Condition {
         }
     }
 
-    fn compares(self, key: &[u8]) -> Vec<Compare> {
+    fn compares(self, key: &[u8], clock: &Arc<ServerClock>) -> Vec<Compare> {
         let key = key.to_vec();
         match self {
             Condition::Absent => vec![Compare::create_revision(key, CompareOp::Equal, 0)],
@@ -235,21 +246,37 @@ impl Condition {
                 Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
                 Compare::lease(key, CompareOp::Equal, lease),
             ],
-            Condition::Unchanged { revision, lease } => vec![
-                Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
-                match lease {
-                    Some(lease) => Compare::lease(key, CompareOp::Equal, lease),
+            Condition::Unchanged { revision, lease } => {
+                let mut compares = vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )];
+                match (lease, lease::expired_below(clock)) {
+                    (Some(lease), _) => {
+                        compares.push(Compare::lease(key, CompareOp::Equal, lease));
+                    }
                     // Not bound to one of our TTL leases past its deadline (etcd compares
                     // lease IDs as integers; see `lease::expired_below`).
-                    None => Compare::lease(key, CompareOp::Greater, lease::expired_below() - 1),
-                },
-            ],
+                    (None, Some(bound)) => {
+                        compares.push(Compare::lease(key, CompareOp::Greater, bound - 1));
+                    }
+                    // The server's time is unknown: nothing counts as expired.
+                    (None, None) => {}
+                }
+                compares
+            }
         }
     }
 
     /// After a failed transaction that read the key back as `current`: the condition to try
     /// next, or the error to report. Expired keys' leases go to `expired`.
-    fn next(self, current: Option<&KeyValue>, expired: &mut Vec<i64>) -> Result<Self, Outcome> {
+    fn next(
+        self,
+        current: Option<&KeyValue>,
+        expired: &mut Vec<i64>,
+        clock: &Arc<ServerClock>,
+    ) -> Result<Self, Outcome> {
         let Some(kv) = current else {
             return match self {
                 // Deleted meanwhile (revoked by a reader): create it.
@@ -257,7 +284,7 @@ impl Condition {
                 Condition::Unchanged { .. } => Err(Outcome::NotFound),
             };
         };
-        if lease::is_expired(kv.lease()) {
+        if lease::is_expired(clock, kv.lease()) {
             expired.push(kv.lease());
             return match self {
                 Condition::Absent | Condition::Expired { .. } => Ok(Condition::Expired {
@@ -361,7 +388,8 @@ impl Store for EtcdStore {
         ]);
         let mut kv = inner.kv.clone();
         let response = inner.call("delete", kv.txn(txn)).await?;
-        let existed = read_back(&response).is_some_and(|kv| !lease::is_expired(kv.lease()));
+        let existed =
+            read_back(&response).is_some_and(|kv| !lease::is_expired(&inner.clock, kv.lease()));
         Ok(existed)
     }
 
@@ -428,7 +456,7 @@ impl Store for EtcdStore {
         let outcome = loop {
             attempts += 1;
             let txn = Txn::new()
-                .when(condition.compares(&full))
+                .when(condition.compares(&full, &inner.clock))
                 .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options(lease))])
                 .or_else([TxnOp::get(
                     full.clone(),
@@ -445,7 +473,7 @@ impl Store for EtcdStore {
                     last_index: header_revision(response.header()) as u64,
                 });
             }
-            match condition.next(read_back(&response).as_ref(), &mut expired) {
+            match condition.next(read_back(&response).as_ref(), &mut expired, &inner.clock) {
                 Ok(next) if attempts < CONDITIONAL_ATTEMPTS => condition = next,
                 Ok(_) if previous.is_none() => break Outcome::Exists,
                 Ok(_) => break Outcome::Modified,
@@ -468,7 +496,7 @@ impl Store for EtcdStore {
         let outcome = loop {
             attempts += 1;
             let txn = Txn::new()
-                .when(condition.compares(&full))
+                .when(condition.compares(&full, &inner.clock))
                 .and_then([TxnOp::delete(full.clone(), None)])
                 .or_else([TxnOp::get(
                     full.clone(),
@@ -479,7 +507,7 @@ impl Store for EtcdStore {
             if response.succeeded() {
                 return Ok(());
             }
-            match condition.next(read_back(&response).as_ref(), &mut expired) {
+            match condition.next(read_back(&response).as_ref(), &mut expired, &inner.clock) {
                 Ok(next) if attempts < CONDITIONAL_ATTEMPTS => condition = next,
                 Ok(_) => break Outcome::Modified,
                 Err(outcome) => break outcome,

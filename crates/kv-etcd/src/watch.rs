@@ -68,7 +68,7 @@ fn insert(inner: &Inner, map: &mut State, kv: &etcd_client::KeyValue, expired: &
     let Some(key) = inner.to_key(kv.key()) else {
         return;
     };
-    if lease::is_expired(kv.lease()) {
+    if lease::is_expired(&inner.clock, kv.lease()) {
         expired.push(kv.lease());
         map.remove(&key);
     } else if let Some(pair) = inner.to_pair(kv) {
@@ -83,10 +83,10 @@ fn insert(inner: &Inner, map: &mut State, kv: &etcd_client::KeyValue, expired: &
 }
 
 /// Drops the entries whose TTL lease is past its deadline; returns their leases.
-fn drop_expired(map: &mut State) -> Vec<i64> {
+fn drop_expired(inner: &Inner, map: &mut State) -> Vec<i64> {
     let mut expired = Vec::new();
     map.retain(|_, entry| {
-        let gone = lease::is_expired(entry.lease);
+        let gone = lease::is_expired(&inner.clock, entry.lease);
         if gone {
             expired.push(entry.lease);
         }
@@ -95,13 +95,20 @@ fn drop_expired(map: &mut State) -> Vec<i64> {
     expired
 }
 
-/// When the next entry expires (the earliest deadline + tolerance of the TTL leases of this
-/// crate in the state), as a timer instant.
-fn next_expiry(map: &State) -> Option<Instant> {
+/// When the next entry expires (the earliest deadline of the TTL leases of this crate in the
+/// state, when the earliest the server's time can be reaches it), as a timer instant. While
+/// the server's time is unknown, a check again a little later.
+fn next_expiry(inner: &Inner, map: &State) -> Option<Instant> {
     let at = map.values().filter_map(|e| lease::expiry(e.lease)).min()?;
-    let wait = at.saturating_sub(kv_core::ttl::now_millis());
+    let wait = match inner.clock.now() {
+        Some(now) => at.saturating_sub(u64::try_from(now.earliest).unwrap_or(0)),
+        None => UNKNOWN_TIME_RECHECK.as_millis() as u64,
+    };
     Some(Instant::now() + Duration::from_millis(wait))
 }
+
+/// How soon a watch holding TTL keys looks again while the server's time is unknown.
+const UNKNOWN_TIME_RECHECK: Duration = Duration::from_secs(1);
 
 /// Reads the current state; returns it and the revision it was read at. Expired keys are
 /// left out and their leases revoked.
@@ -223,7 +230,7 @@ pub(crate) async fn run_from<T: Snapshot>(
                 continue 'resync;
             }
         };
-        let expired = drop_expired(&mut map);
+        let expired = drop_expired(&inner, &mut map);
         if !tx.send(T::from_map(&map)) {
             return;
         }
@@ -233,7 +240,7 @@ pub(crate) async fn run_from<T: Snapshot>(
             reopen_at: Instant::now(),
         };
         loop {
-            let expiry = next_expiry(&map);
+            let expiry = next_expiry(&inner, &map);
             let timer = async move {
                 match expiry {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -246,7 +253,7 @@ pub(crate) async fn run_from<T: Snapshot>(
             };
             let response = match step {
                 Step::Expiry => {
-                    let expired = drop_expired(&mut map);
+                    let expired = drop_expired(&inner, &mut map);
                     if !expired.is_empty() {
                         if !tx.send(T::from_map(&map)) {
                             return;
