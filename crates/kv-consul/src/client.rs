@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::watch;
 
+use crate::clock::ServerClock;
 use crate::config::Config;
 
 pub(crate) const BACKEND: &str = "consul";
@@ -238,6 +239,8 @@ pub(crate) struct Client {
     pub(crate) request_timeout: Duration,
     pub(crate) watch_wait: Duration,
     pub(crate) epoch: Arc<Epoch>,
+    /// The server's clock as this handle estimates it from the responses' `Date` headers.
+    pub(crate) clock: ServerClock,
 }
 
 struct Response {
@@ -353,6 +356,7 @@ impl Client {
             request_timeout: config.request_timeout,
             watch_wait: config.watch_wait,
             epoch: Arc::new(Epoch::new()),
+            clock: ServerClock::new(),
         })
     }
 
@@ -383,8 +387,15 @@ impl Client {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
+            let sent = Instant::now();
             let response = match request.send().await {
-                Ok(response) => response,
+                Ok(response) => {
+                    // Every answer (any status) samples the server's clock.
+                    let date = response.headers().get(reqwest::header::DATE);
+                    self.clock
+                        .observe(sent, Instant::now(), date.and_then(|v| v.to_str().ok()));
+                    response
+                }
                 Err(error) if error.is_connect() && !error.is_timeout() => {
                     tracing::debug!(%url, %error, "Consul endpoint unreachable, trying the next one");
                     self.current

@@ -30,7 +30,8 @@
 //!   read as they are.
 //! * The entry's `Flags` (a `u64`) are 0 for a key without TTL. A key written with a TTL has
 //!   `Flags = 0x4B56 << 48 | deadline`: the tag `0x4B56` ("KV") in bits 48–63 and its
-//!   deadline in Unix milliseconds in bits 0–46. Bit 47 is a *rewrite marker*: Consul skips a
+//!   deadline in Unix milliseconds **of the Consul server's clock** (as the writing handle
+//!   estimates it, see [TTLs and clocks](#ttls-and-clocks)) in bits 0–46. Bit 47 is a *rewrite marker*: Consul skips a
 //!   write that changes nothing (same value, flags and session) without raising
 //!   `ModifyIndex`, so such a write toggles it (a key without TTL then has
 //!   `Flags = 0x4B56 << 48 | 1 << 47`, deadline bits 0: no deadline). `Flags` without the tag
@@ -65,8 +66,11 @@
 //!   `max(ttl / 2, session_ttl_min)` that holds the key: Consul invalidates a session at twice
 //!   its TTL and then deletes the key. Because that can be late (it depends on the agent's
 //!   `session_ttl_min`, 10 s by default), every read also filters out an entry whose `Flags`
-//!   deadline has passed: readers never see a key after its TTL, and conditional writes treat
-//!   such an entry as absent. A write without TTL detaches the session: the key is permanent.
+//!   deadline has passed on the server's clock: readers never see a key after its TTL (within
+//!   `ttl_precision`), and conditional writes and lock acquisition treat such an entry as
+//!   absent. A write without TTL detaches the session: the key is permanent. Deadlines are
+//!   judged on the server's clock, so clients need not agree on the time: see
+//!   [TTLs and clocks](#ttls-and-clocks).
 //! * **watch / watch_tree**: blocking queries (`?index=N&wait=`, `?recurse` on `dir/` for a
 //!   tree); a state is published only when it differs from the last one; a timer at the
 //!   earliest visible TTL deadline publishes the expiry on time; an index below the highest
@@ -107,8 +111,10 @@
 //!   base64) at `txn_max_req_len` = 512 KiB by default. Values up to 512 KiB written by other
 //!   clients through `/v1/kv` are read in full.
 //! * `min_ttl` 1 s (the deadline filter makes shorter TTLs exact too, but a second is the
-//!   useful floor), `max_ttl` 24 h (Consul's session maximum), `ttl_precision` 250 ms (readers
-//!   compare deadlines with their own clock: clock skew between clients adds to it).
+//!   useful floor), `max_ttl` 24 h (Consul's session maximum), `ttl_precision` 1.25 s: 250 ms
+//!   for round trips and timers, plus 1 s because writer and reader each know the server's
+//!   clock only to within half a second (the `Date` header's resolution; see
+//!   [TTLs and clocks](#ttls-and-clocks)). Clock skew between clients adds nothing.
 //! * `max_key_len` 1024 bytes (Consul has no key length limit of its own).
 //! * Every watch, every held lock (its key watch) and every waiting lock keeps one HTTP/1.1
 //!   connection busy with a blocking query. Consul accepts `limits.http_max_conns_per_client`
@@ -134,8 +140,9 @@
 //!   after its last renewal instead of `ttl` (with the test agent's `session_ttl_min = "1s"`,
 //!   every lock TTL ≥ 2 s is exact). The holder itself still considers the lock lost when
 //!   renewal has failed for a whole `ttl`.
-//! * TTL expiry is decided by the reader's clock against the writer's clock (the deadline in
-//!   `Flags`): keep clocks in sync (NTP).
+//! * TTL expiry is decided on the Consul server's clock, estimated to within half a second
+//!   (plus half a round trip): a key can vanish for a reader on another handle up to that
+//!   much early as well as late, see [TTLs and clocks](#ttls-and-clocks).
 //! * Other clients see an expired TTL key until Consul removes it: up to
 //!   `2 × max(ttl / 2, session_ttl_min)` after the write. Our readers never do.
 //! * Overwriting a TTL key detaches it from its session; that session, now holding nothing,
@@ -147,6 +154,40 @@
 //! * Without a prefix, `list("")`, `watch_tree("")` and `delete_tree("")` span the whole
 //!   Consul KV store (keys that are not valid normalised keys are skipped by all three:
 //!   `delete_tree("")` leaves them).
+//!
+//! ## TTLs and clocks
+//!
+//! A TTL key's deadline is written by one client and judged by others, so both must use the
+//! same clock. Clients' wall clocks may be anything (a client 30 s ahead would otherwise see
+//! every fresh key as expired, one 30 s behind would see expired keys as live); this crate
+//! uses **the clock of the Consul agent it talks to** instead, and never the local wall clock:
+//!
+//! * Every Consul HTTP response carries a `Date` header, Go's `net/http` stamp of the agent's
+//!   clock in whole seconds. A response to a request sent at local instant `t0` and received
+//!   at `t1` with `Date: D` bounds `server − local` (local on the **monotonic** clock) to
+//!   `[D − t1, D + 1 s − t0]`. Each handle intersects the intervals of all its responses
+//!   (allowing 200 ppm of drift between the two clocks; an empty intersection, after a clock
+//!   step, restarts from the new sample), and estimates the server's time as local monotonic
+//!   time plus the interval's midpoint: off by at most 0.5 s plus half the round trip of one
+//!   response, and less once responses have come on both sides of one of the server's second
+//!   boundaries (then about the round trip).
+//! * Writers put `server now + ttl` in `Flags`; every reader (`get`, `list`, `delete`'s and
+//!   `atomic_delete`'s liveness, `atomic_put`'s "expired counts as absent", lock acquisition,
+//!   watches and their expiry timers) compares it with `server now`; timers sleep on the
+//!   monotonic clock for `deadline − server now`.
+//! * Sessions (TTL keys' removal by Consul, locks' lifetime) are entirely server-side, and
+//!   lock renewal runs on the local monotonic clock: locks never depend on client clocks
+//!   (lock keys carry no deadline).
+//!
+//! **Assumptions.** The agents (and servers) of the cluster agree on the time (NTP among
+//! servers, as Consul itself expects for session TTLs): a handle that fails over to an agent
+//! whose clock differs re-estimates from its answers, and judges deadlines written against
+//! another agent's clock. Responses must keep their `Date` header (a proxy that strips it
+//! leaves the handle on the local wall clock, with a warning). The error of both estimates
+//! together is within `ttl_precision`: a reader on another handle may see a key up to about
+//! 1 s (plus round trips) late, or early, right after connecting, much less after a few
+//! seconds of traffic; a handle that wrote a key judges it with the same estimate (exact,
+//! unless the estimate was refined in between).
 //!
 //! ## When the server loses its state
 //!
@@ -204,6 +245,7 @@
 //! (not `-dev`) wherever locks matter.
 
 mod client;
+mod clock;
 mod config;
 mod lock;
 mod store;

@@ -25,7 +25,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::lock::keep_alive;
-use kv_core::ttl::now_millis;
 use kv_core::{
     Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result,
 };
@@ -104,13 +103,15 @@ impl ConsulLock {
             index = if new_index < index { 0 } else { new_index };
             let attempt = match &entry {
                 None => Some((Cond::NotExists, None)),
-                Some(e) if !is_live(e) => Some((Cond::Index(e.modify_index), e.session.clone())),
+                Some(e) if !is_live(e, self.inner.server_now()) => {
+                    Some((Cond::Index(e.modify_index), e.session.clone()))
+                }
                 Some(_) => None,
             };
             let Some((cond, holder)) = attempt else {
                 // Held (or a plain value): wait for a change, or for its TTL deadline.
                 if let Some(deadline) = entry.as_ref().and_then(|e| deadline_of(e.flags)) {
-                    let wait = Duration::from_millis(deadline.saturating_sub(now_millis()) + 1);
+                    let wait = client.clock.until(deadline);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = abandon.cancelled() => return Err(Error::Closed),

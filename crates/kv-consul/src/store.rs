@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::key::{child_prefix, is_descendant, normalize_key};
-use kv_core::ttl::{deadline_millis, now_millis};
+use kv_core::ttl::now_millis;
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
     WatchStream, WatchTreeStream, WriteOptions,
@@ -20,6 +20,11 @@ use crate::tree;
 /// base64-encoded, plus the operations) Consul caps at `txn_max_req_len` = 512 KiB by default.
 /// 378 KiB of value is 504 KiB of base64, leaving 8 KiB for keys and JSON.
 pub const MAX_VALUE_LEN: usize = 378 * 1024;
+
+/// How long past its TTL a key may still be seen (`Capabilities::ttl_precision`): 250 ms
+/// for round trips and timers, plus 1 s for the two estimates of the server's clock (writer's
+/// and reader's, each within half the `Date` header's 1 s resolution).
+pub(crate) const TTL_PRECISION: Duration = Duration::from_millis(1250);
 
 /// Consul's default `session_ttl_min`, used when the agent's configuration cannot be read.
 const DEFAULT_SESSION_TTL_MIN: Duration = Duration::from_secs(10);
@@ -64,15 +69,16 @@ fn effective_flags(
     }
 }
 
-/// The deadline (Unix milliseconds) recorded in `Flags`, if this crate wrote one.
+/// The deadline (the server's Unix milliseconds) recorded in `Flags`, if this crate wrote one.
 pub(crate) fn deadline_of(flags: u64) -> Option<u64> {
     let deadline = flags & FLAGS_DEADLINE_MASK;
     (flags >> 48 == FLAGS_TAG && deadline != 0).then_some(deadline)
 }
 
-/// True when an entry is visible: its deadline, if any, has not passed.
-pub(crate) fn is_live(entry: &Entry) -> bool {
-    deadline_of(entry.flags).is_none_or(|d| d > now_millis())
+/// True when an entry is visible at server time `now` (Unix ms, see [`Inner::server_now`]):
+/// its deadline, if any, has not passed.
+pub(crate) fn is_live(entry: &Entry, now: u64) -> bool {
+    deadline_of(entry.flags).is_none_or(|d| d > now)
 }
 
 /// A handle to a Consul agent's KV store. See the [crate documentation](crate) for the storage
@@ -112,9 +118,15 @@ impl Inner {
         }
     }
 
-    /// The pair a live entry stands for.
-    pub(crate) fn pair(&self, entry: &Entry) -> Option<KvPair> {
-        if !is_live(entry) {
+    /// The server's time now as this handle estimates it (Unix ms): what TTL deadlines are
+    /// written in and judged against, never the local wall clock (see `crate::clock`).
+    pub(crate) fn server_now(&self) -> u64 {
+        self.client.clock.now_millis()
+    }
+
+    /// The pair an entry stands for at server time `now`, if it is live and ours.
+    pub(crate) fn pair_at(&self, entry: &Entry, now: u64) -> Option<KvPair> {
+        if !is_live(entry, now) {
             return None;
         }
         Some(KvPair {
@@ -126,9 +138,14 @@ impl Inner {
 
     /// A `list`-shaped snapshot of `directory` from raw entries: live, ours, below it, sorted.
     pub(crate) fn snapshot(&self, directory: &str, entries: &[Entry]) -> Vec<KvPair> {
+        self.snapshot_at(directory, entries, self.server_now())
+    }
+
+    /// [`Inner::snapshot`] at server time `now`.
+    pub(crate) fn snapshot_at(&self, directory: &str, entries: &[Entry], now: u64) -> Vec<KvPair> {
         let mut pairs: Vec<KvPair> = entries
             .iter()
-            .filter_map(|e| self.pair(e))
+            .filter_map(|e| self.pair_at(e, now))
             .filter(|p| is_descendant(directory, &p.key))
             .collect();
         pairs.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
@@ -209,7 +226,7 @@ impl Inner {
                 Some(entry) => Cond::Index(entry.modify_index),
             };
             let holder = current.as_ref().and_then(|e| e.session.as_deref());
-            let flags = flags_for(ttl.map(deadline_millis));
+            let flags = flags_for(ttl.map(|ttl| self.client.clock.deadline(ttl)));
             let flags = effective_flags(current.as_ref(), value, flags, session);
             match self
                 .write(full, value, flags, Some(cond), holder, session)
@@ -244,7 +261,8 @@ impl Inner {
         let mut attempt = 0;
         loop {
             let current = self.read(&full, true).await?;
-            let live = current.as_ref().filter(|e| is_live(e));
+            let now = self.server_now();
+            let live = current.as_ref().filter(|e| is_live(e, now));
             let cond = match (previous, live, &current) {
                 (None, Some(_), _) => {
                     return Err(Error::KeyExists {
@@ -267,7 +285,7 @@ impl Inner {
                 (Some(prev), Some(_), _) => Cond::Index(prev.last_index),
             };
             let holder = current.as_ref().and_then(|e| e.session.as_deref());
-            let flags = flags_for(ttl.map(deadline_millis));
+            let flags = flags_for(ttl.map(|ttl| self.client.clock.deadline(ttl)));
             let flags = effective_flags(current.as_ref(), value, flags, session);
             match self
                 .write(&full, value, flags, Some(cond), holder, session)
@@ -318,7 +336,11 @@ impl ConsulStore {
         // accept at most 24 h, and a lock's session TTL is half the lock's.
         caps.min_ttl = Duration::from_secs(1);
         caps.max_ttl = Duration::from_secs(24 * 3600);
-        caps.ttl_precision = Duration::from_millis(250);
+        // Deadlines are in the server's time, which each handle knows from `Date` headers of
+        // 1 s resolution: the writer's and the reader's estimates are each off by at most
+        // half a second plus half a round trip (see `crate::clock`), so a key can be seen up
+        // to 1 s late beyond the 250 ms this backend needed before (round trips, timers).
+        caps.ttl_precision = TTL_PRECISION;
         caps.max_key_len = kv_core::key::MAX_KEY_LEN;
         Ok(ConsulStore {
             inner: Arc::new(Inner {
@@ -395,7 +417,7 @@ impl Store for ConsulStore {
             .inner
             .read(&self.inner.full(&key), options.consistent)
             .await?;
-        Ok(entry.and_then(|e| self.inner.pair(&e)))
+        Ok(entry.and_then(|e| self.inner.pair_at(&e, self.inner.server_now())))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -409,7 +431,7 @@ impl Store for ConsulStore {
             let Some(entry) = self.inner.read(&full, true).await? else {
                 return Ok(false);
             };
-            let live = is_live(&entry);
+            let live = is_live(&entry, self.inner.server_now());
             let deleted = self
                 .inner
                 .client
@@ -513,7 +535,7 @@ impl Store for ConsulStore {
         let key = self.inner.caps.check_key(key)?;
         let full = self.inner.full(&key);
         let current = self.inner.read(&full, true).await?;
-        match current.filter(is_live) {
+        match current.filter(|e| is_live(e, self.inner.server_now())) {
             None => Err(Error::KeyNotFound { key }),
             Some(entry) if entry.modify_index != previous.last_index => {
                 Err(Error::KeyModified { key })
@@ -527,7 +549,8 @@ impl Store for ConsulStore {
                 {
                     return Ok(());
                 }
-                match self.inner.read(&full, true).await?.filter(is_live) {
+                let current = self.inner.read(&full, true).await?;
+                match current.filter(|e| is_live(e, self.inner.server_now())) {
                     None => Err(Error::KeyNotFound { key }),
                     Some(_) => Err(Error::KeyModified { key }),
                 }

@@ -20,7 +20,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::ttl::now_millis;
 use kv_core::{Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
 
 use crate::client::{Entry, EpochGuard};
@@ -29,22 +28,24 @@ use crate::store::{Inner, deadline_of, is_live};
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The next deadline (Unix ms) among visible entries, when the state must be recomputed.
-fn next_deadline<'a>(entries: impl Iterator<Item = &'a Entry>) -> Option<u64> {
+/// How long until the next deadline among entries visible at server time `now`, when the
+/// state must be recomputed: measured on the handle's estimate of the server's clock.
+fn next_expiry<'a>(
+    inner: &Inner,
+    now: u64,
+    entries: impl Iterator<Item = &'a Entry>,
+) -> Option<Duration> {
     entries
-        .filter(|e| is_live(e))
+        .filter(|e| is_live(e, now))
         .filter_map(|e| deadline_of(e.flags))
         .min()
+        .map(|deadline| inner.client.clock.until(deadline))
 }
 
-/// Sleeps until a Unix-millisecond deadline, or forever when there is none.
-async fn sleep_until_millis(deadline: Option<u64>) {
-    match deadline {
-        Some(deadline) => {
-            let wait = deadline.saturating_sub(now_millis());
-            // One extra millisecond: `is_live` compares with `<=` on whole milliseconds.
-            tokio::time::sleep(Duration::from_millis(wait + 1)).await;
-        }
+/// Sleeps for `wait` (a local, monotonic duration), or forever when there is none.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
         None => std::future::pending().await,
     }
 }
@@ -58,7 +59,7 @@ pub(crate) fn is_terminal(error: &Error) -> bool {
 }
 
 /// The shared loop: `fetch(index)` runs one (blocking) query, `project` turns the raw answer
-/// into the published state plus the deadline at which it must be recomputed.
+/// into the published state plus how long until it must be recomputed (a TTL deadline).
 ///
 /// `seen` is the highest index this query has answered. An answer below it (after a
 /// resync, or a blocking query that returned a lower index) is judged by `verify(seen)`
@@ -81,7 +82,7 @@ async fn run<R, T, F, Fut, V, VFut, P>(
     Fut: Future<Output = Result<(R, u64)>>,
     V: FnMut(u64) -> VFut,
     VFut: Future<Output = Result<()>>,
-    P: Fn(&R) -> (T, Option<u64>),
+    P: Fn(&R) -> (T, Option<Duration>),
 {
     let mut backoff = kv_core::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut seen = index;
@@ -118,7 +119,7 @@ async fn run<R, T, F, Fut, V, VFut, P>(
                 Err(error) => Some(error),
             },
             // A TTL deadline passed: publish the state without the expired key(s).
-            _ = sleep_until_millis(deadline) => None,
+            _ = sleep_for(deadline) => None,
             // Another request of this handle found that the server lost its state.
             _ = guard.over() => None,
             _ = tx.closed() => return,
@@ -183,9 +184,10 @@ pub(crate) async fn watch_key(
             let full = full.clone();
             async move { client.confirm_loss(&full, true, seen, generation).await }
         };
-        let project = |entry: &Option<Entry>| -> (Option<KvPair>, Option<u64>) {
-            let pair = entry.as_ref().and_then(|e| inner.pair(e));
-            (pair, next_deadline(entry.iter()))
+        let project = |entry: &Option<Entry>| -> (Option<KvPair>, Option<Duration>) {
+            let now = inner.server_now();
+            let pair = entry.as_ref().and_then(|e| inner.pair_at(e, now));
+            (pair, next_expiry(&inner, now, entry.iter()))
         };
         run(tx, entry, index, guard, fetch, verify, project).await;
     });
@@ -218,14 +220,15 @@ pub(crate) async fn watch_tree(
             let prefix = prefix.clone();
             async move { client.confirm_loss(&prefix, false, seen, generation).await }
         };
-        let project = |entries: &Vec<Entry>| -> (Vec<KvPair>, Option<u64>) {
-            let snapshot = inner.snapshot(&directory, entries);
+        let project = |entries: &Vec<Entry>| -> (Vec<KvPair>, Option<Duration>) {
+            let now = inner.server_now();
+            let snapshot = inner.snapshot_at(&directory, entries, now);
             let relevant = entries.iter().filter(|e| {
                 inner
                     .relative(&e.key)
                     .is_some_and(|k| kv_core::key::is_descendant(&directory, &k))
             });
-            (snapshot, next_deadline(relevant))
+            (snapshot, next_expiry(&inner, now, relevant))
         };
         run(tx, entries, index, guard, fetch, verify, project).await;
     });
