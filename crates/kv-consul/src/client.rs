@@ -608,10 +608,14 @@ impl Client {
     }
 
     /// Deletes `key` if its `ModifyIndex` is still `index`; `false` if it was not. Goes
-    /// through `/v1/txn` (`delete-cas`), which takes every key `/v1/kv` refuses too.
+    /// through `/v1/txn`, which takes every key `/v1/kv` refuses too. `delete-cas` alone
+    /// reports success for a key that is already gone (Consul's state store answers "deleted"
+    /// when there is no entry), so two racing deletes of one version would both win: the
+    /// `check-index` before it fails for an absent key.
     pub(crate) async fn kv_delete_cas(&self, key: &str, index: u64) -> Result<bool> {
+        let check = json!({ "KV": { "Verb": "check-index", "Key": key, "Index": index } });
         let op = json!({ "KV": { "Verb": "delete-cas", "Key": key, "Index": index } });
-        match self.txn(vec![op], "delete").await? {
+        match self.txn(vec![check, op], "delete").await? {
             TxnOutcome::Committed(_) => Ok(true),
             TxnOutcome::RolledBack(..) => Ok(false),
         }

@@ -99,6 +99,10 @@ pub(crate) struct ServerClock {
     /// Local time 0: the handle's monotonic origin.
     origin: Instant,
     offset: Mutex<Option<Offset>>,
+    /// The latest time `now_millis` returned: a refined estimate may move the middle of the
+    /// interval back a little, but this handle's clock never runs backwards (a key judged
+    /// expired stays expired for its readers).
+    last_now: std::sync::atomic::AtomicU64,
     warned: AtomicBool,
 }
 
@@ -107,6 +111,7 @@ impl ServerClock {
         ServerClock {
             origin: Instant::now(),
             offset: Mutex::new(None),
+            last_now: std::sync::atomic::AtomicU64::new(0),
             warned: AtomicBool::new(false),
         }
     }
@@ -143,6 +148,12 @@ impl ServerClock {
 
     /// The server's time now, as estimated (Unix milliseconds).
     pub(crate) fn now_millis(&self) -> u64 {
+        let estimate = self.estimate_millis();
+        let previous = self.last_now.fetch_max(estimate, Ordering::SeqCst);
+        previous.max(estimate)
+    }
+
+    fn estimate_millis(&self) -> u64 {
         match self.offset() {
             Some(offset) => (self.local(Instant::now()) + offset.estimate()).max(0) as u64,
             None => {
