@@ -50,6 +50,8 @@ pub(crate) struct ServerClock {
     /// Transmission start of the attempts in flight, by their orchestrator context's address
     /// (stable for an operation's lifetime: the context lives in its pinned future).
     pending: Mutex<HashMap<usize, Instant>>,
+    /// The latest time `now_ms` returned.
+    last_now: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for ServerClock {
@@ -66,6 +68,7 @@ impl ServerClock {
             base: Instant::now(),
             estimate: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
+            last_now: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -93,6 +96,16 @@ impl ServerClock {
     /// The server's time now, Unix milliseconds (estimated; see the module docs). Falls back
     /// to the local wall clock before any `Date` header was seen.
     pub fn now_ms(&self) -> u64 {
+        // A refined estimate may move the middle of the interval back a little; this handle's
+        // clock never runs backwards, so a key judged expired stays expired for its readers.
+        let estimate = self.estimate_ms();
+        let previous = self
+            .last_now
+            .fetch_max(estimate, std::sync::atomic::Ordering::SeqCst);
+        previous.max(estimate)
+    }
+
+    fn estimate_ms(&self) -> u64 {
         match self.offset_bounds() {
             Some((lo, hi)) => {
                 let now = self.mono_ms(Instant::now()) + lo + (hi - lo) / 2;
@@ -194,7 +207,8 @@ impl Intercept for DateInterceptor {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        self.0.finished(std::ptr::from_ref(context.inner()) as usize);
+        self.0
+            .finished(std::ptr::from_ref(context.inner()) as usize);
         Ok(())
     }
 }
@@ -231,7 +245,10 @@ mod tests {
         clock.finished(1);
         assert!(clock.synced());
         let now = clock.now_ms();
-        assert!((1_795_702_769_000..1_795_702_771_000).contains(&now), "{now}");
+        assert!(
+            (1_795_702_769_000..1_795_702_771_000).contains(&now),
+            "{now}"
+        );
         // Unparsable or unmatched: ignored.
         let other = ServerClock::new();
         other.sent(2);

@@ -157,10 +157,7 @@ impl Item {
             versioned: version.is_some(),
             deadline_ms: number(map.get(ATTR_DEADLINE)),
             deleted: matches!(map.get(ATTR_DELETED), Some(AttributeValue::Bool(true))),
-            owner: map
-                .get(ATTR_OWNER)
-                .and_then(|v| v.as_s().ok())
-                .cloned(),
+            owner: map.get(ATTR_OWNER).and_then(|v| v.as_s().ok()).cloned(),
             heartbeat: number(map.get(ATTR_HEARTBEAT)),
             lease_ms: number(map.get(ATTR_LEASE)),
         })

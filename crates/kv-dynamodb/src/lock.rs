@@ -99,9 +99,7 @@ impl LockBackend for DynamoLock {
             match try_create(inner, &full, &self.value, &owner, self.ttl).await {
                 Ok(Attempt::Acquired(version)) => break (version, started),
                 Ok(Attempt::Held(item, seen)) => {
-                    let lease = item
-                        .lease_ms
-                        .map_or(self.ttl, Duration::from_millis);
+                    let lease = item.lease_ms.map_or(self.ttl, Duration::from_millis);
                     match &watching {
                         Some(w) if w.seen == seen => {
                             if w.since.elapsed() >= lease + margin {

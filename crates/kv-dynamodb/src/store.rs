@@ -19,13 +19,13 @@ use kv_core::{
     WatchStream, WatchTreeStream, WriteOptions, key,
 };
 
+use crate::clock::{DateInterceptor, ServerClock};
 use crate::config::{Config, Credentials, WatchMode};
 use crate::item::{
     ABSENT, ATTR_PK, ATTR_SK, BACKEND, Item, LIVE, LIVE_FILTER, VERSION_BELOW, VERSIONLESS,
     expression_attrs, live_item, next_version, num, partition_of, s, sdk_error, tombstone_item,
     version_exhausted, versionless_cas,
 };
-use crate::clock::{DateInterceptor, ServerClock};
 use crate::table;
 
 /// How far two handles' views of a TTL may differ: each one's estimate of the server's clock

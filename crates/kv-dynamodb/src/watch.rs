@@ -387,7 +387,9 @@ async fn run<T, M, R, Fut>(
                 let mut wake = Instant::now() + idle;
                 if let Some(deadline) = deadline {
                     let until = Duration::from_millis(
-                        deadline.saturating_sub(inner.clock.now_ms()).saturating_add(1),
+                        deadline
+                            .saturating_sub(inner.clock.now_ms())
+                            .saturating_add(1),
                     );
                     wake = wake.min(Instant::now() + until);
                 }

@@ -142,6 +142,9 @@ struct State {
     last_attempt: Option<Instant>,
     /// Whether the fallback to the local clock was already logged.
     warned: bool,
+    /// The latest time `now` returned: switching to a better sample may move the estimate
+    /// back a little, but this handle's clock never runs backwards.
+    last_ms: u64,
 }
 
 impl ServerClock {
@@ -196,7 +199,11 @@ impl ServerClock {
             .map(|s| s.estimate(now))
             .min_by_key(|t| t.error_ms);
         match best {
-            Some(best) => best,
+            Some(mut best) => {
+                best.ms = best.ms.max(state.last_ms);
+                state.last_ms = best.ms;
+                best
+            }
             None => {
                 if !state.warned {
                     state.warned = true;
