@@ -89,16 +89,13 @@ impl Recorder {
     /// Records a completed operation invoked at `invoked`.
     pub fn record(&self, client: usize, call: Call, invoked: Duration, outcome: Outcome) {
         let completed = self.now();
-        self.ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Op {
-                client,
-                call,
-                invoked,
-                completed,
-                outcome,
-            });
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(Op {
+            client,
+            call,
+            invoked,
+            completed,
+            outcome,
+        });
     }
 
     /// Everything recorded so far.

@@ -51,7 +51,12 @@ impl Report {
             figures.join(" ")
         );
         if let Ok(path) = std::env::var("KV_FAULTS_REPORT") {
-            let line = format!("{}\t{}\t{}\n", self.backend, self.scenario, figures.join("\t"));
+            let line = format!(
+                "{}\t{}\t{}\n",
+                self.backend,
+                self.scenario,
+                figures.join("\t")
+            );
             let written = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

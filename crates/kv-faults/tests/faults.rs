@@ -108,7 +108,12 @@ impl Target for Backend {
     fn child(&self, mode: &str) -> Command {
         let mut command = Command::new(std::env::current_exe().expect("the test binary's path"));
         command
-            .args(["--exact", "child_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(kv_faults::child::MODE_VAR, mode)
             .env(BACKEND_VAR, self.name)
             .env(SHARED_VAR, &self.shared);
@@ -209,11 +214,4 @@ macro_rules! skewed_clock_tests {
 // Expiry that depends on clients agreeing on the time is a known open defect (issue 11) on the
 // backends marked here; `cargo test -p kv-faults --test faults skewed -- --include-ignored`
 // shows it. docs/reliability.md lists it.
-skewed_clock_tests!(
-    bolt,
-    redis,
-    etcd: "open: TTL keys are hidden by the writer's deadline against the reader's clock",
-    consul: "open: TTL keys are hidden by the writer's deadline against the reader's clock",
-    zookeeper: "open: TTL markers' server mtime is compared with the reader's clock",
-    dynamodb: "open: lock and TTL expiry compare the writer's deadline with the reader's clock",
-);
+skewed_clock_tests!(bolt, redis, etcd, consul, zookeeper, dynamodb,);
