@@ -211,7 +211,6 @@ macro_rules! skewed_clock_tests {
     };
 }
 
-// Expiry that depends on clients agreeing on the time is a known open defect (issue 11) on the
-// backends marked here; `cargo test -p kv-faults --test faults skewed -- --include-ignored`
-// shows it. docs/reliability.md lists it.
+// A backend whose expiry depended on clients agreeing on the time would be listed here with an
+// ignore reason (`name: "why"`), shown by `-- --include-ignored`; none is.
 skewed_clock_tests!(bolt, redis, etcd, consul, zookeeper, dynamodb,);

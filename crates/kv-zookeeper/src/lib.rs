@@ -68,11 +68,16 @@
 //!   (`setData(node, …, version)`, `delete(marker, version)`), so any write in between makes
 //!   the server refuse the whole transaction ([`kv_core::Error::KeyModified`]); a
 //!   create-only write fails on the marker's `NodeExists` ([`kv_core::Error::KeyExists`]).
-//!   Residual window, stated honestly: ZooKeeper's `check` compares data versions, not zxids,
-//!   so a concurrent *delete and re-create* of the node that lands on the very same data
-//!   version within the one round trip between the read and the multi-op would not be
-//!   detected. Any write in between that leaves the node in place is always detected. Locks
-//!   do not depend on data versions (see Locks), so this window does not apply to them.
+//!   ZooKeeper's `check` compares data versions, not zxids, and a node's data version starts
+//!   again at 0 when it is re-created. So a delete never removes the key's node: it deletes
+//!   the marker and empties the node (raising its data version), and the server's container
+//!   sweep removes the childless node later. A late CAS still carrying the old version then
+//!   meets the same node with a higher version and is refused. (Deleting the node made two
+//!   racing `atomic_delete`s of one version both succeed when a create landed between them:
+//!   found by `kv-faults`' linearizability check.) Residual window, stated honestly: only if
+//!   the container sweep removes the node AND a new write re-creates it AND it reaches the
+//!   old data version, all between one CAS's read and its multi-op. Locks do not depend on
+//!   data versions (see Locks).
 //! * **TTL**: the marker is a TTL node (`CreateMode::Persistent` + TTL) whose data records the
 //!   TTL, because the server hides a node's TTL from clients (`ephemeralOwner` reads 0). The
 //!   server deletes it lazily, once unmodified for the TTL and only every
@@ -192,7 +197,7 @@
 //! * Keys with characters outside the BMP are stored escaped (see Storage layout).
 //! * Other clients see the `__kv` marker children and the `__kvlocks` directory.
 //! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] znodes, not beyond.
-//! * CAS has the residual delete-and-re-create window described above (locks do not).
+//! * CAS has the (narrow) residual window described above; locks do not.
 //! * Known issue, plain keys only: a `put`/`atomic_put` that replaces a key whose TTL marker
 //!   has just expired can lose its new marker to the server's TTL sweeper (see Locks: it
 //!   deletes by path), and then the key is gone. The window runs from the sweeper's listing

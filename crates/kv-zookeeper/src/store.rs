@@ -620,11 +620,12 @@ impl Inner {
                     writer.add_delete(&self.marker_child_path(key, child), None)?;
                 }
                 writer.add_delete(&marker, Some(m.stat.version))?;
-                if stat.num_children <= 1 {
-                    writer.add_delete(&node, Some(stat.version))
-                } else {
-                    writer.add_set_data(&node, &[], Some(stat.version))
-                }
+                // The key's node stays (empty; the server's container sweep removes it once
+                // it has no children): deleting it would restart its data version at 0 when
+                // the key is written again, and a late conditional write or delete still
+                // holding the old version would then hit the new key (an ABA the fault
+                // suite's linearizability check found).
+                writer.add_set_data(&node, &[], Some(stat.version))
             })();
             build.map_err(|e| Error::backend(BACKEND, e))?;
             match self.timed("delete", writer.commit()).await? {
