@@ -111,13 +111,27 @@
 //!   handle falls back to its local wall clock and logs a warning.
 //! * **list / watch_tree**: a breadth-first walk, one multi-read per level (32 nodes per
 //!   request, each with its data, its children and its marker), keeping nodes with a live
-//!   marker; sorted by key. The namespace's `__kv…` directories are skipped.
-//! * **delete_tree**: the whole subtree is collected and deleted children-first in *one*
-//!   multi-op, atomic: readers see all of it or none of it. A request must stay below the
-//!   server's `jute.maxbuffer` (1 MiB), so trees above [`Config::max_ops_per_multi`] znodes
-//!   (1000 by default; each key is two znodes) are deleted in several multi-ops, each atomic,
-//!   children before parents. A concurrent write into the tree makes the multi-op fail
-//!   (`NotEmpty`/`NoNode`): the walk is redone.
+//!   marker; sorted by key. `__kv…` names are skipped, and so are nodes other programs wrote
+//!   whose names are not a key segment this crate could have written (a name must decode to a
+//!   segment that kv-core's key rules accept, e.g. not one that makes `a//b` or holds a
+//!   forbidden character, and that encodes back to the same name): neither they nor anything
+//!   below them is listed.
+//! * **delete_tree** deletes exactly the keys `list` shows (plus the directory itself as a
+//!   key), never znodes of other programs. One breadth-first walk (as for `list`, also reading
+//!   each node's data version and its marker's children) collects the tree; then, children
+//!   before parents: every key's marker is deleted with its children (a lock's owner node),
+//!   and a node is deleted only when nothing foreign remains below it and it is a key or an
+//!   empty parent-only node whose children all go. A key whose node must stay (another
+//!   program's znode is below it) loses its marker and its data (conditioned on the data
+//!   version, as `delete`). Foreign znodes stay with the path of nodes leading to them: plain
+//!   nodes without a marker that hold data, nodes whose names are not valid key segments (see
+//!   list) and everything below them, and childless empty nodes without a marker (they may be
+//!   another program's; this crate's own are containers the server sweeps). All of it is
+//!   *one* multi-op, atomic: readers see all of it or none of it. A request must stay below
+//!   the server's `jute.maxbuffer` (1 MiB), so trees above [`Config::max_ops_per_multi`]
+//!   operations (1000 by default; each key is two znodes) are deleted in several multi-ops,
+//!   each atomic, children before parents. A concurrent write into the tree makes the
+//!   multi-op fail (`NotEmpty`/`NoNode`/`BadVersion`): the walk is redone.
 //! * **watch**: a persistent watch (`addWatch … PERSISTENT`) on the key's node is installed
 //!   *before* the first read; every event triggers a fresh read (node + marker), which is
 //!   sent (equal states are dropped by kv-core). A timer fires at the TTL deadline, so expiry
@@ -196,7 +210,9 @@
 //!
 //! * Keys with characters outside the BMP are stored escaped (see Storage layout).
 //! * Other clients see the `__kv` marker children and the `__kvlocks` directory.
-//! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] znodes, not beyond.
+//! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] operations, not beyond. It
+//!   leaves other programs' znodes (and the nodes leading to them) in place, so a directory
+//!   may still exist as a znode after it; `list` shows nothing there.
 //! * CAS has the (narrow) residual window described above; locks do not.
 //! * Known issue, plain keys only: a `put`/`atomic_put` that replaces a key whose TTL marker
 //!   has just expired can lose its new marker to the server's TTL sweeper (see Locks: it

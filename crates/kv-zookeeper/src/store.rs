@@ -1,6 +1,5 @@
 //! [`ZookeeperStore`]: the [`Store`] implementation.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -216,6 +215,27 @@ pub(crate) fn decode_name(name: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The key that the child znode `name` of `parent`'s node (a normalised directory, `""` for
+/// the namespace root) stands for, or `None` when this crate cannot have written it: the
+/// `__kv…` names (markers, lock queues, clock probes), and names written by other programs
+/// that do not decode to a valid key segment (one that [`encode_key`] spells back as `name`
+/// and that kv-core's key rules accept, e.g. not `a//b` or a forbidden character). `list`
+/// neither shows nor descends into such nodes, and `delete_tree` leaves them alone.
+pub(crate) fn child_key(parent: &str, name: &str) -> Option<String> {
+    if name.starts_with(kv_core::key::RESERVED_PREFIX) {
+        return None;
+    }
+    let segment = decode_name(name);
+    if segment.contains('/') || encode_key(&segment) != name {
+        return None;
+    }
+    let key = format!("{}{segment}", kv_core::key::child_prefix(parent));
+    match kv_core::key::normalize_key(&key) {
+        Ok(normalized) if normalized == key => Some(key),
+        _ => None,
+    }
 }
 
 /// Maps a client-library error.
@@ -653,12 +673,8 @@ impl Inner {
             Err(zk::Error::NoNode) => return Ok(Vec::new()),
             Err(e) => return Err(map_zk(e, "list", self.config.request_timeout)),
         };
-        let prefix = kv_core::key::child_prefix(directory);
-        let mut frontier: Vec<String> = top
-            .into_iter()
-            .filter(|c| !c.starts_with(kv_core::key::RESERVED_PREFIX))
-            .map(|c| format!("{prefix}{}", decode_name(&c)))
-            .collect();
+        let mut frontier: Vec<String> =
+            top.iter().filter_map(|c| child_key(directory, c)).collect();
         let mut found = Vec::new();
         while !frontier.is_empty() {
             let mut next = Vec::new();
@@ -688,12 +704,7 @@ impl Inner {
                         _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
                     };
                     if let Some(zk::MultiReadResult::Children { children }) = children {
-                        next.extend(
-                            children
-                                .into_iter()
-                                .filter(|c| !c.starts_with(kv_core::key::RESERVED_PREFIX))
-                                .map(|c| format!("{key}/{}", decode_name(&c))),
-                        );
+                        next.extend(children.iter().filter_map(|c| child_key(key, c)));
                     }
                     let marker = match marker {
                         Some(zk::MultiReadResult::Data { data, stat }) => {
@@ -717,44 +728,140 @@ impl Inner {
         Ok(found)
     }
 
-    /// Every znode path below `base` (the internal `__kv…` directories of the namespace root
-    /// excluded), parents before children.
-    async fn collect_tree(
-        &self,
-        client: &zk::Client,
-        base: &str,
-        is_root: bool,
-    ) -> Result<Vec<String>> {
-        let mut all = Vec::new();
-        let mut queue = VecDeque::from([base.to_owned()]);
-        while !queue.is_empty() {
-            let level: Vec<String> = queue.drain(..).collect();
-            for chunk in level.chunks(READ_BATCH * 3) {
+    /// Reads the tree of `directory` for `delete_tree`: its node (the namespace root for `""`,
+    /// which is never deleted) and every node below it that stands for a valid key (see [`child_key`]), each
+    /// with its data version, whether its data is empty, its marker's children (if it has a
+    /// marker) and whether it has children of other programs. Parents before children.
+    async fn read_tree(&self, client: &zk::Client, directory: &str) -> Result<Vec<TreeNode>> {
+        let mut nodes: Vec<TreeNode> = Vec::new();
+        // (key, index of the parent in `nodes`)
+        let mut frontier: Vec<(String, Option<usize>)> = vec![(directory.to_owned(), None)];
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for chunk in frontier.chunks(READ_BATCH) {
                 let mut reader = client.new_multi_reader();
-                for path in chunk {
-                    reader
-                        .add_get_children(path)
-                        .map_err(|e| Error::backend(BACKEND, e))?;
+                for (key, _) in chunk {
+                    let path = self.node_path(key);
+                    let build = (|| {
+                        reader.add_get_data(&path)?;
+                        reader.add_get_children(&path)?;
+                        reader.add_get_children(&format!("{path}/{MARKER}"))
+                    })();
+                    build.map_err(|e| Error::backend(BACKEND, e))?;
                 }
                 let results = self.request("delete_tree", reader.commit()).await?;
-                for (path, result) in chunk.iter().zip(results) {
-                    if let zk::MultiReadResult::Children { children } = result {
+                let mut results = results.into_iter();
+                for (key, parent) in chunk {
+                    let (data, children, marker) = (results.next(), results.next(), results.next());
+                    let (empty, version) = match data {
+                        Some(zk::MultiReadResult::Data { data, stat }) => {
+                            (data.is_empty(), stat.version)
+                        }
+                        // Gone meanwhile: not part of the tree.
+                        Some(zk::MultiReadResult::Error {
+                            err: zk::Error::NoNode,
+                        }) => continue,
+                        Some(zk::MultiReadResult::Error { err }) => {
+                            return Err(map_zk(err, "delete_tree", self.config.request_timeout));
+                        }
+                        _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+                    };
+                    let index = nodes.len();
+                    let is_root = key.is_empty();
+                    let mut node = TreeNode {
+                        key: key.clone(),
+                        parent: *parent,
+                        empty,
+                        version,
+                        marker: None,
+                        children: 0,
+                        foreign: false,
+                    };
+                    if let Some(zk::MultiReadResult::Children { children }) = children {
                         for child in children {
-                            if is_root
-                                && path == base
-                                && child.starts_with(kv_core::key::RESERVED_PREFIX)
-                            {
+                            if child == MARKER && !is_root {
                                 continue;
                             }
-                            let child_path = format!("{path}/{child}");
-                            all.push(child_path.clone());
-                            queue.push_back(child_path);
+                            match child_key(key, &child) {
+                                Some(child_key) => next.push((child_key, Some(index))),
+                                // The namespace root's own `__kv…` nodes (lock queues, clock
+                                // probes) are not ours to delete; the root stays anyway.
+                                None if is_root
+                                    && child.starts_with(kv_core::key::RESERVED_PREFIX) => {}
+                                None => node.foreign = true,
+                            }
                         }
                     }
+                    if !is_root && let Some(zk::MultiReadResult::Children { children }) = marker {
+                        node.marker = Some(children);
+                    }
+                    if let Some(parent) = parent {
+                        nodes[*parent].children += 1;
+                    }
+                    nodes.push(node);
                 }
             }
+            frontier = next;
         }
-        Ok(all)
+        Ok(nodes)
+    }
+
+    /// The operations that delete the keys of a tree read by [`read_tree`](Self::read_tree),
+    /// children before parents: every key's marker (with its children, a lock's owner node),
+    /// and every node whose whole subtree goes with it. A node is removed when nothing of
+    /// another program is below it and it is a key, or it is an empty parent-only node whose
+    /// children all go. A key whose node must stay (something foreign is below it) is emptied
+    /// instead, conditioned on its data version (like `delete`). Foreign nodes, nodes with data
+    /// but no marker, and childless empty nodes without a marker (possibly another program's;
+    /// the server sweeps this crate's own containers) stay, and so do their ancestors.
+    fn delete_tree_ops(&self, nodes: &[TreeNode]) -> Vec<TreeOp> {
+        // Parents come before children, so a reverse pass sees every child first.
+        let mut kept_children = vec![0usize; nodes.len()];
+        let mut removed = vec![false; nodes.len()];
+        for (i, node) in nodes.iter().enumerate().rev() {
+            let remove = !node.key.is_empty()
+                && !node.foreign
+                && kept_children[i] == 0
+                && (node.marker.is_some() || (node.empty && node.children > 0));
+            removed[i] = remove;
+            if !remove && let Some(parent) = node.parent {
+                kept_children[parent] += 1;
+            }
+        }
+        // Depth first, children before parents.
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(parent) = node.parent {
+                children[parent].push(i);
+            }
+        }
+        let mut ops = Vec::new();
+        let mut stack: Vec<(usize, bool)> = if nodes.is_empty() {
+            Vec::new()
+        } else {
+            vec![(0, false)]
+        };
+        while let Some((i, expanded)) = stack.pop() {
+            if !expanded {
+                stack.push((i, true));
+                stack.extend(children[i].iter().rev().map(|&c| (c, false)));
+                continue;
+            }
+            let node = &nodes[i];
+            if let Some(marker_children) = &node.marker {
+                for child in marker_children {
+                    ops.push(TreeOp::Delete(self.marker_child_path(&node.key, child)));
+                }
+                ops.push(TreeOp::Delete(self.marker_path(&node.key)));
+                if !removed[i] {
+                    ops.push(TreeOp::Empty(self.node_path(&node.key), node.version));
+                }
+            }
+            if removed[i] {
+                ops.push(TreeOp::Delete(self.node_path(&node.key)));
+            }
+        }
+        ops
     }
 
     pub(crate) async fn close(&self) {
@@ -772,6 +879,34 @@ pub(crate) enum Expect {
     Absent,
     /// A visible key with this `last_index`.
     Index(u64),
+}
+
+/// A node of the tree `delete_tree` deletes (see [`Inner::read_tree`]).
+#[derive(Debug)]
+struct TreeNode {
+    /// The key the node stands for (`""`: the namespace root).
+    key: String,
+    /// Index of the parent node, `None` for the directory's own node.
+    parent: Option<usize>,
+    /// The node's data is empty.
+    empty: bool,
+    /// The node's data version.
+    version: i32,
+    /// The marker's children, when the node has a marker.
+    marker: Option<Vec<String>>,
+    /// How many children stand for valid keys (are in the tree).
+    children: usize,
+    /// The node has a child this crate cannot have written (see [`child_key`]).
+    foreign: bool,
+}
+
+/// One operation of `delete_tree`'s multi-ops.
+#[derive(Debug)]
+enum TreeOp {
+    /// Delete the znode.
+    Delete(String),
+    /// Empty the data of a key's node that must stay, if its data version is still this one.
+    Empty(String, i32),
 }
 
 fn is_terminal(state: zk::SessionState) -> bool {
@@ -1036,33 +1171,28 @@ impl Store for ZookeeperStore {
         inner.tasks.ensure_open()?;
         let directory = inner.caps.check_directory(directory)?;
         let client = inner.client().await?;
-        let base = inner.node_path(&directory);
-        let is_root = directory.is_empty();
         for _ in 0..MAX_ATTEMPTS {
-            let mut paths = inner.collect_tree(&client, &base, is_root).await?;
-            if !is_root {
-                match inner.timed("delete_tree", client.check_stat(&base)).await? {
-                    Ok(Some(_)) => paths.insert(0, base.clone()),
-                    Ok(None) => {}
-                    Err(e) => return Err(map_zk(e, "delete_tree", inner.config.request_timeout)),
-                }
-            }
-            if paths.is_empty() {
+            let nodes = inner.read_tree(&client, &directory).await?;
+            let ops = inner.delete_tree_ops(&nodes);
+            if ops.is_empty() {
                 return Ok(());
             }
-            // Children before parents: the reverse of the breadth-first order.
-            paths.reverse();
             let mut raced = false;
-            for batch in paths.chunks(inner.config.max_ops_per_multi) {
+            for batch in ops.chunks(inner.config.max_ops_per_multi) {
                 let mut writer = client.new_multi_writer();
-                for path in batch {
-                    writer
-                        .add_delete(path, None)
-                        .map_err(|e| Error::backend(BACKEND, e))?;
+                for op in batch {
+                    match op {
+                        TreeOp::Delete(path) => writer.add_delete(path, None),
+                        TreeOp::Empty(path, version) => {
+                            writer.add_set_data(path, &[], Some(*version))
+                        }
+                    }
+                    .map_err(|e| Error::backend(BACKEND, e))?;
                 }
                 match inner.timed("delete_tree", writer.commit()).await? {
                     Ok(_) => {}
-                    Err(zk::Error::NoNode | zk::Error::NotEmpty) => {
+                    // A concurrent write into the tree: read it again.
+                    Err(zk::Error::NoNode | zk::Error::NotEmpty | zk::Error::BadVersion) => {
                         raced = true;
                         break;
                     }

@@ -1311,3 +1311,133 @@ async fn a_holder_frozen_past_its_ttl_does_not_revive_its_lock() {
         .unwrap();
     observer.close().await.unwrap();
 }
+
+/// `delete_tree` deletes exactly the keys `list` shows (and the directory's own key): znodes
+/// other programs wrote into the namespace (plain nodes without a marker, names that do not
+/// decode to a valid key segment, nodes below a key) stay, with the nodes leading to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tree_leaves_other_programs_nodes() {
+    // A character kv-core refuses in keys but ZooKeeper accepts in paths.
+    assert!(kv_core::key::normalize_key("x\u{378}").is_err());
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let zk = raw().await;
+    for directory in ["dir", ""] {
+        let ns = unique("foreign");
+        let store = store_in(&ns).await;
+        let prefix = kv_core::key::child_prefix(directory);
+        let keys: Vec<String> = ["k1", "sub/k2", "host/k3", "deep/a/b/k4", "😀"]
+            .iter()
+            .map(|k| format!("{prefix}{k}"))
+            .chain((!directory.is_empty()).then(|| directory.to_owned()))
+            .collect();
+        // A plain node with data that holds one of our keys below it.
+        let dir_path = if directory.is_empty() {
+            format!("/{ns}")
+        } else {
+            format!("/{ns}/{directory}")
+        };
+        zk.mkdir(&format!("{dir_path}/host"), &persistent)
+            .await
+            .unwrap();
+        zk.set_data(&format!("{dir_path}/host"), b"theirs", None)
+            .await
+            .unwrap();
+        for key in &keys {
+            store
+                .put(key, "v".into(), WriteOptions::default())
+                .await
+                .unwrap();
+        }
+        let foreign: Vec<String> = [
+            // A plain node next to the keys, with and without data.
+            "plain",
+            "sub/empty-plain",
+            // Below a key: the key goes, its node stays.
+            "k1/child",
+            // Deep below parent-only nodes of ours.
+            "deep/a/theirs",
+            "host",
+            // Names that decode to `a/` (hence `a//b`), a forbidden character, a reserved
+            // name and a non-canonical escape: not keys, even with a marker below them.
+            "a\u{241A}00002F",
+            "a\u{241A}00002F/b",
+            "a\u{241A}00002F/b/__kv",
+            "x\u{378}",
+            "x\u{378}/__kv",
+            "__kvtheirs",
+            "\u{241A}000041",
+            "\u{241A}000041/__kv",
+        ]
+        .iter()
+        .map(|name| format!("{dir_path}/{name}"))
+        .collect();
+        for path in &foreign {
+            if zk.check_stat(path).await.unwrap().is_none() {
+                zk.mkdir(path, &persistent).await.unwrap();
+            }
+            if path.ends_with("/plain") {
+                zk.set_data(path, b"plain", None).await.unwrap();
+            }
+        }
+
+        let mut expected: Vec<String> = keys
+            .iter()
+            .filter(|k| kv_core::key::is_descendant(directory, k))
+            .cloned()
+            .collect();
+        expected.sort();
+        let listed: Vec<String> = store
+            .list(directory, ReadOptions::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(listed, expected, "list shows only our keys");
+
+        store.delete_tree(directory).await.unwrap();
+        assert!(
+            store
+                .list(directory, ReadOptions::default())
+                .await
+                .unwrap()
+                .is_empty(),
+            "delete_tree({directory:?}) left keys"
+        );
+        for key in &keys {
+            assert_eq!(
+                store.get(key, ReadOptions::default()).await.unwrap(),
+                None,
+                "{key} survived delete_tree({directory:?})"
+            );
+        }
+        for path in &foreign {
+            assert!(
+                zk.check_stat(path).await.unwrap().is_some(),
+                "delete_tree({directory:?}) removed {path}, which another program wrote"
+            );
+        }
+        assert_eq!(
+            zk.get_data(&format!("{dir_path}/host")).await.unwrap().0,
+            b"theirs"
+        );
+        assert_eq!(
+            zk.get_data(&format!("{dir_path}/plain")).await.unwrap().0,
+            b"plain"
+        );
+        // Nothing of ours is left where nothing foreign is below.
+        assert_eq!(
+            zk.check_stat(&format!("{dir_path}/host/k3")).await.unwrap(),
+            None
+        );
+        // Deleting again is a no-op.
+        store.delete_tree(directory).await.unwrap();
+        assert!(
+            zk.check_stat(&format!("{dir_path}/k1/child"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        store.close().await.unwrap();
+    }
+}
