@@ -148,12 +148,18 @@ impl ServerClock {
 
     /// The server's time now, as estimated (Unix milliseconds).
     pub(crate) fn now_millis(&self) -> u64 {
-        let estimate = self.estimate_millis();
-        let previous = self.last_now.fetch_max(estimate, Ordering::SeqCst);
-        previous.max(estimate)
+        match self.estimate_millis() {
+            Some(estimate) => monotonic(&self.last_now, estimate),
+            None => self.fallback_millis(),
+        }
     }
 
-    fn estimate_millis(&self) -> u64 {
+    fn estimate_millis(&self) -> Option<u64> {
+        self.offset()
+            .map(|offset| (self.local(Instant::now()) + offset.estimate()).max(0) as u64)
+    }
+
+    fn fallback_millis(&self) -> u64 {
         match self.offset() {
             Some(offset) => (self.local(Instant::now()) + offset.estimate()).max(0) as u64,
             None => {
@@ -176,6 +182,20 @@ impl ServerClock {
     /// (liveness compares `deadline > now` on whole milliseconds).
     pub(crate) fn until(&self, deadline: u64) -> Duration {
         Duration::from_millis(deadline.saturating_sub(self.now_millis()) + 1)
+    }
+}
+
+/// Refining an estimate may move it back by a fraction of a second: `now` then stays where it
+/// was (a key judged expired stays expired). A larger step back is the server's clock being
+/// set back (or another agent answering), and is followed.
+fn monotonic(last: &std::sync::atomic::AtomicU64, estimate: u64) -> u64 {
+    const NOISE_MS: u64 = 2_000;
+    let previous = last.load(Ordering::SeqCst);
+    if estimate >= previous || previous - estimate > NOISE_MS {
+        last.store(estimate, Ordering::SeqCst);
+        estimate
+    } else {
+        previous
     }
 }
 

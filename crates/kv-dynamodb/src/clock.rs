@@ -96,13 +96,23 @@ impl ServerClock {
     /// The server's time now, Unix milliseconds (estimated; see the module docs). Falls back
     /// to the local wall clock before any `Date` header was seen.
     pub fn now_ms(&self) -> u64 {
-        // A refined estimate may move the middle of the interval back a little; this handle's
-        // clock never runs backwards, so a key judged expired stays expired for its readers.
+        // A refined estimate may move the middle of the interval back by a fraction of a
+        // second: this handle's clock then stays put, so a key judged expired stays expired for
+        // its readers. A larger step back (the server's clock was set back) is followed, and
+        // the local fallback is never held against later estimates.
+        use std::sync::atomic::Ordering::SeqCst;
+        const NOISE_MS: u64 = 2_000;
         let estimate = self.estimate_ms();
-        let previous = self
-            .last_now
-            .fetch_max(estimate, std::sync::atomic::Ordering::SeqCst);
-        previous.max(estimate)
+        if !self.synced() {
+            return estimate;
+        }
+        let previous = self.last_now.load(SeqCst);
+        if estimate >= previous || previous - estimate > NOISE_MS {
+            self.last_now.store(estimate, SeqCst);
+            estimate
+        } else {
+            previous
+        }
     }
 
     fn estimate_ms(&self) -> u64 {

@@ -200,7 +200,12 @@ impl ServerClock {
             .min_by_key(|t| t.error_ms);
         match best {
             Some(mut best) => {
-                best.ms = best.ms.max(state.last_ms);
+                // Switching to a better sample may move the estimate back by a fraction of a
+                // second: stay put then. A larger step back (the server's clock was set back)
+                // is followed.
+                if best.ms < state.last_ms && state.last_ms - best.ms <= 2_000 {
+                    best.ms = state.last_ms;
+                }
                 state.last_ms = best.ms;
                 best
             }
