@@ -218,11 +218,78 @@ pub async fn register_under_cancellation(target: &dyn Target) -> Report {
             }
         }));
     }
+    // Meanwhile another handle opens watches on the key and its directory and drops them at
+    // random moments (while opening, before or after the first item): no task may be left.
+    let churner = connect(target).await;
+    let churn_baseline = churner.background_tasks();
+    let churn = {
+        let churner = churner.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let dir = key
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_owned())
+                .unwrap_or_default();
+            let (mut opened, mut cut) = (0u64, 0u64);
+            while Instant::now() < until {
+                let (limit, items, tree) = {
+                    let mut rng = rand::rng();
+                    (
+                        Duration::from_micros(rng.random_range(0..30_000)),
+                        rng.random_range(0..3usize),
+                        rng.random_bool(0.5),
+                    )
+                };
+                let watched = timeout(limit, async {
+                    if tree {
+                        let mut stream = churner.watch_tree(&dir, ReadOptions::default()).await?;
+                        for _ in 0..items {
+                            if stream.next().await.is_none() {
+                                break;
+                            }
+                        }
+                    } else {
+                        let mut stream = churner.watch(&key, ReadOptions::default()).await?;
+                        for _ in 0..items {
+                            if stream.next().await.is_none() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok::<(), Error>(())
+                })
+                .await;
+                opened += 1;
+                match watched {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => panic!("watch: {error}"),
+                    Err(_) => cut += 1,
+                }
+                // Gentle on servers that keep a dropped watch's request until it times out.
+                sleep(Duration::from_millis(100)).await;
+            }
+            (opened, cut)
+        })
+    };
     for client in clients {
         client
             .await
             .unwrap_or_else(|e| panic!("a client panicked: {e}"));
     }
+    let (watches_opened, watches_cut) = churn
+        .await
+        .unwrap_or_else(|e| panic!("the watch churn panicked: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while churner.background_tasks() > churn_baseline {
+        assert!(
+            Instant::now() < deadline,
+            "{}: {} watch tasks left after dropping every watch (baseline {churn_baseline})",
+            target.name(),
+            churner.background_tasks()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let _ = churner.close().await;
     // Calls cut short may still land: give them a moment, then read the final state.
     sleep(Duration::from_millis(300)).await;
     let invoked = recorder.now();
@@ -338,7 +405,10 @@ pub async fn register_under_cancellation(target: &dyn Target) -> Report {
         .add("check_steps", verdict.explored)
         .add("check_ms", check_time.as_millis())
         .add("watch_states", states.len())
-        .add("watch_backwards", 0);
+        .add("watch_backwards", 0)
+        .add("watches_dropped", watches_opened)
+        .add("watches_cut_short", watches_cut)
+        .add("watch_tasks_left", 0);
     report.emit();
     report
 }
