@@ -480,6 +480,36 @@ pub async fn atomic_delete_outcomes(factory: &dyn StoreFactory) {
         "atomic_delete with the pair of a previous life",
         |e| matches!(e, Error::KeyModified { .. }),
     );
+    // A pair at the very top of the index range is a stale pair like any other: indexes are
+    // compared, never incremented (an overflow panicked on one backend).
+    let mut top = get_some(&*store, &key).await;
+    top.last_index = u64::MAX;
+    assert_err(
+        store.atomic_delete(&key, &top).await,
+        "atomic_delete with last_index u64::MAX",
+        |e| matches!(e, Error::KeyModified { .. }),
+    );
+    assert_err(
+        store
+            .atomic_put(&key, "w".into(), Some(&top), WriteOptions::default())
+            .await,
+        "atomic_put with last_index u64::MAX",
+        |e| matches!(e, Error::KeyModified { .. }),
+    );
+    let absent = format!("{key}-absent");
+    top.key = absent.clone();
+    assert_err(
+        store.atomic_delete(&absent, &top).await,
+        "atomic_delete of an absent key with last_index u64::MAX",
+        |e| matches!(e, Error::KeyNotFound { .. }),
+    );
+    assert_err(
+        store
+            .atomic_put(&absent, "w".into(), Some(&top), WriteOptions::default())
+            .await,
+        "atomic_put of an absent key with last_index u64::MAX",
+        |e| matches!(e, Error::KeyNotFound { .. }),
+    );
 }
 
 /// Two clients incrementing one counter through get + atomic_put never lose an update.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use kv_consul::{Config, ConsulStore, MAX_VALUE_LEN};
-use kv_core::{Error, KvPair, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -902,37 +902,4 @@ async fn large_trees_list_and_delete_in_one_call() {
     );
     eprintln!("{KEYS} puts: {wrote:?}; delete_tree of {KEYS} keys in one transaction: {deleted:?}");
     Store::close(&store).await.unwrap();
-}
-
-/// A `previous` pair at `last_index` `u64::MAX` is a stale pair like any other: indexes are
-/// compared, never incremented.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_previous_index_of_u64_max_is_a_conflict() {
-    let store = store_with_prefix(&unique("u64max")).await;
-    store
-        .put("k", "v".into(), WriteOptions::default())
-        .await
-        .unwrap();
-    let stale = KvPair::new("k", Bytes::from_static(b"v"), u64::MAX);
-    let put = store
-        .atomic_put("k", "w".into(), Some(&stale), WriteOptions::default())
-        .await;
-    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
-    let delete = store.atomic_delete("k", &stale).await;
-    assert!(
-        matches!(delete, Err(Error::KeyModified { .. })),
-        "{delete:?}"
-    );
-    let stale = KvPair::new("absent", Bytes::from_static(b"v"), u64::MAX);
-    let put = store
-        .atomic_put("absent", "w".into(), Some(&stale), WriteOptions::default())
-        .await;
-    assert!(matches!(put, Err(Error::KeyNotFound { .. })), "{put:?}");
-    let delete = store.atomic_delete("absent", &stale).await;
-    assert!(
-        matches!(delete, Err(Error::KeyNotFound { .. })),
-        "{delete:?}"
-    );
-    store.delete_tree("").await.unwrap();
-    store.close().await.unwrap();
 }

@@ -1125,39 +1125,6 @@ async fn background_tasks_end_with_their_owners_and_on_close() {
     other.close().await.unwrap();
 }
 
-/// A `previous` pair at `last_index` `u64::MAX` is a stale pair like any other: the scripts
-/// compare indexes as strings, nothing adds to it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_previous_index_of_u64_max_is_a_conflict() {
-    let store = store_with_prefix(&unique("u64max")).await;
-    store
-        .put("k", "v".into(), WriteOptions::default())
-        .await
-        .unwrap();
-    let stale = KvPair::new("k", Bytes::from_static(b"v"), u64::MAX);
-    let put = store
-        .atomic_put("k", "w".into(), Some(&stale), WriteOptions::default())
-        .await;
-    assert!(matches!(put, Err(Error::KeyModified { .. })), "{put:?}");
-    let delete = store.atomic_delete("k", &stale).await;
-    assert!(
-        matches!(delete, Err(Error::KeyModified { .. })),
-        "{delete:?}"
-    );
-    let stale = KvPair::new("absent", Bytes::from_static(b"v"), u64::MAX);
-    let put = store
-        .atomic_put("absent", "w".into(), Some(&stale), WriteOptions::default())
-        .await;
-    assert!(matches!(put, Err(Error::KeyNotFound { .. })), "{put:?}");
-    let delete = store.atomic_delete("absent", &stale).await;
-    assert!(
-        matches!(delete, Err(Error::KeyNotFound { .. })),
-        "{delete:?}"
-    );
-    store.delete_tree("").await.unwrap();
-    store.close().await.unwrap();
-}
-
 /// A restarted Redis without persistence has forgotten every lock: a contender gets the key at
 /// once, so the old holder must learn at once too, not at its next renewal (`ttl / 3`). The
 /// reconnection itself is the signal: every held lock re-checks its key right away.
