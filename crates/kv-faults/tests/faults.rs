@@ -180,6 +180,14 @@ macro_rules! fault_tests {
                 }
 
                 #[test]
+                fn skewed_clocks() {
+                    runtime().block_on(async {
+                        let target = Backend::new(stringify!($backend));
+                        kv_faults::scenarios::skewed_clocks(&target).await;
+                    });
+                }
+
+                #[test]
                 fn paused_holder() {
                     runtime().block_on(async {
                         let target = Backend::new(stringify!($backend));
@@ -192,25 +200,3 @@ macro_rules! fault_tests {
 }
 
 fault_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb);
-
-macro_rules! skewed_clock_tests {
-    ($($backend:ident $(: $why:literal)?),* $(,)?) => {
-        mod skewed_clocks {
-            use super::*;
-            $(
-                #[test]
-                $(#[ignore = $why])?
-                fn $backend() {
-                    runtime().block_on(async {
-                        let target = Backend::new(stringify!($backend));
-                        kv_faults::scenarios::skewed_clocks(&target).await;
-                    });
-                }
-            )*
-        }
-    };
-}
-
-// A backend whose expiry depended on clients agreeing on the time would be listed here with an
-// ignore reason (`name: "why"`), shown by `-- --include-ignored`; none is.
-skewed_clock_tests!(bolt, redis, etcd, consul, zookeeper, dynamodb,);
