@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::watch;
 
-use crate::clock::ServerClock;
 use crate::config::Config;
+use kv_core::clock::ServerClock;
 
 pub(crate) const BACKEND: &str = "consul";
 
@@ -356,7 +356,7 @@ impl Client {
             request_timeout: config.request_timeout,
             watch_wait: config.watch_wait,
             epoch: Arc::new(Epoch::new()),
-            clock: ServerClock::new(),
+            clock: ServerClock::new(BACKEND),
         })
     }
 

@@ -170,7 +170,8 @@
 //!   step, restarts from the new sample), and estimates the server's time as local monotonic
 //!   time plus the interval's midpoint: off by at most 0.5 s plus half the round trip of one
 //!   response, and less once responses have come on both sides of one of the server's second
-//!   boundaries (then about the round trip).
+//!   boundaries (then about the round trip). The estimate is kv-core's
+//!   [`ServerClock`](kv_core::clock::ServerClock), shared with kv-dynamodb.
 //! * Writers put `server now + ttl` in `Flags`; every reader (`get`, `list`, `delete`'s and
 //!   `atomic_delete`'s liveness, `atomic_put`'s "expired counts as absent", lock acquisition,
 //!   watches and their expiry timers) compares it with `server now`; timers sleep on the
@@ -245,7 +246,6 @@
 //! (not `-dev`) wherever locks matter.
 
 mod client;
-mod clock;
 mod config;
 mod lock;
 mod store;

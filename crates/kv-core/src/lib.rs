@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod error;
 pub mod key;
 mod key_chars;

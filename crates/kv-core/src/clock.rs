@@ -1,27 +1,25 @@
-//! The Consul server's clock, as one handle estimates it: TTL deadlines are written and judged
-//! in server time, never in the local wall clock (see
-//! [TTLs and clocks](crate#ttls-and-clocks)).
+//! A store server's clock, as one handle estimates it from the HTTP `Date` headers of the
+//! server's responses, so that backends write and judge TTL deadlines in server time, never
+//! in the local wall clock: clients whose clocks disagree still agree on expiry.
 //!
-//! Every Consul HTTP response carries a `Date` header, stamped by Go's `net/http` from the
-//! answering agent's clock, in whole seconds (truncated). A request sent at local instant
-//! `t0` and answered (headers received) at `t1` with `Date: D` proves that the agent's clock
-//! read within `[D, D + 1 s)` at some instant of `[t0, t1]`: with local time on the
-//! **monotonic** clock, the offset `server − local` lies in `[D − t1, D + 1 s − t0]`, an
-//! interval 1 s + round trip wide.
+//! `Date` is stamped from the answering server's clock in whole seconds (truncated). A request
+//! sent at local instant `t0` and answered (headers received) at `t1` with `Date: D` proves
+//! that the server's clock read within `[D, D + 1 s)` at some instant of `[t0, t1]`: with
+//! local time on the **monotonic** clock, the offset `server − local` lies in
+//! `[D − t1, D + 1 s − t0]`, an interval 1 s + round trip wide.
 //!
 //! The handle keeps the intersection of the intervals of its responses: each new one is
 //! intersected with it (after widening it by [`DRIFT_PPM`] of the time since it was last
 //! narrowed, for the drift between the two clocks), so that responses received on either
 //! side of one of the server's second boundaries narrow it well below a second (down to about
-//! the round trip). An empty intersection means a clock stepped (or another agent with
+//! the round trip). An empty intersection means a clock stepped (or another server with
 //! another clock answers): the interval restarts from the new sample. The estimate is the
 //! interval's **midpoint**, off by at most half its width: ≤ 0.5 s + half the round trip of
-//! the best sample, usually much less after a few seconds of traffic. Blocking queries make
-//! wide samples that the intersection simply does not use.
+//! the best sample, usually much less after a few seconds of traffic.
 //!
 //! The local wall clock is never used, except as the fallback when no response has carried
-//! a readable `Date` (a proxy that strips it): deadlines are then judged by the local clock,
-//! as before, and a warning is logged once.
+//! a readable `Date` (a proxy that strips it): deadlines are then judged by the local clock
+//! and a warning is logged once.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +27,7 @@ use std::time::{Duration, Instant};
 
 /// How fast the local monotonic clock and the server's clock may drift apart, in parts per
 /// million (quartz does better than 100; this leaves room for VMs and NTP slewing).
-const DRIFT_PPM: i64 = 200;
+pub const DRIFT_PPM: i64 = 200;
 
 /// The resolution of the `Date` header: whole seconds, truncated.
 const DATE_RESOLUTION_MS: i64 = 1000;
@@ -37,7 +35,7 @@ const DATE_RESOLUTION_MS: i64 = 1000;
 /// Bounds of `server − local` in milliseconds (local = the handle's monotonic milliseconds),
 /// as known at local time `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Offset {
+pub struct Offset {
     lo: i64,
     hi: i64,
     at: i64,
@@ -46,7 +44,7 @@ pub(crate) struct Offset {
 impl Offset {
     /// The interval one response proves: sent at local `sent`, received at local `received`,
     /// stamped with server time `date` (Unix ms, whole seconds).
-    pub(crate) fn sample(sent: i64, received: i64, date: i64) -> Offset {
+    pub fn sample(sent: i64, received: i64, date: i64) -> Offset {
         Offset {
             lo: date - received,
             hi: date + DATE_RESOLUTION_MS - sent,
@@ -56,7 +54,7 @@ impl Offset {
 
     /// Folds a new sample in: the intersection with this interval (widened for drift since it
     /// was last narrowed), or the sample alone when they do not meet (a clock stepped).
-    pub(crate) fn update(self, sample: Offset) -> Offset {
+    pub fn update(self, sample: Offset) -> Offset {
         let drift = (sample.at - self.at).max(0) * DRIFT_PPM / 1_000_000 + 1;
         let (lo, hi) = (self.lo - drift, self.hi + drift);
         let (new_lo, new_hi) = (lo.max(sample.lo), hi.min(sample.hi));
@@ -64,7 +62,7 @@ impl Offset {
             tracing::debug!(
                 previous = ?(self.lo, self.hi),
                 sample = ?(sample.lo, sample.hi),
-                "the Consul server's clock moved against ours (a step, or another agent): re-estimating"
+                "the server's clock moved against ours (a step, or another server): re-estimating"
             );
             return sample;
         }
@@ -83,19 +81,21 @@ impl Offset {
     }
 
     /// The estimate: the midpoint.
-    pub(crate) fn estimate(&self) -> i64 {
+    pub fn estimate(&self) -> i64 {
         self.lo + (self.hi - self.lo) / 2
     }
 
     /// The largest error of [`Offset::estimate`]: half the width.
-    pub(crate) fn error(&self) -> i64 {
+    pub fn error(&self) -> i64 {
         (self.hi - self.lo + 1) / 2
     }
 }
 
 /// One handle's estimate of the server's clock.
 #[derive(Debug)]
-pub(crate) struct ServerClock {
+pub struct ServerClock {
+    /// The backend, for log messages.
+    backend: &'static str,
     /// Local time 0: the handle's monotonic origin.
     origin: Instant,
     offset: Mutex<Option<Offset>>,
@@ -107,8 +107,10 @@ pub(crate) struct ServerClock {
 }
 
 impl ServerClock {
-    pub(crate) fn new() -> ServerClock {
+    /// A clock with no sample yet (it falls back to the local clock until the first `Date`).
+    pub fn new(backend: &'static str) -> ServerClock {
         ServerClock {
+            backend,
             origin: Instant::now(),
             offset: Mutex::new(None),
             last_now: std::sync::atomic::AtomicU64::new(0),
@@ -121,7 +123,7 @@ impl ServerClock {
     }
 
     /// Records one response: sent at `sent`, headers received at `received`, with this `Date`.
-    pub(crate) fn observe(&self, sent: Instant, received: Instant, date: Option<&str>) {
+    pub fn observe(&self, sent: Instant, received: Instant, date: Option<&str>) {
         let Some(date) = date.and_then(parse_http_date) else {
             return;
         };
@@ -133,21 +135,27 @@ impl ServerClock {
         };
         if Some(updated) != *offset {
             tracing::trace!(
+                backend = self.backend,
                 offset_ms = updated.estimate(),
                 error_ms = updated.error(),
-                "Consul server clock estimate"
+                "server clock estimate"
             );
         }
         *offset = Some(updated);
     }
 
+    /// True once a response carried a readable `Date`.
+    pub fn synced(&self) -> bool {
+        self.offset().is_some()
+    }
+
     /// The current offset interval, if any response carried a `Date`.
-    pub(crate) fn offset(&self) -> Option<Offset> {
+    pub fn offset(&self) -> Option<Offset> {
         *self.offset.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The server's time now, as estimated (Unix milliseconds).
-    pub(crate) fn now_millis(&self) -> u64 {
+    pub fn now_millis(&self) -> u64 {
         match self.estimate_millis() {
             Some(estimate) => monotonic(&self.last_now, estimate),
             None => self.fallback_millis(),
@@ -165,22 +173,23 @@ impl ServerClock {
             None => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        "no Consul response carried a Date header: TTL deadlines are judged by the local clock"
+                        backend = self.backend,
+                        "no response carried a Date header: TTL deadlines are judged by the local clock"
                     );
                 }
-                kv_core::ttl::now_millis()
+                crate::ttl::now_millis()
             }
         }
     }
 
     /// The deadline (server Unix milliseconds) of a key written now with `ttl`.
-    pub(crate) fn deadline(&self, ttl: Duration) -> u64 {
+    pub fn deadline(&self, ttl: Duration) -> u64 {
         self.now_millis().saturating_add(ttl.as_millis() as u64)
     }
 
     /// How long from now until the server's clock reaches `deadline`, plus one millisecond
     /// (liveness compares `deadline > now` on whole milliseconds).
-    pub(crate) fn until(&self, deadline: u64) -> Duration {
+    pub fn until(&self, deadline: u64) -> Duration {
         Duration::from_millis(deadline.saturating_sub(self.now_millis()) + 1)
     }
 }
@@ -201,7 +210,7 @@ fn monotonic(last: &std::sync::atomic::AtomicU64, estimate: u64) -> u64 {
 
 /// Parses an HTTP date in the IMF-fixdate form Go writes (`Sun, 06 Nov 1994 08:49:37 GMT`)
 /// into Unix milliseconds.
-pub(crate) fn parse_http_date(text: &str) -> Option<i64> {
+pub fn parse_http_date(text: &str) -> Option<i64> {
     let mut parts = text.split_ascii_whitespace();
     let _weekday = parts.next()?;
     let day: i64 = parts.next()?.parse().ok()?;
@@ -354,9 +363,21 @@ mod tests {
     }
 
     #[test]
+    fn now_holds_still_through_refinements_but_follows_a_step_back() {
+        let last = std::sync::atomic::AtomicU64::new(0);
+        assert_eq!(monotonic(&last, 10_000), 10_000);
+        // A refined estimate 300 ms earlier: a key judged expired stays expired.
+        assert_eq!(monotonic(&last, 9_700), 10_000);
+        assert_eq!(monotonic(&last, 10_050), 10_050);
+        // The server's clock set back by a minute is followed.
+        assert_eq!(monotonic(&last, 10_050 - 60_000), 10_050 - 60_000);
+        assert_eq!(monotonic(&last, 10_051 - 60_000), 10_051 - 60_000);
+    }
+
+    #[test]
     fn the_clock_follows_dates_not_the_local_wall_clock() {
-        let clock = ServerClock::new();
-        let now = kv_core::ttl::now_millis();
+        let clock = ServerClock::new("test");
+        let now = crate::ttl::now_millis();
         // No Date yet: the local clock.
         assert!(clock.now_millis().abs_diff(now) < 1000);
         // A server 30 s behind, answering at once.
