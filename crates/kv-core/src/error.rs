@@ -37,6 +37,17 @@ pub enum Error {
         /// The normalised key.
         key: String,
     },
+    /// A [`Transaction`](crate::Transaction)'s condition did not hold, so nothing was written.
+    /// Names the first failing condition, in the order the conditions were added.
+    #[error("transaction condition {index} on {key} failed: {reason}")]
+    ConditionFailed {
+        /// The condition's position among the transaction's conditions (from 0).
+        index: usize,
+        /// The condition's normalised key.
+        key: String,
+        /// Why it failed.
+        reason: crate::txn::ConditionFailure,
+    },
     /// The key or directory breaks the [key rules](crate::key) or the backend's length limit.
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey {
@@ -158,17 +169,34 @@ impl Error {
         }
     }
 
+    /// Builds an [`Error::ConditionFailed`].
+    pub fn condition_failed(
+        index: usize,
+        key: impl Into<String>,
+        reason: crate::txn::ConditionFailure,
+    ) -> Self {
+        Error::ConditionFailed {
+            index,
+            key: key.into(),
+            reason,
+        }
+    }
+
     /// True for failures that may go away on retry: [`Error::Unavailable`] and [`Error::Timeout`].
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
     }
 
     /// True for the outcomes of a lost compare-and-swap race ([`Error::KeyExists`],
-    /// [`Error::KeyModified`], [`Error::KeyNotFound`]): re-read and try again.
+    /// [`Error::KeyModified`], [`Error::KeyNotFound`], and a transaction condition failing
+    /// for one of those reasons): re-read and try again. A lost lock is not a conflict.
     pub fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. }
-        )
+        match self {
+            Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. } => true,
+            Error::ConditionFailed { reason, .. } => {
+                *reason != crate::txn::ConditionFailure::LockLost
+            }
+            _ => false,
+        }
     }
 }

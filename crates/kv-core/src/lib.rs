@@ -26,6 +26,8 @@
 //! | `watch(k)` | stream: current state first (`Some`/`None`), then one item per change, deletion = `None`; coalesces for slow readers; `Err` is the last item; drop cancels |
 //! | `watch_tree(dir)` | stream of full `list`-shaped snapshots: current first (maybe empty), then one per change of any descendant, value changes included |
 //! | locks | see [`lock`]: unheld on creation, cancel-safe `lock()`, background renewal, lost signal, fencing token = `last_index` at acquisition, `unlock()` deletes the key |
+//! | `transaction(txn)` | conditions (absent, exists, `last_index` = N, lock still held) and puts/deletes committed atomically, all or nothing; failure = [`Error::ConditionFailed`] naming the first failing condition; returns the new pairs of the puts; see [`txn`] |
+//! | `lease.guarded_put` | a put committed only while the lock is held on the server, else [`Error::LockLost`] |
 //! | `close` | releases locks, ends watches with [`Error::Closed`], stops tasks; later calls → [`Error::Closed`] |
 //!
 //! Differences from valkeyrie (Go) are deliberate and listed in the workspace README.
@@ -41,6 +43,7 @@ pub mod retry;
 pub mod store;
 pub mod tasks;
 pub mod ttl;
+pub mod txn;
 pub mod types;
 pub mod url;
 pub mod watch;
@@ -52,5 +55,6 @@ pub use retry::Backoff;
 pub use store::Store;
 pub use tasks::TaskSet;
 pub use tokio_util::sync::CancellationToken;
+pub use txn::{Condition, ConditionFailure, Operation, Transaction};
 pub use types::{Capabilities, KvPair, LockOptions, ReadOptions, WriteOptions};
 pub use watch::{WatchSender, WatchStream, WatchTreeStream, spawn_watch};

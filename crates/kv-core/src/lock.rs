@@ -53,6 +53,7 @@ pub enum LockState {
 /// One acquisition of a lock: its fencing token and its lost signal. Cheap to clone.
 #[derive(Clone)]
 pub struct LockLease {
+    key: Arc<str>,
     fencing_token: u64,
     state: watch::Receiver<LockState>,
 }
@@ -60,6 +61,7 @@ pub struct LockLease {
 impl fmt::Debug for LockLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockLease")
+            .field("key", &self.key)
             .field("fencing_token", &self.fencing_token)
             .field("state", &self.state())
             .finish()
@@ -67,6 +69,12 @@ impl fmt::Debug for LockLease {
 }
 
 impl LockLease {
+    /// The lock's normalised key (empty on a lease a backend made, until [`Lock::lock`]
+    /// hands it out).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// A number that strictly rises with every acquisition of this key, on every backend.
     pub fn fencing_token(&self) -> u64 {
         self.fencing_token
@@ -106,6 +114,7 @@ impl LeaseNotifier {
         (
             LeaseNotifier { tx: Arc::new(tx) },
             LockLease {
+                key: Arc::from(""),
                 fencing_token,
                 state: rx,
             },
@@ -286,9 +295,10 @@ impl Lock {
         // `background_tasks()` no longer counts it when `lock` returns. Cancelled here, the
         // handover is dropped and releases the lock.
         let _ = acquiring.await;
-        let Some((lease, notifier, held)) = handover.take() else {
+        let Some((mut lease, notifier, held)) = handover.take() else {
             return Err(Error::Closed);
         };
+        lease.key = Arc::from(self.key.as_str());
         let slot: Slot = Arc::new(Mutex::new(Some((notifier, held))));
         self.tasks.locks().register(&slot);
         self.held = Some((lease.clone(), slot));

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::error::Result;
 use crate::lock::Lock;
+use crate::txn::Transaction;
 use crate::types::{Capabilities, KvPair, LockOptions, ReadOptions, WriteOptions};
 use crate::watch::{WatchStream, WatchTreeStream};
 
@@ -90,6 +91,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// not exist, [`Error::KeyModified`](crate::Error::KeyModified) if it was written since
     /// (the key is then left as it is).
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()>;
+
+    /// Commits a [`Transaction`] atomically: every condition holds and every operation is
+    /// applied, or nothing is written ([`Error::ConditionFailed`](crate::Error::ConditionFailed)
+    /// names the first failing condition). Returns the new pair of every key put, in
+    /// operation order. Checked first with [`Capabilities::check_transaction`]. See
+    /// [`crate::txn`] for the whole contract. Backends without transactions keep this default,
+    /// which is [`Error::NotSupported`](crate::Error::NotSupported).
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        let _ = txn;
+        Err(self.capabilities().unsupported("transaction"))
+    }
 
     /// Watches one key. The first item is the current state: `Some(pair)` or `None` when the
     /// key does not exist (a missing key is not an error). Then one item per change: a write

@@ -134,10 +134,19 @@ pub struct Capabilities {
     /// How long past its TTL a key may still be visible to readers (server timer resolution,
     /// TTL rounding). Readers never see a key later than `ttl + ttl_precision` after the write.
     pub ttl_precision: Duration,
+    /// [`Store::transaction`](crate::Store::transaction) works (see [`crate::txn`]).
+    pub transactions: bool,
+    /// The most conditions plus operations one transaction may hold.
+    pub max_transaction_ops: usize,
+    /// `watch_tree` reports the keys a transaction writes in one snapshot (never a snapshot
+    /// with some of its writes and not the others). `false` where the server reports each
+    /// key's change separately and the backend cannot regroup them.
+    pub watch_tree_sees_whole_transactions: bool,
 }
 
 impl Capabilities {
-    /// Full capabilities with generous defaults; backends then lower what they must.
+    /// Full capabilities with generous defaults; backends then lower what they must. Only
+    /// transactions are off: a backend turns them on with [`with_transactions`](Self::with_transactions).
     pub fn full(backend: &'static str) -> Self {
         Capabilities {
             backend,
@@ -150,7 +159,19 @@ impl Capabilities {
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(365 * 24 * 3600),
             ttl_precision: Duration::from_millis(500),
+            transactions: false,
+            max_transaction_ops: 0,
+            watch_tree_sees_whole_transactions: false,
         }
+    }
+
+    /// These capabilities with transactions of up to `max_ops` conditions plus operations;
+    /// `whole_in_watch_tree` says whether `watch_tree` reports a transaction in one snapshot.
+    pub fn with_transactions(mut self, max_ops: usize, whole_in_watch_tree: bool) -> Self {
+        self.transactions = true;
+        self.max_transaction_ops = max_ops;
+        self.watch_tree_sees_whole_transactions = whole_in_watch_tree;
+        self
     }
 
     /// Normalises a key and checks it against the key rules and this backend's length limit.
