@@ -25,8 +25,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kv_core::Error;
 use kv_core::ttl::{is_expired, now_millis};
+use kv_core::{Error, Operation, Transaction};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
@@ -525,6 +525,52 @@ impl Batch<'_> {
             self.commit(ops)?;
         }
         Ok(n)
+    }
+
+    /// Commits a checked transaction as ONE logical commit: every put takes the same new
+    /// index and watchers get one [`Change`]. `keys` are the stored keys of the conditions
+    /// then of the operations (namespace applied); `deadlines` holds each operation's TTL
+    /// deadline (0 = none, unused for deletes). `Ok(Err(..))` is the first failing condition;
+    /// then nothing is written.
+    pub(crate) fn transaction(
+        &mut self,
+        txn: &Transaction,
+        keys: Vec<String>,
+        deadlines: Vec<u64>,
+    ) -> Result<Result<u64, Error>, Error> {
+        let (condition_keys, operation_keys) = keys.split_at(txn.conditions().len());
+        let mut states = HashMap::with_capacity(condition_keys.len());
+        for (condition, stored) in txn.conditions().iter().zip(condition_keys) {
+            let index = self.entry_of(stored)?.map(|entry| entry.index);
+            states.insert(condition.key(), index);
+        }
+        if let Some(failed) = txn.first_failure(|key| states.get(key).copied().flatten()) {
+            return Ok(Err(failed));
+        }
+        let mut ops = Vec::with_capacity(operation_keys.len());
+        for ((operation, key), deadline) in
+            txn.operations().iter().zip(operation_keys).zip(deadlines)
+        {
+            let old_deadline = self.meta_of(key)?.map(|(_, d)| d);
+            match operation {
+                Operation::Put { value, .. } => ops.push(Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    deadline,
+                    old_deadline,
+                }),
+                Operation::Delete { .. } if old_deadline.is_some() => ops.push(Op::Remove {
+                    key: key.clone(),
+                    old_deadline,
+                }),
+                Operation::Delete { .. } => {}
+                _ => return Err(Error::backend(BACKEND, "unknown transaction operation")),
+            }
+        }
+        if ops.is_empty() {
+            return Ok(Ok(self.seq));
+        }
+        self.commit(ops).map(Ok)
     }
 
     /// Creates a lock's key if it is absent. `Err(deadline)` when it is present (0 = no TTL).

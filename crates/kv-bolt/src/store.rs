@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::ttl::deadline_millis;
 use kv_core::{
-    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions,
+    Capabilities, Error, KvPair, Lock, LockOptions, Operation, ReadOptions, Result, Store, TaskSet,
+    Transaction, WatchStream, WatchTreeStream, WriteOptions,
 };
 
 use crate::config::Config;
@@ -69,7 +69,9 @@ pub(crate) fn capabilities() -> Capabilities {
     // Reads filter to the millisecond; watchers arm a timer for each deadline. 100 ms covers
     // timer and scheduling delays on a loaded machine.
     caps.ttl_precision = Duration::from_millis(100);
-    caps
+    // One redb write transaction holds any number of operations; 1,024 keeps one request's
+    // share of a group commit bounded. Watchers get one change per commit.
+    caps.with_transactions(1024, true)
 }
 
 impl Handle {
@@ -318,6 +320,45 @@ impl Store for BoltStore {
             Err(Conflict::NotFound) => Err(Error::KeyNotFound { key }),
             Err(Conflict::Modified) => Err(Error::KeyModified { key }),
         }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let txn = self.inner.caps.check_transaction(txn)?;
+        let mut deadlines = Vec::with_capacity(txn.operations().len());
+        for operation in txn.operations() {
+            deadlines.push(match operation {
+                Operation::Put { options, .. } => self.deadline(options.ttl)?,
+                _ => 0,
+            });
+        }
+        let keys: Vec<String> = txn
+            .conditions()
+            .iter()
+            .map(|c| c.key())
+            .chain(txn.operations().iter().map(|o| o.key()))
+            .map(|key| self.inner.full_key(key))
+            .collect();
+        let txn = Arc::new(txn);
+        let applied = txn.clone();
+        let index = self
+            .write("transaction", move |b| {
+                b.transaction(&applied, keys, deadlines)
+            })
+            .await??;
+        Ok(txn
+            .operations()
+            .iter()
+            .filter_map(|operation| match operation {
+                Operation::Put { key, value, .. } => Some(KvPair {
+                    key: key.clone(),
+                    value: value.clone(),
+                    last_index: index,
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

@@ -14,6 +14,9 @@ use tokio::time::{Instant, sleep, timeout};
 use crate::StoreFactory;
 use crate::support::*;
 
+mod txn;
+pub use txn::*;
+
 /// Put, get, exists and delete on plain keys, keys with trailing and leading slashes and keys
 /// below a directory that does not exist yet (valkeyrie's testPutGetDeleteExists).
 pub async fn put_get_delete_exists(factory: &dyn StoreFactory) {
@@ -1706,6 +1709,20 @@ pub async fn capabilities_are_honest(factory: &dyn StoreFactory) {
                 )
                 .await,
             "ttl",
+            unsupported,
+        );
+    }
+    if caps.transactions {
+        assert!(
+            caps.max_transaction_ops > 0,
+            "transactions with a limit of 0"
+        );
+    } else {
+        assert_err(
+            store
+                .transaction(kv_core::Transaction::new().delete(&key))
+                .await,
+            "transaction",
             unsupported,
         );
     }

@@ -109,6 +109,13 @@ macro_rules! conformance_tests {
             lock_lost_when_key_deleted,
             close_releases_everything,
             capabilities_are_honest,
+            txn_all_or_nothing,
+            txn_commits_every_operation,
+            txn_bank_transfer_keeps_the_sum,
+            txn_fenced_write_refused_after_takeover,
+            txn_watch_sees_one_change_per_transaction,
+            txn_ttl_in_transactions,
+            txn_limits_and_invalid_input,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -150,6 +150,8 @@ pub enum Capability {
     Locks,
     /// `WriteOptions::ttl`.
     Ttl,
+    /// `Store::transaction`.
+    Transactions,
 }
 
 /// True when the store declares one of `needed` unsupported — after checking that each such
@@ -165,6 +167,7 @@ pub async fn lacks(store: &dyn Store, needed: &[Capability]) -> bool {
             Capability::WatchTree => caps.watch_tree,
             Capability::Locks => caps.locks,
             Capability::Ttl => caps.ttl,
+            Capability::Transactions => caps.transactions,
         };
         if declared {
             continue;
@@ -190,6 +193,10 @@ pub async fn lacks(store: &dyn Store, needed: &[Capability]) -> bool {
                     )
                     .await
             }
+            Capability::Transactions => store
+                .transaction(kv_core::Transaction::new().delete(&key))
+                .await
+                .map(|_| ()),
         };
         assert_err(
             outcome,
