@@ -30,9 +30,9 @@ use kv_bolt::{BoltStore, Config};
 use kv_conformance::StoreFactory;
 use kv_conformance::cases;
 use kv_core::{
-    Acquired, CancellationToken, Capabilities, Error, HeldLock, KvPair, LeaseNotifier, Lock,
-    LockBackend, LockOptions, LockState, ReadOptions, Result, Store, TaskSet, WatchStream,
-    WatchTreeStream, WriteOptions,
+    Acquired, CancellationToken, Capabilities, Condition, ConditionFailure, Error, HeldLock,
+    KvPair, LeaseNotifier, Lock, LockBackend, LockOptions, LockState, Operation, ReadOptions,
+    Result, Store, TaskSet, Transaction, WatchStream, WatchTreeStream, WriteOptions,
 };
 use tokio::sync::OnceCell;
 
@@ -108,6 +108,17 @@ enum Kind {
     BackgroundTasksZero,
     /// `close` does nothing.
     CloseIsNoop,
+    /// `transaction` writes its operations without checking any condition.
+    TxnIgnoresConditions,
+    /// `transaction` checks every condition but the last.
+    TxnSkipsLastCondition,
+    /// `transaction` checks the conditions with reads, then applies the operations one by
+    /// one: not atomic.
+    TxnOneByOne,
+    /// `transaction` treats "lock held" as "lock key exists" (any holder will do).
+    TxnLockHeldIsExists,
+    /// A failed condition is always reported as `KeyModified`.
+    TxnWrongReason,
 }
 
 /// A store that delegates to a real `kv-bolt` handle but breaks the rule [`Kind`] names.
@@ -319,6 +330,90 @@ impl Store for Mutant {
                 Ok(self.pair(pair))
             }
             other => other,
+        }
+    }
+
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        let (conditions, operations) = txn.into_parts();
+        let rebuild = |conditions: Vec<Condition>| {
+            let txn = conditions
+                .into_iter()
+                .fold(Transaction::new(), Transaction::when);
+            operations.iter().cloned().fold(txn, Transaction::operation)
+        };
+        match self.kind {
+            Kind::TxnIgnoresConditions => self.inner.transaction(rebuild(Vec::new())).await,
+            Kind::TxnSkipsLastCondition => {
+                let mut conditions = conditions;
+                conditions.pop();
+                self.inner.transaction(rebuild(conditions)).await
+            }
+            Kind::TxnLockHeldIsExists => {
+                let conditions = conditions
+                    .into_iter()
+                    .map(|c| match c {
+                        Condition::LockHeld { key, .. } => Condition::exists(key),
+                        other => other,
+                    })
+                    .collect();
+                self.inner.transaction(rebuild(conditions)).await
+            }
+            Kind::TxnWrongReason => match self.inner.transaction(rebuild(conditions)).await {
+                Err(Error::ConditionFailed { index, key, .. }) => Err(Error::ConditionFailed {
+                    index,
+                    key,
+                    reason: ConditionFailure::KeyModified,
+                }),
+                other => other,
+            },
+            Kind::TxnOneByOne => {
+                let checked = self.caps.check_transaction(rebuild(conditions))?;
+                let mut current = HashMap::new();
+                for condition in checked.conditions() {
+                    let index = self
+                        .inner
+                        .get(condition.key(), ReadOptions::default())
+                        .await?
+                        .map(|p| p.last_index);
+                    current.insert(condition.key().to_owned(), index);
+                }
+                if let Some(error) = checked.first_failure(|k| current.get(k).copied().flatten()) {
+                    return Err(error);
+                }
+                let mut pairs = Vec::new();
+                for operation in checked.operations() {
+                    match operation {
+                        Operation::Put {
+                            key,
+                            value,
+                            options,
+                        } => {
+                            let pair = self
+                                .inner
+                                .atomic_put(key, value.clone(), None, options.clone())
+                                .await;
+                            let pair = match pair {
+                                Ok(pair) => pair,
+                                Err(Error::KeyExists { .. }) => {
+                                    self.inner.put(key, value.clone(), options.clone()).await?;
+                                    self.inner
+                                        .get(key, ReadOptions::default())
+                                        .await?
+                                        .ok_or_else(|| Error::KeyNotFound { key: key.clone() })?
+                                }
+                                Err(e) => return Err(e),
+                            };
+                            pairs.push(pair);
+                        }
+                        Operation::Delete { key } => {
+                            self.inner.delete(key).await?;
+                        }
+                        _ => unreachable!("no other operation exists"),
+                    }
+                }
+                Ok(pairs)
+            }
+            _ => self.inner.transaction(rebuild(conditions)).await,
         }
     }
 
@@ -621,6 +716,11 @@ fn control_unmutated_wrapper_passes_every_case_used() {
         case!(lock_contenders_never_overlap),
         case!(close_releases_everything),
         case!(capabilities_are_honest),
+        case!(txn_all_or_nothing),
+        case!(txn_commits_every_operation),
+        case!(txn_bank_transfer_keeps_the_sum),
+        case!(txn_fenced_write_refused_after_takeover),
+        case!(txn_watch_sees_one_change_per_transaction),
     ];
     let failures: Vec<String> = std::thread::scope(|scope| {
         let running: Vec<_> = all
@@ -775,5 +875,21 @@ mutants! {
     ];
     close_does_nothing: CloseIsNoop => [
         close_releases_everything: "a closed handle holds no lock",
+    ];
+    transaction_ignores_its_conditions: TxnIgnoresConditions => [
+        txn_all_or_nothing: "the last condition is stale",
+    ];
+    transaction_skips_its_last_condition: TxnSkipsLastCondition => [
+        txn_all_or_nothing: "the last condition is stale",
+    ];
+    transaction_applies_operations_one_by_one: TxnOneByOne => [
+        txn_bank_transfer_keeps_the_sum: "money was created or destroyed|the balances must be exactly",
+        txn_watch_sees_one_change_per_transaction: "a snapshot with part of a transaction|each transaction is one change",
+    ];
+    transaction_lock_held_means_any_holder: TxnLockHeldIsExists => [
+        txn_fenced_write_refused_after_takeover: "a token other than the holder's",
+    ];
+    transaction_reports_the_wrong_reason: TxnWrongReason => [
+        txn_all_or_nothing: "Condition::Absent|KeyExists",
     ];
 }
