@@ -216,6 +216,7 @@ mod lease;
 mod lock;
 mod store;
 mod tree;
+mod txn;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, Credentials, Pem, TlsConfig};

@@ -12,7 +12,7 @@ use etcd_client::{
 };
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions,
+    Transaction, WatchStream, WatchTreeStream, WriteOptions,
 };
 
 use crate::client::{BACKEND, Inner, header_revision, map_error};
@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::lease;
 use crate::lock::EtcdLock;
 use crate::tree;
+use crate::txn;
 use crate::watch::{self, Mode};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB): the largest request the server accepts.
@@ -144,7 +145,9 @@ impl EtcdStore {
         caps.max_value_len = DEFAULT_MAX_REQUEST_BYTES
             - REQUEST_OVERHEAD
             - 3 * (prefix.len() + kv_core::key::MAX_KEY_LEN);
-        let caps = Arc::new(caps);
+        // One etcd `Txn` per transaction, within etcd's default `--max-txn-ops`; `watch_tree`
+        // publishes one snapshot per etcd revision, and a `Txn` is one revision.
+        let caps = Arc::new(caps.with_transactions(tree::MAX_TXN_OPS, true));
         let inner = Inner {
             kv: client
                 .kv_client()
@@ -515,6 +518,13 @@ impl Store for EtcdStore {
         };
         lease::revoke_all(&inner, expired).await;
         Err(outcome.error(key))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        let txn = self.caps.check_transaction(txn)?;
+        let inner = self.inner()?;
+        txn::commit(&inner, txn).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
