@@ -229,6 +229,23 @@ pub(crate) enum TxnOutcome {
     RolledBack(usize, String),
 }
 
+/// The whole answer to a `/v1/txn` request.
+#[derive(Debug)]
+pub(crate) enum TxnAnswer {
+    /// Committed (or, for reads and checks only, answered): the entries the operations
+    /// reported, in operation order (`get` with its value; checks and writes without it,
+    /// writes with their new `ModifyIndex`; deletes and `check-not-exists` report nothing),
+    /// and the response's `X-Consul-Index` (0 when absent).
+    Committed {
+        /// The reported entries.
+        entries: Vec<Entry>,
+        /// The response's index.
+        index: u64,
+    },
+    /// Rolled back: the position and Consul's message of every operation that failed.
+    RolledBack(Vec<(usize, String)>),
+}
+
 #[derive(Debug)]
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -627,6 +644,34 @@ impl Client {
     /// highest `ModifyIndex` among its results): a fresh Raft index, above every index seen
     /// before it was sent, or the server lost its state (checked against the [`Epoch`]).
     pub(crate) async fn txn(&self, ops: Vec<Json>, operation: &'static str) -> Result<TxnOutcome> {
+        Ok(match self.txn_answer(ops, operation, false).await? {
+            TxnAnswer::Committed { entries, index } => TxnOutcome::Committed(
+                entries
+                    .iter()
+                    .map(|e| e.modify_index)
+                    .max()
+                    .unwrap_or(index),
+            ),
+            TxnAnswer::RolledBack(errors) => match errors.into_iter().next() {
+                Some((op, what)) => TxnOutcome::RolledBack(op, what),
+                None => TxnOutcome::RolledBack(0, String::new()),
+            },
+        })
+    }
+
+    /// Runs a `/v1/txn` transaction and returns Consul's whole answer: every entry its
+    /// operations reported, or every failing operation. `consistent_read`: a transaction of
+    /// reads and checks only is answered in Consul's `consistent` mode (the leader confirms
+    /// it still leads: linearizable); Consul commits transactions with writes through Raft.
+    ///
+    /// A committed transaction that wrote an entry is checked against the [`Epoch`] (its
+    /// commit index must not be below an index seen before it was sent).
+    pub(crate) async fn txn_answer(
+        &self,
+        ops: Vec<Json>,
+        operation: &'static str,
+        consistent_read: bool,
+    ) -> Result<TxnAnswer> {
         let body = serde_json::to_vec(&ops).map_err(|e| Error::backend(BACKEND, e))?;
         // Only these verbs report the entry they wrote; checks report the entry as it was.
         let writes_entry = ops.iter().any(|op| {
@@ -635,11 +680,16 @@ impl Client {
                 Some("set" | "cas" | "lock" | "unlock")
             )
         });
+        let path = if consistent_read {
+            "/v1/txn?consistent"
+        } else {
+            "/v1/txn"
+        };
         let mark = self.epoch.mark();
         let response = self
             .send(
                 Method::PUT,
-                "/v1/txn",
+                path,
                 Some(body),
                 self.request_timeout,
                 operation,
@@ -670,28 +720,41 @@ impl Client {
         match response.status {
             StatusCode::OK => {
                 let parsed: TxnResponse = parse(&response.body)?;
-                let committed = parsed
+                let entries: Vec<Entry> = parsed
                     .results
                     .unwrap_or_default()
-                    .iter()
-                    .filter_map(|r| r.kv.as_ref())
-                    .map(|e| e.modify_index)
-                    .max();
+                    .into_iter()
+                    .filter_map(|r| r.kv)
+                    .collect();
+                let committed = entries.iter().map(|e| e.modify_index).max();
                 // Deletions report nothing (and write transactions carry no X-Consul-Index).
                 match committed {
                     Some(index) if writes_entry => self.epoch.check(mark, index),
                     Some(index) => self.epoch.observe(mark, index),
                     None => {}
                 }
-                Ok(TxnOutcome::Committed(committed.unwrap_or(response.index)))
+                Ok(TxnAnswer::Committed {
+                    entries,
+                    index: response.index,
+                })
             }
             StatusCode::CONFLICT => {
                 let parsed: TxnResponse = parse(&response.body)?;
-                let first = parsed.errors.unwrap_or_default().into_iter().next();
-                Ok(match first {
-                    Some(e) => TxnOutcome::RolledBack(e.op_index, e.what),
-                    None => TxnOutcome::RolledBack(0, String::new()),
-                })
+                Ok(TxnAnswer::RolledBack(
+                    parsed
+                        .errors
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|e| (e.op_index, e.what))
+                        .collect(),
+                ))
+            }
+            // The server's `txn_max_req_len` is below the default this crate checks against.
+            StatusCode::PAYLOAD_TOO_LARGE if operation == "transaction" => {
+                Err(Error::InvalidOption(format!(
+                    "the transaction is larger than the Consul server accepts: {}",
+                    body_text(&response)
+                )))
             }
             _ => Err(unexpected(&response)),
         }

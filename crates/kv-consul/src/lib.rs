@@ -250,6 +250,7 @@ mod config;
 mod lock;
 mod store;
 mod tree;
+mod txn;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, TlsConfig};
@@ -257,3 +258,4 @@ pub use config::{Config, ConfigBuilder, TlsConfig};
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
 pub use store::{ConsulStore, MAX_VALUE_LEN};
+pub use txn::MAX_TRANSACTION_OPS;

@@ -9,7 +9,7 @@ use kv_core::key::{child_prefix, is_descendant, normalize_key};
 use kv_core::ttl::now_millis;
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions,
+    Transaction, WatchStream, WatchTreeStream, WriteOptions,
 };
 
 use crate::client::{BACKEND, Client, Cond, Entry, TxnOutcome, txn_cond, txn_op, txn_write};
@@ -44,7 +44,7 @@ pub(crate) fn flags_for(deadline: Option<u64>) -> u64 {
 
 /// The `Flags` to write so that the write really happens: when the entry would not change
 /// (same value, same flags, no session involved), the rewrite marker is toggled.
-fn effective_flags(
+pub(crate) fn effective_flags(
     current: Option<&Entry>,
     value: &[u8],
     flags: u64,
@@ -198,13 +198,13 @@ impl Inner {
     }
 
     /// Creates a TTL session for a key write (best-effort destroyed by the caller on failure).
-    async fn ttl_session(&self, key: &str, ttl: Duration) -> Result<String> {
+    pub(crate) async fn ttl_session(&self, key: &str, ttl: Duration) -> Result<String> {
         self.client
             .session_create(self.session_ttl(ttl), "delete", &format!("kv-rs ttl {key}"))
             .await
     }
 
-    async fn destroy_quietly(&self, session: &str) {
+    pub(crate) async fn destroy_quietly(&self, session: &str) {
         if let Err(error) = self.client.session_destroy(session).await {
             tracing::debug!(%error, session, "could not destroy an unused session; it expires by itself");
         }
@@ -342,6 +342,10 @@ impl ConsulStore {
         // to 1 s late beyond the 250 ms this backend needed before (round trips, timers).
         caps.ttl_precision = TTL_PRECISION;
         caps.max_key_len = kv_core::key::MAX_KEY_LEN;
+        // `/v1/txn` takes 64 operations; a put can need two of them (see `crate::txn`). A
+        // transaction is one state-store write at one Raft index, and a tree watch's snapshot
+        // is one listing: never part of a transaction.
+        let caps = caps.with_transactions(crate::txn::MAX_TRANSACTION_OPS, true);
         Ok(ConsulStore {
             inner: Arc::new(Inner {
                 client: Arc::new(client),
@@ -556,6 +560,13 @@ impl Store for ConsulStore {
                 }
             }
         }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let txn = self.capabilities().check_transaction(txn)?;
+        self.inner.transaction(txn).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
