@@ -237,6 +237,7 @@ mod clock;
 mod config;
 mod lock;
 mod store;
+mod txn;
 mod watch;
 
 pub use config::{Config, ConfigBuilder, Credentials, TlsConfig};
@@ -244,3 +245,4 @@ pub use config::{Config, ConfigBuilder, Credentials, TlsConfig};
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;
 pub use store::{MAX_VALUE_LEN, ZookeeperStore};
+pub use txn::{MAX_TRANSACTION_BYTES, MAX_TRANSACTION_OPS};

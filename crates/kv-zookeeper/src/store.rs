@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions,
+    Transaction, WatchStream, WatchTreeStream, WriteOptions,
 };
 use zookeeper_client as zk;
 
@@ -29,7 +29,7 @@ pub(crate) const LOCKS_DIR: &str = "__kvlocks";
 pub(crate) const CLOCK_PREFIX: &str = "__kvclock-";
 /// How often a write retries after losing a race against another writer or the container
 /// sweeper before giving up.
-const MAX_ATTEMPTS: usize = 64;
+pub(crate) const MAX_ATTEMPTS: usize = 64;
 /// Nodes per multi-read request while walking a tree (each costs three reads).
 const READ_BATCH: usize = 32;
 
@@ -378,54 +378,76 @@ impl Inner {
 
     /// Reads a key's node, marker and the marker's children in one consistent multi-read.
     pub(crate) async fn read_key(&self, client: &zk::Client, key: &str) -> Result<KeyState> {
-        let node = self.node_path(key);
-        let marker = self.marker_path(key);
+        let mut states = self.read_keys(client, &[key], "get").await?;
+        states
+            .pop()
+            .ok_or_else(|| Error::backend(BACKEND, "unexpected multi-read response"))
+    }
+
+    /// Reads several keys' nodes, markers and the markers' children in ONE multi-read, so
+    /// the states are a snapshot of one instant (the server answers a multi-read between two
+    /// writes). In the order of `keys`.
+    pub(crate) async fn read_keys(
+        &self,
+        client: &zk::Client,
+        keys: &[&str],
+        operation: &'static str,
+    ) -> Result<Vec<KeyState>> {
         let mut reader = client.new_multi_reader();
-        let build = (|| {
-            reader.add_get_data(&node)?;
-            reader.add_get_data(&marker)?;
-            reader.add_get_children(&marker)
-        })();
-        build.map_err(|e| Error::backend(BACKEND, e))?;
-        self.refresh_clock(client).await;
-        let results = self.request("get", reader.commit()).await?;
-        let now = self.clock.now();
-        let mut results = results.into_iter();
-        let node = match results.next() {
-            Some(zk::MultiReadResult::Data { data, stat }) => Some((data, stat)),
-            Some(zk::MultiReadResult::Error {
-                err: zk::Error::NoNode,
-            }) => None,
-            Some(zk::MultiReadResult::Error { err }) => {
-                return Err(map_zk(err, "get", self.config.request_timeout));
-            }
-            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
-        };
-        let mut marker = match results.next() {
-            Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
-            Some(zk::MultiReadResult::Error {
-                err: zk::Error::NoNode,
-            }) => None,
-            Some(zk::MultiReadResult::Error { err }) => {
-                return Err(map_zk(err, "get", self.config.request_timeout));
-            }
-            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
-        };
-        match results.next() {
-            Some(zk::MultiReadResult::Children { children }) => {
-                if let Some(marker) = &mut marker {
-                    marker.children = children;
-                }
-            }
-            Some(zk::MultiReadResult::Error {
-                err: zk::Error::NoNode,
-            }) => {}
-            Some(zk::MultiReadResult::Error { err }) => {
-                return Err(map_zk(err, "get", self.config.request_timeout));
-            }
-            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+        for key in keys {
+            let node = self.node_path(key);
+            let marker = self.marker_path(key);
+            let build = (|| {
+                reader.add_get_data(&node)?;
+                reader.add_get_data(&marker)?;
+                reader.add_get_children(&marker)
+            })();
+            build.map_err(|e| Error::backend(BACKEND, e))?;
         }
-        Ok(KeyState { node, marker, now })
+        self.refresh_clock(client).await;
+        let results = self.request(operation, reader.commit()).await?;
+        let now = self.clock.now();
+        let timeout = self.config.request_timeout;
+        let mut results = results.into_iter();
+        let mut states = Vec::with_capacity(keys.len());
+        for _ in keys {
+            let node = match results.next() {
+                Some(zk::MultiReadResult::Data { data, stat }) => Some((data, stat)),
+                Some(zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                }) => None,
+                Some(zk::MultiReadResult::Error { err }) => {
+                    return Err(map_zk(err, operation, timeout));
+                }
+                _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+            };
+            let mut marker = match results.next() {
+                Some(zk::MultiReadResult::Data { data, stat }) => Some(Marker::new(&data, stat)),
+                Some(zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                }) => None,
+                Some(zk::MultiReadResult::Error { err }) => {
+                    return Err(map_zk(err, operation, timeout));
+                }
+                _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+            };
+            match results.next() {
+                Some(zk::MultiReadResult::Children { children }) => {
+                    if let Some(marker) = &mut marker {
+                        marker.children = children;
+                    }
+                }
+                Some(zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                }) => {}
+                Some(zk::MultiReadResult::Error { err }) => {
+                    return Err(map_zk(err, operation, timeout));
+                }
+                _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
+            }
+            states.push(KeyState { node, marker, now });
+        }
+        Ok(states)
     }
 
     /// The path of the session's clock probe node.
@@ -1005,6 +1027,9 @@ impl ZookeeperStore {
         // Room for the namespace, `/` and the `/__kv` marker in a path: ZooKeeper itself
         // only bounds paths by jute.maxbuffer.
         caps.max_key_len = kv_core::key::MAX_KEY_LEN;
+        // One multi-op per transaction. `watch_tree` walks a tree level by level in several
+        // reads, so a snapshot can fall between a transaction's writes (see the crate docs).
+        let caps = caps.with_transactions(crate::txn::MAX_TRANSACTION_OPS, false);
         let root = config.root_path();
         let inner = Inner {
             root: root.clone(),
@@ -1256,6 +1281,14 @@ impl Store for ZookeeperStore {
         } else {
             Err(Error::KeyNotFound { key })
         }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        let inner = &self.inner;
+        let txn = inner.caps.check_transaction(txn)?;
+        inner.tasks.ensure_open()?;
+        inner.transaction(txn).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

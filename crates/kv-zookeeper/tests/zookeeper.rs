@@ -1441,3 +1441,323 @@ async fn delete_tree_leaves_other_programs_nodes() {
         store.close().await.unwrap();
     }
 }
+
+/// A transaction's keys are written exactly like `put` writes them (value as the node's
+/// data, the marker beside it with the TTL as its data, `last_index` = the node's mzxid), all
+/// in ONE ZooKeeper transaction (one zxid for every key), and a delete inside a transaction
+/// leaves the same emptied node as `delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_writes_the_layout_of_put_in_one_zxid() {
+    use kv_core::{Condition, Transaction};
+    let ns = unique("txn-layout");
+    let store = store_in(&ns).await;
+    let zk = raw().await;
+    let caps = store.capabilities();
+    assert!(caps.transactions);
+    assert_eq!(caps.max_transaction_ops, kv_zookeeper::MAX_TRANSACTION_OPS);
+    assert!(!caps.watch_tree_sees_whole_transactions);
+
+    store
+        .put("gone", "old".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("a/b"))
+                .when(Condition::exists("gone"))
+                .put("a/b", "first", WriteOptions::with_ttl(ttl))
+                .put("c", "second", WriteOptions::default())
+                .delete("gone"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 2);
+    assert_eq!((pairs[0].key.as_str(), pairs[1].key.as_str()), ("a/b", "c"));
+    assert_eq!(
+        pairs[0].last_index, pairs[1].last_index,
+        "one multi-op: one zxid for every key"
+    );
+
+    let (data, stat) = zk.get_data(&format!("/{ns}/a/b")).await.unwrap();
+    assert_eq!(data, b"first");
+    assert_eq!(stat.mzxid as u64, pairs[0].last_index);
+    let (marker, marker_stat) = zk.get_data(&format!("/{ns}/a/b/__kv")).await.unwrap();
+    assert_eq!(
+        marker, b"30000",
+        "the marker records the TTL, as put's does"
+    );
+    assert_eq!(marker_stat.czxid, stat.mzxid);
+    let (marker, _) = zk.get_data(&format!("/{ns}/c/__kv")).await.unwrap();
+    assert!(marker.is_empty(), "a permanent key's marker is empty");
+    // The deleted key: marker gone, node emptied (as `delete` leaves it).
+    let (data, _) = zk.get_data(&format!("/{ns}/gone")).await.unwrap();
+    assert!(data.is_empty());
+    assert!(matches!(
+        zk.get_data(&format!("/{ns}/gone/__kv")).await,
+        Err(zk::Error::NoNode)
+    ));
+
+    // What the rest of the API sees is what a put would have left.
+    let got = store
+        .get("a/b", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, pairs[0]);
+    assert!(
+        store
+            .get("gone", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let listed = store.list("", ReadOptions::default()).await.unwrap();
+    assert_eq!(listed, vec![pairs[0].clone(), pairs[1].clone()]);
+    // The index a transaction returns is what the next CAS compares.
+    let next = store
+        .atomic_put(
+            "a/b",
+            "third".into(),
+            Some(&pairs[0]),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(next.last_index > pairs[0].last_index);
+    // A transactional put without TTL makes the key permanent again.
+    store
+        .transaction(Transaction::new().put("a/b", "fourth", WriteOptions::default()))
+        .await
+        .unwrap();
+    let (marker, _) = zk.get_data(&format!("/{ns}/a/b/__kv")).await.unwrap();
+    assert!(marker.is_empty());
+
+    // Absent keys below missing parents are checked without leaving a node behind.
+    store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("deep/er/key"))
+                .delete("other/missing/key"),
+        )
+        .await
+        .unwrap();
+    for path in ["deep", "other"] {
+        assert!(
+            zk.check_stat(&format!("/{ns}/{path}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "/{ns}/{path} was left behind"
+        );
+    }
+    // A failing transaction leaves no trace either (nothing created, nothing changed).
+    let failed = store
+        .transaction(Transaction::new().when(Condition::absent("c")).put(
+            "new/x",
+            "v",
+            WriteOptions::default(),
+        ))
+        .await;
+    assert!(matches!(
+        failed,
+        Err(Error::ConditionFailed { index: 0, .. })
+    ));
+    assert!(
+        zk.check_stat(&format!("/{ns}/new"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// The count limit does not bound the request's bytes: a transaction whose multi-op would be
+/// larger than the server's `jute.maxbuffer` is refused before anything is sent (the server
+/// would drop the connection), while one full-size value still fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_over_the_servers_request_limit_is_refused_before_sending() {
+    use kv_core::{Condition, Transaction};
+    let ns = unique("txn-limit");
+    let store = store_in(&ns).await;
+    let zk = raw().await;
+    let half = Bytes::from(vec![1u8; MAX_VALUE_LEN / 2 + 30_000]);
+    let refused = store
+        .transaction(
+            Transaction::new()
+                .put("x", half.clone(), WriteOptions::default())
+                .put("y", half.clone(), WriteOptions::default()),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidOption(_))),
+        "{refused:?}"
+    );
+    assert!(zk.check_stat(&format!("/{ns}/x")).await.unwrap().is_none());
+    // The handle is still connected (nothing was sent that the server would refuse).
+    let full = Bytes::from(vec![2u8; MAX_VALUE_LEN]);
+    let long_key = format!("k/{}", "n".repeat(1000));
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent(&long_key))
+                .when(Condition::absent("other"))
+                .put(
+                    &long_key,
+                    full.clone(),
+                    WriteOptions::with_ttl(Duration::from_secs(60)),
+                )
+                .delete("z"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pairs[0].value.len(), MAX_VALUE_LEN);
+    // Many small operations with long keys fit as well.
+    let many = (0..kv_zookeeper::MAX_TRANSACTION_OPS).fold(Transaction::new(), |t, i| {
+        t.put(
+            format!("m/{i:03}{}", "x".repeat(1000)),
+            "v",
+            WriteOptions::default(),
+        )
+    });
+    assert_eq!(
+        store.transaction(many).await.unwrap().len(),
+        kv_zookeeper::MAX_TRANSACTION_OPS
+    );
+    let too_many = (0..=kv_zookeeper::MAX_TRANSACTION_OPS)
+        .fold(Transaction::new(), |t, i| t.delete(format!("m/{i}")));
+    assert!(matches!(
+        store.transaction(too_many).await,
+        Err(Error::InvalidOption(_))
+    ));
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// `LockHeld` compares the lock key's mzxid with the fencing token: renewals (which only
+/// touch the marker) keep it; a takeover by another client after the key was deleted
+/// changes it; an expired lock key the server has not swept yet counts as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_writes_follow_the_lock_on_the_server() {
+    use kv_core::{Condition, ConditionFailure, Transaction};
+    let ns = unique("txn-fence");
+    let a = store_in(&ns).await;
+    let b = store_in(&ns).await;
+    let other = store_in(&ns).await;
+    let options = || {
+        LockOptions::default()
+            .ttl(Duration::from_secs(2))
+            .value("holder")
+    };
+    let mut lock_a = a.new_lock("leader", options()).await.unwrap();
+    let lease_a = lock_a.lock().await.unwrap();
+    lease_a
+        .guarded_put(&a, "data", "from a", WriteOptions::default())
+        .await
+        .unwrap();
+    // Several renewals later the token still matches.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(lease_a.state(), LockState::Held);
+    lease_a
+        .guarded_put(&a, "data", "from a again", WriteOptions::default())
+        .await
+        .unwrap();
+
+    // Another handle deletes the lock key; B takes the lock.
+    assert!(other.delete("leader").await.unwrap());
+    let mut lock_b = b.new_lock("leader", options()).await.unwrap();
+    let lease_b = tokio::time::timeout(Duration::from_secs(10), lock_b.lock())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease_b.fencing_token() > lease_a.fencing_token());
+    let refused = lease_a
+        .guarded_put(&a, "data", "stale", WriteOptions::default())
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::LockLost { key }) if key == "leader"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        other
+            .get("data", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "from a again"
+    );
+    lease_b
+        .guarded_put(&b, "data", "from b", WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        lease_a.guarded_delete(&a, "data").await,
+        Err(Error::LockLost { .. })
+    ));
+    lock_b.unlock().await.unwrap();
+    assert!(matches!(
+        lease_b
+            .guarded_put(&b, "data", "late", WriteOptions::default())
+            .await,
+        Err(Error::LockLost { .. })
+    ));
+
+    // An expired key whose TTL marker the server has not swept yet is not held, whatever its
+    // index. (A child below the marker stops the server from sweeping it, as in
+    // `ttl_is_enforced_before_the_server_sweeps`; the test servers sweep every 500 ms.)
+    let expiring = other
+        .atomic_put(
+            "expiring",
+            "v".into(),
+            None,
+            WriteOptions::with_ttl(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let zk = raw().await;
+    zk.create(
+        &format!("/{ns}/expiring/__kv/pin"),
+        b"",
+        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(
+        zk.check_stat(&format!("/{ns}/expiring/__kv"))
+            .await
+            .unwrap()
+            .is_some(),
+        "not swept"
+    );
+    let failed = other
+        .transaction(
+            Transaction::new()
+                .when(Condition::LockHeld {
+                    key: "expiring".into(),
+                    fencing_token: expiring.last_index,
+                })
+                .put("data", "x", WriteOptions::default()),
+        )
+        .await;
+    assert!(
+        matches!(
+            &failed,
+            Err(Error::ConditionFailed { index: 0, key, reason: ConditionFailure::LockLost })
+                if key == "expiring"
+        ),
+        "{failed:?}"
+    );
+    zk.delete(&format!("/{ns}/expiring/__kv/pin"), None)
+        .await
+        .unwrap();
+
+    for store in [a, b, other] {
+        store.delete_tree("").await.ok();
+        store.close().await.unwrap();
+    }
+}
