@@ -84,6 +84,39 @@
 //!   query on the key sees it deleted, rewritten or held by another session; released by
 //!   destroying the session, which deletes the key only if that session still holds it.
 //!   Fencing token = `ModifyIndex` at acquisition.
+//! * **Transactions** ([`Store::transaction`](kv_core::Store::transaction)) are Consul's
+//!   own atomic `/v1/txn`, two per attempt. First a read-only one answered in `consistent`
+//!   mode, i.e. from one linearizable state: `get` of every key a condition or a put names
+//!   (`check-not-exists` for a key found absent, since a `get` of an absent key fails the
+//!   read; Consul's answer lists every failing operation by `OpIndex`, so the next read
+//!   knows). The conditions are judged on that one state, expired entries counting as absent
+//!   as for every read, with [`Transaction::first_failure`](kv_core::Transaction::first_failure):
+//!   a failure is reported as the first failing condition of a state the store really had.
+//!   Then the write, one Raft commit: each condition's key pinned to the state it was judged
+//!   on (`check-index` on its `ModifyIndex`, or `check-not-exists`), then each operation as
+//!   `put`/`delete` write it — a put is `cas` on the index read (and the rewrite marker as
+//!   for `put`), or `unlock` of the session holding the key carrying the new value (a TTL key
+//!   or a lock's key becomes a plain value), or `lock` with a new `kv-rs ttl <key>` session
+//!   for a TTL (after that `unlock` when another session held the key); a delete is `delete`
+//!   (a no-op for an absent key). If anything changed since the read, Consul applies nothing
+//!   and reports the failing operations; the attempt starts over with a new read (and
+//!   usually reports the condition that now fails), for up to the request timeout
+//!   ([`Timeout`](kv_core::Error::Timeout) after it). Every key written gets the commit's
+//!   Raft index as its `ModifyIndex`, returned as `last_index`.
+//!   **Isolation**: a committed transaction's conditions held in exactly the state it was
+//!   applied to, and Consul applies a `/v1/txn` in one state-store transaction at one index,
+//!   so no reader (`get`, `list`, blocking queries of `watch`/`watch_tree`, other clients)
+//!   ever sees part of it; a watched key sees one change per transaction (an `unlock` and a
+//!   `lock` of one key in one transaction are one index), and a tree watch's snapshot, one
+//!   listing, holds all of a transaction's keys or none
+//!   (`watch_tree_sees_whole_transactions = true`). Puts with the same TTL in one
+//!   transaction get the same deadline, so they expire in one snapshot too.
+//!   **LockHeld** compares the lock key's `ModifyIndex` with the fencing token (the index of
+//!   the acquiring `lock`): renewing a session does not touch the key; the key is gone once
+//!   the session ends (expiry, release, `Behavior=delete`), and any other write or
+//!   acquisition raises its index, so only the acquisition with that token, still holding the
+//!   key on the server, passes — from any handle. A lock key past a deadline in its `Flags`
+//!   (another program's TTL write that is not removed yet) counts as lost.
 //! * **Reads**: `ReadOptions::consistent` (the default) is Consul's `?consistent` mode
 //!   (linearizable); `ReadOptions::stale()` is `?stale` (any server answers).
 //! * **delete_tree** deletes exactly what `list(dir)` shows, plus `dir` itself, never a key
@@ -115,6 +148,14 @@
 //!   for round trips and timers, plus 1 s because writer and reader each know the server's
 //!   clock only to within half a second (the `Date` header's resolution; see
 //!   [TTLs and clocks](#ttls-and-clocks)). Clock skew between clients adds nothing.
+//! * `max_transaction_ops` = [`MAX_TRANSACTION_OPS`] (32): Consul takes 64 operations per
+//!   `/v1/txn` (fixed), a condition or a delete is one of them, a put one or two (two when
+//!   it has a TTL and another session holds the key), so 32 conditions plus operations fit
+//!   whatever the keys' state at commit time. A transaction's values travel together in
+//!   base64 in one request body, which Consul caps at 512 KiB (`txn_max_req_len`): a
+//!   transaction whose body could exceed it (e.g. two values near `max_value_len`) is
+//!   [`InvalidOption`](kv_core::Error::InvalidOption) before anything is sent (and so is
+//!   Consul's 413, if its limit was set lower). `delete_tree` is not a transaction operation.
 //! * `max_key_len` 1024 bytes (Consul has no key length limit of its own).
 //! * Every watch, every held lock (its key watch) and every waiting lock keeps one HTTP/1.1
 //!   connection busy with a blocking query. Consul accepts `limits.http_max_conns_per_client`
@@ -127,7 +168,10 @@
 //!   [`kv_core::Error::Unavailable`]) until those waits end: lower [`Config::watch_wait`]
 //!   (down to 1 s) or raise the limit for such churn.
 //! * Each write costs two requests (a read, then the transaction), a TTL write three (plus the
-//!   session); reads and watches one per answer.
+//!   session); reads and watches one per answer. A transaction costs two (the consistent
+//!   read, then the write; conditions only: the read alone), plus one session per put with a
+//!   TTL (created concurrently, once, and destroyed if the transaction fails), plus two more
+//!   per lost race.
 //!
 //! ## Deviations
 //!

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kv_consul::{Config, ConsulStore, MAX_VALUE_LEN};
-use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+use kv_consul::{Config, ConsulStore, MAX_TRANSACTION_OPS, MAX_VALUE_LEN};
+use kv_core::{
+    Condition, ConditionFailure, Error, LockOptions, LockState, ReadOptions, Store, Transaction,
+    WriteOptions,
+};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -902,4 +905,370 @@ async fn large_trees_list_and_delete_in_one_call() {
     );
     eprintln!("{KEYS} puts: {wrote:?}; delete_tree of {KEYS} keys in one transaction: {deleted:?}");
     Store::close(&store).await.unwrap();
+}
+
+/// Writes one raw entry through `/v1/txn` with these `Flags`; returns its `ModifyIndex`.
+async fn set_raw_with_flags(key: &str, value: &[u8], flags: u64) -> u64 {
+    use base64::Engine;
+    let op = serde_json::json!([{ "KV": {
+        "Verb": "set",
+        "Key": key,
+        "Value": base64::engine::general_purpose::STANDARD.encode(value),
+        "Flags": flags,
+    }}]);
+    let r: Json = reqwest::Client::new()
+        .put(format!("{}/v1/txn", address()))
+        .json(&op)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["Results"][0]["KV"]["ModifyIndex"].as_u64().unwrap()
+}
+
+#[track_caller]
+fn assert_condition_failed<T: std::fmt::Debug>(
+    result: kv_core::Result<T>,
+    index: usize,
+    key: &str,
+    reason: ConditionFailure,
+) {
+    match result {
+        Err(Error::ConditionFailed {
+            index: i,
+            key: k,
+            reason: r,
+        }) if i == index && k == key && r == reason => {}
+        other => panic!("expected ConditionFailed({index}, {key}, {reason:?}), got {other:?}"),
+    }
+}
+
+/// A key written by a transaction is stored exactly as `put` stores it: the plain value, the
+/// same `Flags` (0, or the tagged deadline), a TTL key held by its own `kv-rs ttl <key>`
+/// session with `Behavior=delete`, a plain key detached from any session; the returned
+/// `last_index` is the entry's `ModifyIndex`, and rewriting the same value still raises it.
+#[tokio::test]
+async fn transaction_writes_keys_exactly_like_put() {
+    let p = unique("txn-layout");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let ttl = WriteOptions::with_ttl(Duration::from_secs(30));
+    store
+        .put("put/plain", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    store.put("put/ttl", "v".into(), ttl.clone()).await.unwrap();
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .put("txn/plain", "v", WriteOptions::default())
+                .put("txn/ttl", "v", ttl.clone()),
+        )
+        .await
+        .unwrap();
+    for (pair, by_put) in pairs.iter().zip(["put/plain", "put/ttl"]) {
+        let entry = raw.entry(&format!("{p}/{}", pair.key)).await.unwrap();
+        let reference = raw.entry(&format!("{p}/{by_put}")).await.unwrap();
+        assert_eq!(
+            raw.get_raw(&format!("{p}/{}", pair.key)).await.unwrap(),
+            "v"
+        );
+        assert_eq!(pair.last_index, entry["ModifyIndex"].as_u64().unwrap());
+        let flags = entry["Flags"].as_u64().unwrap();
+        let reference_flags = reference["Flags"].as_u64().unwrap();
+        assert_eq!(flags >> 47, reference_flags >> 47, "same Flags layout");
+        match (entry["Session"].as_str(), reference["Session"].as_str()) {
+            (None, None) => assert_eq!(flags, 0),
+            (Some(session), Some(reference_session)) => {
+                let info = raw.session(session).await.unwrap();
+                let reference_info = raw.session(reference_session).await.unwrap();
+                assert_eq!(info["Name"], format!("kv-rs ttl {}", pair.key));
+                assert_eq!(info["Behavior"], reference_info["Behavior"]);
+                assert_eq!(info["TTL"], reference_info["TTL"]);
+                assert_eq!(info["LockDelay"], reference_info["LockDelay"]);
+                // Both deadlines about 30 s from now.
+                let diff = (flags & ((1 << 47) - 1)).abs_diff(reference_flags & ((1 << 47) - 1));
+                assert!(diff < 2000, "deadlines {diff} ms apart");
+            }
+            other => panic!("a put and a transaction's put differ: {other:?}"),
+        }
+    }
+
+    // The same value again: Consul would skip the write, the rewrite marker makes it one.
+    let again = store
+        .transaction(Transaction::new().put("txn/plain", "v", WriteOptions::default()))
+        .await
+        .unwrap();
+    assert!(again[0].last_index > pairs[0].last_index);
+    let entry = raw.entry(&format!("{p}/txn/plain")).await.unwrap();
+    assert_eq!(again[0].last_index, entry["ModifyIndex"].as_u64().unwrap());
+    assert_eq!(
+        store
+            .get("txn/plain", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap(),
+        again[0]
+    );
+
+    // Without a TTL, the TTL key becomes plain and permanent: detached from its session.
+    let session = raw.entry(&format!("{p}/txn/ttl")).await.unwrap()["Session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store
+        .transaction(Transaction::new().put("txn/ttl", "kept", WriteOptions::default()))
+        .await
+        .unwrap();
+    let entry = raw.entry(&format!("{p}/txn/ttl")).await.unwrap();
+    assert!(entry["Session"].is_null());
+    assert_eq!(entry["Flags"], 0);
+    // Destroying the old session (as its expiry would) leaves the key.
+    reqwest::Client::new()
+        .put(format!("{}/v1/session/destroy/{session}", address()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.get_raw(&format!("{p}/txn/ttl")).await.unwrap(), "kept");
+
+    // A TTL put over a TTL key: the old session lets go, a new one holds it.
+    store
+        .put("put/ttl", "again".into(), ttl.clone())
+        .await
+        .unwrap();
+    let old = raw.entry(&format!("{p}/put/ttl")).await.unwrap()["Session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store
+        .transaction(Transaction::new().put("put/ttl", "new", ttl))
+        .await
+        .unwrap();
+    let entry = raw.entry(&format!("{p}/put/ttl")).await.unwrap();
+    let new = entry["Session"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(entry["Flags"].as_u64().unwrap() >> 48, 0x4B56);
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+/// An entry past its deadline that Consul has not removed yet counts as absent for
+/// conditions, exactly as for reads: `absent` holds, `exists` fails, and a lock key in that
+/// state is a lost lock.
+#[tokio::test]
+async fn expired_entries_count_as_absent_in_conditions() {
+    let p = unique("txn-expired");
+    let store = store_with_prefix(&p).await;
+    let expired = (0x4B56u64 << 48) | 1_000; // a deadline in 1970
+    let index = set_raw_with_flags(&format!("{p}/gone"), b"old", expired).await;
+    let lock_index = set_raw_with_flags(&format!("{p}/lock"), b"", expired).await;
+    assert_condition_failed(
+        store
+            .transaction(Transaction::new().when(Condition::exists("gone")))
+            .await,
+        0,
+        "gone",
+        ConditionFailure::KeyNotFound,
+    );
+    assert_condition_failed(
+        store
+            .transaction(
+                Transaction::new()
+                    .when(Condition::LockHeld {
+                        key: "lock".into(),
+                        fencing_token: lock_index,
+                    })
+                    .put("gone", "fenced", WriteOptions::default()),
+            )
+            .await,
+        0,
+        "lock",
+        ConditionFailure::LockLost,
+    );
+    let pairs = store
+        .transaction(Transaction::new().when(Condition::absent("gone")).put(
+            "gone",
+            "new",
+            WriteOptions::default(),
+        ))
+        .await
+        .unwrap();
+    assert!(pairs[0].last_index > index);
+    assert_eq!(
+        Raw::new().get_raw(&format!("{p}/gone")).await.unwrap(),
+        "new"
+    );
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+/// The declared limit holds in the worst case: every item a TTL put over a key held by
+/// another session is two Consul operations, so `MAX_TRANSACTION_OPS` of them are exactly
+/// Consul's 64. One more is refused before anything is sent.
+#[tokio::test]
+async fn the_transaction_limit_is_safe_in_the_worst_case() {
+    let p = unique("txn-limit");
+    let store = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    assert_eq!(
+        store.capabilities().max_transaction_ops,
+        MAX_TRANSACTION_OPS
+    );
+    assert_eq!(MAX_TRANSACTION_OPS * 2, 64, "Consul's maxTxnOps");
+    let ttl = WriteOptions::with_ttl(Duration::from_secs(30));
+    let keys: Vec<String> = (0..MAX_TRANSACTION_OPS)
+        .map(|i| format!("k{i:02}"))
+        .collect();
+    let first = keys.iter().fold(Transaction::new(), |t, k| {
+        t.put(k.as_str(), "first", ttl.clone())
+    });
+    store.transaction(first).await.unwrap();
+    let sessions = |entries: Vec<Option<Json>>| -> Vec<String> {
+        entries
+            .into_iter()
+            .map(|e| e.unwrap()["Session"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut before = Vec::new();
+    for k in &keys {
+        before.push(raw.entry(&format!("{p}/{k}")).await);
+    }
+    let before = sessions(before);
+    let second = keys.iter().fold(Transaction::new(), |t, k| {
+        t.put(k.as_str(), "second", ttl.clone())
+    });
+    let pairs = store
+        .transaction(second)
+        .await
+        .expect("64 Consul operations fit");
+    assert_eq!(pairs.len(), MAX_TRANSACTION_OPS);
+    let mut after = Vec::new();
+    for k in &keys {
+        after.push(raw.entry(&format!("{p}/{k}")).await);
+    }
+    let after = sessions(after);
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a != b),
+        "new sessions"
+    );
+
+    let over = keys
+        .iter()
+        .fold(Transaction::new(), |t, k| {
+            t.put(k.as_str(), "third", WriteOptions::default())
+        })
+        .delete("one-more");
+    assert!(matches!(
+        store.transaction(over).await,
+        Err(Error::InvalidOption(_))
+    ));
+    for k in &keys {
+        assert_eq!(raw.get_raw(&format!("{p}/{k}")).await.unwrap(), "second");
+    }
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+/// Values travel in base64 inside one `/v1/txn` body, which Consul caps at 512 KiB
+/// (`txn_max_req_len`): values that cannot fit together are refused before anything is sent,
+/// one value of `MAX_VALUE_LEN` fits.
+#[tokio::test]
+async fn a_transaction_larger_than_consul_accepts_is_refused_before_sending() {
+    let p = unique("txn-body");
+    let store = store_with_prefix(&p).await;
+    let big = Bytes::from(vec![7u8; MAX_VALUE_LEN]);
+    let result = store
+        .transaction(
+            Transaction::new()
+                .put("a", big.clone(), WriteOptions::default())
+                .put("b", big.clone(), WriteOptions::default()),
+        )
+        .await;
+    assert!(matches!(result, Err(Error::InvalidOption(_))), "{result:?}");
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pairs = store
+        .transaction(Transaction::new().when(Condition::absent("a")).put(
+            "a",
+            big.clone(),
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(pairs[0].value.len(), MAX_VALUE_LEN);
+    assert_eq!(
+        Raw::new().get_raw(&format!("{p}/a")).await.unwrap(),
+        big,
+        "read back in full"
+    );
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+/// `LockHeld` compares the lock key's `ModifyIndex`, which renewals leave alone: a guarded
+/// write works after several renewals, and is refused once the lock's session ends (as its
+/// expiry would end it: Consul deletes the key) and after another client acquired it.
+#[tokio::test]
+async fn guarded_writes_survive_renewals_and_stop_when_the_session_ends() {
+    let p = unique("txn-fenced");
+    let a = store_with_prefix(&p).await;
+    let b = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let options = LockOptions::default().ttl(Duration::from_secs(2));
+    let mut lock_a = a.new_lock("leader", options.clone()).await.unwrap();
+    let lease_a = lock_a.lock().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await; // three renewals
+    let entry = raw.entry(&format!("{p}/leader")).await.unwrap();
+    assert_eq!(
+        entry["ModifyIndex"].as_u64().unwrap(),
+        lease_a.fencing_token()
+    );
+    lease_a
+        .guarded_put(&a, "job", "by a", WriteOptions::default())
+        .await
+        .expect("still held after renewals");
+
+    // The session ends (expiry, or an operator destroys it): Consul deletes the lock key.
+    let session = entry["Session"].as_str().unwrap();
+    reqwest::Client::new()
+        .put(format!("{}/v1/session/destroy/{session}", address()))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(
+        lease_a
+            .guarded_put(&a, "job", "by a, stale", WriteOptions::default())
+            .await,
+        Err(Error::LockLost { .. })
+    ));
+    let mut lock_b = b.new_lock("leader", options).await.unwrap();
+    let lease_b = tokio::time::timeout(Duration::from_secs(5), lock_b.lock())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease_b.fencing_token() > lease_a.fencing_token());
+    assert!(matches!(
+        lease_a
+            .guarded_put(&a, "job", "by a, stale", WriteOptions::default())
+            .await,
+        Err(Error::LockLost { .. })
+    ));
+    assert_eq!(raw.get_raw(&format!("{p}/job")).await.unwrap(), "by a");
+    lease_b
+        .guarded_put(&b, "job", "by b", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(raw.get_raw(&format!("{p}/job")).await.unwrap(), "by b");
+    lock_b.unlock().await.unwrap();
+    let _ = lock_a.unlock().await;
+    a.delete_tree("").await.unwrap();
+    Store::close(&a).await.unwrap();
+    Store::close(&b).await.unwrap();
 }
