@@ -60,7 +60,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// The ID of a lease whose key's deadline is `deadline_ms` (Unix milliseconds).
-fn encode(deadline_ms: u64, random: u64) -> i64 {
+pub(crate) fn encode(deadline_ms: u64, random: u64) -> i64 {
     let body = (deadline_ms << DEADLINE_SHIFT) | ((random & RANDOM_MASK) << RANDOM_SHIFT);
     (SIGN | body | (mix(body) & CHECK_MASK)) as i64
 }
@@ -110,7 +110,7 @@ fn bound_below(now: ServerTime) -> i64 {
 }
 
 /// Random bits for lease IDs: std's per-instance random hasher keys, a counter and the time.
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
