@@ -97,8 +97,9 @@
 //! ## How the contract is met
 //!
 //! * **Writes**: every write (`put`, `atomic_put`, `atomic_delete`, `delete`, lock acquire,
-//!   renew, release) is one Lua script (`EVALSHA`, reloaded on `NOSCRIPT`) touching the value
-//!   and its metadata atomically.
+//!   renew, release, `transaction`) is one Lua script (`EVALSHA`, reloaded on `NOSCRIPT`)
+//!   touching the value and its metadata atomically — a transaction's script every key's pair
+//!   (see [Transactions](#transactions)).
 //! * **`last_index`**: `max(previous + 1, server TIME in µs)`. Within a key's life it rises by
 //!   at least 1 per write; after a delete (which removes the metadata) a re-created key starts
 //!   at the server clock, above every earlier index because an index never runs ahead of the
@@ -159,6 +160,56 @@
 //!   breaks is never re-sent (it may have been applied: a re-sent CAS would report a conflict
 //!   for its own write); the call fails with [`kv_core::Error::Unavailable`] instead.
 //!
+//! ## Transactions
+//!
+//! [`Store::transaction`](kv_core::Store::transaction) (contract: [`kv_core::txn`]) is **one
+//! Lua script** (`EVALSHA`), Redis' native atomic unit: the server runs a script to the end
+//! without running any other command in between, so every reader — `get`, `list`, watches,
+//! other clients — sees the state before the transaction or after it, never a part of it
+//! (serializable isolation: Redis executes commands one at a time).
+//!
+//! * **Keys**: the script gets every distinct key of the transaction as its value key and
+//!   metadata key (`KEYS`), the conditions and operations as arguments.
+//! * **Conditions first**: the script reads each condition key's current index exactly as
+//!   `get` reports it (the metadata's `v` while its SHA-1 matches the value; `1` for a value
+//!   never written through this crate; absent for a missing, expired or non-string key; a
+//!   value another program replaced counts with the fresh index `get` would give it, which no
+//!   caller holds). If any condition fails it writes nothing and answers with every condition
+//!   key's index; [`kv_core::Transaction::first_failure`] then turns those commit-time states
+//!   into the [`kv_core::Error::ConditionFailed`] of the first failing condition, with the
+//!   reason every backend gives. (Should the script refuse while its states satisfy every
+//!   condition — impossible, both compare the same decimal strings — the call reports
+//!   `KeyModified` on the first condition rather than success.)
+//! * **`LockHeld`**: the lock key's index, read the same way, must equal the fencing token.
+//!   A lock's index is set when it is acquired and renewals only extend the TTL, so the token
+//!   matches for as long as that acquisition holds the key; a lock deleted, expired (Redis
+//!   treats a key past its TTL as absent inside scripts even before it is reclaimed),
+//!   overwritten or re-acquired (a new, higher index) fails with `LockLost` — checked on the
+//!   server, whatever the holder's lease has noticed so far.
+//! * **Operations**: each put is the `put` script's write (`SET` with or without `PX`, fresh
+//!   metadata `v`/`h` with the same TTL: the layout above, so every call treats the key like a
+//!   put's, and a put without TTL makes it permanent), each delete the `delete` script's. Every
+//!   key written gets one new `last_index` (`max(previous + 1, server µs)`), returned for
+//!   every put in operation order.
+//! * **Limit**: [`store::MAX_TRANSACTION_OPS`] = 128 conditions plus operations (Redis has no
+//!   limit of its own; the script blocks the server while it runs, values are hashed inside
+//!   it). Larger transactions, duplicate keys, bad keys, values or TTLs are refused before
+//!   anything is sent; an empty transaction sends nothing.
+//! * **Watches**: `watch` on a key sees one change per transaction (the script writes the key
+//!   once). `watch_tree` may report a transaction's keys in **two snapshots**
+//!   (`watch_tree_sees_whole_transactions` is `false`): keyspace notifications name one key
+//!   each, the loop re-reads the keys it has been told about so far, and a resynchronising
+//!   `list` reads key by key, so a snapshot can hold one key's new value beside another's old
+//!   one. The next snapshot always has both.
+//! * **Redis Cluster** (not offered yet, see below) runs a script on one hash slot only. Keys
+//!   are co-located with hash tags: a namespace prefix with a tag (`app{1}/`) puts the whole
+//!   namespace in one slot; without one, keys sharing their first `{…}` section
+//!   (`orders/{42}/total`, `orders/{42}/lines`) share a slot (metadata keys always follow
+//!   their value key's slot). A transaction whose keys span slots will be refused with
+//!   [`kv_core::Error::InvalidOption`] before anything is sent;
+//!   [`RedisStore::transaction_slot`] computes the slot, or that error, today.
+//! * `delete_tree` is not an operation (see [`kv_core::txn`]).
+//!
 //! ## Capabilities and limits
 //!
 //! * `max_value_len`: [`Config::max_value_len`], default and maximum 512 MiB — Redis' own
@@ -175,6 +226,8 @@
 //! * `max_key_len`: 1024 bytes (kv-core's limit; Redis allows far longer keys).
 //! * `min_ttl`: 100 ms ([`store::MIN_TTL`]); `ttl_precision`: 100 ms ([`store::TTL_PRECISION`]).
 //! * `ReadOptions::consistent` is ignored: every read goes to the primary.
+//! * Transactions: up to [`store::MAX_TRANSACTION_OPS`] (128) conditions plus operations;
+//!   `watch_tree_sees_whole_transactions`: `false` (see [Transactions](#transactions)).
 //!
 //! ## Deviations and what Redis cannot do
 //!
@@ -183,7 +236,8 @@
 //! * Redis Cluster: the layout and scripts are slot-safe (hash tags), but this crate connects
 //!   to one server or a Sentinel-managed primary only; Cluster would also need a `SCAN` and a
 //!   notification subscription on every primary (notifications are node-local). Not offered
-//!   yet.
+//!   yet. Transactions there will need all their keys in one slot (see
+//!   [Transactions](#transactions)).
 //! * While the server is unreachable, calls fail with [`kv_core::Error::Unavailable`] (at once
 //!   when fred already knows the connection is down, after [`Config::request_timeout`] as
 //!   [`kv_core::Error::Timeout`] when it does not yet — `list` and `delete_tree` included);

@@ -1,6 +1,8 @@
 //! The Lua scripts: every write is one script touching the value key (`KEYS[1]`) and its
-//! metadata hash (`KEYS[2]`) atomically. Both keys share a hash slot (see the crate docs), so
-//! the scripts are valid on Redis Cluster too.
+//! metadata hash (`KEYS[2]`) atomically; the transaction script touches several such pairs.
+//! A value key and its metadata key share a hash slot (see the crate docs), so the one-key
+//! scripts are valid on Redis Cluster too; the transaction script only when all its keys
+//! share one slot (see `RedisStore::transaction_slot`).
 
 use std::sync::LazyLock;
 
@@ -40,27 +42,38 @@ local function settle(idx)
     while now_us() <= idx do end
   end
 end
-local function write(value, ttl, owner)
-  local idx = next_index(KEYS[2])
+-- The `_at` helpers take the value key and its metadata key; the short forms work on
+-- KEYS[1] and KEYS[2] (every script but the transaction's touches one key).
+local function write_at(key, meta, value, ttl, owner)
+  local idx = next_index(meta)
   if ttl > 0 then
-    redis.call('SET', KEYS[1], value, 'PX', ttl)
+    redis.call('SET', key, value, 'PX', ttl)
   else
-    redis.call('SET', KEYS[1], value)
+    redis.call('SET', key, value)
   end
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'v', fmt(idx), 'h', redis.sha1hex(value))
-  if owner then redis.call('HSET', KEYS[2], 'o', owner) end
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  redis.call('DEL', meta)
+  redis.call('HSET', meta, 'v', fmt(idx), 'h', redis.sha1hex(value))
+  if owner then redis.call('HSET', meta, 'o', owner) end
+  if ttl > 0 then redis.call('PEXPIRE', meta, ttl) end
   return fmt(idx)
 end
+local function write(value, ttl, owner)
+  return write_at(KEYS[1], KEYS[2], value, ttl, owner)
+end
+local function is_value_at(key)
+  return redis.call('TYPE', key)['ok'] == 'string'
+end
 local function is_value()
-  return redis.call('TYPE', KEYS[1])['ok'] == 'string'
+  return is_value_at(KEYS[1])
+end
+local function current_index_at(meta, value)
+  local m = redis.call('HMGET', meta, 'v', 'h')
+  if not m[1] then return '1' end
+  if m[2] == redis.sha1hex(value) then return m[1] end
+  return false
 end
 local function current_index(value)
-  local meta = redis.call('HMGET', KEYS[2], 'v', 'h')
-  if not meta[1] then return '1' end
-  if meta[2] == redis.sha1hex(value) then return meta[1] end
-  return false
+  return current_index_at(KEYS[2], value)
 end
 -- A CAS precondition on the value now at the key: its current index is `expected`, and for
 -- a value without metadata (index 1, nothing ties it to one incarnation) it is still the
@@ -186,6 +199,78 @@ settle(tonumber(cur))
 return 1
 "#;
 
+/// `TRANSACTION` (see `RedisStore::transaction`). `KEYS`: the value key and metadata key of
+/// every distinct key of the transaction, in pairs (pair `n` is `KEYS[2n-1]`, `KEYS[2n]`).
+/// `ARGV`: the number of conditions, then per condition its key's pair number, its kind
+/// (`a` absent, `e` exists, `i` index equals, `l` lock held) and the expected index (empty
+/// for `a`/`e`); then the number of operations, then per operation its key's pair number, its
+/// kind (`p` put, `d` delete), the value and the TTL in ms (0: none; both empty for `d`).
+///
+/// Every condition is evaluated first against the key's index as `GET` would report it (a
+/// value replaced by another program counts with the fresh index `GET` would give it, which
+/// nobody can hold; nothing is written for it here). If any fails the reply is
+/// `{'!failed', state_1, …, state_n}` — every condition key's index, `''` when absent — and
+/// nothing has been written. A metadata key of another type than hash among the operations'
+/// keys (written by another program) is `{'!badmeta', key}`, also before any write. Otherwise
+/// every operation is applied exactly as `PUT` / `DELETE` apply it, and the reply is the new
+/// index of every put, in operation order.
+const TRANSACTION: &str = r#"
+local function state(pair)
+  local key, meta = KEYS[2 * pair - 1], KEYS[2 * pair]
+  if not is_value_at(key) then return false end
+  local cur = current_index_at(meta, redis.call('GET', key))
+  if not cur then cur = fmt(next_index(meta)) end
+  return cur
+end
+local pos = 1
+local nconds = tonumber(ARGV[pos]); pos = pos + 1
+local states = {'!failed'}
+local failed = false
+for c = 1, nconds do
+  local pair, kind, expected = tonumber(ARGV[pos]), ARGV[pos + 1], ARGV[pos + 2]
+  pos = pos + 3
+  local cur = state(pair)
+  local holds
+  if kind == 'a' then
+    holds = not cur
+  elseif kind == 'e' then
+    holds = cur ~= false
+  else
+    holds = cur == expected
+  end
+  if not holds then failed = true end
+  states[c + 1] = cur or ''
+end
+if failed then return states end
+local nops = tonumber(ARGV[pos]); pos = pos + 1
+-- Redis does not undo a script's writes when a later command fails: refuse a metadata key
+-- of another type (another program wrote a reserved name), on which HGET would fail half-way,
+-- before writing anything.
+for o = 1, nops do
+  local meta = KEYS[2 * tonumber(ARGV[pos + 4 * (o - 1)])]
+  local kind = redis.call('TYPE', meta)['ok']
+  if kind ~= 'none' and kind ~= 'hash' then return {'!badmeta', meta} end
+end
+local indexes = {}
+for o = 1, nops do
+  local pair, kind, value, ttl = tonumber(ARGV[pos]), ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+  pos = pos + 4
+  local key, meta = KEYS[2 * pair - 1], KEYS[2 * pair]
+  if kind == 'p' then
+    indexes[#indexes + 1] = write_at(key, meta, value, tonumber(ttl), nil)
+  else
+    local cur = redis.call('HGET', meta, 'v')
+    if is_value_at(key) then
+      redis.call('DEL', key, meta)
+    else
+      redis.call('DEL', meta)
+    end
+    if cur then settle(tonumber(cur)) end
+  end
+end
+return indexes
+"#;
+
 /// The compiled scripts (SHA1 computed once).
 pub(crate) struct Scripts {
     pub get: Script,
@@ -197,6 +282,7 @@ pub(crate) struct Scripts {
     pub lock_renew: Script,
     pub lock_check: Script,
     pub lock_release: Script,
+    pub transaction: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
@@ -213,4 +299,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     lock_renew: with_prelude(LOCK_RENEW),
     lock_check: with_prelude(LOCK_CHECK),
     lock_release: with_prelude(LOCK_RELEASE),
+    transaction: with_prelude(TRANSACTION),
 });

@@ -1,5 +1,6 @@
 //! [`RedisStore`]: the [`Store`] implementation.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -17,8 +18,9 @@ use fred::types::scan::ScanType;
 use fred::types::{ConnectHandle, Value};
 use futures::{StreamExt, TryStreamExt};
 use kv_core::{
-    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions, key,
+    Capabilities, Condition, ConditionFailure, Error, KvPair, Lock, LockOptions, Operation,
+    ReadOptions, Result, Store, TaskSet, Transaction, WatchStream, WatchTreeStream, WriteOptions,
+    key,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -31,6 +33,12 @@ pub(crate) const BACKEND: &str = "redis";
 
 /// How many keys are read or deleted concurrently by `list`, `watch_tree` and `delete_tree`.
 pub const BATCH: usize = 64;
+
+/// The most conditions plus operations one [`Store::transaction`] may hold
+/// ([`Capabilities::max_transaction_ops`]). Redis itself has no such limit (a script may name
+/// thousands of keys), but the script runs while the server serves nobody else: 128 keeps
+/// that pause short, and matches etcd's default so that programs move between backends.
+pub const MAX_TRANSACTION_OPS: usize = 128;
 
 /// `SCAN ... COUNT` hint.
 const SCAN_COUNT: u32 = 1000;
@@ -111,7 +119,10 @@ impl RedisStore {
                 });
             }
         };
-        let mut caps = Capabilities::full(BACKEND);
+        // watch_tree re-reads the keys named by keyspace events one by one (and a resync lists
+        // key by key), so one of its snapshots can hold some of a transaction's writes and
+        // not the others: see the crate docs, "Transactions".
+        let mut caps = Capabilities::full(BACKEND).with_transactions(MAX_TRANSACTION_OPS, false);
         caps.max_value_len = config.max_value_len;
         caps.min_ttl = MIN_TTL;
         caps.ttl_precision = TTL_PRECISION;
@@ -160,6 +171,41 @@ impl RedisStore {
     /// The Redis key of the metadata hash kept beside a (normalised) store key.
     pub fn meta_key(&self, key: &str) -> String {
         self.inner.meta_key(&self.inner.full_key(key))
+    }
+
+    /// The Redis Cluster hash slot every key of `txn` lives in (value keys and their metadata
+    /// keys alike), `Ok(None)` for a transaction without keys. A transaction whose keys span
+    /// two slots is [`Error::InvalidOption`] naming two of them: Redis Cluster runs a script
+    /// on one slot only, so that is what [`Store::transaction`] will answer, before sending
+    /// anything, once this crate connects to a Cluster (today it connects to one server or a
+    /// Sentinel-managed primary, where every transaction is one script whatever its slots).
+    /// Co-locate keys with a hash tag: a namespace prefix such as `app{1}/` puts every key of
+    /// the namespace in one slot; without one, keys that share their first `{…}` section
+    /// (`orders/{42}/total`, `orders/{42}/lines`) share a slot. The key rules of `txn` are
+    /// checked first, as [`Store::transaction`] does.
+    pub fn transaction_slot(&self, txn: &Transaction) -> Result<Option<u16>> {
+        let txn = self.inner.caps.check_transaction(txn.clone())?;
+        let keys = txn
+            .conditions()
+            .iter()
+            .map(Condition::key)
+            .chain(txn.operations().iter().map(Operation::key));
+        let mut first: Option<(&str, u16)> = None;
+        for key in keys {
+            let slot = fred::util::redis_keyslot(self.inner.full_key(key).as_bytes());
+            match first {
+                None => first = Some((key, slot)),
+                Some((_, s)) if s == slot => {}
+                Some((other, s)) => {
+                    return Err(Error::InvalidOption(format!(
+                        "a Redis Cluster transaction must keep its keys in one hash slot, but \
+                         {other} is in slot {s} and {key} in slot {slot}; co-locate them with \
+                         a hash tag (e.g. a namespace such as app{{1}}/)"
+                    )));
+                }
+            }
+        }
+        Ok(first.map(|(_, slot)| slot))
     }
 }
 
@@ -377,6 +423,17 @@ impl Inner {
         args: Vec<Value>,
     ) -> Result<Value> {
         let keys = vec![full.to_owned(), self.meta_key(full)];
+        self.eval_keys(operation, script, keys, args).await
+    }
+
+    /// Runs a script on explicit `KEYS` (the transaction's several value/metadata pairs).
+    pub(crate) async fn eval_keys(
+        &self,
+        operation: &'static str,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value> {
         self.call(
             operation,
             script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args),
@@ -450,6 +507,99 @@ impl Inner {
             Ok(found)
         })
         .await
+    }
+
+    /// Commits a checked, non-empty transaction with the transaction script (see
+    /// `scripts::TRANSACTION` for its arguments and replies).
+    async fn transaction(&self, txn: &Transaction) -> Result<Vec<KvPair>> {
+        // Every distinct key once, as a (value key, metadata key) pair numbered from 1.
+        let mut pairs: HashMap<&str, i64> = HashMap::new();
+        let mut keys: Vec<String> = Vec::new();
+        let all_keys = txn
+            .conditions()
+            .iter()
+            .map(Condition::key)
+            .chain(txn.operations().iter().map(Operation::key));
+        for key in all_keys {
+            if !pairs.contains_key(key) {
+                pairs.insert(key, pairs.len() as i64 + 1);
+                let full = self.full_key(key);
+                let meta = self.meta_key(&full);
+                keys.extend([full, meta]);
+            }
+        }
+        let number = |key: &str| Value::Integer(pairs[key]);
+        let mut args: Vec<Value> =
+            Vec::with_capacity(2 + 3 * txn.conditions().len() + 4 * txn.operations().len());
+        args.push(Value::Integer(txn.conditions().len() as i64));
+        for condition in txn.conditions() {
+            args.push(number(condition.key()));
+            let (kind, expected) = match condition {
+                Condition::Absent { .. } => ("a", String::new()),
+                Condition::Exists { .. } => ("e", String::new()),
+                Condition::IndexEquals { index, .. } => ("i", index.to_string()),
+                Condition::LockHeld { fencing_token, .. } => ("l", fencing_token.to_string()),
+                // kv-core may add conditions; refuse rather than ignore one.
+                #[allow(unreachable_patterns)]
+                _ => return Err(self.caps.unsupported("this transaction condition")),
+            };
+            args.push(kind.into());
+            args.push(expected.into());
+        }
+        args.push(Value::Integer(txn.operations().len() as i64));
+        let mut puts: Vec<(&str, &Bytes)> = Vec::new();
+        for operation in txn.operations() {
+            args.push(number(operation.key()));
+            match operation {
+                Operation::Put {
+                    key,
+                    value,
+                    options,
+                } => {
+                    args.push("p".into());
+                    args.push(Value::Bytes(value.clone()));
+                    args.push(ttl_arg(options.ttl));
+                    puts.push((key, value));
+                }
+                Operation::Delete { .. } => {
+                    args.extend(["d".into(), "".into(), "".into()]);
+                }
+                #[allow(unreachable_patterns)]
+                _ => return Err(self.caps.unsupported("this transaction operation")),
+            }
+        }
+        let reply = self
+            .eval_keys("transaction", &SCRIPTS.transaction, keys, args)
+            .await?;
+        let items = match reply {
+            Value::Array(items) => items,
+            Value::Null => Vec::new(),
+            _ => return Err(protocol_error("transaction")),
+        };
+        match items.first().and_then(Value::as_str).as_deref() {
+            Some("!failed") => return Err(condition_failed(txn, &items[1..])),
+            Some("!badmeta") => {
+                let meta = items.get(1).and_then(Value::as_str).unwrap_or_default();
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "transaction refused, nothing written: the reserved metadata key \
+                         {meta} holds another type than a hash (written by another program)"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if items.len() != puts.len() {
+            return Err(protocol_error("transaction"));
+        }
+        puts.into_iter()
+            .zip(items)
+            .map(|((key, value), index)| {
+                let index = parse_index(&index).ok_or_else(|| protocol_error("transaction"))?;
+                Ok(KvPair::new(key, value.clone(), index))
+            })
+            .collect()
     }
 
     pub(crate) async fn delete_key(&self, key: &str) -> Result<bool> {
@@ -684,6 +834,37 @@ fn cas_args(previous: &KvPair) -> (Value, Value) {
     (previous.last_index.to_string().into(), value)
 }
 
+/// The error of a transaction the script refused: its conditions evaluated, by kv-core's
+/// rules, against the states the script read at commit time (`states[i]`: the index of
+/// condition `i`'s key, `''` when absent), so that the first failing condition and its
+/// reason are exactly what every backend reports.
+fn condition_failed(txn: &Transaction, states: &[Value]) -> Error {
+    if states.len() != txn.conditions().len() {
+        return protocol_error("transaction");
+    }
+    let mut current: HashMap<&str, Option<u64>> = HashMap::new();
+    for (condition, state) in txn.conditions().iter().zip(states) {
+        let index = match state.as_str().as_deref() {
+            Some("") => None,
+            _ => match parse_index(state) {
+                Some(index) => Some(index),
+                None => return protocol_error("transaction"),
+            },
+        };
+        current.insert(condition.key(), index);
+    }
+    match txn.first_failure(|key| current.get(key).copied().flatten()) {
+        Some(error) => error,
+        // The script refused, yet its own states satisfy every condition: cannot happen
+        // (both sides compare the same decimal indexes). Never report success for it.
+        None => {
+            tracing::warn!("the transaction script refused a transaction whose conditions hold");
+            let first = &txn.conditions()[0];
+            Error::condition_failed(0, first.key(), ConditionFailure::KeyModified)
+        }
+    }
+}
+
 fn ttl_arg(ttl: Option<Duration>) -> Value {
     // Whole milliseconds, at least 1 (check_ttl already enforced min_ttl).
     let ms = ttl.map(|t| t.as_millis().max(1) as i64).unwrap_or(0);
@@ -842,6 +1023,21 @@ impl Store for RedisStore {
             Some("!modified") => Err(Error::KeyModified { key }),
             _ => Err(protocol_error("atomic_delete")),
         }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        backend = BACKEND,
+        conditions = txn.conditions().len(),
+        operations = txn.operations().len(),
+    ))]
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let txn = inner.caps.check_transaction(txn)?;
+        if txn.conditions().is_empty() && txn.operations().is_empty() {
+            return Ok(Vec::new());
+        }
+        inner.transaction(&txn).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

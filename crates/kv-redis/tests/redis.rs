@@ -1482,3 +1482,415 @@ async fn list_delete_tree_and_watch_tree_agree_on_foreign_keys() {
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
 }
+
+/// A key written by a transaction is stored exactly like one written by `put`: the plain
+/// value, and a metadata hash with the same fields (`v` = the reported `last_index`, `h` =
+/// the same digest for the same bytes), the same TTL on both keys, both removed by a
+/// transaction's delete. Every other call then treats it like a put's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_write_the_put_layout() {
+    use kv_core::{Condition, Transaction};
+    let ns = unique("txn-layout");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    let value = Bytes::from_static(b"\x00\xffsame bytes");
+    store
+        .put("by-put", value.clone(), WriteOptions::default())
+        .await
+        .unwrap();
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("by-txn"))
+                .put("by-txn", value.clone(), WriteOptions::default())
+                .put(
+                    "with-ttl",
+                    "t",
+                    WriteOptions::with_ttl(Duration::from_secs(30)),
+                ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 2);
+    assert_eq!((pairs[0].key.as_str(), &pairs[0].value), ("by-txn", &value));
+
+    let plain: Bytes = raw.get(store.value_key("by-txn")).await.unwrap();
+    assert_eq!(plain, value);
+    let by_put: std::collections::HashMap<String, String> =
+        raw.hgetall(store.meta_key("by-put")).await.unwrap();
+    let by_txn: std::collections::HashMap<String, String> =
+        raw.hgetall(store.meta_key("by-txn")).await.unwrap();
+    let mut fields: Vec<&String> = by_txn.keys().collect();
+    fields.sort();
+    assert_eq!(fields, ["h", "v"], "the same fields as a put's metadata");
+    assert_eq!(
+        by_txn["h"], by_put["h"],
+        "the same digest of the same bytes"
+    );
+    assert_eq!(by_txn["v"].parse::<u64>().unwrap(), pairs[0].last_index);
+    assert_eq!(
+        store.get("by-txn", ReadOptions::default()).await.unwrap(),
+        Some(pairs[0].clone()),
+        "get reports what the transaction returned"
+    );
+    let (pv, pm): (i64, i64) = (
+        raw.pttl(store.value_key("with-ttl")).await.unwrap(),
+        raw.pttl(store.meta_key("with-ttl")).await.unwrap(),
+    );
+    assert!(pv > 29_000 && pm > 29_000, "pttl {pv} {pm}");
+    let (pv, pm): (i64, i64) = (
+        raw.pttl(store.value_key("by-txn")).await.unwrap(),
+        raw.pttl(store.meta_key("by-txn")).await.unwrap(),
+    );
+    assert_eq!((pv, pm), (-1, -1));
+
+    // Its index serves the single-key CAS, and a put's index serves the transaction's.
+    let cas = store
+        .atomic_put(
+            "by-txn",
+            "cas".into(),
+            Some(&pairs[0]),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let put_pair = store
+        .get("by-put", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .transaction(
+            Transaction::new()
+                .when(Condition::unchanged(&cas))
+                .when(Condition::unchanged(&put_pair))
+                .delete("by-txn")
+                .put("with-ttl", "permanent", WriteOptions::default()),
+        )
+        .await
+        .unwrap();
+    let n: i64 = raw
+        .exists(vec![store.value_key("by-txn"), store.meta_key("by-txn")])
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "a transaction's delete removes value and metadata");
+    let (pv, pm): (i64, i64) = (
+        raw.pttl(store.value_key("with-ttl")).await.unwrap(),
+        raw.pttl(store.meta_key("with-ttl")).await.unwrap(),
+    );
+    assert_eq!(
+        (pv, pm),
+        (-1, -1),
+        "a put without TTL makes the key permanent"
+    );
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// Conditions see values other programs wrote the way `get` and CAS do: a value replaced
+/// behind the crate's back (plain `SET`) voids the index a caller holds, a value never written
+/// through the crate exists with index 1, a key of another type is absent. A refused
+/// transaction writes nothing, not even the metadata a `get` would adopt, and a corrupt
+/// metadata key refuses the whole transaction before its first write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_conditions_follow_foreign_writes() {
+    use kv_core::{Condition, ConditionFailure, Transaction};
+    let ns = unique("txn-foreign");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    let pair = store
+        .atomic_put("k", "ours".into(), None, WriteOptions::default())
+        .await
+        .unwrap();
+    let _: () = raw
+        .set(store.value_key("k"), "theirs", None, None, false)
+        .await
+        .unwrap();
+    let meta_before: std::collections::HashMap<String, String> =
+        raw.hgetall(store.meta_key("k")).await.unwrap();
+    match store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("other"))
+                .when(Condition::unchanged(&pair))
+                .put("other", "x", WriteOptions::default()),
+        )
+        .await
+    {
+        Err(Error::ConditionFailed {
+            index: 1,
+            key,
+            reason: ConditionFailure::KeyModified,
+        }) => assert_eq!(key, "k"),
+        other => panic!("expected KeyModified on condition 1, got {other:?}"),
+    }
+    let meta_after: std::collections::HashMap<String, String> =
+        raw.hgetall(store.meta_key("k")).await.unwrap();
+    assert_eq!(
+        meta_before, meta_after,
+        "a refused transaction writes nothing"
+    );
+    assert!(
+        store
+            .get("other", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused transaction writes nothing"
+    );
+    // The adopted index (what get reports now) is the one the next transaction compares.
+    let adopted = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(adopted.last_index > pair.last_index);
+    store
+        .transaction(Transaction::new().when(Condition::unchanged(&adopted)).put(
+            "k",
+            "ours again",
+            WriteOptions::default(),
+        ))
+        .await
+        .unwrap();
+
+    // Never written through this crate: exists, index 1.
+    let _: () = raw
+        .set(store.value_key("plain"), "p", None, None, false)
+        .await
+        .unwrap();
+    store
+        .transaction(Transaction::new().when(Condition::index_equals("plain", 1)))
+        .await
+        .unwrap();
+    // A key of another type is no store value: absent.
+    let _: () = raw
+        .hset(store.value_key("a-hash"), ("f", "v"))
+        .await
+        .unwrap();
+    store
+        .transaction(Transaction::new().when(Condition::absent("a-hash")))
+        .await
+        .unwrap();
+    let _: () = raw.del(store.value_key("a-hash")).await.unwrap();
+    // A reserved metadata key of another type (another program wrote it): the transaction is
+    // refused before its first write, not half-applied.
+    let _: () = raw
+        .set(store.meta_key("broken"), "not a hash", None, None, false)
+        .await
+        .unwrap();
+    match store
+        .transaction(
+            Transaction::new()
+                .put("first", "1", WriteOptions::default())
+                .put("broken", "2", WriteOptions::default()),
+        )
+        .await
+    {
+        Err(Error::Backend { source, .. }) => {
+            assert!(source.to_string().contains("nothing written"), "{source}")
+        }
+        other => panic!("expected a Backend error, got {other:?}"),
+    }
+    assert!(
+        store
+            .get("first", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing of the refused transaction was written"
+    );
+    let _: () = raw.del(store.meta_key("broken")).await.unwrap();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// The size limit, duplicate keys and key rules are checked before anything is sent: with the
+/// server frozen (SIGSTOP), an oversized transaction is refused at once while one of the
+/// largest allowed size waits for the server and times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_transactions_are_refused_before_sending() {
+    use kv_core::Transaction;
+    let server = PrivateServer::start("KA").await;
+    let store = RedisStore::connect(server.config()).await.unwrap();
+    let max = store.capabilities().max_transaction_ops;
+    assert_eq!(max, kv_redis::store::MAX_TRANSACTION_OPS);
+    let txn = |n: usize, tag: &str| {
+        (0..n).fold(Transaction::new(), |t, i| {
+            t.put(format!("{tag}/{i}"), "v", WriteOptions::default())
+        })
+    };
+    server.signal("STOP");
+    let started = Instant::now();
+    match store.transaction(txn(max + 1, "big")).await {
+        Err(Error::InvalidOption(message)) => assert!(message.contains("128"), "{message}"),
+        other => panic!("expected InvalidOption, got {other:?}"),
+    }
+    match store
+        .transaction(
+            Transaction::new()
+                .put("dup", "1", WriteOptions::default())
+                .delete("/dup/"),
+        )
+        .await
+    {
+        Err(Error::InvalidOption(_)) => {}
+        other => panic!("expected InvalidOption for a duplicate key, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused without a round trip"
+    );
+    match store.transaction(txn(max, "max")).await {
+        Err(Error::Timeout { .. }) | Err(Error::Unavailable { .. }) => {}
+        other => panic!("the largest allowed transaction is sent, got {other:?}"),
+    }
+    server.signal("CONT");
+    // The server is back; the allowed size commits (its pairs in operation order), the
+    // oversized one was never sent.
+    eventually(
+        Duration::from_secs(10),
+        "the server answers again",
+        || async { store.get("x", ReadOptions::default()).await.is_ok() },
+    )
+    .await;
+    let pairs = store.transaction(txn(max, "again")).await.unwrap();
+    let keys: Vec<String> = pairs.into_iter().map(|p| p.key).collect();
+    let wanted: Vec<String> = (0..max).map(|i| format!("again/{i}")).collect();
+    assert_eq!(keys, wanted);
+    assert!(
+        store
+            .list("big", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await.unwrap();
+}
+
+/// `Condition::LockHeld` compares the lock key's `last_index` with the fencing token on the
+/// server: renewals keep it (they change only the TTL), a lock deleted by another handle or
+/// expired behind the holder's back is lost, and a new holder's token is higher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_follow_the_lock_on_the_server() {
+    let ns = unique("txn-fence");
+    let a_store = store_with_prefix(&ns).await;
+    let b_store = store_with_prefix(&ns).await;
+    let raw = a_store.client().clone();
+    let options = LockOptions::default()
+        .ttl(Duration::from_millis(300))
+        .value("a");
+    let mut a_lock = a_store.new_lock("leader", options).await.unwrap();
+    let a_lease = a_lock.lock().await.unwrap();
+    a_lease
+        .guarded_put(&a_store, "job", "a-1", WriteOptions::default())
+        .await
+        .unwrap();
+    // Several renewals later the token still matches.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(a_lease.is_held());
+    a_lease
+        .guarded_put(&a_store, "job", "a-2", WriteOptions::default())
+        .await
+        .unwrap();
+
+    // The key expires behind the holder's back (a foreign PEXPIRE of the value key): the
+    // fenced write is refused even before the holder's lease notices.
+    let _: () = raw
+        .pexpire(a_store.value_key("leader"), 1, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    match a_lease
+        .guarded_put(&a_store, "job", "a-stale", WriteOptions::default())
+        .await
+    {
+        Err(Error::LockLost { key }) => assert_eq!(key, "leader"),
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+    let mut b_lock = b_store
+        .new_lock("leader", LockOptions::default().value("b"))
+        .await
+        .unwrap();
+    let b_lease = b_lock.lock().await.unwrap();
+    assert!(b_lease.fencing_token() > a_lease.fencing_token());
+    match a_lease
+        .guarded_put(&a_store, "job", "a-stale", WriteOptions::default())
+        .await
+    {
+        Err(Error::LockLost { .. }) => {}
+        other => panic!("expected LockLost after the takeover, got {other:?}"),
+    }
+    let b_pair = b_lease
+        .guarded_put(&b_store, "job", "b-1", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        a_store.get("job", ReadOptions::default()).await.unwrap(),
+        Some(b_pair)
+    );
+
+    // Deleted by another handle: lost too, and the stale holder writes nothing.
+    b_store.delete("leader").await.unwrap();
+    match b_lease.guarded_delete(&b_store, "job").await {
+        Err(Error::LockLost { .. }) => {}
+        other => panic!("expected LockLost after a delete, got {other:?}"),
+    }
+    assert!(a_store.exists("job", ReadOptions::default()).await.unwrap());
+    drop(a_lock);
+    drop(b_lock);
+    a_store.delete_tree("").await.unwrap();
+    a_store.close().await.unwrap();
+    b_store.close().await.unwrap();
+}
+
+/// Redis Cluster co-location: keys of one namespace tagged `{…}` share a slot; untagged keys
+/// usually do not, and `transaction_slot` names the cross-slot pair with `InvalidOption`
+/// (what a Cluster connection will answer). On one server such a transaction still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_slots_for_redis_cluster() {
+    use kv_core::{Condition, Transaction};
+    let tagged = store_with_prefix(&format!("{}{{1}}", unique("slot"))).await;
+    let txn = Transaction::new()
+        .when(Condition::absent("x"))
+        .put("a", "1", WriteOptions::default())
+        .put("b/c", "2", WriteOptions::default());
+    let slot = tagged.transaction_slot(&txn).unwrap();
+    assert_eq!(slot, Some(fred::util::redis_keyslot(b"1")));
+    assert_eq!(tagged.transaction_slot(&Transaction::new()).unwrap(), None);
+
+    let ns = unique("slot");
+    let plain = store_with_prefix(&ns).await;
+    let same = Transaction::new()
+        .put("orders/{42}/total", "1", WriteOptions::default())
+        .put("orders/{42}/lines", "2", WriteOptions::default());
+    // The namespace has no tag, so the key's own `{42}` decides.
+    assert_eq!(
+        plain.transaction_slot(&same).unwrap(),
+        Some(fred::util::redis_keyslot(b"42"))
+    );
+    let slot = |key: &str| fred::util::redis_keyslot(plain.value_key(key).as_bytes());
+    let a = "a";
+    let b = (0..)
+        .map(|i| format!("b{i}"))
+        .find(|b| slot(b) != slot(a))
+        .unwrap();
+    let cross = Transaction::new().put(a, "1", WriteOptions::default()).put(
+        &b,
+        "2",
+        WriteOptions::default(),
+    );
+    match plain.transaction_slot(&cross) {
+        Err(Error::InvalidOption(message)) => {
+            assert!(
+                message.contains("hash tag") && message.contains(&b),
+                "{message}"
+            )
+        }
+        other => panic!("expected InvalidOption, got {other:?}"),
+    }
+    assert_eq!(plain.transaction(cross).await.unwrap().len(), 2);
+    plain.delete_tree("").await.unwrap();
+    tagged.close().await.unwrap();
+    plain.close().await.unwrap();
+}
