@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kv_consul::{Config, ConsulStore};
-use kv_core::{Error, LockOptions, ReadOptions, Store, WriteOptions};
+use kv_core::{Condition, Error, LockOptions, ReadOptions, Store, Transaction, WriteOptions};
 use serde_json::{Value as Json, json};
 
 mod common;
@@ -124,6 +124,33 @@ async fn acl_tokens_are_used_and_denials_are_typed() {
     denied(outside.put("k", "v".into(), WriteOptions::default()).await);
     denied(outside.get("k", ReadOptions::default()).await);
     denied(outside.watch("k", ReadOptions::default()).await.map(|_| ()));
+    // Transactions: allowed below app/ (TTL sessions included), PermissionDenied outside it,
+    // for reads (a condition on a key the token may not read is no verdict) and writes.
+    let pairs = app
+        .transaction(
+            Transaction::new()
+                .when(Condition::exists("k"))
+                .put("k", "v2", WriteOptions::default())
+                .put("tt", "v", WriteOptions::with_ttl(Duration::from_secs(5))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 2);
+    app.delete("tt").await.unwrap();
+    app.put("k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    denied(
+        outside
+            .transaction(Transaction::new().when(Condition::absent("k")))
+            .await,
+    );
+    denied(
+        outside
+            .transaction(Transaction::new().put("k", "v", WriteOptions::default()))
+            .await,
+    );
+    denied(outside.transaction(Transaction::new().delete("k")).await);
     let stranger = ConsulStore::connect_url(&format!(
         "consul://127.0.0.1:{port}/app?token=00000000-0000-0000-0000-000000000000"
     ))
@@ -131,6 +158,11 @@ async fn acl_tokens_are_used_and_denials_are_typed() {
     .unwrap();
     denied(stranger.get("k", ReadOptions::default()).await);
     denied(stranger.put("k", "v".into(), WriteOptions::default()).await);
+    denied(
+        stranger
+            .transaction(Transaction::new().when(Condition::exists("k")))
+            .await,
+    );
 
     // A watch whose token is revoked ends with PermissionDenied (not retried forever).
     let mut watch = app.watch("k", ReadOptions::default()).await.unwrap();
