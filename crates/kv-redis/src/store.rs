@@ -540,7 +540,6 @@ impl Inner {
                 Condition::IndexEquals { index, .. } => ("i", index.to_string()),
                 Condition::LockHeld { fencing_token, .. } => ("l", fencing_token.to_string()),
                 // kv-core may add conditions; refuse rather than ignore one.
-                #[allow(unreachable_patterns)]
                 _ => return Err(self.caps.unsupported("this transaction condition")),
             };
             args.push(kind.into());
@@ -564,7 +563,7 @@ impl Inner {
                 Operation::Delete { .. } => {
                     args.extend(["d".into(), "".into(), "".into()]);
                 }
-                #[allow(unreachable_patterns)]
+                // Likewise for operations.
                 _ => return Err(self.caps.unsupported("this transaction operation")),
             }
         }
@@ -839,7 +838,7 @@ fn cas_args(previous: &KvPair) -> (Value, Value) {
 /// condition `i`'s key, `''` when absent), so that the first failing condition and its
 /// reason are exactly what every backend reports.
 fn condition_failed(txn: &Transaction, states: &[Value]) -> Error {
-    if states.len() != txn.conditions().len() {
+    if states.is_empty() || states.len() != txn.conditions().len() {
         return protocol_error("transaction");
     }
     let mut current: HashMap<&str, Option<u64>> = HashMap::new();
@@ -1110,6 +1109,55 @@ mod tests {
         for slot in [0u16, 1, 8000, 16383] {
             assert_eq!(redis_keyslot(slot_alias(slot).as_bytes()), slot);
         }
+    }
+
+    #[test]
+    fn refused_transactions_report_the_first_failing_condition() {
+        let txn = Transaction::new()
+            .when(Condition::exists("a"))
+            .when(Condition::index_equals("b", 7))
+            .when(Condition::absent("c"))
+            .when(Condition::LockHeld {
+                key: "l".into(),
+                fencing_token: 9,
+            });
+        let states = |s: [&str; 4]| s.map(Value::from).to_vec();
+        let check = |states: Vec<Value>| match condition_failed(&txn, &states) {
+            Error::ConditionFailed { index, key, reason } => (index, key, reason),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            check(states(["5", "8", "", "9"])),
+            (1, "b".into(), ConditionFailure::KeyModified)
+        );
+        assert_eq!(
+            check(states(["", "8", "3", "1"])),
+            (0, "a".into(), ConditionFailure::KeyNotFound)
+        );
+        assert_eq!(
+            check(states(["5", "7", "3", "9"])),
+            (2, "c".into(), ConditionFailure::KeyExists)
+        );
+        assert_eq!(
+            check(states(["5", "7", "", ""])),
+            (3, "l".into(), ConditionFailure::LockLost)
+        );
+        // States satisfying every condition: never success, KeyModified on the first.
+        assert_eq!(
+            check(states(["5", "7", "", "9"])),
+            (0, "a".into(), ConditionFailure::KeyModified)
+        );
+        // Malformed replies are protocol errors, not panics.
+        for bad in [vec![], states(["x", "7", "", "9"]), vec![Value::from("5")]] {
+            assert!(matches!(
+                condition_failed(&txn, &bad),
+                Error::Backend { .. }
+            ));
+        }
+        assert!(matches!(
+            condition_failed(&Transaction::new(), &[]),
+            Error::Backend { .. }
+        ));
     }
 
     #[test]
