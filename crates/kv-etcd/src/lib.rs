@@ -85,6 +85,68 @@
 //!   row (the keys read so far are then deleted by name, 127 per transaction, which never
 //!   touches a key `list` skips but may leave keys created meanwhile). Expired keys that etcd
 //!   has not deleted yet are deleted along with the rest (nobody sees them anyway).
+//! * **Transactions** ([`Store::transaction`](kv_core::Store::transaction), see
+//!   [`kv_core::txn`]) are **one etcd `Txn`**: the conditions are its comparisons, the puts
+//!   and deletes its success branch, and its failure branch reads every condition key back
+//!   (keys only), so the state that failed a comparison comes back in the same answer, at the
+//!   revision the comparisons were evaluated at, and
+//!   [`ConditionFailed`](kv_core::Error::ConditionFailed) names the first condition that
+//!   fails on exactly that state. The comparisons:
+//!
+//!   | condition | etcd comparisons |
+//!   | --- | --- |
+//!   | `Absent` | `create_revision == 0` |
+//!   | `Exists` | `create_revision > 0`, and not bound to an expired TTL lease of this crate |
+//!   | `IndexEquals(n)` | `mod_revision == n`, and not expired |
+//!   | `LockHeld(token)` | `mod_revision == token`, and not expired |
+//!
+//!   "Not expired" is the lease comparison CAS uses (`lease > bound − 1`, see
+//!   [TTLs and clocks](#ttls-and-clocks)). A key past its TTL that etcd has not deleted yet
+//!   counts as absent: when the comparisons fail but every condition holds on the state read
+//!   back (an `Absent` key that expired), the transaction is sent again with every condition
+//!   key pinned to exactly that state (`create_revision == 0` or `mod_revision == r`: a
+//!   key's version fixes its lease), up to 4 `Txn`s in all. Everything a transaction writes
+//!   gets the one revision of its `Txn`: the returned `last_index` of every put is that
+//!   revision, which `get` then reports and CAS compares.
+//!
+//!   **`LockHeld`**: a lock is its key, created by the acquisition at the fencing token's
+//!   revision and bound to the holder's lease. Renewals (lease keep-alives) never touch the
+//!   key, so its `mod_revision` stays the token exactly as long as that acquisition holds the
+//!   lock; an unlock, a delete, someone else's write, or the end of the lease (etcd deletes
+//!   the key in the same step as it revokes an expired lease) changes it, and no contender
+//!   can acquire before the key is gone, so a successor always has a higher token. The
+//!   comparison runs on the server, so a paused holder that lost its lock cannot write, and
+//!   any handle can fence with a token.
+//!
+//!   Puts honour their [`WriteOptions`](kv_core::WriteOptions) as `put` does: a put without TTL
+//!   is written without a lease (detached from any earlier one: permanent), puts with a TTL
+//!   get a lease of this crate whose ID carries the deadline, **one per distinct TTL** of the
+//!   transaction (keys written together with the same TTL expire together, in one
+//!   revision). The stored layout is the same as `put`'s in every respect.
+//!
+//!   **Isolation**: a `Txn` is applied by etcd in one step at one revision: every reader
+//!   (linearizable or serializable reads, `list`, watches, other programs) sees all of its
+//!   writes or none. A watch sees one change per transaction (events are grouped by
+//!   revision) and `watch_tree` one snapshot holding all of its writes
+//!   ([`Capabilities::watch_tree_sees_whole_transactions`](kv_core::Capabilities::watch_tree_sees_whole_transactions)
+//!   is `true`: etcd never splits one revision's events over several watch responses unless
+//!   asked to fragment, which this crate does not).
+//!
+//!   **Limits**: at most [`Capabilities::max_transaction_ops`](kv_core::Capabilities::max_transaction_ops)
+//!   = 128 conditions plus operations, etcd's default `--max-txn-ops`, which bounds a `Txn`'s
+//!   comparisons, success operations and failure operations each (a server started with a
+//!   smaller value refuses larger transactions with a backend error). Operations and
+//!   read-backs always fit; comparisons (two per condition with a lease check) fit unless
+//!   more than 64 conditions need the lease check: such a transaction first reads its
+//!   condition keys in one `Txn` (one revision), then commits on that state pinned, one
+//!   comparison per key. The whole transaction is one request, bounded by etcd's
+//!   `--max-request-bytes` ([`DEFAULT_MAX_REQUEST_BYTES`]): each value is checked against
+//!   `max_value_len` as for `put`, and the values of all puts together must fit beside the
+//!   keys, else [`ValueTooLarge`](kv_core::Error::ValueTooLarge) names the first put that
+//!   does not fit (its `max` is the room left for it), before anything is sent. A guarded put
+//!   of a value of `max_value_len` with keys of the longest length fits (with any namespace
+//!   shorter than 1.9 KB).
+//!   Operations are puts and deletes only (no `delete_tree`, as the contract says).
 //! * **Locks** (see [`kv_core::lock`]): the lock's key is created with
 //!   `txn(create_revision == 0 → put(value, lease))`; waiters watch the key for its deletion
 //!   from the revision of their failed attempt. The fencing token is the put's revision

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use etcd_client::{Client, EventType, LeaseTimeToLiveOptions, WatchOptions};
 use futures::StreamExt;
-use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
+use kv_core::{
+    Condition, ConditionFailure, Error, LockOptions, LockState, ReadOptions, Store, Transaction,
+    WriteOptions,
+};
 use kv_etcd::{Config, DEFAULT_MAX_REQUEST_BYTES, EtcdStore};
 
 fn endpoints() -> Vec<String> {
@@ -1121,4 +1124,296 @@ async fn leases_of_other_programs_are_never_filtered() {
         client.lease_revoke(id).await.unwrap();
     }
     store.close().await.unwrap();
+}
+
+/// A key written by a transaction is stored exactly like one written by `put`: the plain
+/// value, `mod_revision` = the returned `last_index`, no lease without TTL (a TTL key written
+/// again without TTL is detached from its lease), and with a TTL a lease of this crate whose
+/// ID carries the deadline and whose granted TTL is the TTL rounded up. Puts with the same TTL
+/// in one transaction share one lease; all keys of a transaction get one revision, which a raw
+/// watch sees as one response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_keys_are_stored_like_puts() {
+    let ns = unique("txn-layout");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+    store
+        .put(
+            "was-ttl",
+            "v".into(),
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let (watcher, mut events) = client
+        .watch(format!("{ns}/"), Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .split();
+    let ttl = WriteOptions::with_ttl(Duration::from_millis(2500));
+    let written = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("plain"))
+                .put(
+                    "plain",
+                    Bytes::from_static(b"\x00\xffbytes"),
+                    WriteOptions::default(),
+                )
+                .put("was-ttl", "permanent", WriteOptions::default())
+                .put("ttl/a", "a", ttl.clone())
+                .put("ttl/b", "b", ttl)
+                .delete("never-was"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 4);
+    let revision = pairs[0].last_index;
+    assert!(
+        pairs.iter().all(|p| p.last_index == revision),
+        "one revision"
+    );
+
+    let plain = raw_get(&mut client, &format!("{ns}/plain")).await.unwrap();
+    assert_eq!(plain.value(), b"\x00\xffbytes");
+    assert_eq!(plain.lease(), 0);
+    assert_eq!(plain.mod_revision() as u64, revision);
+    let was_ttl = raw_get(&mut client, &format!("{ns}/was-ttl"))
+        .await
+        .unwrap();
+    assert_eq!(was_ttl.lease(), 0, "a put without TTL detaches the lease");
+    let a = raw_get(&mut client, &format!("{ns}/ttl/a")).await.unwrap();
+    let b = raw_get(&mut client, &format!("{ns}/ttl/b")).await.unwrap();
+    assert!(a.lease() < 0, "a lease ID of this crate: {:x}", a.lease());
+    assert_eq!(a.lease(), b.lease(), "one lease per TTL in a transaction");
+    let deadline = (a.lease() as u64 >> 20) & ((1 << 42) - 1);
+    assert!(
+        deadline.abs_diff(written + 2500) < 1500,
+        "deadline {deadline} for a write at {written} with a 2.5 s TTL"
+    );
+    let lease = client
+        .lease_time_to_live(a.lease(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(lease.granted_ttl(), 3, "2.5 s rounds up to 3 s, as for put");
+    assert_eq!(lease.keys().len(), 2);
+    for pair in &pairs {
+        assert_eq!(
+            store
+                .get(&pair.key, ReadOptions::default())
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(pair)
+        );
+    }
+    // The raw watch gets the whole transaction in one response, at one revision.
+    let response = loop {
+        let response = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("the transaction's events")
+            .unwrap()
+            .unwrap();
+        if !response.events().is_empty() {
+            break response;
+        }
+    };
+    let revisions: Vec<i64> = response
+        .events()
+        .iter()
+        .map(|e| e.kv().unwrap().mod_revision())
+        .collect();
+    assert_eq!(revisions, vec![revision as i64; 4], "{revisions:?}");
+    assert!(
+        response
+            .events()
+            .iter()
+            .all(|e| e.event_type() == EventType::Put)
+    );
+    drop(watcher);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// What the server's limits mean for a transaction: a transaction of one more operation
+/// than declared is refused before anything is sent (the server itself refuses such a
+/// `Txn`, proving the declared number is its limit); the values of one transaction share one
+/// request, so two values that fit alone but not together are `ValueTooLarge` before
+/// sending, while a guarded write of a value at the limit with the longest keys commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_limits_are_the_servers() {
+    let ns = unique("txn-limits");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+    let caps = store.capabilities().clone();
+    assert!(caps.transactions);
+    assert_eq!(caps.max_transaction_ops, 128);
+    assert!(caps.watch_tree_sees_whole_transactions);
+
+    let over = (0..=caps.max_transaction_ops).fold(Transaction::new(), |t, i| {
+        t.put(format!("k{i}"), "v", WriteOptions::default())
+    });
+    assert!(matches!(
+        store.transaction(over).await,
+        Err(Error::InvalidOption(_))
+    ));
+    let raw_over: Vec<etcd_client::TxnOp> = (0..=caps.max_transaction_ops)
+        .map(|i| etcd_client::TxnOp::put(format!("{ns}/k{i}"), "v", None))
+        .collect();
+    let refused = client
+        .txn(etcd_client::Txn::new().and_then(raw_over))
+        .await
+        .expect_err("etcd refuses a Txn over its --max-txn-ops");
+    assert!(
+        refused.to_string().contains("too many operations"),
+        "{refused}"
+    );
+    assert!(raw_keys(&mut client, &format!("{ns}/")).await.is_empty());
+
+    let long = |c: char| format!("{c}/{}", "x".repeat(caps.max_key_len - 2));
+    // Two values that each fit, but not together: over etcd's request limit.
+    let half = caps.max_value_len / 2 + 4096;
+    assert!(2 * half > DEFAULT_MAX_REQUEST_BYTES);
+    let together = Transaction::new()
+        .put(long('a'), vec![1u8; half], WriteOptions::default())
+        .put(long('b'), vec![2u8; half], WriteOptions::default());
+    match store.transaction(together).await {
+        Err(Error::ValueTooLarge { key, size, max }) => {
+            assert_eq!(key, long('b'));
+            assert_eq!(size, half);
+            assert!(max < half);
+        }
+        Err(other) => panic!("two values over one request: {other}"),
+        Ok(pairs) => panic!(
+            "two values over one request committed {} pairs",
+            pairs.len()
+        ),
+    }
+    let raw_together = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put(format!("{ns}/{}", long('a')), vec![1u8; half], None),
+        etcd_client::TxnOp::put(format!("{ns}/{}", long('b')), vec![2u8; half], None),
+    ]);
+    let refused = client
+        .txn(raw_together)
+        .await
+        .expect_err("etcd refuses a request over its --max-request-bytes");
+    assert!(refused.to_string().contains("too large"), "{refused}");
+    assert!(raw_keys(&mut client, &format!("{ns}/")).await.is_empty());
+
+    // The commonest shape at the limits: a lock-held condition and a put of the largest value,
+    // every key as long as allowed, with a TTL.
+    let mut lock = store
+        .new_lock(&long('l'), LockOptions::default())
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    let pair = lease
+        .guarded_put(
+            &store,
+            &long('v'),
+            vec![3u8; caps.max_value_len],
+            WriteOptions::with_ttl(Duration::from_secs(30)),
+        )
+        .await
+        .expect("a guarded put of a value at the limit");
+    assert_eq!(pair.value.len(), caps.max_value_len);
+    lock.unlock().await.unwrap();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// `LockHeld` is checked on the server against the lock key's `mod_revision`: renewals (many
+/// of them, over several TTLs) do not change it; a lock whose lease ends (revoked here, as an
+/// expiry does: etcd deletes the key) is lost for fencing at once, before anyone re-acquires,
+/// and after another client acquires it, the old holder's guarded writes are refused and
+/// write nothing while the new holder's succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_follows_the_lock_key_on_the_server() {
+    let ns = unique("txn-fencing");
+    let a = store_in(&ns).await;
+    let b = store_in(&ns).await;
+    let mut client = raw().await;
+    let ttl = a.capabilities().min_ttl;
+    let mut lock_a = a
+        .new_lock("leader", LockOptions::default().value("a").ttl(ttl))
+        .await
+        .unwrap();
+    let lease_a = lock_a.lock().await.unwrap();
+    let first = lease_a
+        .guarded_put(&a, "resource", "a1", WriteOptions::default())
+        .await
+        .unwrap();
+    // Renewed every TTL/3: after two TTLs the key is still the acquisition's.
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(lease_a.state(), LockState::Held);
+    let second = lease_a
+        .guarded_put(&a, "resource", "a2", WriteOptions::default())
+        .await
+        .expect("renewals do not change what is compared");
+    assert!(second.last_index > first.last_index);
+
+    // The lease ends on the server (as when it expires): etcd deletes the key.
+    let kv = raw_get(&mut client, &format!("{ns}/leader")).await.unwrap();
+    assert_eq!(kv.mod_revision() as u64, lease_a.fencing_token());
+    client.lease_revoke(kv.lease()).await.unwrap();
+    match lease_a
+        .guarded_put(&a, "resource", "a3", WriteOptions::default())
+        .await
+    {
+        Err(Error::LockLost { key }) => assert_eq!(key, "leader"),
+        other => panic!("a guarded put after the lease ended: {other:?}"),
+    }
+    let mut lock_b = b
+        .new_lock("leader", LockOptions::default().value("b").ttl(ttl))
+        .await
+        .unwrap();
+    let lease_b = tokio::time::timeout(Duration::from_secs(10), lock_b.lock())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease_b.fencing_token() > lease_a.fencing_token());
+    // The stale holder, through a transaction with more in it: nothing is written.
+    let stale = Transaction::new()
+        .when(Condition::exists("resource"))
+        .when(Condition::lock_held(&lease_a))
+        .put("resource", "a4", WriteOptions::default())
+        .delete("other");
+    match a.transaction(stale).await {
+        Err(Error::ConditionFailed { index, key, reason }) => {
+            assert_eq!(
+                (index, key.as_str(), reason),
+                (1, "leader", ConditionFailure::LockLost)
+            );
+        }
+        other => panic!("the stale holder's transaction: {other:?}"),
+    }
+    assert!(matches!(
+        lease_a.guarded_delete(&a, "resource").await,
+        Err(Error::LockLost { .. })
+    ));
+    assert_eq!(
+        b.get("resource", ReadOptions::default()).await.unwrap(),
+        Some(second),
+        "the stale holder wrote nothing"
+    );
+    let accepted = lease_b
+        .guarded_put(&b, "resource", "b1", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_get(&mut client, &format!("{ns}/resource"))
+            .await
+            .unwrap()
+            .mod_revision() as u64,
+        accepted.last_index
+    );
+    lock_b.unlock().await.unwrap();
+    let _ = lock_a.unlock().await;
+    a.delete_tree("").await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
