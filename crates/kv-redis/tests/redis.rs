@@ -1778,7 +1778,7 @@ async fn fenced_writes_follow_the_lock_on_the_server() {
     let b_store = store_with_prefix(&ns).await;
     let raw = a_store.client().clone();
     let options = LockOptions::default()
-        .ttl(Duration::from_millis(300))
+        .ttl(Duration::from_secs(1))
         .value("a");
     let mut a_lock = a_store.new_lock("leader", options).await.unwrap();
     let a_lease = a_lock.lock().await.unwrap();
@@ -1786,8 +1786,8 @@ async fn fenced_writes_follow_the_lock_on_the_server() {
         .guarded_put(&a_store, "job", "a-1", WriteOptions::default())
         .await
         .unwrap();
-    // Several renewals later the token still matches.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Past the first TTL, several renewals later, the token still matches.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert!(a_lease.is_held());
     a_lease
         .guarded_put(&a_store, "job", "a-2", WriteOptions::default())
