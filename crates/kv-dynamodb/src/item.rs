@@ -304,7 +304,9 @@ where
                 | "RequestLimitExceeded"
                 | "InternalServerError"
                 | "ServiceUnavailable"
-                | "LimitExceededException",
+                | "LimitExceededException"
+                // A write met a transaction in progress on its item: nothing was written.
+                | "TransactionConflictException",
             ) => Error::unavailable(BACKEND, message),
             _ => Error::backend(BACKEND, message),
         },

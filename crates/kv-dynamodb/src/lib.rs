@@ -3,8 +3,9 @@
 //! A [`kv_core::Store`] kept in one DynamoDB table, through the official AWS SDK
 //! (`aws-sdk-dynamodb`, plus `aws-sdk-dynamodbstreams` for watches). Every call of the
 //! contract works: put/get/delete/exists, list and delete_tree that read only the subtree
-//! asked for, compare-and-swap, TTLs, watch and watch_tree through DynamoDB Streams, and
-//! leased locks with fencing tokens. Tested against DynamoDB Local 3.x; in production the
+//! asked for, compare-and-swap, TTLs, watch and watch_tree through DynamoDB Streams, leased
+//! locks with fencing tokens, and transactions over several keys (one `TransactWriteItems`,
+//! so writes fenced by a held lock too). Tested against DynamoDB Local 3.x; in production the
 //! usual AWS credential chain and the regional endpoint are used.
 //!
 //! ```no_run
@@ -197,6 +198,52 @@
 //!   lease by then. Release writes a tombstone only if `owner` and `version` are still ours.
 //!   The **fencing token** is the acquiring (or take-over) write's `version` (renewals do not
 //!   change it), so it rises with every acquisition.
+//! * **transaction** — one `TransactWriteItems`, all or nothing, with **one action per key**
+//!   (DynamoDB refuses two actions on one item in a transaction):
+//!   * a key that is written becomes a `Put` of exactly the item `put` writes (or the
+//!     tombstone `delete` writes; deleting an absent key writes a tombstone too, which no
+//!     call can tell from no item), at a version picked as for `put`, and its condition
+//!     expression is the key's transaction condition, if it has one, AND the version guard;
+//!   * a key that is only checked becomes a `ConditionCheck`;
+//!   * conditions are the expressions single writes use, evaluated by DynamoDB at commit
+//!     time: [`Absent`](kv_core::Condition::Absent) = *absent* above (no item, a tombstone,
+//!     or expired on the server's clock), [`Exists`](kv_core::Condition::Exists) = *live*,
+//!     [`IndexEquals`](kv_core::Condition::IndexEquals) = `version = :prev AND <live>`;
+//!   * [`LockHeld`](kv_core::Condition::LockHeld) = `version = :token AND <live>` on the
+//!     lock's key: the lock item still carries the acquiring write's `version` (renewals only
+//!     change `heartbeat`, `deadline_ms` and `expires_at`; a take-over, an overwrite, a
+//!     release or a delete all write a higher version), and its `deadline_ms` has not passed
+//!     on the server's clock, so a lock item whose holder stopped renewing counts as lost
+//!     as soon as its deadline passes, even before a contender took it over or DynamoDB
+//!     removed it. The holder's renewals keep the deadline a lease ahead.
+//!
+//!   The actions of the keys with a condition come first, in condition order. Every action
+//!   asks for `ReturnValuesOnConditionCheckFailure = ALL_OLD`, so a cancelled transaction
+//!   (`TransactionCanceledException`) returns, for each action whose condition failed, the
+//!   item *as DynamoDB evaluated it in that transaction*: the reason of each condition comes
+//!   from that state through [`Condition::evaluate`](kv_core::Condition::evaluate) (so it is
+//!   the one every backend reports), and the first failing condition in order is returned as
+//!   [`ConditionFailed`](kv_core::Error::ConditionFailed) — without a second read. When
+//!   only the version guard failed (an item stored at a version above this host's clock),
+//!   or another transaction was in progress on an item (`TransactionConflict`) before any
+//!   known failure, the transaction is sent again (with a jittered backoff, at most 64
+//!   times); a cancellation that names no failing condition is never reported as success.
+//!   An item at version `u64::MAX` cannot be written (as for `put`), and a compare at
+//!   `last_index` 1 on an item without a `version` is refused with `NotSupported` (as for
+//!   `atomic_put`). On success the new pairs carry the versions written, which `get` then
+//!   reports. The SDK gives each request an idempotency token, so its own retries after a
+//!   lost response cannot apply a transaction twice.
+//!
+//!   **Isolation**: DynamoDB runs `TransactWriteItems` serializably with every single-item
+//!   operation: `get`, `exists`, `put`, `atomic_*`, `delete`, locks never see or interleave
+//!   with part of a transaction (a single write meeting a transaction in progress on its
+//!   item gets `TransactionConflictException`, and is sent again after a short pause).
+//!   `list` (a Query or Scan) is only **read-committed** against transactions: on AWS, a
+//!   listing that runs while a transaction commits may contain some of its writes and not
+//!   the others. `watch_tree` builds its snapshots with the same Query and DynamoDB Streams
+//!   delivers a transaction's records one by one, so it may publish a snapshot with part of
+//!   a transaction (followed by the whole one): `watch_tree_sees_whole_transactions` is
+//!   **false**. A `watch` on one key sees one change per transaction (one item write).
 //! * **close** — releases the handle's locks, cancels its watch and renewal tasks (watches
 //!   end with [`Closed`](kv_core::Error::Closed)) and returns once no task is left.
 //!
@@ -217,6 +264,14 @@
 //!   (`pk` and `sk`), the metadata attributes and their names. Tested at the limit with the
 //!   longest key, a TTL and a lock owner.
 //! * `max_key_len` = 1024 bytes minus the namespace prefix: DynamoDB's sort-key limit.
+//! * `max_transaction_ops` = **100** conditions plus operations: DynamoDB's limit of 100
+//!   actions per `TransactWriteItems`; a condition and a write on the same key share one
+//!   action, so the layout never needs more actions than that. The aggregate size of the
+//!   items of one transaction is limited to 4 MB (4 MiB) by DynamoDB: a transaction whose
+//!   values plus twice its full keys plus 128 bytes per key (the metadata) exceed it is
+//!   refused with [`InvalidOption`](kv_core::Error::InvalidOption) before anything is sent
+//!   (ten values at the value limit fit). `watch_tree_sees_whole_transactions` = false (see
+//!   *transaction* above).
 //! * `min_ttl` 1 s, `max_ttl` 365 days, `ttl_precision` 1.5 s: expiry is judged to the
 //!   millisecond on each handle's estimate of the server's clock, which is off by at most
 //!   500 ms (half the `Date` header's one-second resolution) plus half a round trip; a
@@ -229,6 +284,9 @@
 //! ## Deviations
 //!
 //! * `delete_tree` of more than 100 keys is not atomic (see above).
+//! * `list` and `watch_tree` are read-committed against transactions: they may show part of
+//!   a transaction that commits while they read (see *transaction* above); single-key reads
+//!   never do.
 //! * `list("")` without a namespace is a full-table Scan (the root is the whole table).
 //! * Watches poll the stream (DynamoDB Streams has no push API): each handle with active
 //!   watches makes one GetRecords per shard per interval; in polling mode each watch makes
@@ -308,6 +366,7 @@ mod item;
 mod lock;
 mod store;
 mod table;
+mod txn;
 mod watch;
 
 pub use config::{Config, Credentials, TlsConfig, WatchMode};

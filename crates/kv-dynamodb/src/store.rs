@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
-    WatchStream, WatchTreeStream, WriteOptions, key,
+    Transaction, WatchStream, WatchTreeStream, WriteOptions, key,
 };
 
 use crate::clock::{DateInterceptor, ServerClock};
@@ -50,6 +50,8 @@ const BATCH_CONCURRENCY: usize = 4;
 const KEYS_ONLY: &str = "#pk, #sk, #ver, #del";
 /// How often a conditional write is retried when only the version guard failed.
 const VERSION_RETRIES: usize = 64;
+/// How often a single write is sent when it meets a transaction in progress on its item.
+const TRANSACTION_CONFLICT_RETRIES: usize = 16;
 
 /// The condition "the stored version is `previous`". An item without a `version` (another
 /// client's) never matches, even at `previous` = 1, the `last_index` it is read with: its
@@ -151,6 +153,10 @@ impl DynamoStore {
         // round trip (the `Date` header has a resolution of one second): two estimates may
         // differ by 1 s plus a round trip. See the crate docs, "Time".
         caps.ttl_precision = TTL_PRECISION;
+        // One TransactWriteItems of at most 100 actions, one per key. Its Query-based
+        // snapshots are read-committed, and a transaction's stream records arrive one by
+        // one: watch_tree may show part of a transaction (see the crate docs).
+        let caps = caps.with_transactions(crate::txn::MAX_TRANSACTION_OPS, false);
         Ok(DynamoStore {
             inner: Arc::new(Inner {
                 client,
@@ -430,7 +436,9 @@ impl Inner {
         items.into_iter().filter_map(|i| self.pair(i)).collect()
     }
 
-    /// A conditional PutItem. `values` supplies the placeholders `condition` uses.
+    /// A conditional PutItem. `values` supplies the placeholders `condition` uses. A write
+    /// that meets a transaction in progress on its item (`TransactionConflictException`:
+    /// nothing was written) is sent again after a short pause.
     pub async fn put_conditional(
         &self,
         operation: &'static str,
@@ -439,34 +447,48 @@ impl Inner {
         values: Vec<(&'static str, AttributeValue)>,
         return_old: bool,
     ) -> Result<Conditional> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let (names, values) = expression_attrs(&[condition], values);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.config.table)
-            .set_item(Some(item))
-            .condition_expression(condition)
-            .set_expression_attribute_names(names)
-            .set_expression_attribute_values(values)
-            .return_values(if return_old {
-                ReturnValue::AllOld
-            } else {
-                ReturnValue::None
-            })
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(out) => Ok(Conditional::Written(
-                out.attributes.as_ref().and_then(Item::from_map),
-            )),
-            Err(err) => {
-                if let Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(failed)) =
-                    err.as_service_error()
-                {
-                    return Ok(Conditional::Failed(failed.item().and_then(Item::from_map)));
+        let mut backoff =
+            kv_core::Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.config.table)
+                .set_item(Some(item.clone()))
+                .condition_expression(condition)
+                .set_expression_attribute_names(names.clone())
+                .set_expression_attribute_values(values.clone())
+                .return_values(if return_old {
+                    ReturnValue::AllOld
+                } else {
+                    ReturnValue::None
+                })
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            match result {
+                Ok(out) => {
+                    return Ok(Conditional::Written(
+                        out.attributes.as_ref().and_then(Item::from_map),
+                    ));
                 }
-                Err(sdk_error(operation, self.timeout(), err))
+                Err(err) => match err.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                        return Ok(Conditional::Failed(failed.item().and_then(Item::from_map)));
+                    }
+                    Some(PutItemError::TransactionConflictException(_))
+                        if attempt < TRANSACTION_CONFLICT_RETRIES =>
+                    {
+                        backoff.wait().await;
+                    }
+                    _ => return Err(sdk_error(operation, self.timeout(), err)),
+                },
             }
         }
     }
@@ -890,6 +912,13 @@ impl Store for DynamoStore {
         let key = self.inner.caps.check_key(key)?;
         let full = self.inner.full_key(&key);
         self.inner.delete_if(&full, previous.last_index).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, conditions = txn.conditions().len(), operations = txn.operations().len()))]
+    async fn transaction(&self, txn: Transaction) -> Result<Vec<KvPair>> {
+        self.inner.tasks.ensure_open()?;
+        let txn = self.capabilities().check_transaction(txn)?;
+        self.inner.transaction(txn).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

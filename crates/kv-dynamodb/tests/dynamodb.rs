@@ -1521,3 +1521,493 @@ async fn cas_on_an_item_without_a_version_never_succeeds_with_a_stale_pair() {
     );
     store.close().await.unwrap();
 }
+
+/// Attribute names of a raw item, sorted.
+fn attribute_names(item: &HashMap<String, AttributeValue>) -> Vec<String> {
+    let mut names: Vec<String> = item.keys().cloned().collect();
+    names.sort();
+    names
+}
+
+/// A transaction writes the very items `put` and `delete` write: same attributes, plain
+/// value, `version` = the returned `last_index` = what `get` reports, a TTL only when asked
+/// for (a put without TTL makes the key permanent again), tombstones for deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_items_have_the_layout_of_put_and_delete() {
+    use kv_core::{Condition, Transaction};
+    let config = config(TABLE);
+    let store = store(config.clone()).await;
+    let ttl = WriteOptions::with_ttl(Duration::from_secs(30));
+    store
+        .put("lay/by-put", "v".into(), ttl.clone())
+        .await
+        .unwrap();
+    store
+        .put("lay/gone", "old".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let gone = store
+        .get("lay/gone", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::unchanged(&gone))
+                .put("lay/by-txn", Bytes::from_static(b"\x00v\xff"), ttl.clone())
+                .put("/lay/plain/", "p", WriteOptions::default())
+                .delete("lay/gone")
+                .delete("lay/never"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pairs.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+        ["lay/by-txn", "lay/plain"],
+        "one pair per put, in operation order, keys normalised"
+    );
+    let by_put = raw_item(&store, &sort_key(&config, "lay/by-put"))
+        .await
+        .unwrap();
+    let by_txn = raw_item(&store, &sort_key(&config, "lay/by-txn"))
+        .await
+        .unwrap();
+    assert_eq!(attribute_names(&by_txn), attribute_names(&by_put));
+    assert_eq!(
+        by_txn["pk"].as_s().unwrap(),
+        &partition(&sort_key(&config, "lay/by-txn"))
+    );
+    assert_eq!(by_txn["value"].as_b().unwrap().as_ref(), b"\x00v\xff");
+    assert_eq!(n(&by_txn, "version"), pairs[0].last_index);
+    let deadline = n(&by_txn, "deadline_ms");
+    assert!(deadline > ttl::now_millis() + 20_000);
+    assert_eq!(n(&by_txn, "expires_at"), deadline.div_ceil(1000));
+    let got = store
+        .get("lay/by-txn", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, pairs[0]);
+    let plain = raw_item(&store, &sort_key(&config, "lay/plain"))
+        .await
+        .unwrap();
+    assert_eq!(attribute_names(&plain), ["pk", "sk", "value", "version"]);
+
+    // The delete is the tombstone `delete` writes, above the version it replaced.
+    let tomb = raw_item(&store, &sort_key(&config, "lay/gone"))
+        .await
+        .unwrap();
+    assert_eq!(tomb["deleted"], AttributeValue::Bool(true));
+    assert!(!tomb.contains_key("value"));
+    assert!(n(&tomb, "version") > gone.last_index);
+    assert_eq!(
+        store.get("lay/gone", ReadOptions::default()).await.unwrap(),
+        None
+    );
+    // A delete of a key that never existed is fine and invisible.
+    assert_eq!(
+        store
+            .get("lay/never", ReadOptions::default())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A transactional put without TTL makes a TTL key permanent again; the next CAS (a
+    // plain atomic_put) works on the pair it returned.
+    let again = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::unchanged(&pairs[0]))
+                .put("lay/by-txn", "w", WriteOptions::default()),
+        )
+        .await
+        .unwrap();
+    assert!(again[0].last_index > pairs[0].last_index);
+    let item = raw_item(&store, &sort_key(&config, "lay/by-txn"))
+        .await
+        .unwrap();
+    assert_eq!(attribute_names(&item), ["pk", "sk", "value", "version"]);
+    let swapped = store
+        .atomic_put(
+            "lay/by-txn",
+            "x".into(),
+            Some(&again[0]),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(swapped.last_index > again[0].last_index);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// The limits are DynamoDB's: 100 actions (one per key) and 4 MB of items, refused with
+/// `InvalidOption` before anything is sent; a transaction at 100 operations, and one of ten
+/// values at the value limit, go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_beyond_dynamodb_limits_are_refused_before_sending() {
+    use kv_core::Transaction;
+    let store = store(config(TABLE)).await;
+    let caps = store.capabilities().clone();
+    assert!(caps.transactions);
+    assert_eq!(caps.max_transaction_ops, 100);
+    assert!(!caps.watch_tree_sees_whole_transactions);
+
+    let hundred = (0..100).fold(Transaction::new(), |t, i| {
+        t.put(format!("lim/k{i:03}"), "v", WriteOptions::default())
+    });
+    assert_eq!(store.transaction(hundred).await.unwrap().len(), 100);
+    let too_many = (0..101).fold(Transaction::new(), |t, i| t.delete(format!("lim/k{i:03}")));
+    let refused = store.transaction(too_many).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidOption(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .list("lim", ReadOptions::default())
+            .await
+            .unwrap()
+            .len(),
+        100,
+        "nothing deleted"
+    );
+
+    // Eleven values of 390 KiB: each one fits an item, together they exceed 4 MB.
+    let big = Bytes::from(vec![b'b'; 390 * 1024]);
+    let over = (0..11).fold(Transaction::new(), |t, i| {
+        t.put(format!("big/k{i}"), big.clone(), WriteOptions::default())
+    });
+    let refused = store.transaction(over).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidOption(_))),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .list("big", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Ten values at the value limit: below 4 MB, accepted by the server.
+    let max = Bytes::from(vec![b'm'; caps.max_value_len]);
+    let ten = (0..10).fold(Transaction::new(), |t, i| {
+        t.put(format!("big/k{i}"), max.clone(), WriteOptions::default())
+    });
+    assert_eq!(store.transaction(ten).await.unwrap().len(), 10);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// The reasons come from the items DynamoDB returns with the cancellation (the state at
+/// commit time), including items only this backend meets: expired items not yet removed,
+/// tombstones, items of other clients without a version or at a version above our clock,
+/// and at `u64::MAX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_reasons_come_from_the_state_at_commit_time() {
+    use kv_core::{Condition, ConditionFailure, Transaction};
+    let config = config(TABLE);
+    let store = store(config.clone()).await;
+    let pk = config.namespace.clone();
+    let past = (ttl::now_millis() - 60_000).to_string();
+    put_raw(
+        &store,
+        &pk,
+        &sort_key(&config, "r/expired"),
+        &[
+            ("value", AttributeValue::B(Blob::new("x"))),
+            ("version", AttributeValue::N("5".into())),
+            ("deadline_ms", AttributeValue::N(past.clone())),
+        ],
+    )
+    .await;
+    store
+        .put("r/live", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("r/tomb", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    store.delete("r/tomb").await.unwrap();
+    let live = store
+        .get("r/live", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let failure = |result: kv_core::Result<Vec<KvPair>>| match result {
+        Err(Error::ConditionFailed { index, key, reason }) => (index, key, reason),
+        other => panic!("expected ConditionFailed, got {other:?}"),
+    };
+    // Expired and tombstoned keys are absent; the first failing condition is reported.
+    let txn = Transaction::new()
+        .when(Condition::absent("r/expired"))
+        .when(Condition::absent("r/tomb"))
+        .when(Condition::index_equals("r/live", live.last_index))
+        .when(Condition::exists("r/expired2"))
+        .when(Condition::absent("r/live2"))
+        .put("r/out", "o", WriteOptions::default());
+    assert_eq!(
+        failure(store.transaction(txn).await),
+        (3, "r/expired2".to_owned(), ConditionFailure::KeyNotFound)
+    );
+    let txn = Transaction::new()
+        .when(Condition::exists("r/live"))
+        .when(Condition::index_equals("r/expired", 5))
+        .put("r/expired", "o", WriteOptions::default());
+    assert_eq!(
+        failure(store.transaction(txn).await),
+        (1, "r/expired".to_owned(), ConditionFailure::KeyNotFound)
+    );
+    let txn = Transaction::new()
+        .when(Condition::index_equals("r/live", live.last_index + 1))
+        .delete("r/live");
+    assert_eq!(
+        failure(store.transaction(txn).await),
+        (0, "r/live".to_owned(), ConditionFailure::KeyModified)
+    );
+    let txn = Transaction::new().when(Condition::LockHeld {
+        key: "r/live".into(),
+        fencing_token: live.last_index - 1,
+    });
+    assert_eq!(
+        failure(store.transaction(txn).await),
+        (0, "r/live".to_owned(), ConditionFailure::LockLost)
+    );
+    assert_eq!(
+        store.get("r/out", ReadOptions::default()).await.unwrap(),
+        None,
+        "nothing written by the failed transactions"
+    );
+    assert_eq!(
+        store.get("r/live", ReadOptions::default()).await.unwrap(),
+        Some(live.clone())
+    );
+
+    // Another client's item at a version above every clock: the version guard fails, the
+    // transaction is sent again above it, and the key's index still rises.
+    let ahead = u64::MAX / 2;
+    put_raw(
+        &store,
+        &pk,
+        &sort_key(&config, "r/ahead"),
+        &[
+            ("value", AttributeValue::B(Blob::new("a"))),
+            ("version", AttributeValue::N(ahead.to_string())),
+        ],
+    )
+    .await;
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::exists("r/ahead"))
+                .put("r/ahead", "b", WriteOptions::default())
+                .put("r/live", "w", WriteOptions::default()),
+        )
+        .await
+        .unwrap();
+    assert!(pairs[0].last_index > ahead);
+    assert!(pairs[1].last_index > live.last_index);
+
+    // An item without a version: a compare at its last_index 1 is refused as for
+    // atomic_put; a lock condition on it fails.
+    put_raw(
+        &store,
+        &pk,
+        &sort_key(&config, "r/bare"),
+        &[("value", AttributeValue::S("t".into()))],
+    )
+    .await;
+    let bare = store
+        .get("r/bare", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = store
+        .transaction(Transaction::new().when(Condition::unchanged(&bare)).put(
+            "r/bare",
+            "u",
+            WriteOptions::default(),
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::NotSupported { .. })),
+        "{refused:?}"
+    );
+    let txn = Transaction::new().when(Condition::LockHeld {
+        key: "r/bare".into(),
+        fencing_token: 1,
+    });
+    assert_eq!(
+        failure(store.transaction(txn).await),
+        (0, "r/bare".to_owned(), ConditionFailure::LockLost)
+    );
+
+    // An item at u64::MAX: no write goes above it (as for put), a condition check is fine.
+    put_raw(
+        &store,
+        &pk,
+        &sort_key(&config, "r/max"),
+        &[
+            ("value", AttributeValue::B(Blob::new("m"))),
+            ("version", AttributeValue::N(u64::MAX.to_string())),
+        ],
+    )
+    .await;
+    let refused = store
+        .transaction(Transaction::new().put("r/max", "n", WriteOptions::default()))
+        .await;
+    assert!(matches!(refused, Err(Error::Backend { .. })), "{refused:?}");
+    store
+        .transaction(Transaction::new().when(Condition::index_equals("r/max", u64::MAX)))
+        .await
+        .unwrap();
+    let stale = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::index_equals("r/live", u64::MAX))
+                .put("r/live", "z", WriteOptions::default()),
+        )
+        .await;
+    assert_eq!(
+        failure(stale),
+        (0, "r/live".to_owned(), ConditionFailure::KeyModified)
+    );
+    for key in ["r/max", "r/bare", "r/ahead"] {
+        let sk = sort_key(&config, key);
+        store
+            .client()
+            .delete_item()
+            .table_name(&store.config().table)
+            .key("pk", AttributeValue::S(partition(&sk)))
+            .key("sk", AttributeValue::S(sk))
+            .send()
+            .await
+            .unwrap();
+    }
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// `LockHeld` compares the lock item's version (the fencing token, which renewals leave
+/// alone) and its deadline on the server's clock: a holder whose lock was deleted and
+/// re-acquired, or whose lock item expired without being taken over yet, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_writes_follow_the_lock_item_on_the_server() {
+    let config = config(TABLE);
+    let a = store(config.clone()).await;
+    let b = store(config.clone()).await;
+    let ttl = Duration::from_secs(3);
+    let mut lock_a = a
+        .new_lock("fence/lock", LockOptions::default().ttl(ttl).value("a"))
+        .await
+        .unwrap();
+    let lease_a = lock_a.lock().await.unwrap();
+    lease_a
+        .guarded_put(&a, "fence/data", "a1", WriteOptions::default())
+        .await
+        .unwrap();
+    // Renewals (every TTL/3) change the heartbeat and the deadline, not the token.
+    let sk = sort_key(&config, "fence/lock");
+    let before = raw_item(&a, &sk).await.unwrap();
+    tokio::time::sleep(ttl / 2 + Duration::from_millis(500)).await;
+    let after = raw_item(&a, &sk).await.unwrap();
+    assert_ne!(n(&before, "heartbeat"), n(&after, "heartbeat"), "renewed");
+    assert_eq!(n(&after, "version"), lease_a.fencing_token());
+    let pair = lease_a
+        .guarded_put(&a, "fence/data", "a2", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(pair.value, "a2");
+
+    // Another handle deletes the lock key and B takes the lock: A is fenced off.
+    assert!(b.delete("fence/lock").await.unwrap());
+    let mut lock_b = b
+        .new_lock("fence/lock", LockOptions::default().ttl(ttl).value("b"))
+        .await
+        .unwrap();
+    let lease_b = lock_b.lock().await.unwrap();
+    assert!(lease_b.fencing_token() > lease_a.fencing_token());
+    let refused = lease_a
+        .guarded_put(&a, "fence/data", "a3", WriteOptions::default())
+        .await;
+    assert!(
+        matches!(refused, Err(Error::LockLost { .. })),
+        "{refused:?}"
+    );
+    let refused = lease_a.guarded_delete(&a, "fence/data").await;
+    assert!(
+        matches!(refused, Err(Error::LockLost { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        b.get("fence/data", ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "a2"
+    );
+    lease_b
+        .guarded_put(&b, "fence/data", "b1", WriteOptions::default())
+        .await
+        .unwrap();
+
+    // A lock item whose holder stopped renewing, expired on the server's clock but not
+    // taken over or removed yet: the acquisition it records no longer holds the lock.
+    let dead = 7_000_000_000_000_000;
+    let lock_item = |deadline: u64| {
+        vec![
+            ("value", AttributeValue::B(Blob::new("d"))),
+            ("version", AttributeValue::N(dead.to_string())),
+            ("owner", AttributeValue::S("0123456789abcdef".into())),
+            ("heartbeat", AttributeValue::N("4".into())),
+            ("lease_ms", AttributeValue::N("3000".into())),
+            ("deadline_ms", AttributeValue::N(deadline.to_string())),
+        ]
+    };
+    let dead_sk = sort_key(&config, "fence/dead");
+    let held = kv_core::Transaction::new()
+        .when(kv_core::Condition::LockHeld {
+            key: "fence/dead".into(),
+            fencing_token: dead,
+        })
+        .put("fence/other", "d", WriteOptions::default());
+    put_raw(
+        &a,
+        &partition(&dead_sk),
+        &dead_sk,
+        &lock_item(ttl::now_millis() + 60_000),
+    )
+    .await;
+    a.transaction(held.clone()).await.unwrap();
+    put_raw(
+        &a,
+        &partition(&dead_sk),
+        &dead_sk,
+        &lock_item(ttl::now_millis() - 1_000),
+    )
+    .await;
+    let refused = a.transaction(held).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::ConditionFailed {
+                index: 0,
+                reason: kv_core::ConditionFailure::LockLost,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    drop((lease_a, lease_b));
+    let _ = lock_a.unlock().await;
+    let _ = lock_b.unlock().await;
+    a.delete_tree("").await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
