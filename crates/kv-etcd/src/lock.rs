@@ -12,6 +12,10 @@
 //!   at once.
 //! * **Release**: stop the task, `txn(mod_revision(key) == token → delete(key))`, then revoke
 //!   the lease.
+//! * **Fencing**: [`Condition::LockHeld`](kv_core::Condition::LockHeld) in a transaction is
+//!   `mod_revision(key) == token` on the server (see [`crate::txn`]): renewals never touch the
+//!   key, and every way of losing the lock (release, delete, overwrite, the lease ending, which
+//!   makes etcd delete the key) changes it before anyone else can acquire.
 
 use std::fmt;
 use std::sync::Arc;

@@ -28,7 +28,7 @@
 //! so whether it counts as expired can no longer change but by the passing of time). It
 //! commits only if none of those keys changed since; else its own read-back decides again.
 //!
-//! **Limits.** etcd's `--max-txn-ops` (default 128, [`MAX_TXN_OPS`](crate::tree::MAX_TXN_OPS))
+//! **Limits.** etcd's `--max-txn-ops` (default 128, [`MAX_TXN_OPS`])
 //! bounds the comparisons, the success operations and the failure operations of one `Txn`
 //! separately (a nested `Txn` would only get what its parent leaves, so nesting does not
 //! help). Conditions plus operations are at most 128, so operations and read-backs always
