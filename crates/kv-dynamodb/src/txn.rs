@@ -58,6 +58,14 @@ struct Slot {
     floor: u64,
 }
 
+/// What to do after a cancelled attempt.
+enum Outcome {
+    /// Report this error (the first failing condition, mostly).
+    Failed(Error),
+    /// Send again; after a pause when another transaction was in the way.
+    Again { conflict: bool },
+}
+
 /// A write of a slot.
 enum Write {
     /// A live item: the value, its TTL deadline on the server's clock, and the position of
@@ -152,6 +160,7 @@ impl Inner {
         }
         let mut backoff =
             kv_core::Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+        let mut conflicted = false;
         for _ in 0..ATTEMPTS {
             let now = self.clock.now_ms();
             let mut versions = Vec::with_capacity(slots.len());
@@ -176,19 +185,34 @@ impl Inner {
                     cancelled.cancellation_reasons().to_vec()
                 }
                 Some(TransactWriteItemsError::TransactionInProgressException(_)) => {
+                    conflicted = true;
                     sleep_jittered(&mut backoff).await;
                     continue;
                 }
                 _ => return Err(transaction_error(self, err)),
             };
             match self.explain(&mut slots, &reasons, now)? {
-                Some(error) => return Err(error),
-                None => sleep_jittered(&mut backoff).await,
+                Outcome::Failed(error) => return Err(error),
+                // Only the version guard failed: the floors are raised, send again now.
+                Outcome::Again { conflict: false } => conflicted = false,
+                Outcome::Again { conflict: true } => {
+                    conflicted = true;
+                    sleep_jittered(&mut backoff).await;
+                }
             }
         }
-        // Cancelled again and again although every condition held each time it was
-        // evaluated: never report success for what was not written.
         tracing::debug!("transaction cancelled {ATTEMPTS} times without a failing condition");
+        if conflicted {
+            // Other transactions kept holding its items: nothing was written, try later.
+            return Err(Error::unavailable(
+                BACKEND,
+                format!(
+                    "transact_write_items: cancelled {ATTEMPTS} times by transactions in progress on the same items"
+                ),
+            ));
+        }
+        // Cancelled again and again although every condition held each time it was
+        // evaluated (should not happen): never report success for what was not written.
         Err(
             match slots
                 .iter()
@@ -200,9 +224,9 @@ impl Inner {
                     condition.key(),
                     ConditionFailure::KeyModified,
                 ),
-                None => Error::unavailable(
+                None => Error::backend(
                     BACKEND,
-                    "transaction: cancelled by concurrent writes on every attempt",
+                    "transact_write_items: cancelled on every attempt without a reason",
                 ),
             },
         )
@@ -363,16 +387,17 @@ impl Inner {
         Ok((TransactWriteItem::builder().put(put).build(), version))
     }
 
-    /// Reads a cancelled attempt's reasons (one per action, in slot order). `Ok(Some(e))`:
-    /// the first condition that failed, or an error that retrying cannot clear.
-    /// `Ok(None)`: only the version guard failed (the floors are raised) or another
-    /// transaction was in progress: send again.
+    /// Reads a cancelled attempt's reasons (one per action, in slot order): the first
+    /// condition that failed, or that the transaction must be sent again (only the version
+    /// guard failed, and the floors are raised; or another transaction was in progress on an
+    /// item whose condition comes before any known failure). `Err`: a reason retrying does
+    /// not clear.
     fn explain(
         &self,
         slots: &mut [Slot],
         reasons: &[CancellationReason],
         now_ms: u64,
-    ) -> Result<Option<Error>> {
+    ) -> Result<Outcome> {
         if reasons.len() != slots.len() {
             tracing::debug!(
                 reasons = reasons.len(),
@@ -380,6 +405,7 @@ impl Inner {
                 "transaction cancelled without one reason per action"
             );
         }
+        let mut conflict = false;
         // Verdicts per condition position.
         let mut verdicts: Vec<(usize, Verdict)> = Vec::new();
         for (index, slot) in slots.iter_mut().enumerate() {
@@ -408,7 +434,10 @@ impl Inner {
                         }
                     }
                 }
-                "TransactionConflict" => Verdict::Unknown,
+                "TransactionConflict" => {
+                    conflict = true;
+                    Verdict::Unknown
+                }
                 "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded" => {
                     return Err(Error::unavailable(
                         BACKEND,
@@ -437,13 +466,13 @@ impl Inner {
         for (_, verdict) in verdicts {
             match verdict {
                 Verdict::Held => {}
-                Verdict::Failed(error) => return Ok(Some(error)),
+                Verdict::Failed(error) => return Ok(Outcome::Failed(error)),
                 // An earlier condition's state is unknown: a later failure may not be the
                 // first one. Send again.
-                Verdict::Unknown => return Ok(None),
+                Verdict::Unknown => return Ok(Outcome::Again { conflict: true }),
             }
         }
-        Ok(None)
+        Ok(Outcome::Again { conflict })
     }
 }
 
@@ -502,4 +531,123 @@ where
         ));
     }
     sdk_error("transact_write_items", inner.timeout(), err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(version: u64, versioned: bool, deadline_ms: Option<u64>, deleted: bool) -> Item {
+        Item {
+            sk: "ns/k".into(),
+            value: Bytes::from_static(b"v"),
+            version,
+            versioned,
+            deadline_ms,
+            deleted,
+            owner: None,
+            heartbeat: None,
+            lease_ms: None,
+        }
+    }
+
+    fn reason(error: Option<Error>) -> Option<ConditionFailure> {
+        match error {
+            None => None,
+            Some(Error::ConditionFailed { reason, .. }) => Some(reason),
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reasons_follow_the_returned_item() {
+        let now = 1_000;
+        let live = item(7, true, None, false);
+        let expired = item(7, true, Some(now), false);
+        let tomb = item(9, true, None, true);
+        let exists = Condition::exists("k");
+        let absent = Condition::absent("k");
+        let at7 = Condition::index_equals("k", 7);
+        let lock7 = Condition::LockHeld {
+            key: "k".into(),
+            fencing_token: 7,
+        };
+        for gone in [None, Some(&expired), Some(&tomb)] {
+            assert_eq!(
+                reason(judge(0, &exists, gone, now)),
+                Some(ConditionFailure::KeyNotFound)
+            );
+            assert_eq!(reason(judge(0, &absent, gone, now)), None);
+            assert_eq!(
+                reason(judge(0, &lock7, gone, now)),
+                Some(ConditionFailure::LockLost)
+            );
+        }
+        assert_eq!(
+            reason(judge(0, &absent, Some(&live), now)),
+            Some(ConditionFailure::KeyExists)
+        );
+        // Holds on the returned item: the version guard failed.
+        assert_eq!(reason(judge(0, &at7, Some(&live), now)), None);
+        assert_eq!(reason(judge(0, &lock7, Some(&live), now)), None);
+        let newer = item(8, true, None, false);
+        assert_eq!(
+            reason(judge(0, &at7, Some(&newer), now)),
+            Some(ConditionFailure::KeyModified)
+        );
+        assert_eq!(
+            reason(judge(0, &lock7, Some(&newer), now)),
+            Some(ConditionFailure::LockLost)
+        );
+        // Items without a version: a compare at 1 is refused, a lock condition fails.
+        let bare = item(VERSIONLESS, false, None, false);
+        assert!(matches!(
+            judge(0, &Condition::index_equals("k", 1), Some(&bare), now),
+            Some(Error::NotSupported { .. })
+        ));
+        let lock1 = Condition::LockHeld {
+            key: "k".into(),
+            fencing_token: 1,
+        };
+        assert_eq!(
+            reason(judge(0, &lock1, Some(&bare), now)),
+            Some(ConditionFailure::LockLost)
+        );
+    }
+
+    #[test]
+    fn floors_always_rise_and_puts_keep_operation_order() {
+        let mut slot = Slot {
+            key: "k".into(),
+            full: "k".into(),
+            condition: None,
+            write: Some(Write::Delete),
+            floor: 5,
+        };
+        raise_floor(&mut slot, Some(&item(100, true, None, false)));
+        assert_eq!(slot.floor, 100);
+        raise_floor(&mut slot, None);
+        assert_eq!(slot.floor, 101);
+        let put = |key: &str, position| Slot {
+            key: key.into(),
+            full: key.into(),
+            condition: None,
+            write: Some(Write::Put {
+                value: Bytes::from_static(b"v"),
+                deadline_ms: None,
+                position,
+            }),
+            floor: 0,
+        };
+        // Slots of conditioned keys come first; the result follows the operations.
+        let slots = [put("b", 1), slot, put("a", 0)];
+        let pairs = committed(&slots, &[20, 0, 10], 2);
+        assert_eq!(
+            pairs
+                .iter()
+                .map(|p| (p.key.as_str(), p.last_index))
+                .collect::<Vec<_>>(),
+            [("a", 10), ("b", 20)]
+        );
+    }
 }
