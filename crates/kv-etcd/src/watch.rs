@@ -284,6 +284,26 @@ pub(crate) async fn run_from<T: Snapshot>(
                     continue;
                 }
             };
+            // Every response carries the server's current revision; below one this watch has
+            // already seen, the server lost its history (restarted from an empty data
+            // directory, restored from an older snapshot). Waiting for the revisions to catch
+            // up would leave the watch silent, so it ends here.
+            let server_revision = header_revision(response.header());
+            if server_revision > 0
+                && server_revision < next_revision - 1
+                && history_lost(&inner, &mode, next_revision - 1).await
+            {
+                return tx.fail(Error::backend(
+                    crate::client::BACKEND,
+                    format!(
+                        "the etcd server lost its history: its revision went backwards from {} \
+                         to {server_revision} (a member restarted without its data, or a restored \
+                         snapshot); this watch belongs to the lost history (watch again), and \
+                         fencing tokens start low again",
+                        next_revision - 1
+                    ),
+                ));
+            }
             if response.compact_revision() > 0 {
                 tracing::warn!(
                     compact_revision = response.compact_revision(),
@@ -331,6 +351,17 @@ pub(crate) async fn run_from<T: Snapshot>(
             }
             lease::revoke_all(&inner, expired).await;
         }
+    }
+}
+
+/// Confirms a revision below `seen` with a linearizable read (a member that lags behind the
+/// one the watch read from answers with a lower revision for a moment; a linearizable read
+/// waits until it caught up). True when the server's revision is still below `seen`.
+async fn history_lost(inner: &Inner, mode: &Mode, seen: i64) -> bool {
+    match read(inner, mode, true).await {
+        Ok((_, revision)) => revision < seen,
+        // Unreachable again: decide on the next response.
+        Err(_) => false,
     }
 }
 

@@ -10,6 +10,10 @@
 //! | [`scenarios::locks_under_cancellation`] | several clients contend for one lock; `lock()` cut short at random moments, some holders dropped instead of unlocked | no two holders at once (an independent witness), fencing tokens strictly rising in acquisition order, no task left, the lock free at the end |
 //! | [`scenarios::killed_holder`] | a real child process holding the lock is killed with SIGKILL | the next holder gets the lock within TTL + precision and a higher fencing token |
 //! | [`scenarios::paused_holder`] | a real child process holding the lock is stopped (SIGSTOP) for longer than its TTL, then continued | another client takes the lock meanwhile with a higher token; the resumed holder's lease reports the loss promptly |
+//! | [`restart::server_restart`] | a private server killed with SIGKILL under live clients (acknowledged writes, a held lock, a guarded write, an open watch), then started again with its data or from empty | calls during the outage fail transiently within the request timeout; clients recover alone; no acknowledged write lost when the data survives; the lock never has two holders, tokens rise when the data survives, the old holder's guarded write is refused; the watch reaches the new state or ends with an `Err`, never silent |
+//!
+//! The embedded store has no server to kill: its process crashes are the killed-holder
+//! scenario and `kv-bolt`'s own crash test (a writer SIGKILLed right after acknowledged writes).
 //!
 //! Each scenario is a public async function, like the conformance cases, taking a [`Target`]
 //! (independent handles to one store, and a way to start a child process on it); each
@@ -26,6 +30,7 @@ pub mod history;
 pub mod linearizability;
 pub mod locks;
 pub mod report;
+pub mod restart;
 pub mod scenarios;
 
 use std::process::Command;

@@ -16,44 +16,74 @@ const BACKEND_VAR: &str = "KV_FAULTS_BACKEND";
 /// The DynamoDB namespace (or bolt directory) a child must use to reach the parent's store.
 const SHARED_VAR: &str = "KV_FAULTS_SHARED";
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} not set: run the README test command or `eval \"$(scripts/servers env)\"`")
-    })
+use kv_test_support::env;
+
+/// The request timeout of the handles on a private server (the restart scenarios).
+const PRIVATE_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where `backend` is and how long its requests may take: the shared server of the
+/// `KV_TEST_*` variable, or a private one.
+struct Address<'a> {
+    private: Option<&'a str>,
 }
 
-/// Connects to `backend`; `shared` is the DynamoDB namespace or the bolt directory.
-async fn connect_backend(backend: &str, shared: &str) -> Result<Arc<dyn Store>> {
+impl Address<'_> {
+    fn of(&self, var: &str) -> String {
+        self.private.map_or_else(|| env(var), str::to_owned)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.private.map(|_| PRIVATE_REQUEST_TIMEOUT)
+    }
+}
+
+/// Connects to `backend`; `shared` is the DynamoDB namespace or the bolt directory;
+/// `private` the address of a private server instead of the shared one.
+async fn connect_backend(
+    backend: &str,
+    shared: &str,
+    private: Option<&str>,
+) -> Result<Arc<dyn Store>> {
+    let at = Address { private };
     Ok(match backend {
         "etcd" => {
-            let endpoints = env("KV_TEST_ETCD_ENDPOINTS");
-            let config = kv_etcd::Config::builder()
-                .endpoints(endpoints.split(',').map(str::trim))
-                .build()?;
-            Arc::new(kv_etcd::EtcdStore::connect(config).await?)
+            let endpoints = at.of("KV_TEST_ETCD_ENDPOINTS");
+            let mut config =
+                kv_etcd::Config::builder().endpoints(endpoints.split(',').map(str::trim));
+            if let Some(limit) = at.timeout() {
+                config = config.request_timeout(limit).connect_timeout(limit);
+            }
+            Arc::new(kv_etcd::EtcdStore::connect(config.build()?).await?)
         }
         "consul" => {
-            let config = kv_consul::Config::builder()
-                .endpoint(env("KV_TEST_CONSUL_ADDR"))
-                .build()?;
-            Arc::new(kv_consul::ConsulStore::connect(config).await?)
+            let mut config = kv_consul::Config::builder().endpoint(at.of("KV_TEST_CONSUL_ADDR"));
+            if let Some(limit) = at.timeout() {
+                config = config.request_timeout(limit).connect_timeout(limit);
+            }
+            Arc::new(kv_consul::ConsulStore::connect(config.build()?).await?)
         }
         "zookeeper" => {
-            let config = kv_zookeeper::Config::builder()
-                .endpoints([env("KV_TEST_ZOOKEEPER_ENDPOINTS")])
-                .build()?;
-            Arc::new(kv_zookeeper::ZookeeperStore::connect(config).await?)
+            let mut config =
+                kv_zookeeper::Config::builder().endpoints([at.of("KV_TEST_ZOOKEEPER_ENDPOINTS")]);
+            if let Some(limit) = at.timeout() {
+                config = config.request_timeout(limit).connect_timeout(limit);
+            }
+            Arc::new(kv_zookeeper::ZookeeperStore::connect(config.build()?).await?)
         }
         "redis" => {
-            let config = kv_redis::Config::from_url(&env("KV_TEST_REDIS_URL"))?;
+            let mut config = kv_redis::Config::from_url(&at.of("KV_TEST_REDIS_URL"))?;
+            if let Some(limit) = at.timeout() {
+                config.request_timeout = limit;
+                config.connect_timeout = limit;
+            }
             Arc::new(kv_redis::RedisStore::connect(config).await?)
         }
         "dynamodb" => {
             let var = |name: &str, default: &str| {
                 std::env::var(name).unwrap_or_else(|_| default.to_owned())
             };
-            let config = kv_dynamodb::Config::new("kv_faults")
-                .endpoint(env("KV_TEST_DYNAMODB_ENDPOINT"))
+            let mut config = kv_dynamodb::Config::new("kv_faults")
+                .endpoint(at.of("KV_TEST_DYNAMODB_ENDPOINT"))
                 .region(var("AWS_REGION", "us-east-1"))
                 .static_credentials(
                     var("AWS_ACCESS_KEY_ID", "kvtest"),
@@ -63,6 +93,9 @@ async fn connect_backend(backend: &str, shared: &str) -> Result<Arc<dyn Store>> 
                 .create_table(true)
                 .poll_interval(Duration::from_millis(100))
                 .lock_retry_interval(Duration::from_millis(100));
+            if let Some(limit) = at.timeout() {
+                config = config.request_timeout(limit).connect_timeout(limit);
+            }
             Arc::new(kv_dynamodb::DynamoStore::connect(config).await?)
         }
         "bolt" => Arc::new(kv_bolt::BoltStore::open(kv_bolt::Config::new(shared)).await?),
@@ -73,6 +106,8 @@ async fn connect_backend(backend: &str, shared: &str) -> Result<Arc<dyn Store>> 
 struct Backend {
     name: &'static str,
     shared: String,
+    /// The address of a private server, instead of the shared one.
+    private: Option<String>,
     /// Keeps the bolt directory alive for the test's duration.
     _dir: Option<tempfile::TempDir>,
 }
@@ -90,6 +125,7 @@ impl Backend {
         Backend {
             name,
             shared,
+            private: None,
             _dir: dir,
         }
     }
@@ -102,7 +138,7 @@ impl Target for Backend {
     }
 
     async fn connect(&self) -> Result<Arc<dyn Store>> {
-        connect_backend(self.name, &self.shared).await
+        connect_backend(self.name, &self.shared, self.private.as_deref()).await
     }
 
     fn child(&self, mode: &str) -> Command {
@@ -142,7 +178,7 @@ fn child_process() {
     let backend = env(BACKEND_VAR);
     let shared = env(SHARED_VAR);
     runtime().block_on(async move {
-        let store = connect_backend(&backend, &shared)
+        let store = connect_backend(&backend, &shared, None)
             .await
             .unwrap_or_else(|e| panic!("child: cannot connect to {backend}: {e}"));
         kv_faults::child::run(store, &mode).await;
@@ -200,3 +236,53 @@ macro_rules! fault_tests {
 }
 
 fault_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb);
+
+/// The server-restart scenarios, on a private server of each networked backend (the embedded
+/// store has no server: its crashes are `killed_holder` and kv-bolt's crash test).
+macro_rules! restart_tests {
+    ($($backend:ident => $kind:ident),* $(,)?) => {
+        $(
+            mod $backend {
+                use super::*;
+                use kv_test_support::server::{PrivateServer, ServerKind};
+
+                fn run(keep_data: bool) {
+                    runtime().block_on(async {
+                        let mut server = PrivateServer::start(ServerKind::$kind);
+                        let mut target = Backend::new(stringify!($backend));
+                        target.private = Some(server.address());
+                        kv_faults::restart::server_restart(
+                            &target,
+                            &mut server,
+                            keep_data,
+                            PRIVATE_REQUEST_TIMEOUT,
+                        )
+                        .await;
+                    });
+                }
+
+                #[test]
+                fn server_restart_with_data() {
+                    run(true);
+                }
+
+                #[test]
+                fn server_restart_without_data() {
+                    run(false);
+                }
+            }
+        )*
+    };
+}
+
+mod restart {
+    use super::*;
+
+    restart_tests!(
+        etcd => Etcd,
+        consul => Consul,
+        zookeeper => ZooKeeper,
+        redis => Redis,
+        dynamodb => DynamoDb,
+    );
+}
