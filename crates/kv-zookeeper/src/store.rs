@@ -1,5 +1,6 @@
 //! [`ZookeeperStore`]: the [`Store`] implementation.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -32,6 +33,14 @@ pub(crate) const CLOCK_PREFIX: &str = "__kvclock-";
 pub(crate) const MAX_ATTEMPTS: usize = 64;
 /// Nodes per multi-read request while walking a tree (each costs three reads).
 const READ_BATCH: usize = 32;
+/// Nodes checked at once (two pipelined `exists` each) after a `watch_tree` walk.
+const VERIFY_BATCH: usize = 256;
+/// Reads of a tree before `watch_tree` gives up for a back-off (see `snapshot_with_deadlines`).
+const SNAPSHOT_ROUNDS: usize = 16;
+/// The largest multi-read request `watch_tree` sends to read a whole tree at once (an upper
+/// estimate), below the server's `jute.maxbuffer` (1 MiB − 1): about 3,500 keys of 60
+/// bytes. Bigger trees are walked and then checked unchanged.
+pub(crate) const SNAPSHOT_REQUEST_BYTES: usize = 896 * 1024;
 
 /// The largest value accepted: ZooKeeper refuses requests over `jute.maxbuffer` (1 MiB - 1 by
 /// default) and a write carries the path, the ACL and the marker operations besides the value.
@@ -688,12 +697,221 @@ impl Inner {
         client: &zk::Client,
         directory: &str,
     ) -> Result<Vec<(KvPair, u64)>> {
+        self.walk(client, directory, None).await
+    }
+
+    /// Like [`list_with_deadlines`](Self::list_with_deadlines), but the state of the whole
+    /// tree at ONE instant: `watch_tree` uses it, so that it never reports part of a
+    /// transaction. Every key known to be in the tree is read in ONE multi-read (a snapshot:
+    /// the server answers it between two writes), together with the directory's node and
+    /// every node's children. The answer is the tree's state if it is *closed*: every key
+    /// reachable from the directory through the children it lists was part of the read. If
+    /// not (the first read only knows the directory; keys were created meanwhile), the keys
+    /// found are added and the read is repeated. A static tree takes one read per level (like
+    /// `list`); rewriting values never disturbs it, only keys appearing faster than the reads
+    /// follow them. Trees too big for one request (see [`SNAPSHOT_REQUEST_BYTES`]) are walked
+    /// and then checked unchanged instead (see [`verified_walk`](Self::verified_walk)).
+    pub(crate) async fn snapshot_with_deadlines(
+        &self,
+        client: &zk::Client,
+        directory: &str,
+    ) -> Result<Vec<(KvPair, u64)>> {
         let base = self.node_path(directory);
         self.refresh_clock(client).await;
-        let top = match self.timed("list", client.list_children(&base)).await? {
-            Ok(children) => children,
-            Err(zk::Error::NoNode) => return Ok(Vec::new()),
-            Err(e) => return Err(map_zk(e, "list", self.config.request_timeout)),
+        let mut known: Vec<String> = Vec::new();
+        for _ in 0..SNAPSHOT_ROUNDS {
+            let paths: Vec<(String, String)> = known
+                .iter()
+                .map(|key| (self.node_path(key), self.marker_path(key)))
+                .collect();
+            let bytes: usize = paths
+                .iter()
+                .map(|(node, marker)| 2 * node.len() + marker.len() + 3 * 24)
+                .sum();
+            if bytes > SNAPSHOT_REQUEST_BYTES {
+                return self.verified_walk(client, directory).await;
+            }
+            let mut reader = client.new_multi_reader();
+            let build = (|| {
+                reader.add_get_data(&base)?;
+                reader.add_get_children(&base)?;
+                for (node, marker) in &paths {
+                    reader.add_get_data(node)?;
+                    reader.add_get_children(node)?;
+                    reader.add_get_data(marker)?;
+                }
+                Ok::<_, zk::Error>(())
+            })();
+            build.map_err(|e| Error::backend(BACKEND, e))?;
+            let results = self.request("watch_tree", reader.commit()).await?;
+            let now = self.clock.now();
+            let timeout = self.config.request_timeout;
+            let unexpected = || Error::backend(BACKEND, "unexpected multi-read response");
+            let mut results = results.into_iter();
+            let top = match (results.next(), results.next()) {
+                (
+                    Some(zk::MultiReadResult::Data { .. }),
+                    Some(zk::MultiReadResult::Children { children }),
+                ) => children,
+                (
+                    Some(zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    }),
+                    _,
+                ) => return Ok(Vec::new()),
+                (Some(zk::MultiReadResult::Error { err }), _)
+                | (_, Some(zk::MultiReadResult::Error { err })) => {
+                    return Err(map_zk(err, "watch_tree", timeout));
+                }
+                _ => return Err(unexpected()),
+            };
+            // What the read says of each known key: its state and its children's keys.
+            let mut read: HashMap<&str, (KeyState, Vec<String>)> = HashMap::new();
+            for key in &known {
+                let (data, children, marker) = (results.next(), results.next(), results.next());
+                let node = match data {
+                    Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
+                    // Not (or no longer) there: not reachable in this read either.
+                    Some(zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    }) => continue,
+                    Some(zk::MultiReadResult::Error { err }) => {
+                        return Err(map_zk(err, "watch_tree", timeout));
+                    }
+                    _ => return Err(unexpected()),
+                };
+                let children = match children {
+                    Some(zk::MultiReadResult::Children { children }) => {
+                        children.iter().filter_map(|c| child_key(key, c)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let marker = match marker {
+                    Some(zk::MultiReadResult::Data { data, stat }) => {
+                        Some(Marker::new(&data, stat))
+                    }
+                    _ => None,
+                };
+                let state = KeyState {
+                    node: Some(node),
+                    marker,
+                    now,
+                };
+                read.insert(key.as_str(), (state, children));
+            }
+            // The tree as this read shows it, from the directory down.
+            let mut found = Vec::new();
+            let mut reachable = Vec::new();
+            let mut missing = false;
+            let mut stack: Vec<String> =
+                top.iter().filter_map(|c| child_key(directory, c)).collect();
+            while let Some(key) = stack.pop() {
+                match read.get(key.as_str()) {
+                    Some((state, children)) => {
+                        stack.extend(children.iter().cloned());
+                        if let Some(pair) = state.pair(&key) {
+                            found.push((pair, state.deadline()));
+                        }
+                    }
+                    None => missing = true,
+                }
+                reachable.push(key);
+            }
+            if !missing {
+                found.sort_by(|a, b| a.0.key.as_bytes().cmp(b.0.key.as_bytes()));
+                return Ok(found);
+            }
+            // Read again with every key this read reached (and only those).
+            known = reachable;
+        }
+        // Transient: the watch loop retries after a back-off; nothing partial is reported.
+        Err(Error::unavailable(
+            BACKEND,
+            "watch_tree: the tree kept growing faster than it could be read",
+        ))
+    }
+
+    /// For trees too big for one multi-read: the walk of `list`, then a check that every node
+    /// it read is still unchanged: same `czxid` (not re-created), `mzxid` (value not
+    /// rewritten) and `pzxid` (no child created or deleted, so no key appeared or vanished
+    /// below it, no marker created or deleted: a marker is a child of its key's node). Each
+    /// node was then unchanged from its read in the walk to its check, so all of them were as
+    /// read at the instant the walk ended: the result is that instant's tree. A disturbed
+    /// walk is redone. Lock renewals only touch markers' data, which is not compared.
+    async fn verified_walk(
+        &self,
+        client: &zk::Client,
+        directory: &str,
+    ) -> Result<Vec<(KvPair, u64)>> {
+        for _ in 0..SNAPSHOT_ROUNDS {
+            let mut seen = Vec::new();
+            let found = self.walk(client, directory, Some(&mut seen)).await?;
+            if self.unchanged(client, &seen).await? {
+                return Ok(found);
+            }
+        }
+        Err(Error::unavailable(
+            BACKEND,
+            "watch_tree: the tree changed during every read",
+        ))
+    }
+
+    /// True when every node in `seen` still has the stat the walk read.
+    async fn unchanged(&self, client: &zk::Client, seen: &[Seen]) -> Result<bool> {
+        for chunk in seen.chunks(VERIFY_BATCH) {
+            let checks = chunk.iter().map(|node| async move {
+                let stat = self
+                    .request("watch_tree", client.check_stat(&node.path))
+                    .await?;
+                Ok::<_, Error>(stat.is_some_and(|stat| {
+                    (stat.czxid, stat.mzxid, stat.pzxid) == (node.czxid, node.mzxid, node.pzxid)
+                }))
+            });
+            let results = futures::future::try_join_all(checks).await?;
+            if results.iter().any(|same| !same) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The walk behind `list` and `watch_tree`; records what it read in `seen` when given.
+    async fn walk(
+        &self,
+        client: &zk::Client,
+        directory: &str,
+        mut seen: Option<&mut Vec<Seen>>,
+    ) -> Result<Vec<(KvPair, u64)>> {
+        let base = self.node_path(directory);
+        self.refresh_clock(client).await;
+        let mut reader = client.new_multi_reader();
+        let build = (|| {
+            reader.add_get_data(&base)?;
+            reader.add_get_children(&base)
+        })();
+        build.map_err(|e| Error::backend(BACKEND, e))?;
+        let mut results = self.request("list", reader.commit()).await?.into_iter();
+        let top = match (results.next(), results.next()) {
+            (
+                Some(zk::MultiReadResult::Data { stat, .. }),
+                Some(zk::MultiReadResult::Children { children }),
+            ) => {
+                if let Some(seen) = seen.as_deref_mut() {
+                    seen.push(Seen::new(base.clone(), &stat));
+                }
+                children
+            }
+            (
+                Some(zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                }),
+                _,
+            ) => return Ok(Vec::new()),
+            (Some(zk::MultiReadResult::Error { err }), _)
+            | (_, Some(zk::MultiReadResult::Error { err })) => {
+                return Err(map_zk(err, "list", self.config.request_timeout));
+            }
+            _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
         };
         let mut frontier: Vec<String> =
             top.iter().filter_map(|c| child_key(directory, c)).collect();
@@ -734,6 +952,9 @@ impl Inner {
                         }
                         _ => None,
                     };
+                    if let Some(seen) = seen.as_deref_mut() {
+                        seen.push(Seen::new(self.node_path(key), &node.1));
+                    }
                     let state = KeyState {
                         node: Some(node),
                         marker,
@@ -892,6 +1113,28 @@ impl Inner {
     }
 }
 
+/// A node a `watch_tree` walk read, to check afterwards that it did not change. Its
+/// `pzxid` also covers its marker (a child): a key written, deleted or swept after expiry
+/// changes it.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    path: String,
+    czxid: i64,
+    mzxid: i64,
+    pzxid: i64,
+}
+
+impl Seen {
+    fn new(path: String, stat: &zk::Stat) -> Self {
+        Seen {
+            path,
+            czxid: stat.czxid,
+            mzxid: stat.mzxid,
+            pzxid: stat.pzxid,
+        }
+    }
+}
+
 /// What a write expects to find.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Expect {
@@ -1027,9 +1270,9 @@ impl ZookeeperStore {
         // Room for the namespace, `/` and the `/__kv` marker in a path: ZooKeeper itself
         // only bounds paths by jute.maxbuffer.
         caps.max_key_len = kv_core::key::MAX_KEY_LEN;
-        // One multi-op per transaction. `watch_tree` walks a tree level by level in several
-        // reads, so a snapshot can fall between a transaction's writes (see the crate docs).
-        let caps = caps.with_transactions(crate::txn::MAX_TRANSACTION_OPS, false);
+        // One multi-op per transaction; `watch_tree` reports only snapshots of one instant
+        // (see `snapshot_with_deadlines`), so never part of a transaction.
+        let caps = caps.with_transactions(crate::txn::MAX_TRANSACTION_OPS, true);
         let root = config.root_path();
         let inner = Inner {
             root: root.clone(),

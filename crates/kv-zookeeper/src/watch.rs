@@ -37,7 +37,7 @@ pub(crate) fn watch_tree(inner: Arc<Inner>, directory: String) -> WatchTreeStrea
     let path = inner.node_path(&directory);
     let read: Reader<Vec<KvPair>> = |inner, client, directory| {
         Box::pin(async move {
-            let found = inner.list_with_deadlines(client, directory).await?;
+            let found = inner.snapshot_with_deadlines(client, directory).await?;
             let deadline = found
                 .iter()
                 .map(|(_, d)| *d)

@@ -1455,7 +1455,7 @@ async fn transaction_writes_the_layout_of_put_in_one_zxid() {
     let caps = store.capabilities();
     assert!(caps.transactions);
     assert_eq!(caps.max_transaction_ops, kv_zookeeper::MAX_TRANSACTION_OPS);
-    assert!(!caps.watch_tree_sees_whole_transactions);
+    assert!(caps.watch_tree_sees_whole_transactions);
 
     store
         .put("gone", "old".into(), WriteOptions::default())
@@ -1760,4 +1760,121 @@ async fn guarded_writes_follow_the_lock_on_the_server() {
         store.delete_tree("").await.ok();
         store.close().await.unwrap();
     }
+}
+
+/// `watch_tree` must never report a snapshot holding part of a transaction, also when the
+/// transaction's keys sit at different depths (a walk reads level by level, in several
+/// requests) and another writer keeps rewriting a key in the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_tree_never_reports_part_of_a_transaction_across_levels() {
+    whole_transactions_in_watch_tree(40, 8, true, 60, 0, 10).await;
+}
+
+/// The same for a tree too big to read in one request (300 keys of 950 bytes: the fallback
+/// that walks the tree and then checks every node unchanged; its walks take longer, so the
+/// transactions come slower and nothing else writes, or it would rarely finish one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_tree_of_a_big_tree_never_reports_part_of_a_transaction() {
+    whole_transactions_in_watch_tree(300, 950, false, 12, 400, 5).await;
+}
+
+async fn whole_transactions_in_watch_tree(
+    siblings: usize,
+    name_len: usize,
+    noise: bool,
+    rounds: usize,
+    pause_ms: u64,
+    min_snapshots: usize,
+) {
+    use kv_core::Transaction;
+    let ns = unique("txn-tree");
+    let writer = store_in(&ns).await;
+    let noisy = store_in(&ns).await;
+    let watcher = store_in(&ns).await;
+    let keys = ["t/a", "t/deep/b", "t/deep/er/c", "t/deep/er/est/d"];
+    // Siblings: more nodes per level, more requests per walk.
+    let names: Vec<String> = (0..siblings)
+        .map(|i| format!("t/deep/er/{i:03}{}", "s".repeat(name_len)))
+        .collect();
+    for chunk in names.chunks(100) {
+        let txn = chunk.iter().fold(Transaction::new(), |t, k| {
+            t.put(k.clone(), "s", WriteOptions::default())
+        });
+        writer.transaction(txn).await.unwrap();
+    }
+    let mut tree = watcher
+        .watch_tree("t", ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(tree.next().await.unwrap().unwrap().len(), siblings);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise_task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while noise && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                noisy
+                    .put(
+                        "t/deep/noise",
+                        i.to_string().into(),
+                        WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+            noisy.close().await.unwrap();
+        })
+    };
+    let writes = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            for round in 0..rounds {
+                let txn = keys.iter().fold(Transaction::new(), |t, k| {
+                    t.put(*k, round.to_string(), WriteOptions::default())
+                });
+                writer.transaction(txn).await.unwrap();
+                // Let the watcher walk between (and during) transactions.
+                tokio::time::sleep(Duration::from_millis(
+                    pause_ms + 3 + (round as u64 * 7) % 11,
+                ))
+                .await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            writer
+        })
+    };
+    let last = (rounds - 1).to_string();
+    let mut snapshots = 1;
+    loop {
+        let snapshot = tokio::time::timeout(Duration::from_secs(20), tree.next())
+            .await
+            .expect("the final state was never reported")
+            .expect("the stream ended")
+            .unwrap();
+        snapshots += 1;
+        let values: Vec<&Bytes> = snapshot
+            .iter()
+            .filter(|p| keys.contains(&p.key.as_str()))
+            .map(|p| &p.value)
+            .collect();
+        assert!(
+            values.is_empty()
+                || (values.len() == keys.len() && values.iter().all(|v| *v == values[0])),
+            "a snapshot with part of a transaction: {values:?}"
+        );
+        if values.first().is_some_and(|v| **v == *last.as_bytes()) {
+            break;
+        }
+    }
+    assert!(
+        snapshots >= min_snapshots,
+        "the watch saw too little to prove anything: {snapshots} snapshots"
+    );
+    let writer = writes.await.unwrap();
+    noise_task.await.unwrap();
+    drop(tree);
+    writer.delete_tree("").await.unwrap();
+    writer.close().await.unwrap();
+    watcher.close().await.unwrap();
 }
