@@ -1,0 +1,2 @@
+//! The kv command-line tool (being built).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Leader election on any kv-core store (being built).

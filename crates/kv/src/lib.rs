@@ -1,0 +1,1 @@
+//! One entry point chosen at run time (being built).
