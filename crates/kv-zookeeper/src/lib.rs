@@ -139,6 +139,54 @@
 //! * **watch_tree**: the same with a persistent *recursive* watch on the directory's node, so
 //!   a child's value change is seen (valkeyrie's ZooKeeper WatchTree misses it:
 //!   docker/libkv#109). Lock renewals (data writes to markers) and lock queues are ignored.
+//!   Every snapshot it reports is the tree's state at **one instant**, so it never shows part
+//!   of a transaction: every key known to be in the tree is read, with the directory's node
+//!   and each node's children, in ONE multi-read (the server answers it between two writes),
+//!   and the answer is used once it is *closed* (every key reachable from the directory
+//!   through the children it lists was part of it); otherwise the keys found are added and
+//!   the read repeated (a tree of depth d takes d + 1 reads, like `list`; value rewrites
+//!   never force a repeat, only keys appearing faster than the reads follow them). A tree
+//!   whose read would exceed 896 KiB of request (about 3,500 keys of 60 bytes) is walked
+//!   as by `list` and then every node read is checked unchanged (same `czxid`, `mzxid`,
+//!   `pzxid`: a marker is a child of its key's node, so its creation or deletion moves the
+//!   `pzxid`): each node was then as read at the instant the walk ended. A walk disturbed by
+//!   a write is redone, so under sustained writes such a big tree's snapshots may come late
+//!   (never partial). `list` itself stays a plain walk (cheaper; not atomic across levels).
+//! * **Transactions** ([`kv_core::Store::transaction`]): ONE ZooKeeper multi-op, pinned to an
+//!   atomic read. First `sync`, then one multi-read of every key named (node, marker and
+//!   the marker's children, as `get` reads a key): a snapshot of one instant. The
+//!   conditions are evaluated on it with [`kv_core::Transaction::first_failure`] (the
+//!   key's `last_index` = its node's `mzxid`, absent = not [visible](#storage-layout), an
+//!   expired marker the server has not swept yet included), so a failure is reported
+//!   exactly as every backend reports it and nothing is sent; that snapshot is the
+//!   transaction's linearization point. Otherwise one multi-op carries the writes — for a
+//!   put exactly the operations `put` sends (`[create(node)] setData(node, value, version)
+//!   [delete(old marker's owner node), delete(old marker, version)] create(marker)`, the
+//!   marker a TTL node when the put has a TTL, a plain one otherwise), for a delete exactly
+//!   those of `delete` (marker deleted, node emptied) — and pins every other key to the
+//!   state read: `check(node, data version)` for a node that exists (every write and
+//!   delete of a key sets its node's data, so any of them moves the version), and
+//!   `create(node) + delete(node)` for one that does not (refused if it appeared; when its
+//!   parent is missing too, the nearest missing ancestor is probed that way; nothing is
+//!   left behind). The server applies all of it or none of it, in one zxid: every key put
+//!   gets the same new `last_index`, which is its `mzxid` as `get` reports it. If the
+//!   server refuses it, its per-operation answer says which operation failed and why: a
+//!   missing parent is created (containers, as `put` does), a probe moved, anything else
+//!   means the state moved on since the read, and the keys are read and the conditions
+//!   evaluated again (at most 64 times; a transaction that the server keeps refusing while
+//!   every read shows its conditions holding fails with
+//!   [`ConditionFailed`](kv_core::Error::ConditionFailed)`{ index: 0, reason: KeyModified }`,
+//!   never with a silent success). **Readers** see all of a transaction or none of it:
+//!   `get` and CAS read one key in one multi-read, `watch` re-reads after every event (one
+//!   change per transaction), `watch_tree` reads whole instants (above); only `list` can
+//!   straddle a transaction, as it can straddle any two writes.
+//! * **`Condition::LockHeld`** compares the lock key's `mzxid` with the fencing token, which
+//!   *is* the `mzxid` of the acquiring write. Renewals only rewrite the marker, never the
+//!   key's node, so they keep it; a takeover (after the key was deleted or expired) is a new
+//!   write with a higher zxid; an expired lock key whose TTL marker the server has not swept
+//!   yet is not visible, so it counts as lost. The check is pinned like any other condition
+//!   (the node's data version), so a takeover racing with a guarded write is ordered by the
+//!   server: exactly one of them wins.
 //! * **Reconnection and session expiry**: the client library resumes a session over a new
 //!   connection by itself; after a reconnect the watch loops re-read (events during the gap
 //!   may be lost: ZOOKEEPER-4698). An *expired* session is terminal in ZooKeeper: the store
@@ -205,6 +253,9 @@
 //! | `min_ttl` | 1 s | |
 //! | `max_ttl` | 365 days | ZooKeeper's TTL limit is 2^40 − 1 ms (≈ 34 years) |
 //! | `ttl_precision` | 500 ms | readers filter on the server's `mtime` against their estimate of the server's clock, exact to half a round trip + 1 ms (see TTL); the rest covers watch timers on a loaded machine and round trips up to several hundred ms |
+//! | transactions | yes, [`MAX_TRANSACTION_OPS`] = 128 conditions plus operations | one multi-op; 128 puts with 1,024-byte keys need about 750 KB of request besides the values |
+//! | request size of a transaction | [`MAX_TRANSACTION_BYTES`] = 1,040,000 bytes (estimated before anything is sent: values, paths, ACLs, headers) | the server drops the connection on a request over `jute.maxbuffer` (1 MiB − 1): one value of [`MAX_VALUE_LEN`] fits, two half-size values do not. Over it: [`kv_core::Error::InvalidOption`] before anything is sent. kv-core has no capability for it yet |
+//! | `watch_tree_sees_whole_transactions` | true | every snapshot is one instant (see watch_tree) |
 //!
 //! ## Deviations
 //!
@@ -213,7 +264,14 @@
 //! * `delete_tree` is atomic per [`Config::max_ops_per_multi`] operations, not beyond. It
 //!   leaves other programs' znodes (and the nodes leading to them) in place, so a directory
 //!   may still exist as a znode after it; `list` shows nothing there.
-//! * CAS has the (narrow) residual window described above; locks do not.
+//! * CAS and transactions have the (narrow) residual window described above (a condition or
+//!   write pins a node's data version); locks do not.
+//! * A transaction's size is bounded in bytes too ([`MAX_TRANSACTION_BYTES`]), not only in
+//!   operations. A transaction that times out ([`kv_core::Error::Timeout`]) may or may not
+//!   have been applied, like any write.
+//! * A transaction's pins on keys whose node does not exist create and delete that node (or
+//!   its nearest missing ancestor) inside the multi-op: nothing is left, but other clients'
+//!   watches on those paths see a create and a delete.
 //! * Known issue, plain keys only: a `put`/`atomic_put` that replaces a key whose TTL marker
 //!   has just expired can lose its new marker to the server's TTL sweeper (see Locks: it
 //!   deletes by path), and then the key is gone. The window runs from the sweeper's listing
