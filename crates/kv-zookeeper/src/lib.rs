@@ -143,9 +143,11 @@
 //!   of a transaction: every key known to be in the tree is read, with the directory's node
 //!   and each node's children, in ONE multi-read (the server answers it between two writes),
 //!   and the answer is used once it is *closed* (every key reachable from the directory
-//!   through the children it lists was part of it); otherwise the keys found are added and
-//!   the read repeated (a tree of depth d takes d + 1 reads, like `list`; value rewrites
-//!   never force a repeat, only keys appearing faster than the reads follow them). A tree
+//!   through the children it lists was part of it). The keys to read come from a walk of
+//!   children lists only; keys created meanwhile are added and the read repeated (value
+//!   rewrites never force a repeat, only keys appearing faster than the reads follow them).
+//!   ZooKeeper's CommitProcessor processes no read in parallel with a write, so a multi-read
+//!   answers at one instant. A tree
 //!   whose read would exceed 896 KiB of request (about 3,500 keys of 60 bytes) is walked
 //!   as by `list` and then every node read is checked unchanged (same `czxid`, `mzxid`,
 //!   `pzxid`: a marker is a child of its key's node, so its creation or deletion moves the

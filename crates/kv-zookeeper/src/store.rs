@@ -705,11 +705,12 @@ impl Inner {
     /// transaction. Every key known to be in the tree is read in ONE multi-read (a snapshot:
     /// the server answers it between two writes), together with the directory's node and
     /// every node's children. The answer is the tree's state if it is *closed*: every key
-    /// reachable from the directory through the children it lists was part of the read. If
-    /// not (the first read only knows the directory; keys were created meanwhile), the keys
-    /// found are added and the read is repeated. A static tree takes one read per level (like
-    /// `list`); rewriting values never disturbs it, only keys appearing faster than the reads
-    /// follow them. Trees too big for one request (see [`SNAPSHOT_REQUEST_BYTES`]) are walked
+    /// reachable from the directory through the children it lists was part of the read. The
+    /// keys to read come from a walk of children lists only ([`discover`](Self::discover));
+    /// if keys were created meanwhile, the keys found are added and the read is repeated.
+    /// Rewriting values never disturbs it, only keys appearing faster than the reads follow
+    /// them. (ZooKeeper's CommitProcessor processes no read in parallel with a write, so a
+    /// multi-read is one instant.) Trees too big for one request (see [`SNAPSHOT_REQUEST_BYTES`]) are walked
     /// and then checked unchanged instead (see [`verified_walk`](Self::verified_walk)).
     pub(crate) async fn snapshot_with_deadlines(
         &self,
@@ -718,7 +719,7 @@ impl Inner {
     ) -> Result<Vec<(KvPair, u64)>> {
         let base = self.node_path(directory);
         self.refresh_clock(client).await;
-        let mut known: Vec<String> = Vec::new();
+        let mut known = self.discover(client, directory).await?;
         for _ in 0..SNAPSHOT_ROUNDS {
             let paths: Vec<(String, String)> = known
                 .iter()
@@ -829,6 +830,45 @@ impl Inner {
             BACKEND,
             "watch_tree: the tree kept growing faster than it could be read",
         ))
+    }
+
+    /// The keys below `directory` (written or parent-only), found by a walk that reads only
+    /// children lists (many nodes per multi-read): where
+    /// [`snapshot_with_deadlines`](Self::snapshot_with_deadlines) starts, so that a deep tree
+    /// takes one atomic read, not one per level.
+    async fn discover(&self, client: &zk::Client, directory: &str) -> Result<Vec<String>> {
+        let base = self.node_path(directory);
+        let top = match self
+            .timed("watch_tree", client.list_children(&base))
+            .await?
+        {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(map_zk(e, "watch_tree", self.config.request_timeout)),
+        };
+        let mut frontier: Vec<String> =
+            top.iter().filter_map(|c| child_key(directory, c)).collect();
+        let mut found = Vec::new();
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for chunk in frontier.chunks(3 * READ_BATCH) {
+                let mut reader = client.new_multi_reader();
+                for key in chunk {
+                    reader
+                        .add_get_children(&self.node_path(key))
+                        .map_err(|e| Error::backend(BACKEND, e))?;
+                }
+                let results = self.request("watch_tree", reader.commit()).await?;
+                for (key, result) in chunk.iter().zip(results) {
+                    if let zk::MultiReadResult::Children { children } = result {
+                        next.extend(children.iter().filter_map(|c| child_key(key, c)));
+                    }
+                }
+            }
+            found.append(&mut frontier);
+            frontier = next;
+        }
+        Ok(found)
     }
 
     /// For trees too big for one multi-read: the walk of `list`, then a check that every node

@@ -1878,3 +1878,51 @@ async fn whole_transactions_in_watch_tree(
     writer.close().await.unwrap();
     watcher.close().await.unwrap();
 }
+
+/// `watch_tree` reads deep trees too (its snapshot read does not take one round per level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_tree_reads_deep_trees_whole() {
+    use kv_core::Transaction;
+    let ns = unique("txn-deep");
+    let store = store_in(&ns).await;
+    let deep: String = (0..40).map(|i| format!("l{i}/")).collect::<String>() + "leaf";
+    store
+        .put(&deep, "0".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    let mut tree = store
+        .watch_tree("l0", ReadOptions::default())
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), tree.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].key, deep);
+    store
+        .transaction(
+            Transaction::new()
+                .put(&deep, "1", WriteOptions::default())
+                .put("l0/top", "1", WriteOptions::default()),
+        )
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), tree.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let values: Vec<(&str, &[u8])> = next
+        .iter()
+        .map(|p| (p.key.as_str(), p.value.as_ref()))
+        .collect();
+    assert_eq!(
+        values,
+        vec![(deep.as_str(), &b"1"[..]), ("l0/top", &b"1"[..])]
+    );
+    drop(tree);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
