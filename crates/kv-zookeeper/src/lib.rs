@@ -188,7 +188,9 @@
 //!   write with a higher zxid; an expired lock key whose TTL marker the server has not swept
 //!   yet is not visible, so it counts as lost. The check is pinned like any other condition
 //!   (the node's data version), so a takeover racing with a guarded write is ordered by the
-//!   server: exactly one of them wins.
+//!   server: exactly one of them wins. A holder whose session ended (its owner node is gone,
+//!   its lease reports the loss) still passes the condition until the key expires, as the
+//!   contract defines it: nobody else can take the lock before that.
 //! * **Reconnection and session expiry**: the client library resumes a session over a new
 //!   connection by itself; after a reconnect the watch loops re-read (events during the gap
 //!   may be lost: ZOOKEEPER-4698). An *expired* session is terminal in ZooKeeper: the store
