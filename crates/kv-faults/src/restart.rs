@@ -140,6 +140,18 @@ pub async fn server_restart(
             .await
             .unwrap_or_else(|e| panic!("{name}: put before the kill: {e}"));
     }
+    // Raise the watched key's index well above what a server restarted from empty reaches in
+    // this scenario, so that a history restarting low shows as indexes going backwards.
+    for round in 0..40 {
+        writer
+            .put(&key(0), format!("warm-up {round}").into(), WriteOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: put before the kill: {e}"));
+    }
+    writer
+        .put(&key(0), "before-0".into(), WriteOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{name}: put before the kill: {e}"));
     let mut acked = writer
         .atomic_put(&cas_key, "0".into(), None, WriteOptions::default())
         .await

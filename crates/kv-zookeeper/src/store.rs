@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -63,6 +63,12 @@ pub(crate) struct Inner {
     client: StdMutex<Option<zk::Client>>,
     rebuild: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    /// The highest zxid this handle has seen in an answer: a new session on a server whose
+    /// zxid is below it talks to a server that lost its history.
+    zxid_seen: AtomicI64,
+    /// Bumped each time the server is found to have lost its history; watches started in
+    /// an earlier epoch end with an error.
+    history_epoch: AtomicU64,
     acl: zk::Acls<'static>,
     /// The estimate of the server's clock that every TTL deadline is judged on.
     pub(crate) clock: ServerClock,
@@ -302,6 +308,57 @@ impl Inner {
         }
     }
 
+    /// Notes a zxid seen in an answer.
+    pub(crate) fn observe_zxid(&self, zxid: i64) {
+        self.zxid_seen.fetch_max(zxid, Ordering::SeqCst);
+    }
+
+    /// How many times the server was found to have lost its history through this handle.
+    pub(crate) fn history_epoch(&self) -> u64 {
+        self.history_epoch.load(Ordering::SeqCst)
+    }
+
+    /// The error that ends a watch started before the server lost its history.
+    pub(crate) fn history_lost_error(&self) -> Error {
+        Error::backend(
+            BACKEND,
+            "the ZooKeeper server lost its history: its zxid is below one this handle had \
+             already seen (a server restarted without its data, or restored from an older \
+             snapshot); this watch belongs to the lost history (watch again), locks held \
+             before are lost, and fencing tokens start low again",
+        )
+    }
+
+    /// On a new session: the server's current zxid (one probe write) against the highest
+    /// this handle saw; below it, the server lost its history and the epoch moves on.
+    async fn check_history(&self, client: &zk::Client) {
+        let seen = self.zxid_seen.load(Ordering::SeqCst);
+        if seen == 0 {
+            return;
+        }
+        let mut probe = self.probe_clock(client).await;
+        if probe.is_err() {
+            // The namespace's root may be gone with the data: make it and try once more.
+            let path = self.clock_path(client);
+            if self.ensure_parents(client, &path).await.is_ok() {
+                probe = self.probe_clock(client).await;
+            }
+        }
+        match probe {
+            Ok(now) if now < seen => {
+                tracing::warn!(
+                    seen,
+                    now,
+                    "the ZooKeeper server lost its history (zxid went backwards): ending this handle's watches"
+                );
+                self.zxid_seen.store(now, Ordering::SeqCst);
+                self.history_epoch.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "could not read the new session's zxid"),
+        }
+    }
+
     /// The session generation: bumped whenever an expired session is replaced.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
@@ -330,6 +387,7 @@ impl Inner {
             current.state()
         );
         let fresh = connect_client(&self.config).await?;
+        self.check_history(&fresh).await;
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             return Err(Error::Closed);
@@ -454,6 +512,13 @@ impl Inner {
                 }
                 _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
             }
+            for stat in node
+                .iter()
+                .map(|(_, stat)| stat)
+                .chain(marker.iter().map(|m| &m.stat))
+            {
+                self.observe_zxid(stat.mzxid);
+            }
             states.push(KeyState { node, marker, now });
         }
         Ok(states)
@@ -473,7 +538,7 @@ impl Inner {
     /// (nothing is left behind), whose `setData` answer carries the `mtime` the server
     /// stamped on the transaction. (The stat of a `create` in a multi-op is not reliable on
     /// every server version: ZOOKEEPER-4026.)
-    pub(crate) async fn probe_clock(&self, client: &zk::Client) -> Result<()> {
+    pub(crate) async fn probe_clock(&self, client: &zk::Client) -> Result<i64> {
         let path = self.clock_path(client);
         let mut writer = client.new_multi_writer();
         let build = (|| {
@@ -492,7 +557,8 @@ impl Inner {
             })
             .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"))?;
         self.clock.record_write(sent, stat.mtime);
-        Ok(())
+        self.observe_zxid(stat.mzxid);
+        Ok(stat.mzxid)
     }
 
     /// Before a decision that depends on the server's clock: takes a new sample if the
@@ -623,6 +689,7 @@ impl Inner {
                         })?;
                     // The answer carries the server's clock for free.
                     self.clock.record_write(sent_at, stat.mtime);
+                    self.observe_zxid(stat.mzxid);
                     return Ok((stat, sent_at));
                 }
                 Err(zk::Error::NoNode) if state.node.is_none() => {
@@ -1321,6 +1388,8 @@ impl ZookeeperStore {
             client: StdMutex::new(Some(client.clone())),
             rebuild: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
+            zxid_seen: AtomicI64::new(0),
+            history_epoch: AtomicU64::new(0),
             acl,
             config,
             clock: ServerClock::default(),

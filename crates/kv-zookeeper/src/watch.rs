@@ -155,6 +155,7 @@ async fn run<T>(
 {
     let mut tx = Some(tx);
     let mut backoff = kv_core::Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+    let epoch = inner.history_epoch();
     'session: loop {
         let Some(sender) = tx.as_ref() else { return };
         if sender.is_closed() {
@@ -170,6 +171,14 @@ async fn run<T>(
                 }
             },
         };
+        // The server lost its history since this watch started: its states would restart
+        // low, so the watch ends instead of going on silently in a new history.
+        if inner.history_epoch() != epoch {
+            if let Some(tx) = tx.take() {
+                tx.fail(inner.history_lost_error());
+            }
+            return;
+        }
         // The watch is in place before the first read, so no change can slip in between.
         let mut watcher = match inner.request("watch", client.watch(&path, mode)).await {
             Ok(watcher) => watcher,
