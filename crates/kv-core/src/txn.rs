@@ -29,6 +29,13 @@
 //!   ([`Error::InvalidOption`] otherwise), and a key may appear at most once among the
 //!   operations and at most once among the conditions ([`Error::InvalidOption`]). A condition
 //!   and an operation on the same key is the normal compare-and-swap shape and is allowed.
+//! * A transaction is one request to the server: where its keys and values together exceed
+//!   the server's request limit (each backend's docs give it), it is
+//!   [`Error::InvalidOption`] before anything is sent, even when each value alone fits.
+//! * On a partitioned store ([`Capabilities::transaction_keys_share_a_shard`]: Redis Cluster)
+//!   the keys of one transaction must live on one shard — co-locate them with a hash tag
+//!   (`{…}`) in the namespace or the keys; a transaction across shards is
+//!   [`Error::InvalidOption`] before anything is sent.
 //! * An empty transaction succeeds and returns nothing; one with conditions only is an atomic
 //!   check of several keys.
 //!

@@ -142,6 +142,10 @@ pub struct Capabilities {
     /// with some of its writes and not the others). `false` where the server reports each
     /// key's change separately and the backend cannot regroup them.
     pub watch_tree_sees_whole_transactions: bool,
+    /// The store is partitioned and one transaction's keys must live on one shard (Redis
+    /// Cluster: one hash slot, chosen with a `{tag}` in the namespace or the keys); a
+    /// transaction across shards is [`Error::InvalidOption`]. `false` on a single store.
+    pub transaction_keys_share_a_shard: bool,
 }
 
 impl Capabilities {
@@ -162,6 +166,7 @@ impl Capabilities {
             transactions: false,
             max_transaction_ops: 0,
             watch_tree_sees_whole_transactions: false,
+            transaction_keys_share_a_shard: false,
         }
     }
 

@@ -142,8 +142,8 @@
 //!   comparison per key. The whole transaction is one request, bounded by etcd's
 //!   `--max-request-bytes` ([`DEFAULT_MAX_REQUEST_BYTES`]): each value is checked against
 //!   `max_value_len` as for `put`, and the values of all puts together must fit beside the
-//!   keys, else [`ValueTooLarge`](kv_core::Error::ValueTooLarge) names the first put that
-//!   does not fit (its `max` is the room left for it), before anything is sent. A guarded put
+//!   keys, else [`InvalidOption`](kv_core::Error::InvalidOption) names the first put that
+//!   does not fit and the room left for it, before anything is sent. A guarded put
 //!   of a value of `max_value_len` with keys of the longest length fits (with any namespace
 //!   shorter than 1.9 KB).
 //!   Operations are puts and deletes only (no `delete_tree`, as the contract says).

@@ -312,9 +312,9 @@ fn read_back(response: &TxnResponse, conditions: usize) -> Result<Vec<Option<Key
 /// etcd refuses requests over its `--max-request-bytes` (default
 /// [`DEFAULT_MAX_REQUEST_BYTES`]), and all of a transaction is one request: every condition
 /// key (up to three times: two comparisons, one read-back), every operation's key, and the
-/// values of all puts together. A put whose value no longer fits in what the keys and the
-/// earlier values leave is [`Error::ValueTooLarge`] (with that room as the limit), before
-/// anything is sent.
+/// values of all puts together. A transaction that does not fit is [`Error::InvalidOption`]
+/// (the same answer as every backend gives a transaction over its server's request limit),
+/// naming the put that no longer fits, before anything is sent.
 fn check_request_size(inner: &Inner, txn: &Transaction) -> Result<()> {
     let full = |key: &str| inner.prefix.len() + key.len();
     let keys: usize = txn
@@ -331,11 +331,12 @@ fn check_request_size(inner: &Inner, txn: &Transaction) -> Result<()> {
     for operation in txn.operations() {
         if let Operation::Put { key, value, .. } = operation {
             if value.len() > room {
-                return Err(Error::ValueTooLarge {
-                    key: key.clone(),
-                    size: value.len(),
-                    max: room,
-                });
+                return Err(Error::InvalidOption(format!(
+                    "the transaction exceeds etcd's request limit of {DEFAULT_MAX_REQUEST_BYTES} \
+                     bytes: the {} bytes of {key} do not fit in the {room} bytes its keys and \
+                     earlier values leave",
+                    value.len()
+                )));
             }
             room -= value.len();
         }
