@@ -216,13 +216,7 @@ fn known_list() -> String {
 ///   for a server that cannot be reached, [`Error::PermissionDenied`] for wrong credentials…
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     let scheme = scheme_of(url)?;
-    if !scheme.enabled {
-        return Err(Error::Config(format!(
-            "the {} backend is not compiled in: enable the cargo feature \"{}\" of the kv crate \
-             (or \"full\") to use {}: URLs",
-            scheme.backend, scheme.feature, scheme.scheme
-        )));
-    }
+    ensure_enabled(scheme)?;
     let url = url.trim();
     let store: Arc<dyn Store> = match scheme.backend {
         #[cfg(feature = "etcd")]
@@ -250,6 +244,19 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         }
     };
     Ok(store)
+}
+
+/// `Ok` when `scheme`'s backend is compiled in, else the [`Error::Config`] naming the feature
+/// to enable.
+fn ensure_enabled(scheme: &Scheme) -> Result<()> {
+    if scheme.enabled {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "the {} backend is not compiled in: enable the cargo feature \"{}\" of the kv crate \
+         (or \"full\") to use {}: URLs",
+        scheme.backend, scheme.feature, scheme.scheme
+    )))
 }
 
 /// The URL [`connect_from_env`] uses: `$KV_STORE` when set and not empty, else
@@ -288,6 +295,20 @@ mod tests {
             panic!("mongodb accepted")
         };
         assert!(message.contains("unknown"), "{message}");
+    }
+
+    /// The check `connect` makes, on a scheme whose feature is off (with `--all-features`
+    /// none is; `tests/features.rs` runs the real call in a build without them).
+    #[test]
+    fn a_disabled_feature_is_a_config_error_naming_it() {
+        let off = Scheme {
+            enabled: false,
+            ..*scheme_of("etcds://h:1").unwrap()
+        };
+        let Err(Error::Config(message)) = ensure_enabled(&off) else {
+            panic!("a disabled backend was accepted")
+        };
+        assert!(message.contains("feature \"etcd\""), "{message}");
     }
 
     #[test]
