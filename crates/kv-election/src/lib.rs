@@ -76,6 +76,19 @@
 //!   dropping the stream stops its watch at once. Like every watch, it coalesces for a slow
 //!   reader: a short "no leader" between two terms may be skipped, never reordered.
 //!
+//! ## Background work
+//!
+//! A [`Leadership`] runs the lock's renewal and one watch on the lock key (both counted by
+//! the store's [`background_tasks`](kv_core::Store::background_tasks)); resigning, dropping
+//! it or closing the store stops both. An observer's stream runs one `watch_tree`, stopped
+//! when the stream is dropped. Nothing else is spawned.
+//!
+//! ## Try it
+//!
+//! `cargo run -p kv-election --example election` runs three candidates and an observer on a
+//! temporary embedded database (no server) and prints every transition, then shows a leader
+//! whose lock key is deleted behind its back: `lost()` fires, `proclaim` is refused.
+//!
 //! ## Defaults and the failover time they imply
 //!
 //! [`ElectionOptions::default`] uses a lock TTL of [`DEFAULT_TTL`] (15 s), renewed every

@@ -21,6 +21,8 @@
 //! * `observer_errors_and_drop`: an observer's stream ends with an `Err` item when its store
 //!   handle fails (is closed), can be reopened, and dropping it (or a leadership) brings the
 //!   handle's `background_tasks()` back down.
+//! * `cancelled_campaigns`: campaigns abandoned while waiting or at random moments around
+//!   their election (`campaign` is cancel-safe) leave nothing held and no background work.
 //! * `docker_leadership_faults`: the two known faults of docker/leadership — the panic after a
 //!   (second) resign on Consul, and a follower hanging forever when its watch fails — cannot
 //!   happen here.
@@ -961,6 +963,74 @@ async fn docker_leadership_faults(backend: &Backend) {
     let _ = other.close().await;
 }
 
+/// `campaign` is cancel-safe: a campaign abandoned while waiting, or at any moment around its
+/// election, leaves nothing held: the next candidate is elected within the backend's slack,
+/// and the abandoning handle's background work goes back down.
+async fn cancelled_campaigns(backend: &Backend) {
+    let name = unique("cancelled");
+    let a_store = backend.connect().await;
+    let b_store = backend.connect().await;
+    let precision = a_store.capabilities().ttl_precision;
+    let b_baseline = b_store.background_tasks();
+    let a = election(&a_store, &name);
+    let b = election(&b_store, &name);
+    let started = Instant::now();
+    let mut leadership = a.campaign("A").await.unwrap_or_else(|e| panic!("A: {e}"));
+    // Cancel around the time an uncontended campaign takes: before, during and after.
+    let typical = started.elapsed().as_micros().max(1000) as u64;
+    assert!(
+        timeout(Duration::from_millis(300), b.campaign("B"))
+            .await
+            .is_err(),
+        "B was elected while A led"
+    );
+    leadership
+        .resign()
+        .await
+        .unwrap_or_else(|e| panic!("resign: {e}"));
+    let mut elected = 0;
+    for _ in 0..6 {
+        let delay = Duration::from_micros(rand::rng().random_range(0..typical * 3 / 2));
+        if let Ok(result) = timeout(delay, b.campaign("B")).await {
+            // Elected before the deadline: dropping the leadership releases it.
+            result.unwrap_or_else(|e| panic!("B: {e}"));
+            elected += 1;
+        }
+    }
+    let bound = precision + SLACK;
+    let started = Instant::now();
+    let mut leadership = timeout(bound + EVENT_TIMEOUT, a.campaign("A again"))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{}: a cancelled campaign left the election held",
+                backend.name
+            )
+        })
+        .unwrap_or_else(|e| panic!("A again: {e}"));
+    let waited = started.elapsed();
+    assert!(
+        waited <= bound,
+        "{}: elected {waited:?} after the cancelled campaigns (bound {bound:?})",
+        backend.name
+    );
+    eventually(EVENT_TIMEOUT, "cancelled campaigns stop their work", || {
+        b_store.background_tasks() == b_baseline
+    })
+    .await;
+    leadership
+        .resign()
+        .await
+        .unwrap_or_else(|e| panic!("resign: {e}"));
+    println!(
+        "ELECTION {} cancelled_campaigns=6 elected_before_cancel={elected} next_elected_ms={}",
+        backend.name,
+        waited.as_millis()
+    );
+    let _ = a_store.close().await;
+    let _ = b_store.close().await;
+}
+
 /// A child process, its stdout lines on a channel.
 struct ChildProcess {
     child: Child,
@@ -1104,6 +1174,12 @@ macro_rules! election_tests {
                 fn observer_errors_and_drop() {
                     let backend = Backend::new(stringify!($backend));
                     runtime().block_on(bounded(backend.name, super::observer_errors_and_drop(&backend)));
+                }
+
+                #[test]
+                fn cancelled_campaigns() {
+                    let backend = Backend::new(stringify!($backend));
+                    runtime().block_on(bounded(backend.name, super::cancelled_campaigns(&backend)));
                 }
 
                 #[test]
