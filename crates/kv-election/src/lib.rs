@@ -99,14 +99,23 @@
 //! by default). A leader that **crashes** or is partitioned is replaced after its lock
 //! expires: at most `ttl + ttl_precision` after its last renewal.
 //!
-//! | backend | `ttl_precision` | failover after a crash, default TTL 15 s | with the shortest TTL |
+//! | backend | `ttl_precision` | failover after a crash, default TTL 15 s | shortest recommended TTL (≥ `min_ttl`, ≥ 3 × `ttl_precision`) → failover |
 //! | --- | --- | --- | --- |
-//! | etcd | 3 s (leases rounded up to whole seconds, Raft revocation) | ≤ 18 s | 2 s TTL → ≤ 5 s |
-//! | Consul | 1.25 s | ≤ 16.25 s when the agent's `session_ttl_min` ≤ 7.5 s; else up to `2 × session_ttl_min` + 1.25 s (20 s + 1.25 s with Consul's default 10 s) | 2 s TTL (`session_ttl_min = 1s`) → ≤ 3.25 s |
-//! | ZooKeeper | 0.5 s | ≤ 15.5 s | 1 s TTL → ≤ 1.5 s |
-//! | Redis | 0.1 s | ≤ 15.1 s | 0.1 s TTL → ≤ 0.2 s |
-//! | DynamoDB | 1.5 s (a contender takes over a whole lease after it first saw the lock unchanged) | ≤ 16.5 s | 1 s TTL → ≤ 2.5 s |
-//! | embedded (redb) | 0.1 s | ≤ 15.1 s (a crashed process's database reopens at once; its lock key expires at its deadline) | 0.1 s TTL → ≤ 0.2 s |
+//! | etcd | 3 s (leases rounded up to whole seconds, Raft revocation) | ≤ 18 s | 9 s → ≤ 12 s |
+//! | Consul | 1.25 s | ≤ 16.25 s when the agent's `session_ttl_min` ≤ 7.5 s; else up to `2 × session_ttl_min` + 1.25 s (21.25 s with Consul's default 10 s) | 3.75 s → ≤ 5 s (needs `session_ttl_min` ≤ 1.875 s) |
+//! | ZooKeeper | 0.5 s | ≤ 15.5 s | 1.5 s → ≤ 2 s |
+//! | Redis | 0.1 s | ≤ 15.1 s | 0.3 s → ≤ 0.4 s |
+//! | DynamoDB | 1.5 s (a contender takes over a whole lease after it first saw the lock unchanged) | ≤ 16.5 s | 4.5 s → ≤ 6 s |
+//! | embedded (redb) | 0.1 s | ≤ 15.1 s (a crashed process's database reopens at once; its lock key expires at its deadline) | 0.3 s → ≤ 0.4 s |
+//!
+//! **Choose a TTL of at least 3 × `ttl_precision`** (and at least the backend's `min_ttl`):
+//! the lock is renewed every `ttl / 3`, so a healthy leader's deadline is always at least
+//! `2/3 × ttl` ahead, and a reader (a guarded [`proclaim`](Leadership::proclaim), an
+//! observer, the leader's own watch) whose expiry judgement is up to `ttl_precision` early
+//! must never see it expired. That is 4.5 s on DynamoDB, 3.75 s on Consul and 9 s on etcd
+//! (where the precision is rounding and Raft latency, so shorter TTLs are only late, never
+//! early); the default 15 s fits every backend. [`Election::with_options`] logs a warning
+//! (`tracing`) below it.
 //!
 //! The measured figures (`ELECTION <backend> takeover_ms=…`) are printed by this crate's
 //! tests: `cargo test -p kv-election -- --nocapture`. A shorter TTL fails over faster but
@@ -255,6 +264,14 @@ impl Election {
         let lock_key = caps.check_key(&format!("{name}/{LOCK_KEY}"))?;
         let value_key = caps.check_key(&format!("{name}/{VALUE_KEY}"))?;
         caps.check_lock(&lock_key, &LockOptions::default().ttl(options.ttl))?;
+        if options.ttl < caps.ttl_precision * 3 {
+            tracing::warn!(
+                ttl = ?options.ttl,
+                ttl_precision = ?caps.ttl_precision,
+                backend = caps.backend,
+                "an election TTL below 3 × the backend's ttl_precision may report a healthy leader lost"
+            );
+        }
         Ok(Election {
             inner: Arc::new(Inner {
                 store,

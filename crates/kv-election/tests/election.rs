@@ -158,9 +158,15 @@ fn unique(scenario: &str) -> String {
     format!("election-{scenario}-{:016x}", rand::rng().random::<u64>())
 }
 
-/// The lock TTL of the scenarios: short, but at least 2 s (every backend's min_ttl fits).
+/// The lock TTL of the scenarios: short, but at least 2 s (every backend's min_ttl fits) and
+/// at least 3 × `ttl_precision` — the crate's documented minimum, below which a renewed lock
+/// may look expired early to a reader whose expiry judgement is `ttl_precision` off
+/// (DynamoDB: 4.5 s; etcd: 9 s).
 fn test_ttl(store: &dyn Store) -> Duration {
-    store.capabilities().min_ttl.max(Duration::from_secs(2))
+    let caps = store.capabilities();
+    caps.min_ttl
+        .max(Duration::from_secs(2))
+        .max(caps.ttl_precision * 3)
 }
 
 fn election(store: &Arc<dyn Store>, name: &str) -> Election {
