@@ -6,7 +6,7 @@
 mod exit;
 mod output;
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -711,28 +711,49 @@ async fn txn_command(store: &Arc<dyn Store>, txn: Transaction, json: bool) -> Re
     Ok(exit::OK)
 }
 
+/// How kv was asked to stop, or how it stops a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C (SIGINT).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+    /// SIGKILL (a lost lock).
+    Kill,
+}
+
 /// Resolves when the process is asked to stop (Ctrl-C, or SIGTERM on Unix).
-async fn interrupted() {
+async fn interrupted() -> Stop {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => Stop::Interrupt,
+                _ = term.recv() => Stop::Terminate,
+            };
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    let _ = tokio::signal::ctrl_c().await;
+    Stop::Interrupt
+}
+
+/// Sends `stop` to every process of the process group `group`.
+#[cfg(unix)]
+fn signal_group(group: u32, stop: Stop) {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let signal = match stop {
+        Stop::Interrupt => Signal::INT,
+        Stop::Terminate => Signal::TERM,
+        Stop::Kill => Signal::KILL,
+    };
+    if let Some(pid) = i32::try_from(group).ok().and_then(Pid::from_raw) {
+        let _ = kill_process_group(pid, signal);
     }
 }
+
+#[cfg(not(unix))]
+fn signal_group(_group: u32, _stop: Stop) {}
 
 async fn watch(
     store: &Arc<dyn Store>,
@@ -831,12 +852,22 @@ async fn lock(
             }
         }
     };
-    let spawned = tokio::process::Command::new(program)
+    // Interactive use (stdin a terminal): the command stays in kv's process group, so the
+    // terminal's Ctrl-C and job control reach it as usual. Otherwise (scripts, services) it
+    // gets a process group of its own, so that a lost lock kills the command AND whatever it
+    // started, and kv forwards SIGINT/SIGTERM to that group. Either way kv waits for the
+    // command, and releases the lock only once it has ended.
+    let own_group = cfg!(unix) && !std::io::stdin().is_terminal();
+    let mut builder = tokio::process::Command::new(program);
+    builder
         .args(args)
         .env("KV_LOCK_KEY", key)
-        .env("KV_LOCK_TOKEN", lease.fencing_token().to_string())
-        .spawn();
-    let mut child = match spawned {
+        .env("KV_LOCK_TOKEN", lease.fencing_token().to_string());
+    #[cfg(unix)]
+    if own_group {
+        builder.process_group(0);
+    }
+    let mut child = match builder.spawn() {
         Ok(child) => child,
         Err(e) => {
             let _ = lock.unlock().await;
@@ -848,22 +879,26 @@ async fn lock(
             return Err(Failure::new(code, format!("cannot run {program:?}: {e}")));
         }
     };
-    // Ctrl-C reaches the command too (same process group): kv keeps waiting for it, so that
-    // the lock is released only once the command has ended.
-    let interrupts = interrupted();
-    tokio::pin!(interrupts);
-    let mut interrupted_once = false;
+    let group = child.id().filter(|_| own_group);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             _ = lease.lost() => {
+                if let Some(group) = group {
+                    signal_group(group, Stop::Kill);
+                }
                 let _ = child.kill().await;
                 return Err(Failure::new(
                     exit::LOCK_LOST,
                     format!("the lock on {key} was lost while {program:?} ran: the command was killed"),
                 ));
             }
-            _ = &mut interrupts, if !interrupted_once => interrupted_once = true,
+            signal = interrupted() => {
+                // Without its own group the command got the signal from the terminal already.
+                if let Some(group) = group {
+                    signal_group(group, signal);
+                }
+            }
         }
     };
     let status = status

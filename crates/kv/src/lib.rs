@@ -44,8 +44,8 @@
 //!
 //! Everything an application needs from `kv-core` is re-exported ([`Store`], [`Error`],
 //! [`KvPair`], [`Transaction`], …), and the backend crates of the enabled features are
-//! re-exported as [`etcd`], [`consul`], [`zookeeper`], [`redis`], [`bolt`] and [`dynamodb`] for
-//! their typed `Config` builders. An application that wants one backend only can keep
+//! re-exported as `kv::etcd`, `kv::consul`, `kv::zookeeper`, `kv::redis`, `kv::bolt` and
+//! `kv::dynamodb` for their typed `Config` builders. An application that wants one backend only can keep
 //! depending on that crate alone.
 
 #![warn(missing_docs)]

@@ -17,10 +17,17 @@ async fn smoke(store: Arc<dyn Store>, backend: &str) {
     let opts = WriteOptions::default;
     let read = ReadOptions::default;
     store.put(&key, "1".into(), opts()).await.unwrap();
-    let pair = store.get(&key, read()).await.unwrap().expect("just written");
+    let pair = store
+        .get(&key, read())
+        .await
+        .unwrap()
+        .expect("just written");
     assert_eq!(pair.value, "1");
     assert!(store.exists(&key, read()).await.unwrap());
-    store.put(&format!("{dir}/b/c"), "2".into(), opts()).await.unwrap();
+    store
+        .put(&format!("{dir}/b/c"), "2".into(), opts())
+        .await
+        .unwrap();
     let keys: Vec<_> = store
         .list(&dir, read())
         .await
@@ -36,7 +43,9 @@ async fn smoke(store: Arc<dyn Store>, backend: &str) {
         .unwrap();
     assert!(swapped.last_index > pair.last_index);
     assert!(matches!(
-        store.atomic_put(&key, "4".into(), Some(&pair), opts()).await,
+        store
+            .atomic_put(&key, "4".into(), Some(&pair), opts())
+            .await,
         Err(Error::KeyModified { .. })
     ));
 
@@ -68,7 +77,7 @@ async fn smoke(store: Arc<dyn Store>, backend: &str) {
 
     store.delete_tree(&dir).await.unwrap();
     assert!(store.list(&dir, read()).await.unwrap().is_empty());
-    assert!(store.delete(&key).await.unwrap() == false);
+    assert!(!store.delete(&key).await.unwrap());
     store.close().await.unwrap();
     assert!(matches!(store.get(&key, read()).await, Err(Error::Closed)));
 }
@@ -139,9 +148,19 @@ fn config_error(result: kv::Result<Arc<dyn Store>>) -> String {
 
 #[tokio::test]
 async fn malformed_urls_are_config_errors() {
-    for url in ["", "127.0.0.1:2379x", "no scheme", "/var/lib/kv", "://host", "9p://x"] {
+    for url in [
+        "",
+        "127.0.0.1:2379x",
+        "no scheme",
+        "/var/lib/kv",
+        "://host",
+        "9p://x",
+    ] {
         let message = config_error(kv::connect(url).await);
-        assert!(message.contains("malformed") || message.contains("unknown"), "{url}: {message}");
+        assert!(
+            message.contains("malformed") || message.contains("unknown"),
+            "{url}: {message}"
+        );
     }
     // A known scheme with a URL its backend rejects: the backend's own Config error.
     #[cfg(feature = "etcd")]
@@ -155,7 +174,10 @@ async fn malformed_urls_are_config_errors() {
 #[tokio::test]
 async fn unknown_and_ambiguous_schemes_are_config_errors() {
     let message = config_error(kv::connect("mongodb://127.0.0.1:27017").await);
-    assert!(message.contains("unknown") && message.contains("etcd"), "{message}");
+    assert!(
+        message.contains("unknown") && message.contains("etcd"),
+        "{message}"
+    );
     let message = config_error(kv::connect("http://127.0.0.1:2379").await);
     assert!(message.contains("ambiguous"), "{message}");
 }
@@ -176,8 +198,8 @@ async fn connect_from_env_defaults_to_the_embedded_store() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_permission_denied() {
-    use std::io::{BufRead, BufReader, Write};
     use kv_test_support::server::{PrivateServer, ServerKind};
+    use std::io::{BufRead, BufReader, Write};
 
     let server = PrivateServer::start(ServerKind::Redis);
     let address = server.address();
@@ -212,8 +234,13 @@ async fn wrong_password_is_permission_denied() {
             other => panic!("{url}: expected PermissionDenied, got {other:?}"),
         }
     }
-    let store = kv::connect(&format!("redis://:s3cret@{host_port}")).await.unwrap();
-    store.put("k", "v".into(), WriteOptions::default()).await.unwrap();
+    let store = kv::connect(&format!("redis://:s3cret@{host_port}"))
+        .await
+        .unwrap();
+    store
+        .put("k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
     store.close().await.unwrap();
 }
 

@@ -10,7 +10,10 @@ use kv::Error;
 async fn assert_disabled(url: &str, feature: &str) {
     match kv::connect(url).await {
         Err(Error::Config(message)) => {
-            assert!(message.contains(&format!("feature \"{feature}\"")), "{message}");
+            assert!(
+                message.contains(&format!("feature \"{feature}\"")),
+                "{message}"
+            );
             assert!(!kv::schemes().contains(&feature));
         }
         Err(other) => panic!("{url}: expected Error::Config, got {other:?}"),

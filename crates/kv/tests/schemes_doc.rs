@@ -13,8 +13,8 @@ fn from_url_doc(backend: &str) -> Vec<String> {
         .join("..")
         .join(format!("kv-{backend}"))
         .join("src/config.rs");
-    let source = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let source =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let lines: Vec<&str> = source.lines().collect();
     let at = lines
         .iter()
@@ -140,8 +140,10 @@ fn every_scheme_is_documented_by_its_backend() {
     for s in kv::all_schemes() {
         let doc = from_url_doc(s.backend).join(" ");
         assert!(
-            doc.contains(&format!("{}:", s.scheme)) || doc.contains(&format!("`{}`", s.scheme))
-                || doc.contains(&format!("{},", s.scheme)) || doc.contains(&format!(" {} ", s.scheme)),
+            doc.contains(&format!("{}:", s.scheme))
+                || doc.contains(&format!("`{}`", s.scheme))
+                || doc.contains(&format!("{},", s.scheme))
+                || doc.contains(&format!(" {} ", s.scheme)),
             "kv-{}'s from_url docs do not mention the scheme {:?}",
             s.backend,
             s.scheme
