@@ -33,7 +33,8 @@ Examples:
 
 The store: --store URL, else $KV_STORE, else the embedded store in ./.kv
 (bolt:.kv). `kv schemes` lists the URL schemes of this build. The embedded store
-admits one process at a time: a `watch` or `lock` on it sees only its own process.
+admits one process at a time: other kv commands on ./.kv wait while a `watch` or
+`lock` holds it open; use a server store to coordinate several processes.
 
 Values: text is printed as is; a binary value (not UTF-8, or with control
 characters) is printed escaped like a Rust byte string (\\xNN), and in --json as
@@ -177,7 +178,10 @@ enum Command {
         after_help = "Runs CMD while holding the lock on KEY, releases it after, and exits \
                             with CMD's status. If the lock is lost while CMD runs (expired, taken \
                             over), CMD is killed and kv exits 5. CMD gets KV_LOCK_KEY and \
-                            KV_LOCK_TOKEN (the fencing token) in its environment.\n\n\
+                            KV_LOCK_TOKEN (the fencing token) in its environment. When stdin is not a \
+                            terminal (scripts, services), CMD runs in a process group of its own, \
+                            the whole group is killed on a lost lock and kv forwards SIGINT and \
+                            SIGTERM to it; interactively CMD stays in the terminal's group.\n\n\
                             Example:\n  kv lock jobs/backup --timeout 30s -- ./backup.sh --full"
     )]
     Lock {
@@ -539,12 +543,11 @@ async fn execute(cli: &Cli, store: &Arc<dyn Store>, prepared: Prepared) -> Resul
         }
         Command::Rm { key, recursive } => {
             if *recursive {
-                let bar = output::spinner(format!("deleting {key} and everything below it"));
-                let result = store.delete_tree(key).await;
-                if let Some(bar) = bar {
-                    bar.finish_and_clear();
-                }
-                result?;
+                with_spinner(
+                    format!("deleting {key} and everything below it"),
+                    store.delete_tree(key),
+                )
+                .await?;
             } else if !store.delete(key).await? {
                 return Err(not_found(key));
             }
@@ -555,12 +558,11 @@ async fn execute(cli: &Cli, store: &Arc<dyn Store>, prepared: Prepared) -> Resul
             recursive,
             long,
         } => {
-            let bar = output::spinner(format!("listing {dir}"));
-            let result = store.list(dir, ReadOptions::default()).await;
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let pairs = result?;
+            let pairs = with_spinner(
+                format!("listing {dir}"),
+                store.list(dir, ReadOptions::default()),
+            )
+            .await?;
             if *recursive {
                 print_pairs(&pairs, json, *long);
             } else {
@@ -645,6 +647,22 @@ async fn execute(cli: &Cli, store: &Arc<dyn Store>, prepared: Prepared) -> Resul
         | Command::Schemes
         | Command::Completions { .. } => Ok(exit::OK),
     }
+}
+
+/// Awaits `work`, showing a spinner with `message` on a terminal once it takes longer than
+/// a moment (never when the output is piped: see [`output::spinner`]).
+async fn with_spinner<T>(message: String, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => return done,
+        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    let bar = output::spinner(message);
+    let done = work.await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    done
 }
 
 /// `ls` without -r: the first level below `dir`, sub-directories ending in `/`.
