@@ -20,7 +20,7 @@ pub const LOCK_LOST: u8 = 5;
 pub const UNAVAILABLE: u8 = 6;
 /// The store refused the credentials or the permission.
 pub const PERMISSION_DENIED: u8 = 7;
-/// The store, or this build of `kv`, cannot do this (e.g. `elect`, not available yet).
+/// The store, or this build of `kv`, cannot do this (e.g. `elect` on a store without locks).
 pub const NOT_SUPPORTED: u8 = 8;
 /// Any other failure reported by the store.
 pub const STORE_ERROR: u8 = 9;
@@ -66,6 +66,15 @@ impl Failure {
     /// Bad input.
     pub fn bad_input(message: impl Into<String>) -> Self {
         Failure::new(BAD_INPUT, message)
+    }
+}
+
+impl From<kv_election::ElectionError> for Failure {
+    fn from(error: kv_election::ElectionError) -> Self {
+        match error {
+            kv_election::ElectionError::Store(error) => Failure::from(error),
+            other => Failure::new(LOCK_LOST, other.to_string()),
+        }
     }
 }
 

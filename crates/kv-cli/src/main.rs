@@ -210,11 +210,35 @@ enum Command {
                             kv txn --put-file app/cert=cert.pem --ttl 1h --put app/ready=yes"
     )]
     Txn(TxnArgs),
-    /// Leader election (arrives with the kv-election crate; not in this build yet).
+    /// Campaign for leadership of an election and hold it until interrupted, or observe it.
+    #[command(
+        after_help = "Without --observe: waits until elected (print the term, the fencing token \
+                      of this leadership), then holds the leadership until Ctrl-C/SIGTERM \
+                      (resigns, exit 0) or until it is lost (exit 5). With --observe: prints the \
+                      leader (value and term) or `no leader`, then every change, until \
+                      interrupted (exit 0). The election's keys are NAME/lock and NAME/value \
+                      (see the kv-election crate).\n\n\
+                      Examples:\n  kv elect services/scheduler node-1 --ttl 10s\n  \
+                      kv elect --observe services/scheduler"
+    )]
     Elect {
-        /// Reserved for the election subcommands.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The election's name (a directory).
+        name: String,
+        /// The value published while leader.
+        #[arg(required_unless_present = "observe")]
+        value: Option<String>,
+        /// Print the leader and every change instead of campaigning.
+        #[arg(long, conflicts_with = "value")]
+        observe: bool,
+        /// The leadership lock's TTL (default 15s): how long a crashed leader blocks the others.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Give up campaigning after this long (exit 4).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "observe")]
+        timeout: Option<Duration>,
+        /// With --observe: stop after N states (the current one counts as the first).
+        #[arg(long, value_name = "N", requires = "observe")]
+        count: Option<u64>,
     },
     /// List the store URL schemes this build of kv accepts.
     Schemes,
@@ -302,14 +326,6 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8, Failure> {
             let mut command = Cli::command();
             clap_complete::generate(*shell, &mut command, "kv", &mut std::io::stdout());
             return Ok(exit::OK);
-        }
-        Command::Elect { .. } => {
-            // `kv elect` plugs in here once kv-election lands: campaign / resign / observe on
-            // the same `Arc<dyn Store>` as every other subcommand.
-            return Err(Failure::new(
-                exit::NOT_SUPPORTED,
-                "`kv elect` is not available yet: it arrives with the kv-election crate",
-            ));
         }
         _ => {}
     }
@@ -642,10 +658,22 @@ async fn execute(cli: &Cli, store: &Arc<dyn Store>, prepared: Prepared) -> Resul
             value,
             command,
         } => lock(store, key, *timeout, *ttl, value, command).await,
-        Command::Txn(_)
-        | Command::Elect { .. }
-        | Command::Schemes
-        | Command::Completions { .. } => Ok(exit::OK),
+        Command::Elect {
+            name,
+            value,
+            observe,
+            ttl,
+            timeout,
+            count,
+        } => {
+            if *observe {
+                elect_observe(store, name, *count, json).await
+            } else {
+                let value = value.clone().unwrap_or_default();
+                elect(store, name, &value, *ttl, *timeout, json).await
+            }
+        }
+        Command::Txn(_) | Command::Schemes | Command::Completions { .. } => Ok(exit::OK),
     }
 }
 
@@ -932,6 +960,114 @@ async fn lock(
         ));
     }
     Ok(exit_code_of(status))
+}
+
+/// The election on `store`, with `ttl` when given.
+fn election(
+    store: &Arc<dyn Store>,
+    name: &str,
+    ttl: Option<Duration>,
+) -> Result<kv_election::Election, Failure> {
+    let mut options = kv_election::ElectionOptions::default();
+    if let Some(ttl) = ttl {
+        options = options.ttl(ttl);
+    }
+    kv_election::Election::with_options(store.clone(), name, options).map_err(Failure::from)
+}
+
+/// `kv elect NAME VALUE`: campaign, then hold the leadership until interrupted or lost.
+async fn elect(
+    store: &Arc<dyn Store>,
+    name: &str,
+    value: &str,
+    ttl: Option<Duration>,
+    timeout: Option<Duration>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let election = election(store, name, ttl)?;
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let campaign = election.campaign(value.to_owned());
+    let waited = async {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, campaign).await.map_err(|_| {
+                Failure::new(
+                    exit::LOCK_TIMEOUT,
+                    format!("not elected leader of {name} within {limit:?}"),
+                )
+            }),
+            None => Ok(campaign.await),
+        }
+    };
+    let mut leadership = tokio::select! {
+        // Interrupted while waiting: nothing is held (campaign is cancel-safe).
+        _ = &mut stop => return Ok(exit::OK),
+        result = waited => result??,
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"election": name, "elected": true, "term": leadership.term()})
+        );
+    } else {
+        println!("elected leader of {name}: term {}", leadership.term());
+    }
+    tokio::select! {
+        _ = &mut stop => {
+            leadership.resign().await?;
+            if json {
+                println!("{}", json!({"election": name, "resigned": true}));
+            } else {
+                println!("resigned");
+            }
+            Ok(exit::OK)
+        }
+        status = leadership.lost() => Err(Failure::new(
+            exit::LOCK_LOST,
+            format!("lost the leadership of {name} (term {}): {status:?}", leadership.term()),
+        )),
+    }
+}
+
+/// `kv elect --observe NAME`: the leader, then every change, until interrupted.
+async fn elect_observe(
+    store: &Arc<dyn Store>,
+    name: &str,
+    count: Option<u64>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let election = election(store, name, None)?;
+    let mut states = election.observe().await?;
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let limit = count.unwrap_or(u64::MAX);
+    let mut seen = 0;
+    while seen < limit {
+        let item = tokio::select! {
+            _ = &mut stop => return Ok(exit::OK),
+            item = states.next() => item,
+        };
+        let Some(item) = item else { break };
+        seen += 1;
+        match (item?, json) {
+            (kv_election::LeaderState::Leader(leader), true) => println!(
+                "{}",
+                json!({
+                    "election": name,
+                    "leader": String::from_utf8_lossy(&leader.value),
+                    "term": leader.term,
+                })
+            ),
+            (kv_election::LeaderState::Leader(leader), false) => println!(
+                "leader {} (term {})",
+                output::display(&leader.value),
+                leader.term
+            ),
+            (_, true) => println!("{}", json!({"election": name, "leader": null})),
+            (_, false) => println!("no leader"),
+        }
+    }
+    Ok(exit::OK)
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> u8 {

@@ -244,3 +244,69 @@ fn lock_lost_kills_the_command_redis() {
 fn lock_lost_kills_the_command_etcd() {
     lock_lost("etcd");
 }
+
+/// `kv elect`: a leader process holds the election until SIGINT (resigns, exit 0); a second
+/// candidate with `--timeout` gives up with 4 meanwhile; an observer prints the leader, and
+/// `no leader` after the resign; a leader whose lock key is deleted exits 5.
+fn elect(backend: &str) {
+    let store = url(backend, &unique("kvelect"));
+    let (out, _) = run(
+        kv(&store).args(["elect", "--observe", "jobs", "--count", "1"]),
+        0,
+    );
+    assert_eq!(out.trim(), "no leader");
+    let mut leader = spawn(&store, &["elect", "jobs", "node-a", "--ttl", "5s"]);
+    wait_until("the leader", Duration::from_secs(20), || {
+        run(
+            kv(&store).args(["--json", "elect", "--observe", "jobs", "--count", "1"]),
+            0,
+        )
+        .0
+        .contains("\"leader\":\"node-a\"")
+    });
+    let (_, err) = run(
+        kv(&store).args(["elect", "jobs", "node-b", "--timeout", "500ms"]),
+        4,
+    );
+    assert!(err.contains("not elected"), "{err}");
+    let status = Command::new("kill")
+        .args(["-INT", &leader.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(wait_exit(&mut leader, Duration::from_secs(10)), 0);
+    let mut out = String::new();
+    std::io::Read::read_to_string(leader.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains("elected leader of jobs") && out.contains("resigned"),
+        "{out}"
+    );
+    let (out, _) = run(
+        kv(&store).args(["elect", "--observe", "jobs", "--count", "1"]),
+        0,
+    );
+    assert_eq!(out.trim(), "no leader", "after the resign");
+
+    // A leader whose lock key is deleted under it loses the leadership: exit 5.
+    let mut leader = spawn(&store, &["elect", "jobs", "node-c", "--ttl", "5s"]);
+    wait_until("the second leader", Duration::from_secs(20), || {
+        run(
+            kv(&store).args(["elect", "--observe", "jobs", "--count", "1"]),
+            0,
+        )
+        .0
+        .contains("node-c")
+    });
+    run(kv(&store).args(["rm", "jobs/lock"]), 0);
+    assert_eq!(wait_exit(&mut leader, Duration::from_secs(20)), 5);
+}
+
+#[test]
+fn elect_hold_resign_observe_redis() {
+    elect("redis");
+}
+
+#[test]
+fn elect_hold_resign_observe_etcd() {
+    elect("etcd");
+}
