@@ -150,3 +150,18 @@ fn every_scheme_is_documented_by_its_backend() {
         );
     }
 }
+
+/// The workspace README shows the same table (its "Choosing the store at run time" section):
+/// every row of SCHEMES.md must appear there unchanged.
+#[test]
+fn readme_shows_the_schemes_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let table = generate();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        assert!(
+            readme.contains(row),
+            "README.md lacks this row of crates/kv/SCHEMES.md (copy the table again):\n{row}"
+        );
+    }
+}
