@@ -10,27 +10,8 @@ use futures::StreamExt;
 use kv_core::{ReadOptions, Store, WriteOptions};
 use kv_dynamodb::{Config, DynamoStore};
 
-/// The directory `scripts/servers` installed DynamoDB Local in: `KV_TEST_DYNAMODB_LOCAL_HOME`,
-/// else the `dynamodb-local-npm-*` directory of its cache.
-fn dynamodb_local_home() -> PathBuf {
-    if let Ok(home) = std::env::var("KV_TEST_DYNAMODB_LOCAL_HOME") {
-        return PathBuf::from(home);
-    }
-    let cache = std::env::var("KV_SERVERS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kv-servers")
-        });
-    subdirectory(&cache, "dynamodb-local-npm-")
-        .filter(|home| home.join("launcher/BindLoopback.class").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no DynamoDB Local under {}: run `scripts/servers install dynamodb` or set \
-                 KV_TEST_DYNAMODB_LOCAL_HOME",
-                cache.display()
-            )
-        })
-}
+use kv_test_support::free_port;
+use kv_test_support::server::dynamodb_local_home;
 
 fn subdirectory(parent: &Path, prefix: &str) -> Option<PathBuf> {
     std::fs::read_dir(parent)
@@ -38,14 +19,6 @@ fn subdirectory(parent: &Path, prefix: &str) -> Option<PathBuf> {
         .filter_map(|entry| entry.ok())
         .find(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
         .map(|entry| entry.path())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A private in-memory DynamoDB Local, launched as `scripts/servers` launches the shared one;

@@ -8,61 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The Consul binary: `KV_TEST_CONSUL_BIN`, else the one `scripts/servers` caches.
-pub fn consul_binary() -> PathBuf {
-    if let Ok(bin) = std::env::var("KV_TEST_CONSUL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let cache = std::env::var("KV_SERVERS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kv-servers")
-        });
-    std::fs::read_dir(&cache)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("consul-v"))
-        .map(|entry| entry.path().join("consul"))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no Consul binary under {}: run `scripts/servers install consul` or set KV_TEST_CONSUL_BIN",
-                cache.display()
-            )
-        })
-}
+pub use kv_test_support::server::consul_binary;
+pub use kv_test_support::{free_port, temp_dir};
 
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    free_ports(1, 0)[0]
-}
-
-/// `n` distinct ports nothing listens on now, none equal to `except`.
+/// `n` distinct free ports, none equal to `except` (a port the caller already holds).
 pub fn free_ports(n: usize, except: u16) -> Vec<u16> {
-    let mut held = Vec::new();
-    while held.len() < n {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        if listener.local_addr().unwrap().port() != except {
-            held.push(listener);
+    loop {
+        let ports = kv_test_support::free_ports(n);
+        if !ports.contains(&except) {
+            return ports;
         }
     }
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-/// A fresh temporary directory for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir =
-        std::env::temp_dir().join(format!("kv-consul-{name}-{}-{nanos:x}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A private dev agent; killed (and its directory removed) when dropped.
