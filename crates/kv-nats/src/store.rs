@@ -1,0 +1,815 @@
+//! [`NatsStore`]: the [`Store`] implementation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use kv_core::{
+    Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
+    WatchStream, WatchTreeStream, WriteOptions, key,
+};
+
+use crate::config::{Auth, Config, Storage};
+use crate::subject;
+
+pub(crate) const BACKEND: &str = "nats";
+
+/// The longest subject this crate publishes to, in bytes. NATS' default `max_control_line`
+/// is 4096 bytes for the whole `HPUB <subject> <reply> <sizes>` line; this leaves room for
+/// the reply inbox and the sizes. A key whose subject would be longer is
+/// [`Error::InvalidKey`].
+pub const MAX_SUBJECT_LEN: usize = 3900;
+
+/// The header that marks deletions and purges in a JetStream KV bucket.
+pub(crate) const KV_OPERATION: &str = "KV-Operation";
+/// The header carrying a lock holder's owner token (random, per acquisition).
+pub(crate) const LOCK_OWNER: &str = "Kv-Lock-Owner";
+
+/// How long the server keeps the marker it writes when a key expires (its TTL): watchers
+/// that are connected see it at once; later readers see the key absent either way.
+const EXPIRY_MARKER_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How many deletes `delete_tree` keeps in flight.
+const BATCH: usize = 64;
+
+/// A handle to a NATS JetStream KV bucket implementing [`Store`]. Clones share the connection
+/// (and `close` closes it for every clone). See the [crate docs](crate) for the mapping.
+#[derive(Clone)]
+pub struct NatsStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: stream::Stream,
+    /// `$KV.<bucket>.` plus the encoded namespace and its `.`, if any.
+    pub(crate) prefix: String,
+    pub(crate) config: Config,
+    pub(crate) caps: Capabilities,
+    pub(crate) tasks: TaskSet,
+    allow_direct: bool,
+}
+
+impl fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsStore")
+            .field("config", &self.inner.config)
+            .field("background_tasks", &self.inner.tasks.running())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the last message of a key's subject says.
+#[derive(Debug, Clone)]
+pub(crate) enum Record {
+    /// The key holds this pair.
+    Live(KvPair),
+    /// A delete, purge or expiry marker at this revision.
+    Gone(u64),
+}
+
+/// The outcome of a conditional publish.
+pub(crate) enum Published {
+    /// Stored at this revision.
+    Stored(u64),
+    /// `Nats-Expected-Last-Subject-Sequence` did not hold: nothing was written.
+    Conflict,
+}
+
+impl NatsStore {
+    /// Connects to the servers of `config`, then opens the bucket (creating it, with
+    /// per-message TTLs allowed, if it does not exist). Fails with [`Error::Unavailable`] when
+    /// no server can be reached, [`Error::Timeout`] after [`Config::connect_timeout`],
+    /// [`Error::PermissionDenied`] on refused credentials, [`Error::Config`] when the
+    /// credentials files cannot be read, JetStream is off, or an existing bucket does not
+    /// allow per-message TTLs.
+    pub async fn connect(config: Config) -> Result<Self> {
+        let client = connect_client(&config).await?;
+        match open(client.clone(), config).await {
+            Ok(store) => Ok(store),
+            Err(error) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The underlying NATS client (for metrics, or calls this crate does not offer).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The bucket's stream (`KV_<bucket>`): its info, limits and history.
+    pub fn stream(&self) -> &stream::Stream {
+        &self.inner.stream
+    }
+
+    /// The subject a key is stored at (`$KV.<bucket>.<namespace tokens>.<key tokens>`), see
+    /// the [crate docs](crate#keys-and-subjects). Fails like any call with an invalid key.
+    pub fn subject_of(&self, key: &str) -> Result<String> {
+        let key = self.inner.caps.check_key(key)?;
+        self.inner.subject(&key)
+    }
+
+    /// Every stored revision of `key` still in the bucket (at most the bucket's `history`),
+    /// oldest first; a deletion is `None` at its revision.
+    pub async fn history(&self, key: &str) -> Result<Vec<(u64, Option<KvPair>)>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let subject = inner.subject(&key)?;
+        inner
+            .bounded("history", async {
+                let consumer = inner
+                    .ordered(&subject, consumer::DeliverPolicy::All)
+                    .await?;
+                let mut out = Vec::new();
+                if consumer.cached_info().num_pending == 0 {
+                    return Ok(out);
+                }
+                let mut messages = consumer.messages().await.map_err(backend)?;
+                while let Some(message) = messages.next().await {
+                    let message = message.map_err(backend)?;
+                    let info = message
+                        .info()
+                        .map_err(|e| Error::backend(BACKEND, e.to_string()))?;
+                    let (seq, pending) = (info.stream_sequence, info.pending);
+                    let record = inner.record_of(
+                        &key,
+                        seq,
+                        message.message.headers.as_ref(),
+                        &message.message.payload,
+                    );
+                    out.push(match record {
+                        Record::Live(pair) => (seq, Some(pair)),
+                        Record::Gone(seq) => (seq, None),
+                    });
+                    if pending == 0 {
+                        break;
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+async fn connect_client(config: &Config) -> Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("kv-nats")
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout));
+    options = match &config.auth {
+        Auth::None => options,
+        Auth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(token) => options.token(token.clone()),
+        Auth::NKeySeedFile(path) => {
+            let seed = tokio::fs::read_to_string(path).await.map_err(|e| {
+                Error::Config(format!("cannot read the NKey seed file {path:?}: {e}"))
+            })?;
+            let seed = seed
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with('S'))
+                .ok_or_else(|| Error::Config(format!("no NKey seed (`S…`) in {path:?}")))?
+                .to_owned();
+            options.nkey(seed)
+        }
+        Auth::CredentialsFile(path) => options.credentials_file(path).await.map_err(|e| {
+            Error::Config(format!("cannot read the credentials file {path:?}: {e}"))
+        })?,
+    };
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if tls.handshake_first {
+            options = options.tls_first();
+        }
+    }
+    let servers: Vec<async_nats::ServerAddr> = config
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| Error::Config(format!("nats server {s:?}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    match tokio::time::timeout(config.connect_timeout, options.connect(servers)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(map_connect_error(error, config.connect_timeout)),
+        Err(_) => Err(Error::Timeout {
+            backend: BACKEND,
+            operation: "connect",
+            after: config.connect_timeout,
+        }),
+    }
+}
+
+fn map_connect_error(error: async_nats::ConnectError, after: Duration) -> Error {
+    use async_nats::ConnectErrorKind as K;
+    match error.kind() {
+        K::Authentication | K::AuthorizationViolation => Error::PermissionDenied {
+            backend: BACKEND,
+            message: error.to_string(),
+        },
+        K::TimedOut => Error::Timeout {
+            backend: BACKEND,
+            operation: "connect",
+            after,
+        },
+        K::ServerParse => Error::Config(error.to_string()),
+        _ => Error::unavailable(BACKEND, error),
+    }
+}
+
+async fn open(client: async_nats::Client, config: Config) -> Result<NatsStore> {
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(config.request_timeout);
+    let name = format!("KV_{}", config.bucket);
+    let limit = config.request_timeout;
+    let stream = match tokio::time::timeout(limit, js.get_stream(&name)).await {
+        Err(_) => return Err(timeout("open bucket", limit)),
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let not_found = matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+            if !not_found {
+                return Err(map_js_error(&error.to_string(), error));
+            }
+            let create = js.create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("kv-rs store (kv-nats)".into()),
+                subjects: vec![format!("$KV.{}.>", config.bucket)],
+                max_messages_per_subject: config.history,
+                storage: match config.storage {
+                    Storage::File => stream::StorageType::File,
+                    Storage::Memory => stream::StorageType::Memory,
+                },
+                num_replicas: config.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                allow_message_ttl: true,
+                subject_delete_marker_ttl: Some(EXPIRY_MARKER_TTL),
+                ..Default::default()
+            });
+            match tokio::time::timeout(limit, create).await {
+                Err(_) => return Err(timeout("create bucket", limit)),
+                Ok(Ok(stream)) => js.get_stream(&name).await.map_err(|e| {
+                    drop(stream);
+                    map_js_error(&e.to_string(), e)
+                })?,
+                Ok(Err(error)) => {
+                    // Created concurrently by another handle: open that one.
+                    match js.get_stream(&name).await {
+                        Ok(stream) => stream,
+                        Err(_) => return Err(map_js_error(&error.to_string(), error)),
+                    }
+                }
+            }
+        }
+    };
+    let info = stream.cached_info().config.clone();
+    if !info.allow_message_ttl {
+        return Err(Error::Config(format!(
+            "bucket {:?} does not allow per-message TTLs (stream {name} needs `allow_msg_ttl`, \
+             NATS server 2.11+): create it with kv-nats, or `nats kv add --ttl`-less buckets \
+             cannot hold TTL keys and locks",
+            config.bucket
+        )));
+    }
+    let prefix = if config.namespace.is_empty() {
+        format!("$KV.{}.", config.bucket)
+    } else {
+        format!(
+            "$KV.{}.{}.",
+            config.bucket,
+            subject::encode(&config.namespace)
+        )
+    };
+    // Whole key and the namespace share the subject limit.
+    let overhead = prefix.len();
+    let mut caps = Capabilities::full(BACKEND);
+    caps.max_value_len = config.max_value_len;
+    caps.min_ttl = Duration::from_secs(1);
+    caps.max_ttl = Duration::from_secs(365 * 24 * 3600);
+    // TTLs are whole seconds on the server (rounded up here), and the server's expiry timer
+    // runs a little late.
+    caps.ttl_precision = Duration::from_millis(1500);
+    caps.max_key_len = key::MAX_KEY_LEN.min(MAX_SUBJECT_LEN.saturating_sub(overhead));
+    Ok(NatsStore {
+        inner: Arc::new(Inner {
+            client,
+            js,
+            allow_direct: info.allow_direct,
+            stream,
+            prefix,
+            config,
+            caps,
+            tasks: TaskSet::new(),
+        }),
+    })
+}
+
+pub(crate) fn timeout(operation: &'static str, after: Duration) -> Error {
+    Error::Timeout {
+        backend: BACKEND,
+        operation,
+        after,
+    }
+}
+
+pub(crate) fn backend<E: std::error::Error + Send + Sync + 'static>(error: E) -> Error {
+    map_js_error(&error.to_string(), error)
+}
+
+/// Classifies an async-nats error by what it says (its kinds differ per call).
+fn map_js_error<E: std::error::Error + Send + Sync + 'static>(text: &str, error: E) -> Error {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("permission") || lower.contains("authorization") {
+        Error::PermissionDenied {
+            backend: BACKEND,
+            message: text.to_owned(),
+        }
+    } else if lower.contains("timed out")
+        || lower.contains("broken pipe")
+        || lower.contains("no responders")
+        || lower.contains("disconnected")
+        || lower.contains("connection")
+    {
+        Error::unavailable(BACKEND, error)
+    } else if lower.contains("jetstream not enabled") {
+        Error::Config(format!("JetStream is not enabled on the server: {text}"))
+    } else {
+        Error::backend(BACKEND, error)
+    }
+}
+
+/// Whole seconds, rounded up (the server's `Nats-TTL` unit).
+fn ttl_header(ttl: Duration) -> String {
+    format!("{}s", kv_core::ttl::whole_seconds_up(ttl))
+}
+
+fn header_str<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+impl Inner {
+    /// The subject of a normalised key, checked against [`MAX_SUBJECT_LEN`].
+    pub(crate) fn subject(&self, key: &str) -> Result<String> {
+        let subject = format!("{}{}", self.prefix, subject::encode(key));
+        if subject.len() > MAX_SUBJECT_LEN {
+            return Err(Error::invalid_key(
+                key,
+                format!(
+                    "its NATS subject would be {} bytes, over the {MAX_SUBJECT_LEN}-byte limit \
+                     (every byte outside [A-Za-z0-9-] takes 3)",
+                    subject.len()
+                ),
+            ));
+        }
+        Ok(subject)
+    }
+
+    /// The subject filter of everything strictly below a normalised directory.
+    pub(crate) fn tree_filter(&self, directory: &str) -> String {
+        if directory.is_empty() {
+            format!("{}>", self.prefix)
+        } else {
+            format!("{}{}.>", self.prefix, subject::encode(directory))
+        }
+    }
+
+    /// The key of a subject of this store, if it is one.
+    pub(crate) fn key_of(&self, subject: &str) -> Option<String> {
+        subject::decode(subject.strip_prefix(&self.prefix)?)
+    }
+
+    /// Reads a stored message as a record of `key`.
+    pub(crate) fn record_of(
+        &self,
+        key: &str,
+        seq: u64,
+        headers: Option<&HeaderMap>,
+        payload: &Bytes,
+    ) -> Record {
+        let deleted = matches!(header_str(headers, KV_OPERATION), Some("DEL" | "PURGE"))
+            || headers
+                .and_then(|h| h.get(async_nats::header::NATS_MARKER_REASON))
+                .is_some();
+        if deleted {
+            Record::Gone(seq)
+        } else {
+            Record::Live(KvPair::new(key, payload.clone(), seq))
+        }
+    }
+
+    /// Bounds a call by the request timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.config.request_timeout;
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(timeout(operation, limit)),
+        }
+    }
+
+    /// The last message of a key's subject.
+    pub(crate) async fn read(&self, key: &str, consistent: bool) -> Result<Option<Record>> {
+        let subject = self.subject(key)?;
+        if consistent || !self.allow_direct {
+            match self.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => Ok(Some(self.record_of(
+                    key,
+                    m.sequence,
+                    Some(&m.headers),
+                    &m.payload,
+                ))),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(backend(e)),
+            }
+        } else {
+            match self.stream.direct_get_last_for_subject(subject).await {
+                Ok(m) => Ok(Some(self.record_of(
+                    key,
+                    m.sequence,
+                    Some(&m.headers),
+                    &m.payload,
+                ))),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(backend(e)),
+            }
+        }
+    }
+
+    /// Publishes to a key's subject: a value (`operation` `None`) or a marker (`DEL`), with an
+    /// optional TTL, owner token and expected last revision of the subject.
+    pub(crate) async fn publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        operation: Option<&str>,
+        owner: Option<&str>,
+        expected: Option<u64>,
+    ) -> Result<Published> {
+        let subject = self.subject(key)?;
+        let mut message = jetstream::message::PublishMessage::build().payload(value);
+        if let Some(ttl) = ttl {
+            message = message.header(
+                async_nats::header::NATS_MESSAGE_TTL,
+                ttl_header(ttl).as_str(),
+            );
+        }
+        if let Some(operation) = operation {
+            message = message.header(KV_OPERATION, operation);
+        }
+        if let Some(owner) = owner {
+            message = message.header(LOCK_OWNER, owner);
+        }
+        if let Some(expected) = expected {
+            message = message.expected_last_subject_sequence(expected);
+        }
+        let ack = match self.js.send_publish(subject, message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => Ok(Published::Stored(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Published::Conflict),
+            Err(e) if e.kind() == PublishErrorKind::TimedOut => {
+                Err(timeout("publish", self.config.request_timeout))
+            }
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => Err(Error::Config(format!(
+                "the bucket {:?} is gone (stream deleted?)",
+                self.config.bucket
+            ))),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Create-only write (a delete marker counts as absent).
+    pub(crate) async fn create(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        owner: Option<&str>,
+    ) -> Result<KvPair> {
+        let mut expected = 0;
+        loop {
+            match self
+                .publish(key, value.clone(), ttl, None, owner, Some(expected))
+                .await?
+            {
+                Published::Stored(seq) => return Ok(KvPair::new(key, value, seq)),
+                Published::Conflict => match self.read(key, true).await? {
+                    None => expected = 0,
+                    Some(Record::Gone(seq)) => expected = seq,
+                    Some(Record::Live(_)) => {
+                        return Err(Error::KeyExists {
+                            key: key.to_owned(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Why a write conditional on `previous` failed, from the current state.
+    async fn cas_failure(&self, key: &str) -> Result<Error> {
+        Ok(match self.read(key, true).await? {
+            None | Some(Record::Gone(_)) => Error::KeyNotFound {
+                key: key.to_owned(),
+            },
+            Some(Record::Live(_)) => Error::KeyModified {
+                key: key.to_owned(),
+            },
+        })
+    }
+
+    /// Deletes a key whatever its revision: `Ok(true)` if it existed.
+    pub(crate) async fn delete_key(&self, key: &str) -> Result<bool> {
+        loop {
+            let seq = match self.read(key, true).await? {
+                None | Some(Record::Gone(_)) => return Ok(false),
+                Some(Record::Live(pair)) => pair.last_index,
+            };
+            match self
+                .publish(key, Bytes::new(), None, Some("DEL"), None, Some(seq))
+                .await?
+            {
+                Published::Stored(_) => return Ok(true),
+                Published::Conflict => continue,
+            }
+        }
+    }
+
+    /// An ordered push consumer over `filter`.
+    pub(crate) async fn ordered(
+        &self,
+        filter: &str,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> Result<consumer::Consumer<consumer::push::OrderedConfig>> {
+        self.stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("kv-nats".into()),
+                filter_subject: filter.to_owned(),
+                replay_policy: consumer::ReplayPolicy::Instant,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    /// The live keys under `filter` (last message per subject), sorted by key.
+    pub(crate) async fn scan(&self, filter: &str) -> Result<BTreeMap<String, KvPair>> {
+        let consumer = self
+            .ordered(filter, consumer::DeliverPolicy::LastPerSubject)
+            .await?;
+        let mut out = BTreeMap::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(backend)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(backend)?;
+            let info = message
+                .info()
+                .map_err(|e| Error::backend(BACKEND, e.to_string()))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if let Some(key) = self.key_of(&message.message.subject) {
+                match self.record_of(
+                    &key,
+                    seq,
+                    message.message.headers.as_ref(),
+                    &message.message.payload,
+                ) {
+                    Record::Live(pair) => {
+                        out.insert(key, pair);
+                    }
+                    Record::Gone(_) => {
+                        out.remove(&key);
+                    }
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for NatsStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    #[tracing::instrument(name = "put", skip_all, fields(backend = BACKEND, key = key))]
+    async fn put(&self, key: &str, value: Bytes, options: WriteOptions) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.caps.check_value(&key, &value)?;
+        let ttl = inner.caps.check_ttl(options.ttl)?;
+        inner
+            .bounded("put", async {
+                inner.publish(&key, value, ttl, None, None, None).await?;
+                Ok(())
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "get", skip_all, fields(backend = BACKEND, key = key))]
+    async fn get(&self, key: &str, options: ReadOptions) -> Result<Option<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner
+            .bounded("get", async {
+                Ok(match inner.read(&key, options.consistent).await? {
+                    Some(Record::Live(pair)) => Some(pair),
+                    _ => None,
+                })
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "delete", skip_all, fields(backend = BACKEND, key = key))]
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.bounded("delete", inner.delete_key(&key)).await
+    }
+
+    #[tracing::instrument(name = "list", skip_all, fields(backend = BACKEND, directory = directory))]
+    async fn list(&self, directory: &str, _options: ReadOptions) -> Result<Vec<KvPair>> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let directory = inner.caps.check_directory(directory)?;
+        let filter = inner.tree_filter(&directory);
+        inner
+            .bounded("list", async {
+                Ok(inner.scan(&filter).await?.into_values().collect())
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "delete_tree", skip_all, fields(backend = BACKEND, directory = directory))]
+    async fn delete_tree(&self, directory: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let directory = inner.caps.check_directory(directory)?;
+        let filter = inner.tree_filter(&directory);
+        inner
+            .bounded("delete_tree", async {
+                let mut keys: Vec<String> = inner.scan(&filter).await?.into_keys().collect();
+                if !directory.is_empty() {
+                    keys.push(directory.clone());
+                }
+                let results: Vec<Result<bool>> = futures::stream::iter(keys)
+                    .map(|key| async move { inner.delete_key(&key).await })
+                    .buffer_unordered(BATCH)
+                    .collect()
+                    .await;
+                results.into_iter().try_for_each(|r| r.map(|_| ()))
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "atomic_put", skip_all, fields(backend = BACKEND, key = key))]
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: WriteOptions,
+    ) -> Result<KvPair> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner.caps.check_value(&key, &value)?;
+        let ttl = inner.caps.check_ttl(options.ttl)?;
+        inner
+            .bounded("atomic_put", async {
+                let Some(previous) = previous else {
+                    return inner.create(&key, value, ttl, None).await;
+                };
+                match inner
+                    .publish(
+                        &key,
+                        value.clone(),
+                        ttl,
+                        None,
+                        None,
+                        Some(previous.last_index),
+                    )
+                    .await?
+                {
+                    Published::Stored(seq) => Ok(KvPair::new(key, value, seq)),
+                    Published::Conflict => Err(inner.cas_failure(&key).await?),
+                }
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "atomic_delete", skip_all, fields(backend = BACKEND, key = key))]
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        inner
+            .bounded("atomic_delete", async {
+                // A pair's index always names a value, never a marker: expecting it cannot
+                // "delete" a key that is already gone.
+                match inner
+                    .publish(
+                        &key,
+                        Bytes::new(),
+                        None,
+                        Some("DEL"),
+                        None,
+                        Some(previous.last_index),
+                    )
+                    .await?
+                {
+                    Published::Stored(_) => Ok(()),
+                    Published::Conflict => Err(inner.cas_failure(&key).await?),
+                }
+            })
+            .await
+    }
+
+    #[tracing::instrument(name = "watch", skip_all, fields(backend = BACKEND, key = key))]
+    async fn watch(&self, key: &str, _options: ReadOptions) -> Result<WatchStream> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_key(key)?;
+        let subject = inner.subject(&key)?;
+        Ok(crate::watch::watch_key(self.inner.clone(), key, subject))
+    }
+
+    #[tracing::instrument(name = "watch_tree", skip_all, fields(backend = BACKEND, directory = directory))]
+    async fn watch_tree(&self, directory: &str, _options: ReadOptions) -> Result<WatchTreeStream> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let directory = inner.caps.check_directory(directory)?;
+        let filter = inner.tree_filter(&directory);
+        Ok(crate::watch::watch_tree(self.inner.clone(), filter))
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        let inner = &self.inner;
+        inner.tasks.ensure_open()?;
+        let key = inner.caps.check_lock(key, &options)?;
+        inner.subject(&key)?;
+        let backend = crate::lock::NatsLock::new(self.inner.clone(), key.clone(), options);
+        Ok(Lock::new(key, Arc::new(backend), inner.tasks.clone()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.tasks.is_closed() {
+            return Ok(());
+        }
+        inner.tasks.close(inner.config.request_timeout).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), inner.client.drain()).await;
+        Ok(())
+    }
+
+    fn background_tasks(&self) -> usize {
+        self.inner.tasks.running()
+    }
+}
