@@ -27,6 +27,8 @@ pub enum ServerKind {
     Redis,
     /// DynamoDB Local (the jar `scripts/servers` installs).
     DynamoDb,
+    /// NATS with JetStream (the `nats-server` binary `scripts/servers` builds).
+    Nats,
 }
 
 impl ServerKind {
@@ -38,6 +40,7 @@ impl ServerKind {
             ServerKind::ZooKeeper => "zookeeper",
             ServerKind::Redis => "redis",
             ServerKind::DynamoDb => "dynamodb",
+            ServerKind::Nats => "nats",
         }
     }
 }
@@ -81,12 +84,13 @@ impl PrivateServer {
 
     /// The client address in the form the `KV_TEST_*` variable of its backend takes:
     /// `http://127.0.0.1:P` (etcd, Consul, DynamoDB), `127.0.0.1:P` (ZooKeeper),
-    /// `redis://127.0.0.1:P`.
+    /// `redis://127.0.0.1:P`, `nats://127.0.0.1:P`.
     pub fn address(&self) -> String {
         let port = self.ports[0];
         match self.kind {
             ServerKind::ZooKeeper => format!("127.0.0.1:{port}"),
             ServerKind::Redis => format!("redis://127.0.0.1:{port}"),
+            ServerKind::Nats => format!("nats://127.0.0.1:{port}"),
             _ => format!("http://127.0.0.1:{port}"),
         }
     }
@@ -142,6 +146,7 @@ impl PrivateServer {
             ServerKind::ZooKeeper => self.zookeeper(&data),
             ServerKind::Redis => self.redis(&data),
             ServerKind::DynamoDb => self.dynamodb(&data),
+            ServerKind::Nats => self.nats(&data),
         };
         let log = File::options()
             .create(true)
@@ -324,6 +329,22 @@ ports {{
     }
 }
 
+impl PrivateServer {
+    fn nats(&self, data: &Path) -> Command {
+        let mut command = Command::new(nats_binary());
+        command
+            .args(["--addr", "127.0.0.1", "--port", &self.ports[0].to_string()])
+            .args([
+                "--jetstream",
+                "--server_name",
+                "kvtest-private",
+                "--store_dir",
+            ])
+            .arg(data);
+        command
+    }
+}
+
 impl Drop for PrivateServer {
     fn drop(&mut self) {
         self.kill();
@@ -348,6 +369,29 @@ pub fn consul_binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "no Consul binary under {}: run `scripts/servers install consul` or set KV_TEST_CONSUL_BIN",
+                cache.display()
+            )
+        })
+}
+
+/// The nats-server binary: `KV_TEST_NATS_BIN`, else the one `scripts/servers` built into its
+/// cache.
+pub fn nats_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("KV_TEST_NATS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let cache = servers_cache();
+    std::fs::read_dir(&cache)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("nats-server-v"))
+        .map(|entry| entry.path().join("nats-server"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no nats-server binary under {}: run `scripts/servers install nats` or set KV_TEST_NATS_BIN",
                 cache.display()
             )
         })
