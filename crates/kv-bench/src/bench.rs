@@ -199,8 +199,8 @@ pub async fn measure<T: Target>(
             return failed(e);
         }
     }
-    let start = Instant::now();
-    let deadline = start + window.duration;
+    // Every worker first picks up its keys' state (untimed), then all start together.
+    let barrier = Arc::new(tokio::sync::Barrier::new(conc + 1));
     let budget = Arc::new(std::sync::atomic::AtomicI64::new(
         window.max_ops.map(|n| n as i64).unwrap_or(i64::MAX),
     ));
@@ -210,6 +210,8 @@ pub async fn measure<T: Target>(
         let base = base.to_owned();
         let budget = budget.clone();
         let watch_rx = watch_rx.clone();
+        let barrier = barrier.clone();
+        let duration = window.duration;
         tasks.push(tokio::spawn(async move {
             let mut out = WorkerOut::default();
             let mut prev: Option<T::Ver> = None;
@@ -224,6 +226,8 @@ pub async fn measure<T: Target>(
                 }
                 _ => {}
             }
+            barrier.wait().await;
+            let deadline = Instant::now() + duration;
             let mut i: u64 = 0;
             while Instant::now() < deadline
                 && budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) > 0
@@ -348,6 +352,8 @@ pub async fn measure<T: Target>(
             out
         }));
     }
+    barrier.wait().await;
+    let start = Instant::now();
     let mut lat = Vec::new();
     let mut stats = Stats::default();
     for task in tasks {

@@ -42,7 +42,7 @@ USAGE: kv-bench [OPTIONS]   (servers: eval \"$(scripts/servers env)\"; or run sc
 
   --smoke               a few operations per case, every backend, 1 round; no files unless --out/--svg
   --rounds N            interleaved rounds, medians reported (default 3)
-  --duration-ms N       measured time per case and implementation (default 800)
+  --duration-ms N       measured time per case and implementation (default 700)
   --warmup-ms N         unrecorded warm-up before each measurement (default 200; none on DynamoDB Local)
   --backends LIST       comma-separated subset of etcd,consul,zookeeper,redis,dynamodb,bolt
   --list-keys N         keys listed (default 1000), in a namespace of --namespace-keys (10000)
@@ -74,7 +74,7 @@ fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         smoke: false,
         rounds: 3,
-        duration: Duration::from_millis(800),
+        duration: Duration::from_millis(700),
         warmup: Duration::from_millis(200),
         backends: ["etcd", "consul", "zookeeper", "redis", "dynamodb", "bolt"]
             .map(String::from)
