@@ -237,7 +237,7 @@ enum Command {
         #[arg(long, value_parser = parse_duration, conflicts_with = "observe")]
         timeout: Option<Duration>,
         /// With --observe: stop after N states (the current one counts as the first).
-        #[arg(long, value_name = "N", requires = "observe")]
+        #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
     /// List the store URL schemes this build of kv accepts.
@@ -668,6 +668,8 @@ async fn execute(cli: &Cli, store: &Arc<dyn Store>, prepared: Prepared) -> Resul
         } => {
             if *observe {
                 elect_observe(store, name, *count, json).await
+            } else if count.is_some() {
+                Err(Failure::bad_input("elect: --count goes with --observe"))
             } else {
                 let value = value.clone().unwrap_or_default();
                 elect(store, name, &value, *ttl, *timeout, json).await

@@ -54,9 +54,14 @@ fn missing_keys_and_bad_input_have_their_exit_codes() {
     run(kv_in(&dir).args(["frobnicate"]), 2);
     run(kv_in(&dir).args(["txn", "--put", "novalue"]), 2);
     run(kv_in(&dir).args(["cas", "k", "v"]), 2);
-    // Not available yet.
-    let (_, err) = run(kv_in(&dir).args(["elect", "campaign", "x"]), 8);
-    assert!(err.contains("kv-election"), "{err}");
+    // `elect` needs a name and a value (or --observe); --count only with --observe.
+    run(kv_in(&dir).args(["elect", "jobs"]), 2);
+    run(kv_in(&dir).args(["elect", "jobs", "v", "--count", "1"]), 2);
+    let (out, _) = run(
+        kv_in(&dir).args(["elect", "--observe", "jobs", "--count", "1"]),
+        0,
+    );
+    assert_eq!(out, "no leader\n");
     // An unreachable server: 6, and the password never printed.
     let port = kv_test_support::free_port();
     let url = format!("redis://user:hunter2@127.0.0.1:{port}?connect_timeout_ms=500");

@@ -24,6 +24,79 @@ pub fn env(name: &str) -> String {
     })
 }
 
+/// Every backend, by its `Capabilities::backend` name.
+pub const BACKENDS: [&str; 7] = [
+    "etcd",
+    "consul",
+    "zookeeper",
+    "redis",
+    "dynamodb",
+    "nats",
+    "bolt",
+];
+
+/// A store URL (for `kv::connect` or the `kv` tool's `--store`) of the live `backend` server
+/// `scripts/servers` runs (read from its `KV_TEST_*` variable), every key under the namespace
+/// `namespace`; for `bolt`, a database in a new temporary directory.
+pub fn store_url(backend: &str, namespace: &str) -> String {
+    let host_ports = |list: String| {
+        list.split(',')
+            .map(|e| {
+                let e = e.trim();
+                e.strip_prefix("http://")
+                    .unwrap_or(e)
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let with_query = |url: &str, query: &str| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{query}")
+    };
+    match backend {
+        "etcd" => format!(
+            "etcd://{}/{namespace}",
+            host_ports(env("KV_TEST_ETCD_ENDPOINTS"))
+        ),
+        "consul" => format!(
+            "consul://{}/{namespace}",
+            host_ports(env("KV_TEST_CONSUL_ADDR"))
+        ),
+        "zookeeper" => format!(
+            "zk://{}/{namespace}",
+            host_ports(env("KV_TEST_ZOOKEEPER_ENDPOINTS"))
+        ),
+        "redis" => with_query(
+            env("KV_TEST_REDIS_URL").trim_end_matches('/'),
+            &format!("namespace={namespace}"),
+        ),
+        "nats" => with_query(
+            env("KV_TEST_NATS_URL").trim_end_matches('/'),
+            &format!("namespace={namespace}"),
+        ),
+        "dynamodb" => {
+            let var = |name: &str, default: &str| {
+                std::env::var(name).unwrap_or_else(|_| default.to_owned())
+            };
+            format!(
+                "dynamodb://kv_umbrella_tests?endpoint={}&region={}&access_key_id={}\
+                 &secret_access_key={}&create_table=true&namespace={namespace}",
+                env("KV_TEST_DYNAMODB_ENDPOINT"),
+                var("AWS_REGION", "us-east-1"),
+                var("AWS_ACCESS_KEY_ID", "kvtest"),
+                var("AWS_SECRET_ACCESS_KEY", "kvtest"),
+            )
+        }
+        "bolt" => {
+            let dir = temp_dir(namespace);
+            format!("bolt:{}", dir.join("db").display())
+        }
+        other => panic!("no test server for {other}"),
+    }
+}
+
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     free_ports(1)[0]

@@ -34,6 +34,7 @@
 //! | `zookeeper://`, `zk://`, `zookeeper+tls://`, `zks://` | `kv-zookeeper` | `zookeeper` |
 //! | `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://` | `kv-redis` | `redis` |
 //! | `dynamodb://` | `kv-dynamodb` | `dynamodb` |
+//! | `nats://`, `tls://` | `kv-nats` | `nats` |
 //! | `bolt:`, `sled:` | `kv-bolt` | `bolt` |
 //!
 //! `http://` and `https://`, which `kv-etcd` and `kv-consul` both accept on their own, are
@@ -44,8 +45,8 @@
 //!
 //! Everything an application needs from `kv-core` is re-exported ([`Store`], [`Error`],
 //! [`KvPair`], [`Transaction`], …), and the backend crates of the enabled features are
-//! re-exported as `kv::etcd`, `kv::consul`, `kv::zookeeper`, `kv::redis`, `kv::bolt` and
-//! `kv::dynamodb` for their typed `Config` builders. An application that wants one backend only can keep
+//! re-exported as `kv::etcd`, `kv::consul`, `kv::zookeeper`, `kv::redis`, `kv::bolt`,
+//! `kv::dynamodb` and `kv::nats` for their typed `Config` builders. An application that wants one backend only can keep
 //! depending on that crate alone.
 
 #![warn(missing_docs)]
@@ -75,6 +76,10 @@ pub use kv_zookeeper as zookeeper;
 /// The Redis backend (`kv-redis`), for its typed [`Config`](kv_redis::Config).
 #[cfg(feature = "redis")]
 pub use kv_redis as redis;
+
+/// The NATS JetStream KV backend (`kv-nats`), for its typed [`Config`](kv_nats::Config).
+#[cfg(feature = "nats")]
+pub use kv_nats as nats;
 
 /// The embedded backend on redb (`kv-bolt`), for its typed [`Config`](kv_bolt::Config).
 #[cfg(feature = "bolt")]
@@ -133,6 +138,8 @@ const SCHEMES: &[Scheme] = &[
     scheme!("redis+sentinel", "redis"),
     scheme!("rediss+sentinel", "redis"),
     scheme!("dynamodb", "dynamodb"),
+    scheme!("nats", "nats"),
+    scheme!("tls", "nats"),
     scheme!("bolt", "bolt"),
     scheme!("sled", "bolt"),
 ];
@@ -237,6 +244,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         "dynamodb" => {
             Arc::new(kv_dynamodb::DynamoStore::connect(kv_dynamodb::Config::from_url(url)?).await?)
         }
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(kv_nats::NatsStore::connect(kv_nats::Config::from_url(url)?).await?),
         other => {
             return Err(Error::Config(format!(
                 "the {other} backend is not compiled in"

@@ -63,9 +63,16 @@ async fn smoke(store: Arc<dyn Store>, backend: &str) {
         .when(Condition::absent(format!("{dir}/t")))
         .put(format!("{dir}/t"), "t", opts())
         .delete(format!("{dir}/b/c"));
-    let puts = store.transaction(txn).await.unwrap();
-    assert_eq!(puts.len(), 1);
-    assert!(!store.exists(&format!("{dir}/b/c"), read()).await.unwrap());
+    if store.capabilities().transactions {
+        let puts = store.transaction(txn).await.unwrap();
+        assert_eq!(puts.len(), 1);
+        assert!(!store.exists(&format!("{dir}/b/c"), read()).await.unwrap());
+    } else {
+        assert!(matches!(
+            store.transaction(txn).await,
+            Err(Error::NotSupported { .. })
+        ));
+    }
 
     let mut lock = store
         .new_lock(&format!("{dir}/lock"), LockOptions::default().value("me"))
@@ -118,6 +125,12 @@ async fn redis_smoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_smoke() {
     smoke_backend("dynamodb").await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_smoke() {
+    smoke_backend("nats").await;
 }
 
 #[cfg(feature = "bolt")]

@@ -56,3 +56,9 @@ async fn dynamodb_disabled() {
 async fn bolt_disabled() {
     assert_disabled("bolt:.kv", "bolt").await;
 }
+
+#[cfg(not(feature = "nats"))]
+#[tokio::test]
+async fn nats_disabled() {
+    assert_disabled("nats://127.0.0.1:4222", "nats").await;
+}
