@@ -16,6 +16,7 @@ pub fn url(backend: &str, namespace: &str) -> String {
 }
 
 /// Every backend.
+#[allow(unused_imports)]
 pub use kv_test_support::BACKENDS;
 
 /// The `kv` binary with no `KV_STORE` inherited, run in `dir`.

@@ -16,4 +16,5 @@ pub fn url(backend: &str, namespace: &str) -> String {
 }
 
 /// Every backend.
+#[allow(unused_imports)]
 pub use kv_test_support::BACKENDS;
