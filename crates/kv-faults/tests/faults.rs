@@ -98,6 +98,17 @@ async fn connect_backend(
             }
             Arc::new(kv_dynamodb::DynamoStore::connect(config).await?)
         }
+        "nats" => {
+            let mut url = format!(
+                "{}?namespace={shared}",
+                at.of("KV_TEST_NATS_URL").trim_end_matches('/')
+            );
+            if let Some(limit) = at.timeout() {
+                let ms = limit.as_millis();
+                url.push_str(&format!("&request_timeout_ms={ms}&connect_timeout_ms={ms}"));
+            }
+            Arc::new(kv_nats::NatsStore::connect(kv_nats::Config::from_url(&url)?).await?)
+        }
         "bolt" => Arc::new(kv_bolt::BoltStore::open(kv_bolt::Config::new(shared)).await?),
         other => panic!("unknown backend {other}"),
     })
@@ -235,7 +246,7 @@ macro_rules! fault_tests {
     };
 }
 
-fault_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb);
+fault_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb, nats);
 
 /// The server-restart scenarios, on a private server of each networked backend (the embedded
 /// store has no server: its crashes are `killed_holder` and kv-bolt's crash test).
@@ -284,5 +295,6 @@ mod restart {
         zookeeper => ZooKeeper,
         redis => Redis,
         dynamodb => DynamoDb,
+        nats => Nats,
     );
 }

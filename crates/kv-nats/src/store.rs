@@ -481,6 +481,15 @@ impl Inner {
         expected: Option<u64>,
     ) -> Result<Published> {
         let subject = self.subject(key)?;
+        // While disconnected, async-nats queues what is published and sends it after the
+        // reconnect — possibly long after this call has failed. A write that reported an
+        // error must not land later: refuse it before it reaches the queue.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::unavailable(
+                BACKEND,
+                "not connected to the NATS server (the write was not sent)",
+            ));
+        }
         let mut message = jetstream::message::PublishMessage::build().payload(value);
         if let Some(ttl) = ttl {
             message = message.header(
@@ -573,6 +582,47 @@ impl Inner {
     }
 
     /// An ordered push consumer over `filter`.
+    /// The bucket's stream as it is now: when it was created (Unix ns) and its last sequence.
+    /// A missing stream is [`Error::Config`] (the bucket was deleted).
+    pub(crate) async fn stream_identity(&self) -> Result<(i128, u64)> {
+        let name = format!("KV_{}", self.config.bucket);
+        match self.js.get_stream(&name).await {
+            Ok(stream) => {
+                let info = stream.cached_info();
+                Ok((
+                    info.created.unix_timestamp_nanos(),
+                    info.state.last_sequence,
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(_)
+                ) && e.to_string().to_ascii_lowercase().contains("not found") =>
+            {
+                Err(Error::Config(format!(
+                    "the bucket {:?} is gone (its stream was deleted)",
+                    self.config.bucket
+                )))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// The error that ends a watch whose stream lost its history.
+    pub(crate) fn history_lost_error(&self) -> Error {
+        Error::backend(
+            BACKEND,
+            format!(
+                "the bucket {:?} lost its history: its stream was created anew or its sequences \
+                 went backwards (a server restarted without its data, the bucket deleted and \
+                 made again); this watch belongs to the lost history (watch again), and \
+                 revisions start low again",
+                self.config.bucket
+            ),
+        )
+    }
+
     pub(crate) async fn ordered(
         &self,
         filter: &str,

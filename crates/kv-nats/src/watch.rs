@@ -11,6 +11,15 @@ use kv_core::{Backoff, Error, KvPair, WatchSender, WatchStream, WatchTreeStream,
 
 use crate::store::{Inner, Record};
 
+/// How long a watch may be quiet before it checks that its stream is still the same one.
+const HISTORY_CHECK: Duration = Duration::from_secs(3);
+
+/// True when the stream now is not the one first seen (created at another time) or its last
+/// sequence is below one already delivered.
+fn history_lost(first: (i128, u64), now: (i128, u64), highest: u64) -> bool {
+    now.0 != first.0 || now.1 < highest
+}
+
 /// Watches one key's subject.
 pub(crate) fn watch_key(inner: Arc<Inner>, key: String, subject: String) -> WatchStream {
     let tasks = inner.tasks.clone();
@@ -37,9 +46,27 @@ where
     F: Fn(&BTreeMap<String, KvPair>) -> T + Send,
 {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    // The bucket's stream as this watch first saw it, and the highest sequence delivered: a
+    // stream created anew (a server restarted without its data, the bucket deleted and made
+    // again) restarts its sequences low, and the ordered consumer would wait silently for
+    // sequences that come much later, if ever. The watch ends with an `Err` instead.
+    let mut origin = None;
+    let mut highest = 0u64;
     loop {
         if tx.is_closed() {
             return;
+        }
+        match (origin, inner.stream_identity().await) {
+            (_, Err(error @ Error::Config(_))) => {
+                tx.fail(error);
+                return;
+            }
+            (None, Ok(identity)) => origin = Some(identity),
+            (Some(first), Ok(now)) if history_lost(first, now, highest) => {
+                tx.fail(inner.history_lost_error());
+                return;
+            }
+            _ => {}
         }
         let consumer = match inner.ordered(&filter, DeliverPolicy::LastPerSubject).await {
             Ok(consumer) => consumer,
@@ -71,6 +98,16 @@ where
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = tx.closed() => return,
+                // Quiet for a while: make sure the stream is still the one being followed.
+                _ = tokio::time::sleep(HISTORY_CHECK) => {
+                    if let (Some(first), Ok(now)) = (origin, inner.stream_identity().await)
+                        && history_lost(first, now, highest)
+                    {
+                        tx.fail(inner.history_lost_error());
+                        return;
+                    }
+                    continue;
+                }
             };
             let message = match message {
                 Some(Ok(message)) => message,
@@ -82,6 +119,7 @@ where
             };
             let Ok(info) = message.info() else { continue };
             let (seq, pending) = (info.stream_sequence, info.pending);
+            highest = highest.max(seq);
             if let Some(key) = inner.key_of(&message.message.subject) {
                 match inner.record_of(
                     &key,
