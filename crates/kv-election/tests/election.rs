@@ -1215,3 +1215,28 @@ macro_rules! election_tests {
 }
 
 election_tests!(bolt, etcd, consul, zookeeper, redis, dynamodb);
+
+/// NATS JetStream KV has no transactions, so no guarded writes: an election there would
+/// have to proclaim without fencing. `Election::new` refuses it with `NotSupported` instead
+/// of offering a weaker election under the same name.
+#[test]
+fn nats_declines_elections_without_guarded_writes() {
+    runtime().block_on(async {
+        let url = format!(
+            "{}?namespace=kvelect-{:016x}",
+            kv_test_support::env("KV_TEST_NATS_URL").trim_end_matches('/'),
+            rand::rng().random::<u64>()
+        );
+        let store: Arc<dyn Store> = Arc::new(
+            kv_nats::NatsStore::connect(kv_nats::Config::from_url(&url).unwrap())
+                .await
+                .unwrap(),
+        );
+        assert!(!store.capabilities().transactions);
+        match Election::new(store.clone(), "jobs") {
+            Err(kv_election::ElectionError::Store(kv_core::Error::NotSupported { .. })) => {}
+            other => panic!("an election on NATS: {:?}", other.map(|_| ())),
+        }
+        store.close().await.unwrap();
+    });
+}
