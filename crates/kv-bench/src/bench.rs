@@ -346,7 +346,11 @@ pub async fn measure<T: Target>(
                 };
                 match r {
                     Ok(()) => out.lat_ns.push(t0.elapsed().as_nanos() as u64),
-                    Err(e) => out.err(e),
+                    Err(e) => {
+                        out.err(e);
+                        // A failing server must not turn the loop into a busy spin.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
             }
             out

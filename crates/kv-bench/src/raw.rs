@@ -428,7 +428,9 @@ impl Target for RawConsul {
 
 /// ZooKeeper through `zookeeper-client`.
 pub struct RawZk {
-    client: zk::Client,
+    /// Replaced by a new session if the current one expires (a raw client must do that itself).
+    client: Arc<std::sync::Mutex<zk::Client>>,
+    reconnecting: Arc<std::sync::atomic::AtomicBool>,
     cluster: String,
     prefix: String,
 }
@@ -447,7 +449,8 @@ impl RawZk {
             .await
             .map_err(e)?;
         Ok(Self {
-            client,
+            client: Arc::new(std::sync::Mutex::new(client)),
+            reconnecting: Arc::default(),
             cluster: cluster.to_owned(),
             prefix,
         })
@@ -455,14 +458,41 @@ impl RawZk {
     fn k(&self, key: &str) -> String {
         format!("{}/{key}", self.prefix)
     }
+    /// The current session; one whose session expired or closed is replaced in the background.
+    fn client(&self) -> zk::Client {
+        let c = self.client.lock().expect("not poisoned").clone();
+        if matches!(
+            c.state(),
+            zk::SessionState::Expired | zk::SessionState::Closed
+        ) && !self
+            .reconnecting
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let (slot, flag, cluster) = (
+                self.client.clone(),
+                self.reconnecting.clone(),
+                self.cluster.clone(),
+            );
+            tokio::spawn(async move {
+                if let Ok(new) = zk::Client::connect(&cluster).await {
+                    *slot.lock().expect("not poisoned") = new;
+                }
+                flag.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        c
+    }
     /// Creates `path` with `data`, creating missing parents first.
     async fn create(&self, path: &str, data: &[u8]) -> Result<zk::Stat, zk::Error> {
         let opts = zk_opts(zk::CreateMode::Persistent);
-        match self.client.create(path, data, &opts).await {
+        match self.client().create(path, data, &opts).await {
             Err(zk::Error::NoNode) => {
                 let parent = &path[..path.rfind('/').unwrap_or(0)];
-                self.client.mkdir(parent, &opts).await?;
-                self.client.create(path, data, &opts).await.map(|(s, _)| s)
+                self.client().mkdir(parent, &opts).await?;
+                self.client()
+                    .create(path, data, &opts)
+                    .await
+                    .map(|(s, _)| s)
             }
             r => r.map(|(s, _)| s),
         }
@@ -473,7 +503,7 @@ impl Target for RawZk {
     type Ver = i32;
 
     async fn get(&self, key: &str) -> R<Option<i32>> {
-        match self.client.get_data(&self.k(key)).await {
+        match self.client().get_data(&self.k(key)).await {
             Ok((data, stat)) => {
                 std::hint::black_box(data);
                 Ok(Some(stat.version))
@@ -484,12 +514,12 @@ impl Target for RawZk {
     }
     async fn put(&self, key: &str, value: Bytes) -> R<()> {
         let path = self.k(key);
-        match self.client.set_data(&path, &value, None).await {
+        match self.client().set_data(&path, &value, None).await {
             Ok(_) => Ok(()),
             Err(zk::Error::NoNode) => match self.create(&path, &value).await {
                 Ok(_) => Ok(()),
                 Err(zk::Error::NodeExists) => self
-                    .client
+                    .client()
                     .set_data(&path, &value, None)
                     .await
                     .map(drop)
@@ -500,14 +530,14 @@ impl Target for RawZk {
         }
     }
     async fn exists(&self, key: &str) -> R<bool> {
-        self.client
+        self.client()
             .check_stat(&self.k(key))
             .await
             .map(|s| s.is_some())
             .map_err(e)
     }
     async fn delete(&self, key: &str) -> R<bool> {
-        match self.client.delete(&self.k(key), None).await {
+        match self.client().delete(&self.k(key), None).await {
             Ok(()) => Ok(true),
             Err(zk::Error::NoNode) => Ok(false),
             Err(err) => Err(e(err)),
@@ -517,7 +547,7 @@ impl Target for RawZk {
         let path = self.k(key);
         let r = match prev {
             None => self.create(&path, &value).await,
-            Some(v) => self.client.set_data(&path, &value, Some(*v)).await,
+            Some(v) => self.client().set_data(&path, &value, Some(*v)).await,
         };
         match r {
             Ok(stat) => Ok(Cas::Done(stat.version)),
@@ -529,12 +559,13 @@ impl Target for RawZk {
     }
     async fn list(&self, dir: &str) -> R<usize> {
         let dir = self.k(dir);
-        let children = match self.client.list_children(&dir).await {
+        let children = match self.client().list_children(&dir).await {
             Ok(c) => c,
             Err(zk::Error::NoNode) => return Ok(0),
             Err(err) => return Err(e(err)),
         };
-        let mut reader = self.client.new_multi_reader();
+        let client = self.client();
+        let mut reader = client.new_multi_reader();
         for c in &children {
             reader.add_get_data(&format!("{dir}/{c}")).map_err(e)?;
         }
@@ -544,22 +575,22 @@ impl Target for RawZk {
     async fn lock_cycle(&self, key: &str) -> R<()> {
         let path = self.k(key);
         let opts = zk_opts(zk::CreateMode::Ephemeral);
-        match self.client.create(&path, b"holder", &opts).await {
+        match self.client().create(&path, b"holder", &opts).await {
             Ok(_) => {}
             Err(zk::Error::NoNode) => {
                 let parent = &path[..path.rfind('/').unwrap_or(0)];
-                self.client
+                self.client()
                     .mkdir(parent, &zk_opts(zk::CreateMode::Persistent))
                     .await
                     .map_err(e)?;
-                self.client
+                self.client()
                     .create(&path, b"holder", &opts)
                     .await
                     .map_err(e)?;
             }
             Err(err) => return Err(e(err)),
         }
-        self.client.delete(&path, None).await.map_err(e)
+        self.client().delete(&path, None).await.map_err(e)
     }
     async fn txn(
         &self,
@@ -572,12 +603,13 @@ impl Target for RawZk {
         if prev.is_none() {
             // Make sure the parent exists so that the multi's creates can succeed.
             let parent = &pa[..pa.rfind('/').unwrap_or(0)];
-            self.client
+            self.client()
                 .mkdir(parent, &zk_opts(zk::CreateMode::Persistent))
                 .await
                 .map_err(e)?;
         }
-        let mut w = self.client.new_multi_writer();
+        let client = self.client();
+        let mut w = client.new_multi_writer();
         let opts = zk_opts(zk::CreateMode::Persistent);
         match prev {
             None => {

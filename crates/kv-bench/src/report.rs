@@ -518,7 +518,8 @@ pub fn markdown(r: &Results, o: &Options, m: &Meta) -> String {
            order of ours/raw/valkeyrie rotating each round and case; every figure is the median over \
            the rounds (ops/s and latencies separately).\n\
          * Values are 64 bytes. get/exists read 100 existing keys; put overwrites 100 keys per \
-           task; delete deletes a key just written (only the delete is timed); atomic_put CASes the \
+           task; delete deletes a key just written (latency: the delete alone; ops/s: put + delete pairs, \
+           the same for every implementation); atomic_put CASes the \
            task's own key with the version from its previous write; contended: 8 tasks read then CAS \
            ONE key, a lost race counting as a completed attempt; list reads every key and value of \
            one directory; watch: a put on the shared handle, timed until the item arrives on a second \
