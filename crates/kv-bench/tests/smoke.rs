@@ -1,30 +1,28 @@
 //! The benchmark never rots: `kv-bench --smoke` runs a few operations of every case on every
 //! backend (the live servers `scripts/servers` starts, as every other live test), through
-//! ours, the raw clients, the valkeyrie driver (when Go is there) and redis-benchmark, and
-//! renders the report and chart. No timing is asserted.
+//! ours, the raw clients, the valkeyrie driver and redis-benchmark, and renders the report
+//! and chart. No timing is asserted. Go is required (the test command needs it for the
+//! servers too): a driver that does not build fails the test.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-fn require(name: &str) {
-    assert!(
-        std::env::var(name).is_ok(),
-        "{name} is not set: run `eval \"$(scripts/servers env)\"` first (scripts/test does)"
-    );
-}
-
-fn go_driver(dir: &std::path::Path) -> Option<PathBuf> {
+fn go_driver(dir: &std::path::Path) -> PathBuf {
     let go = std::env::var("KV_BENCH_GO").unwrap_or_else(|_| "/usr/local/go/bin/go".into());
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/valkeyrie");
     let bin = dir.join("valkeyrie-bench");
-    let status = Command::new(go)
+    let status = Command::new(&go)
         .current_dir(&src)
         .args(["build", "-o"])
         .arg(&bin)
         .arg(".")
         .status()
-        .ok()?;
-    status.success().then_some(bin)
+        .unwrap_or_else(|e| panic!("cannot run {go} (set KV_BENCH_GO): {e}"));
+    assert!(
+        status.success(),
+        "the valkeyrie driver does not build with {go}"
+    );
+    bin
 }
 
 #[test]
@@ -36,7 +34,7 @@ fn smoke_run_covers_every_case() {
         "KV_TEST_REDIS_URL",
         "KV_TEST_DYNAMODB_ENDPOINT",
     ] {
-        require(v);
+        kv_test_support::env(v);
     }
     let dir = std::env::temp_dir().join(format!("kv-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -48,12 +46,7 @@ fn smoke_run_covers_every_case() {
         .arg(&md)
         .arg("--svg")
         .arg(&svg);
-    match go_driver(&dir) {
-        Some(bin) => {
-            cmd.arg("--valkeyrie").arg(bin);
-        }
-        None => eprintln!("Go driver not built: valkeyrie not exercised"),
-    }
+    cmd.arg("--valkeyrie").arg(go_driver(&dir));
     let out = cmd.output().expect("kv-bench runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kv-bench --smoke failed:\n{stderr}");

@@ -210,3 +210,24 @@ pub async fn lacks(store: &dyn Store, needed: &[Capability]) -> bool {
     }
     missing
 }
+
+/// The `ConditionFailed` a transaction must fail with, or the case fails.
+#[track_caller]
+pub fn assert_condition_failed<T: std::fmt::Debug>(
+    result: kv_core::Result<T>,
+    what: &str,
+    index: usize,
+    key: &str,
+    reason: kv_core::ConditionFailure,
+) {
+    match result {
+        Err(Error::ConditionFailed {
+            index: i,
+            key: k,
+            reason: r,
+        }) if i == index && k == key && r == reason => {}
+        other => panic!(
+            "{what}: expected ConditionFailed {{ index: {index}, key: {key}, reason: {reason:?} }}, got {other:?}"
+        ),
+    }
+}

@@ -928,23 +928,6 @@ async fn set_raw_with_flags(key: &str, value: &[u8], flags: u64) -> u64 {
     r["Results"][0]["KV"]["ModifyIndex"].as_u64().unwrap()
 }
 
-#[track_caller]
-fn assert_condition_failed<T: std::fmt::Debug>(
-    result: kv_core::Result<T>,
-    index: usize,
-    key: &str,
-    reason: ConditionFailure,
-) {
-    match result {
-        Err(Error::ConditionFailed {
-            index: i,
-            key: k,
-            reason: r,
-        }) if i == index && k == key && r == reason => {}
-        other => panic!("expected ConditionFailed({index}, {key}, {reason:?}), got {other:?}"),
-    }
-}
-
 /// A key written by a transaction is stored exactly as `put` stores it: the plain value, the
 /// same `Flags` (0, or the tagged deadline), a TTL key held by its own `kv-rs ttl <key>`
 /// session with `Behavior=delete`, a plain key detached from any session; the returned
@@ -1064,15 +1047,16 @@ async fn expired_entries_count_as_absent_in_conditions() {
     let expired = (0x4B56u64 << 48) | 1_000; // a deadline in 1970
     let index = set_raw_with_flags(&format!("{p}/gone"), b"old", expired).await;
     let lock_index = set_raw_with_flags(&format!("{p}/lock"), b"", expired).await;
-    assert_condition_failed(
+    kv_conformance::support::assert_condition_failed(
         store
             .transaction(Transaction::new().when(Condition::exists("gone")))
             .await,
+        "an expired key fails Exists",
         0,
         "gone",
         ConditionFailure::KeyNotFound,
     );
-    assert_condition_failed(
+    kv_conformance::support::assert_condition_failed(
         store
             .transaction(
                 Transaction::new()
@@ -1083,6 +1067,7 @@ async fn expired_entries_count_as_absent_in_conditions() {
                     .put("gone", "fenced", WriteOptions::default()),
             )
             .await,
+        "a lock past its deadline is lost",
         0,
         "lock",
         ConditionFailure::LockLost,

@@ -28,9 +28,8 @@
 //!   (second) resign on Consul, and a follower hanging forever when its watch fails — cannot
 //!   happen here.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use kv_election::{
     Election, ElectionError, ElectionOptions, Leader, LeaderState, LeaderStream, LeadershipStatus,
     Resigned,
 };
+use kv_test_support::child::ChildProcess;
 use kv_test_support::env;
 use rand::Rng;
 use tokio::time::{Instant, sleep, timeout};
@@ -1051,69 +1051,6 @@ async fn cancelled_campaigns(backend: &Backend) {
     );
     let _ = a_store.close().await;
     let _ = b_store.close().await;
-}
-
-/// A child process, its stdout lines on a channel.
-struct ChildProcess {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl ChildProcess {
-    fn start(mut command: Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the child process: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        ChildProcess { child, lines }
-    }
-
-    /// The rest of the first line containing `tag`.
-    async fn expect(&self, tag: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.lines.try_recv() {
-                Ok(line) => {
-                    if let Some((_, rest)) = line.split_once(tag) {
-                        return rest.trim().to_owned();
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the child did not print {tag:?} within {limit:?}"
-                    );
-                    sleep(Duration::from_millis(5)).await;
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    panic!("the child exited before printing {tag:?}")
-                }
-            }
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

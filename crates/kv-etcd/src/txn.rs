@@ -395,25 +395,6 @@ mod tests {
         format!("k/{i:03}")
     }
 
-    #[track_caller]
-    fn assert_failed<T: std::fmt::Debug>(
-        result: Result<T>,
-        index: usize,
-        key: &str,
-        reason: ConditionFailure,
-    ) {
-        match result {
-            Err(Error::ConditionFailed {
-                index: i,
-                key: k,
-                reason: r,
-            }) if i == index && k == key && r == reason => {}
-            other => {
-                panic!("expected condition {index} on {key} to fail with {reason:?}: {other:?}")
-            }
-        }
-    }
-
     /// A key bound to a lease of this crate whose deadline passed a minute ago, which etcd
     /// keeps for another minute: expired for readers, still there for etcd.
     async fn expired_key(inner: &Inner, key: &str) -> KeyValue {
@@ -460,8 +441,9 @@ mod tests {
                 let index = pairs[i].last_index + u64::from(i == max - 1);
                 t.when(Condition::index_equals(key(i), index))
             });
-            assert_failed(
+            kv_conformance::support::assert_condition_failed(
                 commit(&inner, last_stale).await,
+                "the last of the conditions is stale",
                 max - 1,
                 &key(max - 1),
                 ConditionFailure::KeyModified,
@@ -487,8 +469,9 @@ mod tests {
             .when(Condition::absent("other"))
             .when(Condition::exists("gone"))
             .put("written", "no", WriteOptions::default());
-        assert_failed(
+        kv_conformance::support::assert_condition_failed(
             commit(&inner, txn).await,
+            "an expired key fails Exists",
             1,
             "gone",
             ConditionFailure::KeyNotFound,
@@ -496,8 +479,9 @@ mod tests {
         let txn = Transaction::new()
             .when(Condition::index_equals("gone2", gone.mod_revision() as u64))
             .put("written", "no", WriteOptions::default());
-        assert_failed(
+        kv_conformance::support::assert_condition_failed(
             commit(&inner, txn).await,
+            "an expired key fails IndexEquals",
             0,
             "gone2",
             ConditionFailure::KeyNotFound,

@@ -1,14 +1,13 @@
 //! The fault scenarios. Each runs against a [`Target`], panics (fails) on the first broken
 //! promise with a description, and returns (and emits) its [`Report`].
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use kv_core::{Error, KvPair, LockOptions, ReadOptions, Store, WriteOptions};
+use kv_test_support::child::ChildProcess;
 use rand::Rng;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -576,89 +575,22 @@ pub async fn locks_under_cancellation(target: &dyn Target) -> Report {
 }
 
 /// A child process started by a scenario, with its stdout lines.
-struct ChildProcess {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl ChildProcess {
-    fn start(target: &dyn Target, mode: &str, key: &str, ttl: Duration) -> Self {
-        Self::start_with(target, mode, key, ttl, &[])
+/// Starts the target's child process for `mode`, on `key` with `ttl` and the extra `env`.
+fn child_process(
+    target: &dyn Target,
+    mode: &str,
+    key: &str,
+    ttl: Duration,
+    env: &[(&str, String)],
+) -> ChildProcess {
+    let mut command = target.child(mode);
+    for (name, value) in env {
+        command.env(name, value);
     }
-
-    fn start_with(
-        target: &dyn Target,
-        mode: &str,
-        key: &str,
-        ttl: Duration,
-        env: &[(&str, String)],
-    ) -> Self {
-        let mut command = target.child(mode);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command
-            .env(KEY_VAR, key)
-            .env(TTL_VAR, ttl.as_millis().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the child process: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        ChildProcess { child, lines }
-    }
-
-    /// The rest of the first line containing `tag` (the test harness may print before it).
-    async fn expect(&self, tag: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.lines.try_recv() {
-                Ok(line) => {
-                    if let Some((_, rest)) = line.split_once(tag) {
-                        return rest.trim().to_owned();
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the child did not print {tag:?} within {limit:?}"
-                    );
-                    sleep(Duration::from_millis(5)).await;
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    panic!("the child exited before printing {tag:?}")
-                }
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("kill -{signal}: {e}"));
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    command
+        .env(KEY_VAR, key)
+        .env(TTL_VAR, ttl.as_millis().to_string());
+    ChildProcess::start(command)
 }
 
 /// A child process takes the lock and is killed with SIGKILL: the next holder gets it within
@@ -686,7 +618,7 @@ pub async fn killed_holder(target: &dyn Target) -> Report {
     let mut longest = Duration::ZERO;
     let mut last_token = 0;
     for round in 0..ROUNDS {
-        let mut child = ChildProcess::start(target, "hold", &key, ttl);
+        let mut child = child_process(target, "hold", &key, ttl, &[]);
         let token: u64 = child
             .expect("locked ", Duration::from_secs(30))
             .await
@@ -770,7 +702,7 @@ pub async fn paused_holder(target: &dyn Target) -> Report {
     let store = connect(target).await;
     let ttl = lock_ttl(&*store);
     let precision = store.capabilities().ttl_precision;
-    let child = ChildProcess::start(target, "hold", &key, ttl);
+    let child = child_process(target, "hold", &key, ttl, &[]);
     let token: u64 = child
         .expect("locked ", Duration::from_secs(30))
         .await
@@ -875,7 +807,7 @@ async fn skewed_child(
 ) -> ChildProcess {
     let mut env = skewed_env(skew_secs);
     env.extend(extra.iter().cloned());
-    let child = ChildProcess::start_with(target, mode, key, ttl, &env);
+    let child = child_process(target, mode, key, ttl, &env);
     let clock: i128 = child
         .expect("clock ", Duration::from_secs(30))
         .await

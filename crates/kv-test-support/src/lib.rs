@@ -5,6 +5,8 @@
 //! * [`env`]: a required `KV_TEST_*` variable, failing the test (never skipping it) with the
 //!   command that sets it;
 //! * [`free_port`] / [`free_ports`] and [`temp_dir`];
+//! * [`child::ChildProcess`]: a child process (usually the test binary re-run) whose output
+//!   lines a test waits for, killed when dropped;
 //! * [`server::PrivateServer`]: a private etcd, Consul, ZooKeeper, Redis or DynamoDB Local,
 //!   started from the same binaries `scripts/servers` installs, on free loopback ports, that a
 //!   test may kill with SIGKILL and start again with or without its data.
@@ -14,6 +16,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod child;
 pub mod server;
 
 /// A required environment variable: its value, or a panic that says how to set it. A test

@@ -20,27 +20,6 @@ fn no_ttl() -> WriteOptions {
     WriteOptions::default()
 }
 
-/// The `ConditionFailed` a transaction must fail with, or the case fails.
-#[track_caller]
-fn assert_condition_failed<T: std::fmt::Debug>(
-    result: kv_core::Result<T>,
-    what: &str,
-    index: usize,
-    key: &str,
-    reason: ConditionFailure,
-) {
-    match result {
-        Err(Error::ConditionFailed {
-            index: i,
-            key: k,
-            reason: r,
-        }) if i == index && k == key && r == reason => {}
-        other => panic!(
-            "{what}: expected ConditionFailed {{ index: {index}, key: {key}, reason: {reason:?} }}, got {other:?}"
-        ),
-    }
-}
-
 /// Every key below `dir` with its value, read from `store`.
 async fn snapshot(store: &dyn Store, dir: &str) -> BTreeMap<String, Bytes> {
     store
