@@ -123,8 +123,20 @@ impl Target for Ours {
     }
 
     async fn watch(&self, key: &str) -> R<Option<mpsc::UnboundedReceiver<()>>> {
-        // A second handle, as another process would have.
-        let watcher = kv::connect(&self.url).await.map_err(s)?;
+        // A second handle, as another process would have. A transient failure to connect is
+        // tried again twice: the case measures watch latency, not connection set-up (a
+        // Consul agent under the previous cases' load refused one now and then).
+        let mut attempt = 0;
+        let watcher = loop {
+            match kv::connect(&self.url).await {
+                Ok(store) => break store,
+                Err(e) if e.is_transient() && attempt < 2 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(s(e)),
+            }
+        };
         let mut stream = watcher
             .watch(key, ReadOptions::default())
             .await
