@@ -7,6 +7,8 @@
 //! * [`free_port`] / [`free_ports`] and [`temp_dir`];
 //! * [`child::ChildProcess`]: a child process (usually the test binary re-run) whose output
 //!   lines a test waits for, killed when dropped;
+//! * [`cluster::Cluster`]: a member of a multi-node cluster `scripts/servers` runs, killed,
+//!   paused or restarted by name, and its leader;
 //! * [`server::PrivateServer`]: a private etcd, Consul, ZooKeeper, Redis or DynamoDB Local,
 //!   started from the same binaries `scripts/servers` installs, on free loopback ports, that a
 //!   test may kill with SIGKILL and start again with or without its data.
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod child;
+pub mod cluster;
 pub mod server;
 
 /// A required environment variable: its value, or a panic that says how to set it. A test
