@@ -23,6 +23,19 @@ pub enum Topology {
         /// The monitored primary's name (`sentinel monitor <name> …`).
         service_name: String,
     },
+    /// Redis Cluster: the endpoints are seed nodes (any reachable one will do); the client
+    /// discovers every primary from them and follows slot moves and failovers.
+    Cluster,
+}
+
+/// Waiting for replicas after each write ([`Config::wait_for_replicas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitForReplicas {
+    /// How many replicas must confirm the write (`WAIT numreplicas …`).
+    pub replicas: u32,
+    /// How long to wait for them (`WAIT … timeout`); fewer confirmations by then is
+    /// [`Error::Timeout`](kv_core::Error::Timeout): the write may have taken effect.
+    pub timeout: Duration,
 }
 
 /// TLS settings. TLS is on when [`Config::tls`] is `Some` (a `rediss://` URL turns it on).
@@ -87,6 +100,10 @@ pub struct Config {
     /// How often a waiting `lock()` re-checks the key when no keyspace notification arrives
     /// (a safety net: notifications wake waiters at once).
     pub lock_poll_interval: Duration,
+    /// `Some`: every write, CAS, delete, transaction and lock acquisition or renewal counts
+    /// only once `WAIT` confirms that many replicas copied it (see the crate docs,
+    /// "Replication and failover"). `None` (the default): the primary's reply is enough.
+    pub wait_for_replicas: Option<WaitForReplicas>,
 }
 
 impl std::fmt::Debug for Config {
@@ -103,6 +120,7 @@ impl std::fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("max_value_len", &self.max_value_len)
             .field("lock_poll_interval", &self.lock_poll_interval)
+            .field("wait_for_replicas", &self.wait_for_replicas)
             .finish()
     }
 }
@@ -121,6 +139,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             max_value_len: REDIS_MAX_VALUE_LEN,
             lock_poll_interval: Duration::from_millis(500),
+            wait_for_replicas: None,
         }
     }
 }
@@ -138,21 +157,27 @@ impl Config {
     /// * `redis://[user[:password]@]host[:port][/db]` — one server (`rediss://` for TLS);
     /// * `redis+sentinel://[user[:password]@]host[:port][,host[:port]…]/service[/db]` —
     ///   Sentinel (`rediss+sentinel://` for TLS);
+    /// * `redis+cluster://[user[:password]@]host[:port][,host[:port]…][/]` — Redis Cluster,
+    ///   the hosts being seed nodes (`rediss+cluster://` for TLS; a cluster has database 0
+    ///   only);
     ///
     /// and the query parameters `namespace=<namespace>` (or `prefix=`), `connect_timeout_ms=<n>`,
     /// `request_timeout_ms=<n>`, `max_value_len=<bytes>`, `tls_ca_file=<path>`,
-    /// `tls_cert_file=<path>`, `tls_key_file=<path>`. User and password are
-    /// percent-decoded.
+    /// `tls_cert_file=<path>`, `tls_key_file=<path>`, `wait_replicas=<n>` with
+    /// `wait_timeout_ms=<n>` (default 1000: see [`ConfigBuilder::wait_for_replicas`]). User
+    /// and password are percent-decoded.
     pub fn from_url(url: &str) -> Result<Config> {
         let bad = |why: &str| Error::Config(format!("redis URL {url:?}: {why}"));
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("missing `scheme://`"))?;
-        let (tls, sentinel) = match scheme {
-            "redis" => (false, false),
-            "rediss" => (true, false),
-            "redis+sentinel" => (false, true),
-            "rediss+sentinel" => (true, true),
+        let (tls, sentinel, cluster) = match scheme {
+            "redis" => (false, false, false),
+            "rediss" => (true, false, false),
+            "redis+sentinel" => (false, true, false),
+            "rediss+sentinel" => (true, true, false),
+            "redis+cluster" => (false, false, true),
+            "rediss+cluster" => (true, false, true),
             other => return Err(bad(&format!("unknown scheme {other:?}"))),
         };
         let (rest, query) = match rest.split_once('?') {
@@ -208,6 +233,14 @@ impl Config {
                 .ok_or_else(|| bad("a sentinel URL needs the service name as its path"))?;
             builder = builder.sentinel(service);
         }
+        if cluster {
+            builder = builder.cluster();
+            if segments.next().is_some() {
+                return Err(bad(
+                    "a cluster URL has no database (Redis Cluster has only 0)",
+                ));
+            }
+        }
         if let Some(db) = segments.next() {
             let db = db
                 .parse::<u8>()
@@ -218,6 +251,7 @@ impl Config {
             return Err(bad("unexpected path segments"));
         }
         let mut tls_config = tls.then(TlsConfig::new);
+        let (mut wait_replicas, mut wait_timeout) = (None, Duration::from_secs(1));
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = decode_query_value(value).map_err(|e| bad(&e))?;
@@ -236,6 +270,13 @@ impl Config {
                         .map_err(|_| bad(&format!("max_value_len={value:?} is not a number")))?;
                     builder = builder.max_value_len(n);
                 }
+                "wait_replicas" => {
+                    let n = value
+                        .parse::<u32>()
+                        .map_err(|_| bad(&format!("wait_replicas={value:?} is not a number")))?;
+                    wait_replicas = Some(n);
+                }
+                "wait_timeout_ms" => wait_timeout = millis(&value)?,
                 "tls_ca_file" | "tls_cert_file" | "tls_key_file" => {
                     let t = tls_config.get_or_insert_with(TlsConfig::new);
                     match name {
@@ -249,6 +290,9 @@ impl Config {
         }
         if let Some(t) = tls_config {
             builder = builder.tls(t);
+        }
+        if let Some(n) = wait_replicas {
+            builder = builder.wait_for_replicas(n, wait_timeout);
         }
         builder.build()
     }
@@ -299,6 +343,23 @@ impl ConfigBuilder {
         self.config.topology = Topology::Sentinel {
             service_name: service_name.into(),
         };
+        self
+    }
+
+    /// Uses Redis Cluster: the endpoints are seed nodes.
+    pub fn cluster(mut self) -> Self {
+        self.config.topology = Topology::Cluster;
+        self
+    }
+
+    /// Every write, CAS, delete, transaction and lock acquisition or renewal waits until
+    /// `WAIT replicas timeout` confirms that `replicas` replicas copied it; fewer within
+    /// `timeout` is [`Error::Timeout`] (the write took effect on the primary and may or may
+    /// not survive its failure). `replicas == 0` turns waiting off. See the crate docs,
+    /// "Replication and failover".
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.config.wait_for_replicas =
+            (replicas > 0).then_some(WaitForReplicas { replicas, timeout });
         self
     }
 
@@ -382,6 +443,17 @@ impl ConfigBuilder {
         {
             return Err(Error::Config("empty sentinel service name".into()));
         }
+        if config.topology == Topology::Cluster && config.database != 0 {
+            return Err(Error::Config("Redis Cluster has database 0 only".into()));
+        }
+        if let Some(wait) = &config.wait_for_replicas
+            && wait.timeout.is_zero()
+        {
+            // WAIT 0 means "forever": never hang a write.
+            return Err(Error::Config(
+                "wait_for_replicas needs a positive timeout".into(),
+            ));
+        }
         if let Some(tls) = &config.tls
             && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
         {
@@ -445,7 +517,31 @@ mod tests {
             }
         );
         assert_eq!(c.database, 2);
+        let c = Config::from_url(
+            "rediss+cluster://n1:7000,n2/?prefix=app&wait_replicas=1&wait_timeout_ms=250",
+        )
+        .unwrap();
+        assert_eq!(c.endpoints, ["n1:7000", "n2:6379"]);
+        assert_eq!(c.topology, Topology::Cluster);
+        assert!(c.tls.is_some());
+        assert_eq!(
+            c.wait_for_replicas,
+            Some(WaitForReplicas {
+                replicas: 1,
+                timeout: Duration::from_millis(250)
+            })
+        );
+        assert_eq!(
+            Config::from_url("redis://h?wait_replicas=2")
+                .unwrap()
+                .wait_for_replicas
+                .map(|w| w.timeout),
+            Some(Duration::from_secs(1))
+        );
         for bad in [
+            "redis+cluster://h/1",
+            "redis://h?wait_replicas=x",
+            "redis://h?wait_replicas=1&wait_timeout_ms=0",
             "http://x",
             "redis://",
             "redis://h:notaport",

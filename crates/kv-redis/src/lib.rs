@@ -251,7 +251,9 @@ mod scripts;
 pub mod store;
 mod watch;
 
-pub use config::{Config, ConfigBuilder, REDIS_MAX_VALUE_LEN, TlsConfig, Topology};
+pub use config::{
+    Config, ConfigBuilder, REDIS_MAX_VALUE_LEN, TlsConfig, Topology, WaitForReplicas,
+};
 /// The contract this crate implements, re-exported so that depending on this crate alone is
 /// enough: `use <this crate>::kv_core::{Store, ReadOptions, WriteOptions};`.
 pub use kv_core;

@@ -56,7 +56,7 @@ impl Reconnects {
             commands: Some(inner.client.reconnect_rx()),
             subscriber: events
                 .as_ref()
-                .map(|(subscription, _)| subscription.subscriptions().client.reconnect_rx()),
+                .map(|(subscription, _)| subscription.subscriptions().reconnect_rx()),
         }
     }
 
@@ -137,7 +137,7 @@ impl RedisLock {
     async fn try_acquire(&self, token: &str) -> Result<Option<u64>> {
         let reply = self
             .inner
-            .eval(
+            .eval_write(
                 "lock",
                 &SCRIPTS.lock_acquire,
                 &self.full,
@@ -273,7 +273,7 @@ fn spawn_renewal(
                 let token = token.clone();
                 async move {
                     let reply = inner
-                        .eval(
+                        .eval_write(
                             "lock renew",
                             &SCRIPTS.lock_renew,
                             &full,

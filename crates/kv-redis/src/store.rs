@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, KeysInterface,
-    ReconnectPolicy, ServerConfig,
+    Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, EventInterface,
+    KeysInterface, ReconnectPolicy, ServerConfig, ServerInterface,
 };
 use fred::types::config::{Config as FredConfig, TlsConfig as FredTlsConfig};
 use fred::types::scan::ScanType;
@@ -76,6 +76,55 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// Connects subscriber clients with the handle's settings: to the configured deployment, or
+/// to one given cluster node.
+pub(crate) struct SubscriberFactory {
+    fred_config: FredConfig,
+    parts: BuilderParts,
+    cluster: bool,
+}
+
+impl SubscriberFactory {
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.parts.request_timeout
+    }
+
+    /// A connected subscriber client: to `node` alone when given (a cluster primary), else
+    /// to the configured deployment.
+    pub(crate) async fn connect(
+        &self,
+        node: Option<fred::types::config::Server>,
+    ) -> Result<(SubscriberClient, ConnectHandle)> {
+        let mut config = self.fred_config.clone();
+        if let Some(server) = node {
+            config.server = ServerConfig::Centralized { server };
+        }
+        let timeout = self.parts.connect_timeout;
+        let client: SubscriberClient = builder(&config, &self.parts)
+            .build_subscriber_client()
+            .map_err(|e| map_err(e, "subscribe", timeout))?;
+        match tokio::time::timeout(timeout, client.init()).await {
+            Ok(Ok(handle)) => Ok((client, handle)),
+            Ok(Err(e)) => {
+                let _ = client.quit().await;
+                Err(map_err(e, "subscribe", timeout))
+            }
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+                Err(Error::Timeout {
+                    backend: BACKEND,
+                    operation: "subscribe",
+                    after: timeout,
+                })
+            }
+        }
+    }
+}
+
 /// The pair a read found, with its expiry deadline (for watches' timers).
 #[derive(Debug, Clone)]
 pub(crate) struct Found {
@@ -123,6 +172,7 @@ impl RedisStore {
         // key by key), so one of its snapshots can hold some of a transaction's writes and
         // not the others: see the crate docs, "Transactions".
         let mut caps = Capabilities::full(BACKEND).with_transactions(MAX_TRANSACTION_OPS, false);
+        caps.transaction_keys_share_a_shard = config.topology == Topology::Cluster;
         caps.max_value_len = config.max_value_len;
         caps.min_ttl = MIN_TTL;
         caps.ttl_precision = TTL_PRECISION;
@@ -252,6 +302,7 @@ fn fred_config(config: &Config) -> Result<FredConfig> {
         Topology::Sentinel { service_name } => {
             ServerConfig::new_sentinel(hosts, service_name.clone())
         }
+        Topology::Cluster => ServerConfig::new_clustered(hosts),
     };
     let tls = match &config.tls {
         None => None,
@@ -441,6 +492,74 @@ impl Inner {
         .await
     }
 
+    /// [`eval`](Self::eval) for a script that writes: with [`Config::wait_for_replicas`] the
+    /// reply counts only once `WAIT` confirms the replicas.
+    pub(crate) async fn eval_write(
+        &self,
+        operation: &'static str,
+        script: &fred::types::scripts::Script,
+        full: &str,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        let keys = vec![full.to_owned(), self.meta_key(full)];
+        self.eval_keys_write(operation, script, keys, args).await
+    }
+
+    /// [`eval_keys`](Self::eval_keys) for a script that writes (see
+    /// [`eval_write`](Self::eval_write)).
+    pub(crate) async fn eval_keys_write(
+        &self,
+        operation: &'static str,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        let Some(wait) = self.config.wait_for_replicas else {
+            return self.eval_keys(operation, script, keys, args).await;
+        };
+        // WAIT counts the replicas that acknowledged the last write of *its* connection. If
+        // fred reconnected between the script and the WAIT, the new connection has written
+        // nothing and WAIT would confirm vacuously: any reconnection in between voids it.
+        let mut reconnects = self.client.reconnect_rx();
+        let slot = fred::util::redis_keyslot(keys[0].as_bytes());
+        let reply = self.eval_keys(operation, script, keys, args).await?;
+        let options = fred::types::config::Options {
+            // On a cluster: the primary that ran the script (the keys' slot).
+            cluster_hash: Some(fred::types::ClusterHash::Custom(slot)),
+            ..Default::default()
+        };
+        let timeout_ms = wait.timeout.as_millis().max(1) as i64;
+        let confirmed: i64 = self
+            .call(
+                operation,
+                self.client
+                    .with_options(&options)
+                    .wait(i64::from(wait.replicas), timeout_ms),
+            )
+            .await?;
+        let reconnected = !matches!(
+            reconnects.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        );
+        if confirmed < i64::from(wait.replicas) || reconnected {
+            tracing::debug!(
+                operation,
+                confirmed,
+                wanted = wait.replicas,
+                reconnected,
+                "WAIT did not confirm the write"
+            );
+            // Applied on the primary, maybe not on enough replicas: it may or may not survive
+            // a failover, which is exactly Timeout's "may have taken effect".
+            return Err(Error::Timeout {
+                backend: BACKEND,
+                operation,
+                after: wait.timeout,
+            });
+        }
+        Ok(reply)
+    }
+
     /// Reads one key (value, index, TTL) atomically; a key of another type is absent. A value
     /// replaced by another program is adopted with a fresh index (see the `GET` script).
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Found>> {
@@ -472,9 +591,17 @@ impl Inner {
     pub(crate) async fn scan_keys(&self, dir: &str) -> Result<Vec<String>> {
         let prefix = format!("{}{}", self.config.namespace, key::child_prefix(dir));
         let pattern = format!("{}*", glob_escape(&prefix));
-        let mut keys = self
-            .client
-            .scan_buffered(pattern, Some(SCAN_COUNT), Some(ScanType::String))
+        // On a cluster every primary holds a part of the keyspace: SCAN each of them.
+        let scan = if self.config.topology == Topology::Cluster {
+            self.client
+                .scan_cluster_buffered(pattern, Some(SCAN_COUNT), Some(ScanType::String))
+                .boxed()
+        } else {
+            self.client
+                .scan_buffered(pattern, Some(SCAN_COUNT), Some(ScanType::String))
+                .boxed()
+        };
+        let mut keys = scan
             .map_err(|e| map_err(e, "scan", self.config.request_timeout))
             .try_filter_map(|k| {
                 let found = k
@@ -568,7 +695,7 @@ impl Inner {
             }
         }
         let reply = self
-            .eval_keys("transaction", &SCRIPTS.transaction, keys, args)
+            .eval_keys_write("transaction", &SCRIPTS.transaction, keys, args)
             .await?;
         let items = match reply {
             Value::Array(items) => items,
@@ -603,40 +730,29 @@ impl Inner {
 
     pub(crate) async fn delete_key(&self, key: &str) -> Result<bool> {
         let full = self.full_key(key);
-        let reply = self.eval("delete", &SCRIPTS.delete, &full, vec![]).await?;
+        let reply = self
+            .eval_write("delete", &SCRIPTS.delete, &full, vec![])
+            .await?;
         Ok(reply.as_i64() == Some(1))
     }
 
-    /// The shared subscriber connection for keyspace notifications (created on first use).
+    /// The shared subscriber connection(s) for keyspace notifications (created on first
+    /// use).
     pub(crate) async fn subscriptions(&self) -> Result<Arc<Subscriptions>> {
         self.subscriptions
             .get_or_try_init(|| async {
-                let client: SubscriberClient = builder(&self.fred_config, &self.builder_parts)
-                    .build_subscriber_client()
-                    .map_err(|e| map_err(e, "subscribe", self.config.connect_timeout))?;
-                let handle = match tokio::time::timeout(self.config.connect_timeout, client.init())
-                    .await
-                {
-                    Ok(Ok(handle)) => handle,
-                    Ok(Err(e)) => {
-                        let _ = client.quit().await;
-                        return Err(map_err(e, "subscribe", self.config.connect_timeout));
-                    }
-                    Err(_) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-                        return Err(Error::Timeout {
-                            backend: BACKEND,
-                            operation: "subscribe",
-                            after: self.config.connect_timeout,
-                        });
-                    }
+                let factory = SubscriberFactory {
+                    fred_config: self.fred_config.clone(),
+                    parts: self.builder_parts.clone(),
+                    cluster: self.config.topology == Topology::Cluster,
                 };
-                Ok(Arc::new(Subscriptions::new(
-                    client,
-                    handle,
+                Subscriptions::connect(
+                    factory,
+                    self.client.clone(),
                     self.config.database,
                     self.config.request_timeout,
-                )))
+                )
+                .await
             })
             .await
             .cloned()
@@ -885,7 +1001,7 @@ impl Store for RedisStore {
         let ttl = inner.caps.check_ttl(options.ttl)?;
         let full = inner.full_key(&key);
         let reply = inner
-            .eval(
+            .eval_write(
                 "put",
                 &SCRIPTS.put,
                 &full,
@@ -978,7 +1094,7 @@ impl Store for RedisStore {
             None => (Value::from(""), Value::from("")),
         };
         let reply = inner
-            .eval(
+            .eval_write(
                 "atomic_put",
                 &SCRIPTS.atomic_put,
                 &full,
@@ -1009,7 +1125,7 @@ impl Store for RedisStore {
         let full = inner.full_key(&key);
         let (expected, previous_value) = cas_args(previous);
         let reply = inner
-            .eval(
+            .eval_write(
                 "atomic_delete",
                 &SCRIPTS.atomic_delete,
                 &full,
@@ -1035,6 +1151,10 @@ impl Store for RedisStore {
         let txn = inner.caps.check_transaction(txn)?;
         if txn.conditions().is_empty() && txn.operations().is_empty() {
             return Ok(Vec::new());
+        }
+        if inner.caps.transaction_keys_share_a_shard {
+            // Refused before anything is sent: the cluster would answer CROSSSLOT.
+            self.transaction_slot(&txn)?;
         }
         inner.transaction(&txn).await
     }

@@ -16,15 +16,17 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
-use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
+use fred::types::config::Server;
 use fred::types::{ConnectHandle, KeyspaceEvent};
 use futures::{StreamExt, TryStreamExt};
 use kv_core::{Error, KvPair, Result, WatchStream, WatchTreeStream, key, spawn_watch};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::Receiver as BroadcastReceiver;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
-use crate::store::{BATCH, Found, Inner, glob_escape, map_err};
+use crate::store::{BATCH, Found, Inner, SubscriberFactory, glob_escape, map_err};
 
 /// A keyspace channel or pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,36 +37,154 @@ pub(crate) enum Channel {
     Pattern(String),
 }
 
-/// The handle's subscriber connection and its reference-counted subscriptions.
+/// How often a cluster handle's subscriptions re-read the cluster's layout (`CLUSTER SLOTS`)
+/// when fred reports no change: a killed primary's replica is promoted without any command
+/// of ours failing, and its keyspace events would go unheard until we subscribe there.
+const TOPOLOGY_POLL: Duration = Duration::from_millis(500);
+
+/// Capacity of the merged event channels (fred's own is 4096 too).
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// One subscriber connection: to the server (or Sentinel's primary), or to one primary of a
+/// cluster (keyspace notifications are published on the node that holds the key only).
+struct Node {
+    server: Option<Server>,
+    client: SubscriberClient,
+    connection: StdMutex<Option<ConnectHandle>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts forwarding the node's keyspace events and reconnections into the merged
+    /// channels; a lagging fred receiver (missed events) is forwarded as a reconnection so
+    /// that every watch re-reads.
+    fn new(
+        server: Option<Server>,
+        client: SubscriberClient,
+        connection: ConnectHandle,
+        events: &broadcast::Sender<KeyspaceEvent>,
+        reconnects: &broadcast::Sender<Server>,
+    ) -> Node {
+        // fred re-subscribes the tracked channels after a reconnection; the watch loops
+        // re-subscribe too (idempotent) before resynchronising, so nothing depends on order.
+        let manager = client.manage_subscriptions();
+        let (mut node_events, mut node_reconnects) =
+            (client.keyspace_event_rx(), client.reconnect_rx());
+        let (events, reconnects) = (events.clone(), reconnects.clone());
+        let resync = server.clone().unwrap_or_else(|| Server::new("resync", 0));
+        let forwarder = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = node_events.recv() => match event {
+                        Ok(event) => { let _ = events.send(event); }
+                        Err(RecvError::Lagged(_)) => { let _ = reconnects.send(resync.clone()); }
+                        Err(RecvError::Closed) => return,
+                    },
+                    reconnect = node_reconnects.recv() => match reconnect {
+                        Ok(server) => { let _ = reconnects.send(server); }
+                        Err(RecvError::Lagged(_)) => { let _ = reconnects.send(resync.clone()); }
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        Node {
+            server,
+            client,
+            connection: StdMutex::new(Some(connection)),
+            tasks: vec![manager, forwarder],
+        }
+    }
+
+    async fn shutdown(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.quit()).await;
+        let handle = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), handle)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// The handle's subscriber connections (one, or one per cluster primary) and its
+/// reference-counted subscriptions, every one of which is held on every node.
 pub(crate) struct Subscriptions {
-    pub(crate) client: SubscriberClient,
     pub(crate) db: u8,
     timeout: Duration,
     counts: tokio::sync::Mutex<HashMap<Channel, usize>>,
-    connection: StdMutex<Option<ConnectHandle>>,
-    manager: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+    nodes: StdMutex<Vec<Arc<Node>>>,
+    events: broadcast::Sender<KeyspaceEvent>,
+    reconnects: broadcast::Sender<Server>,
+    follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
 impl Subscriptions {
-    pub(crate) fn new(
-        client: SubscriberClient,
-        connection: ConnectHandle,
+    /// Connects the subscriber connection(s): one to the configured server, or on a cluster
+    /// one per primary the command client knows, plus a task that follows the cluster's
+    /// layout.
+    pub(crate) async fn connect(
+        factory: SubscriberFactory,
+        commands: fred::clients::Client,
         db: u8,
         timeout: Duration,
-    ) -> Self {
-        // fred re-subscribes the tracked channels after a reconnection; the watch loops
-        // re-subscribe too (idempotent) before resynchronising, so nothing depends on order.
-        let manager = client.manage_subscriptions();
-        Subscriptions {
-            client,
+    ) -> Result<Arc<Self>> {
+        let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let (reconnects, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let subs = Arc::new(Subscriptions {
             db,
             timeout,
             counts: tokio::sync::Mutex::new(HashMap::new()),
-            connection: StdMutex::new(Some(connection)),
-            manager: StdMutex::new(Some(manager)),
+            nodes: StdMutex::new(Vec::new()),
+            events,
+            reconnects,
+            follower: StdMutex::new(None),
             closed: AtomicBool::new(false),
+        });
+        if !factory.is_cluster() {
+            let (client, connection) = factory.connect(None).await?;
+            let node = Node::new(None, client, connection, &subs.events, &subs.reconnects);
+            subs.nodes_mut().push(Arc::new(node));
+            return Ok(subs);
         }
+        let primaries = cluster_primaries(&commands);
+        if primaries.is_empty() {
+            return Err(Error::unavailable(
+                crate::store::BACKEND,
+                "the cluster's layout is not known yet",
+            ));
+        }
+        for server in primaries {
+            let (client, connection) = factory.connect(Some(server.clone())).await?;
+            let node = Node::new(
+                Some(server),
+                client,
+                connection,
+                &subs.events,
+                &subs.reconnects,
+            );
+            subs.nodes_mut().push(Arc::new(node));
+        }
+        let weak = Arc::downgrade(&subs);
+        let follower = tokio::spawn(follow_cluster(weak, factory, commands));
+        *subs.follower.lock().unwrap_or_else(|e| e.into_inner()) = Some(follower);
+        Ok(subs)
+    }
+
+    fn nodes_mut(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Node>>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The keyspace channel of a full Redis key.
@@ -77,23 +197,16 @@ impl Subscriptions {
         Channel::Pattern(format!("__keyspace@{}__:{}*", self.db, glob_escape(prefix)))
     }
 
+    /// (Un)subscribes `channel` on every node at once; the first failure is the answer.
     async fn send(&self, channel: &Channel, subscribe: bool) -> Result<()> {
-        let request = async {
-            match (channel, subscribe) {
-                (Channel::Key(c), true) => self.client.subscribe(c.as_str()).await,
-                (Channel::Key(c), false) => self.client.unsubscribe(c.as_str()).await,
-                (Channel::Pattern(p), true) => self.client.psubscribe(p.as_str()).await,
-                (Channel::Pattern(p), false) => self.client.punsubscribe(p.as_str()).await,
-            }
-        };
-        match tokio::time::timeout(self.timeout, request).await {
-            Ok(result) => result.map_err(|e| map_err(e, "subscribe", self.timeout)),
-            Err(_) => Err(Error::Timeout {
-                backend: crate::store::BACKEND,
-                operation: "subscribe",
-                after: self.timeout,
-            }),
-        }
+        let nodes: Vec<Arc<Node>> = self.nodes_mut().clone();
+        let results = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|node| send_to(&node.client, channel, subscribe, self.timeout)),
+        )
+        .await;
+        results.into_iter().collect()
     }
 
     /// Subscribes (if nobody else is) and returns the guard that unsubscribes on drop.
@@ -134,43 +247,164 @@ impl Subscriptions {
         }
     }
 
-    /// New receivers of keyspace events and of reconnections.
+    /// New receivers of keyspace events (from every node) and of reconnections (of any
+    /// node, and of a change of the cluster's primaries: events may have been missed).
     pub(crate) fn receivers(
         &self,
-    ) -> (
-        BroadcastReceiver<KeyspaceEvent>,
-        BroadcastReceiver<fred::types::config::Server>,
-    ) {
-        (self.client.keyspace_event_rx(), self.client.reconnect_rx())
+    ) -> (BroadcastReceiver<KeyspaceEvent>, BroadcastReceiver<Server>) {
+        (self.events.subscribe(), self.reconnects.subscribe())
     }
 
-    /// Disconnects the subscriber (store closed or dropped).
+    /// A new receiver of reconnections (see [`receivers`](Self::receivers)).
+    pub(crate) fn reconnect_rx(&self) -> BroadcastReceiver<Server> {
+        self.reconnects.subscribe()
+    }
+
+    /// Makes the node set match the cluster's primaries: connects and subscribes every
+    /// channel on a new primary, drops nodes that are no longer primaries, and then tells
+    /// every watch and lock to re-read (events may have been missed across the change).
+    async fn follow(&self, primaries: Vec<Server>, factory: &SubscriberFactory) {
+        let counts = self.counts.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let current: Vec<Arc<Node>> = self.nodes_mut().clone();
+        let known = |s: &Server| current.iter().any(|n| n.server.as_ref() == Some(s));
+        let added: Vec<Server> = primaries.iter().filter(|s| !known(s)).cloned().collect();
+        let removed: Vec<Arc<Node>> = current
+            .iter()
+            .filter(|n| n.server.as_ref().is_some_and(|s| !primaries.contains(s)))
+            .cloned()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        tracing::debug!(?added, removed = removed.len(), "cluster primaries changed");
+        let mut nodes = Vec::new();
+        for server in added {
+            let connected = async {
+                let (client, connection) = factory.connect(Some(server.clone())).await?;
+                let node = Node::new(
+                    Some(server.clone()),
+                    client,
+                    connection,
+                    &self.events,
+                    &self.reconnects,
+                );
+                for channel in counts.keys() {
+                    if let Err(error) = send_to(&node.client, channel, true, self.timeout).await {
+                        node.shutdown().await;
+                        return Err(error);
+                    }
+                }
+                Ok::<_, Error>(node)
+            };
+            match connected.await {
+                Ok(node) => nodes.push(Arc::new(node)),
+                // Not added: the next round tries again.
+                Err(error) => {
+                    tracing::debug!(%error, %server, "subscribing on a new primary failed")
+                }
+            }
+        }
+        {
+            let mut all = self.nodes_mut();
+            all.retain(|n| !removed.iter().any(|r| Arc::ptr_eq(n, r)));
+            all.extend(nodes);
+        }
+        drop(counts);
+        for node in removed {
+            // A dead node's QUIT may hang until its timeout: not on this path.
+            tokio::spawn(async move { node.shutdown().await });
+        }
+        let _ = self.reconnects.send(Server::new("cluster-change", 0));
+    }
+
+    /// Disconnects the subscribers (store closed or dropped).
     pub(crate) async fn shutdown(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Some(manager) = self
-            .manager
+        if let Some(follower) = self
+            .follower
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            manager.abort();
+            follower.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.quit()).await;
-        let handle = self
-            .connection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            let abort = handle.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), handle)
-                .await
-                .is_err()
-            {
-                abort.abort();
+        let nodes: Vec<Arc<Node>> = std::mem::take(&mut *self.nodes_mut());
+        futures::future::join_all(nodes.iter().map(|n| n.shutdown())).await;
+    }
+}
+
+async fn send_to(
+    client: &SubscriberClient,
+    channel: &Channel,
+    subscribe: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let request = async {
+        match (channel, subscribe) {
+            (Channel::Key(c), true) => client.subscribe(c.as_str()).await,
+            (Channel::Key(c), false) => client.unsubscribe(c.as_str()).await,
+            (Channel::Pattern(p), true) => client.psubscribe(p.as_str()).await,
+            (Channel::Pattern(p), false) => client.punsubscribe(p.as_str()).await,
+        }
+    };
+    match tokio::time::timeout(timeout, request).await {
+        Ok(result) => result.map_err(|e| map_err(e, "subscribe", timeout)),
+        Err(_) => Err(Error::Timeout {
+            backend: crate::store::BACKEND,
+            operation: "subscribe",
+            after: timeout,
+        }),
+    }
+}
+
+/// The primaries the command client's cached cluster layout names.
+fn cluster_primaries(commands: &fred::clients::Client) -> Vec<Server> {
+    commands
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default()
+}
+
+/// The cluster follower: on fred's change events, and every [`TOPOLOGY_POLL`] after asking
+/// for the layout, makes the subscriptions match the primaries. Ends with the subscriptions.
+async fn follow_cluster(
+    subs: std::sync::Weak<Subscriptions>,
+    factory: SubscriberFactory,
+    commands: fred::clients::Client,
+) {
+    let mut changes = commands.cluster_change_rx();
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                if matches!(change, Err(RecvError::Closed)) {
+                    return;
+                }
             }
+            _ = tokio::time::sleep(TOPOLOGY_POLL) => {
+                let timeout = factory.request_timeout();
+                if let Err(error) = tokio::time::timeout(timeout, commands.sync_cluster())
+                    .await
+                    .unwrap_or_else(|_| Err(fred::prelude::Error::new(
+                        fred::prelude::ErrorKind::Timeout,
+                        "sync",
+                    )))
+                {
+                    tracing::debug!(%error, "re-reading the cluster layout failed");
+                }
+            }
+        }
+        let Some(subs) = subs.upgrade() else { return };
+        if subs.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let primaries = cluster_primaries(&commands);
+        if !primaries.is_empty() {
+            subs.follow(primaries, &factory).await;
         }
     }
 }
