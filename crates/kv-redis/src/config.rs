@@ -164,7 +164,7 @@ impl Config {
     /// and the query parameters `namespace=<namespace>` (or `prefix=`), `connect_timeout_ms=<n>`,
     /// `request_timeout_ms=<n>`, `max_value_len=<bytes>`, `tls_ca_file=<path>`,
     /// `tls_cert_file=<path>`, `tls_key_file=<path>`, `wait_replicas=<n>` with
-    /// `wait_timeout_ms=<n>` (default 1000: see [`ConfigBuilder::wait_for_replicas`]). User
+    /// `wait_timeout_ms=<n>` (default 1000; see `ConfigBuilder::wait_for_replicas`). User
     /// and password are percent-decoded.
     pub fn from_url(url: &str) -> Result<Config> {
         let bad = |why: &str| Error::Config(format!("redis URL {url:?}: {why}"));

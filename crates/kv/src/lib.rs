@@ -32,7 +32,7 @@
 //! | `etcd://`, `etcds://` | `kv-etcd` | `etcd` |
 //! | `consul://`, `consul+https://` | `kv-consul` | `consul` |
 //! | `zookeeper://`, `zk://`, `zookeeper+tls://`, `zks://` | `kv-zookeeper` | `zookeeper` |
-//! | `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://` | `kv-redis` | `redis` |
+//! | `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`, `rediss+cluster://` | `kv-redis` | `redis` |
 //! | `dynamodb://` | `kv-dynamodb` | `dynamodb` |
 //! | `nats://`, `tls://` | `kv-nats` | `nats` |
 //! | `bolt:`, `sled:` | `kv-bolt` | `bolt` |
@@ -137,6 +137,8 @@ const SCHEMES: &[Scheme] = &[
     scheme!("rediss", "redis"),
     scheme!("redis+sentinel", "redis"),
     scheme!("rediss+sentinel", "redis"),
+    scheme!("redis+cluster", "redis"),
+    scheme!("rediss+cluster", "redis"),
     scheme!("dynamodb", "dynamodb"),
     scheme!("nats", "nats"),
     scheme!("tls", "nats"),
