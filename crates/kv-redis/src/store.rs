@@ -400,6 +400,14 @@ pub(crate) fn map_err(error: FredError, operation: &'static str, after: Duration
         ErrorKind::Unknown if details.starts_with("Failed to route command") => {
             Error::unavailable(BACKEND, error)
         }
+        // A cluster between layouts (a failover under way): transient.
+        ErrorKind::Cluster => Error::unavailable(BACKEND, error),
+        _ if upper.starts_with("CLUSTERDOWN")
+            || upper.starts_with("TRYAGAIN")
+            || upper.contains("MISSING CLUSTER STATE") =>
+        {
+            Error::unavailable(BACKEND, error)
+        }
         ErrorKind::Config | ErrorKind::Url => Error::Config(error.to_string()),
         _ => Error::backend(BACKEND, error),
     }
