@@ -12,6 +12,8 @@
 //! | [`scenarios::paused_holder`] | a real child process holding the lock is stopped (SIGSTOP) for longer than its TTL, then continued | another client takes the lock meanwhile with a higher token; the resumed holder's lease reports the loss promptly |
 //! | [`restart::server_restart`] | a private server killed with SIGKILL under live clients (acknowledged writes, a held lock, a guarded write, an open watch), then started again with its data or from empty | calls during the outage fail transiently within the request timeout; clients recover alone; no acknowledged write lost when the data survives; the lock never has two holders, tokens rise when the data survives, the old holder's guarded write is refused; the watch reaches the new state or ends with an `Err`, never silent |
 //!
+//! | [`failover::failover`] | one member of a real cluster (`scripts/servers up --cluster`) killed or paused — its leader, or the member the clients use — under CAS increments, a held lock with a contender, watches on a key and a subtree, a TTL key | failing calls fail transiently within the request timeout and the same handles recover (figure: recovery time); the counter equals the acknowledged increments (Redis without `WAIT`: the loss measured); never two holders, tokens rising; the watches reach the final value or end with an `Err`; the TTL key expires on time |
+//!
 //! The embedded store has no server to kill: its process crashes are the killed-holder
 //! scenario and `kv-bolt`'s own crash test (a writer SIGKILLed right after acknowledged writes).
 //!
@@ -26,9 +28,11 @@
 //! [`kv-conformance`]: https://docs.rs/kv-conformance
 
 pub mod child;
+pub mod failover;
 pub mod history;
 pub mod linearizability;
 pub mod locks;
+mod observe;
 pub mod report;
 pub mod restart;
 pub mod scenarios;
@@ -66,4 +70,13 @@ pub fn scenario_length() -> std::time::Duration {
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(4);
     std::time::Duration::from_secs(secs.max(1))
+}
+
+/// The runtime each scenario test runs on: two workers, like the machine the suite targets.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }

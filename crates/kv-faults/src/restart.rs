@@ -2,10 +2,9 @@
 //! a lock held, a guarded write, a watch open), calls during the outage, then the server
 //! started again with its data or from empty.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kv_core::{
     Error, KvPair, LockOptions, LockState, ReadOptions, Store, Transaction, WriteOptions,
 };
@@ -13,6 +12,7 @@ use kv_test_support::server::PrivateServer;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::Target;
+use crate::observe::{Seen, WatchEnd, WatchLog, recover as recover_within};
 use crate::report::Report;
 
 /// How long the server stays dead.
@@ -31,59 +31,6 @@ struct Unknown {
     put: bool,
     cas: bool,
     txn: bool,
-}
-
-/// One item a watch delivered, and when.
-#[derive(Debug, Clone)]
-enum Seen {
-    State(Option<KvPair>),
-    Failed(String),
-}
-
-/// What a background watch saw, shared with the scenario.
-#[derive(Clone, Default)]
-struct WatchLog(Arc<Mutex<Vec<(Instant, Seen)>>>);
-
-impl WatchLog {
-    fn items(&self) -> Vec<(Instant, Seen)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn ended_with_error(&self) -> Option<String> {
-        self.items().into_iter().find_map(|(_, seen)| match seen {
-            Seen::Failed(e) => Some(e),
-            Seen::State(_) => None,
-        })
-    }
-
-    /// Waits until the watch reported a state `accept` likes, or ended with an error.
-    async fn wait_for(
-        &self,
-        limit: Duration,
-        accept: impl Fn(&Option<KvPair>) -> bool,
-    ) -> WatchEnd {
-        let deadline = Instant::now() + limit;
-        loop {
-            for (_, seen) in self.items() {
-                match seen {
-                    Seen::State(state) if accept(&state) => return WatchEnd::Reached,
-                    Seen::Failed(error) => return WatchEnd::Failed(error),
-                    Seen::State(_) => {}
-                }
-            }
-            if Instant::now() >= deadline {
-                return WatchEnd::Silent;
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum WatchEnd {
-    Reached,
-    Failed(String),
-    Silent,
 }
 
 fn value(pair: &Option<KvPair>) -> Option<&[u8]> {
@@ -201,28 +148,11 @@ pub async fn server_restart(
             .await
             .unwrap_or_else(|e| panic!("{name}: guarded write before the kill: {e}"));
     }
-    let watch_log = WatchLog::default();
-    let mut stream = watcher
+    let stream = watcher
         .watch(&key(0), ReadOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{name}: watch: {e}"));
-    let log = watch_log.clone();
-    let watch_task = tokio::spawn(async move {
-        while let Some(item) = stream.next().await {
-            let seen = match item {
-                Ok(state) => Seen::State(state),
-                Err(e) => Seen::Failed(e.to_string()),
-            };
-            let failed = matches!(seen, Seen::Failed(_));
-            log.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((Instant::now(), seen));
-            if failed {
-                return;
-            }
-        }
-    });
+    let (watch_log, watch_task) = WatchLog::follow(stream);
     assert_eq!(
         watch_log
             .wait_for(EVENT_TIMEOUT, |s| value(s) == Some(b"before-0"))
@@ -533,16 +463,7 @@ async fn connect_when_up(target: &dyn Target) -> Arc<dyn Store> {
 
 /// Retries a cheap read until it succeeds (transient errors only) or fails for good.
 async fn recover(store: &Arc<dyn Store>) -> kv_core::Result<()> {
-    let started = Instant::now();
-    loop {
-        match store.get("restart/probe", ReadOptions::default()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_transient() && started.elapsed() < RECOVERY_LIMIT => {
-                sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    recover_within(store, RECOVERY_LIMIT).await
 }
 
 /// [`recover`], or the scenario fails.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::{Result, Store};
-use kv_faults::Target;
+use kv_faults::{Target, runtime};
 use rand::Rng;
 
 const BACKEND_VAR: &str = "KV_FAULTS_BACKEND";
@@ -170,14 +170,6 @@ impl Target for Backend {
     fn single_process(&self) -> bool {
         self.name == "bolt"
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 /// The child process's entry: does nothing when run as a plain test.
