@@ -12,7 +12,7 @@
 //! | `zookeeper-cluster` | `1` `2` `3` | the ensemble's leader |
 //! | `consul-cluster` | `1` `2` `3` (servers), `agent` (the client agent stores talk to) | the Raft leader |
 //! | `redis-sentinel` | `1` `2` `3` (Redis), `sentinel-1` … `sentinel-3` | the current primary |
-//! | `redis-cluster` | `1` … `6` | with a slot argument, the primary serving it; else the first primary |
+//! | `redis-cluster` | `1` … `6` | with a slot argument, the primary serving it; else the primary of slot 0 |
 //! | `nats-cluster` | `1` `2` `3` | the JetStream meta leader; with a stream name, that stream's leader |
 
 use std::path::PathBuf;
