@@ -34,7 +34,7 @@ pub struct WaitForReplicas {
     /// How many replicas must confirm the write (`WAIT numreplicas …`).
     pub replicas: u32,
     /// How long to wait for them (`WAIT … timeout`); fewer confirmations by then is
-    /// [`Error::Timeout`](kv_core::Error::Timeout): the write may have taken effect.
+    /// [`kv_core::Error::Timeout`]: the write may have taken effect.
     pub timeout: Duration,
 }
 

@@ -4,12 +4,15 @@
 //! through the [`fred`](https://docs.rs/fred) 10 client: plain values at plain keys,
 //! compare-and-swap through a version kept beside the value and updated by Lua, watches
 //! through keyspace notifications, locks with a random owner token and a rising fencing
-//! token. One server or a Sentinel-managed primary; password/ACL user and TLS (private CA,
-//! client certificates) are supported (see [`Config`]).
+//! token. One server, a Sentinel-managed primary or a Redis Cluster
+//! ([`Topology`]); password/ACL user and TLS (private CA, client certificates) are supported
+//! (see [`Config`]), and optionally every write waits for replicas
+//! ([`Config::wait_for_replicas`], see [Replication and failover](#replication-and-failover)).
 //!
 //! A [`RedisStore`] holds two connections: one for commands and, from the first watch or
-//! lock wait on, one subscriber connection for keyspace notifications. Clones of a
-//! `RedisStore` share them (and `close` closes them for every clone).
+//! lock wait on, one subscriber connection for keyspace notifications (on a cluster: a
+//! command connection per node, as fred keeps them, and one subscriber connection per
+//! primary). Clones of a `RedisStore` share them (and `close` closes them for every clone).
 //!
 //! ```no_run
 //! use kv_core::{ReadOptions, Store, WriteOptions};
@@ -129,7 +132,8 @@
 //!   event triggers a re-read (notifications carry no value); the current state is read after
 //!   subscribing, so nothing is missed. After a reconnection the loop re-subscribes and
 //!   re-reads everything (notifications are lost while disconnected). A key with a TTL arms a
-//!   timer for its deadline. The server must publish `K` with `g`, `$` and `x` (or `A`):
+//!   timer for its deadline. On a Redis Cluster notifications are published only by the node
+//!   holding the key: see [Redis Cluster](#redis-cluster). The server must publish `K` with `g`, `$` and `x` (or `A`):
 //!   `watch` checks `CONFIG GET notify-keyspace-events` and fails with [`kv_core::Error::Config`]
 //!   naming the setting if they are missing; this crate never calls `CONFIG SET` (managed Redis
 //!   forbids it), and a server that refuses `CONFIG GET` is trusted.
@@ -201,13 +205,14 @@
 //!   each, the loop re-reads the keys it has been told about so far, and a resynchronising
 //!   `list` reads key by key, so a snapshot can hold one key's new value beside another's old
 //!   one. The next snapshot always has both.
-//! * **Redis Cluster** (not offered yet, see below) runs a script on one hash slot only. Keys
-//!   are co-located with hash tags: a namespace prefix with a tag (`app{1}/`) puts the whole
-//!   namespace in one slot; without one, keys sharing their first `{…}` section
-//!   (`orders/{42}/total`, `orders/{42}/lines`) share a slot (metadata keys always follow
-//!   their value key's slot). A transaction whose keys span slots will be refused with
-//!   [`kv_core::Error::InvalidOption`] before anything is sent;
-//!   [`RedisStore::transaction_slot`] computes the slot, or that error, today.
+//! * **Redis Cluster** runs a script on one hash slot only
+//!   (`Capabilities::transaction_keys_share_a_shard` is `true` there). Keys are co-located
+//!   with hash tags: a namespace prefix with a tag (`app{1}/`) puts the whole namespace in one
+//!   slot; without one, keys sharing their first `{…}` section (`orders/{42}/total`,
+//!   `orders/{42}/lines`) share a slot (metadata keys always follow their value key's slot).
+//!   A transaction whose keys span slots is refused with [`kv_core::Error::InvalidOption`]
+//!   before anything is sent; [`RedisStore::transaction_slot`] computes the slot, or that
+//!   error, without sending anything.
 //! * `delete_tree` is not an operation (see [`kv_core::txn`]).
 //!
 //! ## Capabilities and limits
@@ -233,17 +238,88 @@
 //!
 //! * `delete_tree` is not atomic (see above); `list` is not a point-in-time snapshot.
 //! * Watches need keyspace notifications enabled on the server.
-//! * Redis Cluster: the layout and scripts are slot-safe (hash tags), but this crate connects
-//!   to one server or a Sentinel-managed primary only; Cluster would also need a `SCAN` and a
-//!   notification subscription on every primary (notifications are node-local). Not offered
-//!   yet. Transactions there will need all their keys in one slot (see
-//!   [Transactions](#transactions)).
+//! * Redis Cluster: a transaction's keys must share one hash slot (see
+//!   [Transactions](#transactions)); a `list` or `delete_tree` that runs while slots move
+//!   between nodes may miss or repeat keys (one `SCAN` per primary).
 //! * While the server is unreachable, calls fail with [`kv_core::Error::Unavailable`] (at once
 //!   when fred already knows the connection is down, after [`Config::request_timeout`] as
 //!   [`kv_core::Error::Timeout`] when it does not yet — `list` and `delete_tree` included);
 //!   fred keeps reconnecting in the background and later calls succeed again.
-//! * Redis replication is asynchronous: after a Sentinel failover, the last acknowledged writes
-//!   (and locks) may be lost. Redis gives no stronger guarantee.
+//! * Redis replication is asynchronous: after a failover the last acknowledged writes (and
+//!   locks) may be lost unless [`Config::wait_for_replicas`] is set; see
+//!   [Replication and failover](#replication-and-failover).
+//!
+//! ## Redis Cluster
+//!
+//! [`Topology::Cluster`] (`redis+cluster://h1:p1,h2:p2/`, `rediss+cluster://` for TLS): the
+//! endpoints are seeds; fred discovers every node from the first that answers and follows
+//! slot moves (`MOVED`/`ASK`) and failovers. Every script names a value key and its metadata
+//! key, which share a slot (see [Storage layout](#storage-layout)), so every call but a
+//! multi-slot transaction runs unchanged.
+//!
+//! * **list / delete_tree** `SCAN` every primary (fred's `scan_cluster_buffered`) and read or
+//!   delete the keys through the slot's primary.
+//! * **Watches and lock waits**: keyspace notifications are published only by the node that
+//!   holds the key, so a handle keeps one subscriber connection per primary and every
+//!   subscription on all of them. A task follows the cluster's layout (fred's cluster-change
+//!   events, and `CLUSTER SLOTS` every 500 ms, because a replica promoted after its primary
+//!   died changes nothing our commands would notice): on a new primary it connects and
+//!   subscribes everything, a node that is no longer a primary is dropped, and then every
+//!   watch re-reads its key or re-lists its tree and every held lock renews at once —
+//!   events may have been missed across the change, and a failover may even have lost
+//!   writes (see below), so a watch delivers the state after the change rather than trust
+//!   what it saw before. While a slot has no primary, reads fail with a transient error and
+//!   the watch retries with back-off. Measured on the 3-primary test cluster
+//!   (`cluster-node-timeout` 1 s): after SIGKILL of a primary, writes to its slots succeed
+//!   again on the same handle after ~3.4 s and `watch`/`watch_tree` deliver the final state
+//!   right after (`tests/cluster_failover.rs`).
+//! * A cluster has database 0 only.
+//!
+//! ## Replication and failover
+//!
+//! A Redis primary acknowledges a write before any replica has it. If it dies before they
+//! copy it, the replica Sentinel or the cluster promotes does not have it: the write, CAS,
+//! delete or lock acquisition is gone although it was acknowledged (measured in
+//! `tests/sentinel_wait.rs`: replicas frozen, write acknowledged, primary killed — the key is
+//! missing after the failover, every run).
+//!
+//! [`Config::wait_for_replicas`] (`?wait_replicas=N&wait_timeout_ms=T`) sends `WAIT N T`
+//! after every script that writes — `put`, `atomic_put`, `atomic_delete`, `delete`,
+//! `delete_tree`'s deletes, `transaction`, lock acquisition and renewal — on the connection
+//! (the primary) that ran it. The call succeeds only when `N` replicas confirmed it; fewer
+//! within `T` is [`kv_core::Error::Timeout`]: the write took effect on the primary and may or
+//! may not survive a failover (a reconnection between the script and the `WAIT` counts as a
+//! failure too: `WAIT` on a fresh connection confirms nothing). A refused CAS waits as well
+//! (it wrote nothing; the wait is then immediate). Cost: one more round trip per write, and
+//! the connection serves no other command while the server blocks it in `WAIT` (fred and
+//! Redis both serialise behind it), so write throughput drops to about one write per
+//! replica round trip per connection. Tested with `WAIT 1` on Sentinel: the same frozen-replica
+//! sequence answers `Timeout` instead of an acknowledgement, and a writer running through a
+//! failover loses none of its acknowledged writes (2,052 acknowledged, 0 lost).
+//!
+//! `WAIT` is not consensus: Sentinel promotes the replica with the most data among those it
+//! can reach, which has every confirmed write unless the confirming replicas are themselves
+//! unreachable; `N` = all replicas removes that exception at the price of failing writes while
+//! any replica is down.
+//!
+//! **What the fencing token still guarantees.** A lock's fencing token is its key's
+//! `last_index`, `max(previous + 1, server time in µs)`, taken on the primary that grants it.
+//!
+//! * Without `WAIT`: an acquisition can vanish in a failover, and a second client can then
+//!   acquire the same lock on the new primary while the first still believes it holds it
+//!   (its lease is marked lost at its next renewal or right after its connection moves to
+//!   the new primary, not before). Mutual exclusion is therefore not guaranteed across a
+//!   failover. The tokens still rise: the new acquisition's index comes from the new
+//!   primary's clock, above the lost one as long as that clock is not behind the old
+//!   primary's by more than the failover took (seconds). A resource that remembers the
+//!   highest token it has seen and refuses lower ones — the point of fencing — still refuses
+//!   the first holder once the second has written, and a `LockHeld` transaction condition is
+//!   checked against the new primary's state (the lost acquisition fails it).
+//! * With `WAIT`: an acquisition (and each renewal) counts only once `N` replicas have it, so
+//!   the promoted replica holds the lock with the same token and TTL (Redis replicates
+//!   expiry as an absolute time): exclusivity survives the failover, within the limit above.
+//!   An acquisition answered with `Timeout` may still hold the key until its TTL: the lock
+//!   is not granted to the caller, and others wait for the TTL.
 
 pub mod config;
 mod lock;
