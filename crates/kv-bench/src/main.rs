@@ -45,6 +45,8 @@ USAGE: kv-bench [OPTIONS]   (servers: eval \"$(scripts/servers env)\"; or run sc
   --duration-ms N       measured time per case and implementation (default 700)
   --warmup-ms N         unrecorded warm-up before each measurement (default 200; none on DynamoDB Local)
   --backends LIST       comma-separated subset of etcd,consul,zookeeper,redis,dynamodb,bolt
+  --ops LIST            comma-separated subset of get,put,exists,delete,atomic_put,
+                        atomic_put_contended,list,watch,lock,transaction (default: all)
   --list-keys N         keys listed (default 1000), in a namespace of --namespace-keys (10000)
   --dynamodb-list-keys N   the same for DynamoDB Local, which is server-bound at ~20-40 ops/s (default 50, namespace 10x)
   --valkeyrie PATH      the Go driver built from bench/valkeyrie (omitted: valkeyrie not run)
@@ -61,6 +63,8 @@ pub struct Options {
     duration: Duration,
     warmup: Duration,
     backends: Vec<String>,
+    /// The ops measured (default: every op), so one op can be compared before/after quickly.
+    ops: Vec<Op>,
     list_keys: usize,
     namespace_keys: usize,
     dynamodb_list_keys: usize,
@@ -68,6 +72,13 @@ pub struct Options {
     redis_benchmark: bool,
     out: Option<PathBuf>,
     svg: Option<PathBuf>,
+}
+
+impl Options {
+    /// The ops this run measures.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -79,6 +90,7 @@ fn parse_args() -> Result<Options, String> {
         backends: ["etcd", "consul", "zookeeper", "redis", "dynamodb", "bolt"]
             .map(String::from)
             .to_vec(),
+        ops: Op::ALL.to_vec(),
         list_keys: 1000,
         namespace_keys: 10_000,
         dynamodb_list_keys: 50,
@@ -101,6 +113,18 @@ fn parse_args() -> Result<Options, String> {
             "--duration-ms" => o.duration = Duration::from_millis(num(val()?)?),
             "--warmup-ms" => o.warmup = Duration::from_millis(num(val()?)?),
             "--backends" => o.backends = val()?.split(',').map(|s| s.trim().to_owned()).collect(),
+            "--ops" => {
+                o.ops = val()?
+                    .split(',')
+                    .map(|s| {
+                        let s = s.trim();
+                        Op::ALL
+                            .into_iter()
+                            .find(|op| op.name() == s)
+                            .ok_or_else(|| format!("--ops: unknown op {s}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             "--list-keys" => o.list_keys = num(val()?)? as usize,
             "--namespace-keys" => o.namespace_keys = num(val()?)? as usize,
             "--dynamodb-list-keys" => o.dynamodb_list_keys = num(val()?)? as usize,
@@ -371,7 +395,7 @@ async fn run(o: &Options) -> Result<usize, String> {
                 b.name
             );
             let base = format!("r{round}");
-            for op in Op::ALL {
+            for &op in &o.ops {
                 for &conc in op.concurrencies() {
                     for k in 0..impls.len() {
                         // Rotate the order each round so no implementation always goes first.
@@ -491,7 +515,7 @@ async fn run(o: &Options) -> Result<usize, String> {
     // Smoke: every case of ours and raw must have completed at least one operation.
     let mut failures = 0;
     for b in &o.backends {
-        for op in Op::ALL {
+        for &op in &o.ops {
             for &conc in op.concurrencies() {
                 for which in [Impl::Ours, Impl::Raw] {
                     let ok = results

@@ -268,21 +268,29 @@ fn op_label(op: Op, c: usize) -> String {
     format!("{} c={c}", op.name())
 }
 
-/// A short text summary for the terminal.
+/// A short text summary for the terminal (the ops measured; ours' and raw's median ops/s too).
 pub fn summary(r: &Results, o: &Options) -> String {
-    let mut s =
-        String::from("backend       op                          ours/raw  ours/valkeyrie\n");
+    let mut s = String::from(
+        "backend       op                          ours/raw  ours/valkeyrie    ours ops/s     raw ops/s\n",
+    );
     for b in &o.backends {
-        for op in Op::ALL {
+        for &op in o.ops() {
             for &c in op.concurrencies() {
                 let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+                let rate = |i| {
+                    get(r, b, op, c, i)
+                        .map(|st| format!("{:.0}", st.ops_per_sec))
+                        .unwrap_or_else(|| "—".into())
+                };
                 let _ = writeln!(
                     s,
-                    "{:<13} {:<27} {:>8}  {:>14}",
+                    "{:<13} {:<27} {:>8}  {:>14}  {:>12}  {:>12}",
                     b,
                     op_label(op, c),
                     f(headline(r, b, op, c, Impl::Raw)),
                     f(headline(r, b, op, c, Impl::Valkeyrie)),
+                    rate(Impl::Ours),
+                    rate(Impl::Raw),
                 );
             }
         }
