@@ -289,3 +289,59 @@ async fn seed_list_with_a_dead_node_still_connects() {
     assert!(store.delete("seed-check").await.unwrap());
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_replicas_on_every_primary() {
+    let url = kv_test_support::env(URL_VAR);
+    let n: u64 = rand::random();
+    // Each primary has one replica: WAIT 1 confirms every write, wherever its slot is.
+    let store = RedisStore::connect_url(&format!(
+        "{url}?namespace=wait-{n:016x}&wait_replicas=1&wait_timeout_ms=2000"
+    ))
+    .await
+    .unwrap();
+    for i in 0..12 {
+        let key = format!("k{i}");
+        store
+            .put(&key, "v".into(), WriteOptions::default())
+            .await
+            .unwrap();
+        let pair = store
+            .get(&key, ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .atomic_put(&key, "w".into(), Some(&pair), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut lock = store
+        .new_lock("lock", kv_core::LockOptions::default())
+        .await
+        .unwrap();
+    lock.lock().await.unwrap();
+    lock.unlock().await.unwrap();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+
+    // Two replicas never confirm: the write took effect on the primary, the call says
+    // Timeout (may have taken effect).
+    let store = RedisStore::connect_url(&format!(
+        "{url}?namespace=wait2-{n:016x}&wait_replicas=2&wait_timeout_ms=200"
+    ))
+    .await
+    .unwrap();
+    let outcome = store.put("k", "v".into(), WriteOptions::default()).await;
+    assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
+    assert!(
+        store.delete("k").await.is_err(),
+        "the delete is not confirmed either"
+    );
+    store.close().await.unwrap();
+    let cleanup = RedisStore::connect_url(&format!("{url}?namespace=wait2-{n:016x}"))
+        .await
+        .unwrap();
+    cleanup.delete_tree("").await.unwrap();
+    cleanup.close().await.unwrap();
+}
