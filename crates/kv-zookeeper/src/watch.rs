@@ -112,8 +112,9 @@ enum Action {
     Ignore,
     /// Read the state again.
     Reread,
-    /// The session ended (expired): make a new one, watch again, read again. The watcher
-    /// must not be polled again (it panics after a terminal event).
+    /// The session ended (expired) or reconnected: take the current session (a new one if
+    /// it expired), watch again, read again. The watcher must not be polled again (it panics
+    /// after a terminal event).
     NewSession,
     /// The credentials were rejected: end the stream.
     Fail,
@@ -125,8 +126,11 @@ fn classify(inner: &Inner, event: &zk::WatchedEvent) -> Action {
             zk::SessionState::Disconnected => Action::Ignore,
             zk::SessionState::AuthFailed => Action::Fail,
             zk::SessionState::Expired | zk::SessionState::Closed => Action::NewSession,
-            // Reconnected: events may have been lost meanwhile (ZOOKEEPER-4698).
-            _ => Action::Reread,
+            // Reconnected, maybe to another member: events may have been lost meanwhile
+            // (ZOOKEEPER-4698), and zookeeper-client 0.11 does not register persistent watches
+            // again on the new connection (its `resend_watches` sends only the one-shot
+            // lists), so the watch would go silent. Watch again, then read again.
+            _ => Action::NewSession,
         };
     }
     if irrelevant(inner, event) {
