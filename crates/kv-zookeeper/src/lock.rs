@@ -425,6 +425,17 @@ impl Held {
                         }
                         return;
                     }
+                    // Reconnected, maybe to another member: zookeeper-client 0.11 does not
+                    // register persistent watches again there, so watch again, then check
+                    // what happened meanwhile.
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        if let Ok(again) = inner
+                            .request("watch", client.watch(&path, zk::AddWatchMode::Persistent))
+                            .await
+                        {
+                            watcher = again;
+                        }
+                    }
                     _ => continue,
                 }
             }
