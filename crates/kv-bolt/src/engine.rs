@@ -1,8 +1,12 @@
 //! The storage layer: one [`Engine`] per open database, shared by every handle on it.
 //!
-//! * **Reads** run on the caller's thread, each in its own redb read transaction (an MVCC
-//!   snapshot: value, metadata and the commit counter of one commit, never blocked by the
-//!   writer).
+//! * **Reads** run on the caller's thread against a [`Snapshot`]: a redb read transaction
+//!   (an MVCC snapshot: value, metadata and the commit counter of one commit, never blocked by
+//!   the writer) with its tables already open. The writer opens a new one after each commit
+//!   and publishes it BEFORE answering the commit's callers or publishing its changes, so a
+//!   read that starts after a write returned sees it, and a watcher that subscribed before
+//!   reading misses nothing. Reads thus skip `begin_read` and the table lookups; they cost
+//!   the B-tree lookups alone.
 //! * **Writes** go to one writer thread through a queue. The thread takes every request
 //!   waiting in the queue, applies them one after the other inside ONE write transaction (each
 //!   request sees the ones before it, and gets its own commit index), commits once, then
@@ -24,6 +28,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryR
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use kv_core::ttl::{is_expired, now_millis};
 use kv_core::{Error, Operation, Transaction};
@@ -668,6 +673,111 @@ fn corrupt_pair(key: &str) -> Error {
     )
 }
 
+/// The latest committed state, ready to read: a read transaction with its tables open.
+pub(crate) struct Snapshot {
+    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    data: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    /// The index of the last commit this snapshot contains.
+    seq: u64,
+}
+
+/// The published snapshot: `None` until the first one, or when opening one failed (readers
+/// then open their own).
+type SharedSnapshot = Arc<ArcSwapOption<Snapshot>>;
+
+impl Snapshot {
+    /// Opens a snapshot of the last commit of `db`.
+    fn take(db: &redb::Database) -> Result<Snapshot, Error> {
+        let txn = db.begin_read().map_err(map_err)?;
+        Ok(Snapshot {
+            meta: txn.open_table(META).map_err(map_err)?,
+            data: txn.open_table(DATA).map_err(map_err)?,
+            seq: read_seq(&txn)?,
+        })
+    }
+
+    /// One key (`None` when absent or expired).
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
+        let Some(raw) = self.meta.get(key).map_err(map_err)? else {
+            return Ok(None);
+        };
+        let (index, deadline) = decode_meta(key, raw.value())?;
+        if is_expired(deadline) {
+            return Ok(None);
+        }
+        let Some(value) = self.data.get(key).map_err(map_err)? else {
+            return Err(corrupt_pair(key));
+        };
+        Ok(Some(Entry {
+            value: Bytes::copy_from_slice(value.value()),
+            index,
+            deadline,
+        }))
+    }
+
+    /// Whether a live `key` exists (no value copied).
+    pub(crate) fn exists(&self, key: &str) -> Result<bool, Error> {
+        match self.meta.get(key).map_err(map_err)? {
+            Some(raw) => Ok(!is_expired(decode_meta(key, raw.value())?.1)),
+            None => Ok(false),
+        }
+    }
+
+    /// Visits the live keys starting with `prefix` in byte order, from `from` (inclusive)
+    /// when given, at most `limit` of them. Returns the first key not visited when it stopped
+    /// at `limit` (scan again from there), `None` when the prefix is exhausted.
+    ///
+    /// The metadata and value tables hold the same keys in the same order, so both are read
+    /// as one merged scan instead of a value lookup per key.
+    pub(crate) fn scan(
+        &self,
+        prefix: &str,
+        from: Option<&str>,
+        limit: usize,
+        mut visit: impl FnMut(&str, Entry),
+    ) -> Result<Option<String>, Error> {
+        use std::ops::Bound;
+        let range = (
+            Bound::Included(from.unwrap_or(prefix)),
+            Bound::<&str>::Unbounded,
+        );
+        let mut values = self.data.range::<&str>(range).map_err(map_err)?;
+        let mut value = values.next().transpose().map_err(map_err)?;
+        let mut seen = 0;
+        for item in self.meta.range::<&str>(range).map_err(map_err)? {
+            let (key, raw) = item.map_err(map_err)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                return Ok(None);
+            }
+            if seen == limit {
+                return Ok(Some(key.to_owned()));
+            }
+            // Catch the value scan up with this key (it only skips keys without metadata).
+            while value.as_ref().is_some_and(|(k, _)| k.value() < key) {
+                value = values.next().transpose().map_err(map_err)?;
+            }
+            let (index, deadline) = decode_meta(key, raw.value())?;
+            if is_expired(deadline) {
+                continue;
+            }
+            let Some((_, v)) = value.as_ref().filter(|(k, _)| k.value() == key) else {
+                return Err(corrupt_pair(key));
+            };
+            seen += 1;
+            visit(
+                key,
+                Entry {
+                    value: Bytes::copy_from_slice(v.value()),
+                    index,
+                    deadline,
+                },
+            );
+        }
+        Ok(None)
+    }
+}
+
 /// The state of the writer thread, shared with the engine.
 #[derive(Debug, Default)]
 struct WriterHealth {
@@ -682,6 +792,8 @@ pub(crate) struct Engine {
     changes: broadcast::Sender<Arc<Change>>,
     health: Arc<WriterHealth>,
     epoch: Instant,
+    /// The last commit, ready to read; replaced by the writer after every commit.
+    snapshot: SharedSnapshot,
     /// Signalled by the writer thread when it has finished (and dropped its database).
     writer_done: Mutex<Option<Receiver<()>>>,
     registry_key: Option<PathBuf>,
@@ -852,7 +964,11 @@ impl Engine {
         let (done_tx, done_rx) = mpsc::channel();
         let health = Arc::new(WriterHealth::default());
         let epoch = Instant::now();
+        // A failure here only costs speed: readers open their own until the next commit.
+        let snapshot: SharedSnapshot =
+            Arc::new(ArcSwapOption::new(Snapshot::take(&db).ok().map(Arc::new)));
         let writer = Writer {
+            snapshot: snapshot.clone(),
             db: db.clone(),
             changes: changes.clone(),
             health: health.clone(),
@@ -871,6 +987,7 @@ impl Engine {
             changes,
             health,
             epoch,
+            snapshot,
             writer_done: Mutex::new(Some(done_rx)),
             _remove_on_drop: RemoveOnDrop(remove_on_drop.then(|| path.clone())),
             registry_key,
@@ -982,60 +1099,44 @@ impl Engine {
         self.db.begin_read().map_err(map_err)
     }
 
+    /// The latest committed state to read from.
+    pub(crate) fn snapshot(&self) -> Result<Arc<Snapshot>, Error> {
+        match self.snapshot.load_full() {
+            Some(snapshot) => Ok(snapshot),
+            None => Snapshot::take(&self.db).map(Arc::new),
+        }
+    }
+
     /// Reads one key (`None` when absent or expired) and the index of the last commit seen.
     pub(crate) fn get(&self, key: &str) -> Result<(Option<Entry>, u64), Error> {
-        let txn = self.read()?;
-        let meta = txn.open_table(META).map_err(map_err)?;
-        let seq = read_seq(&txn)?;
-        let Some(raw) = meta.get(key).map_err(map_err)? else {
-            return Ok((None, seq));
-        };
-        let (index, deadline) = decode_meta(key, raw.value())?;
-        if is_expired(deadline) {
-            return Ok((None, seq));
+        // A guard, not an `Arc` clone: no shared counter touched on the hot path.
+        let guard = self.snapshot.load();
+        match guard.as_deref() {
+            Some(snapshot) => Ok((snapshot.get(key)?, snapshot.seq)),
+            None => {
+                let snapshot = Snapshot::take(&self.db)?;
+                Ok((snapshot.get(key)?, snapshot.seq))
+            }
         }
-        let data = txn.open_table(DATA).map_err(map_err)?;
-        let Some(value) = data.get(key).map_err(map_err)? else {
-            return Err(corrupt_pair(key));
-        };
-        let entry = Entry {
-            value: Bytes::copy_from_slice(value.value()),
-            index,
-            deadline,
-        };
-        Ok((Some(entry), seq))
+    }
+
+    /// Whether a live `key` exists.
+    pub(crate) fn exists(&self, key: &str) -> Result<bool, Error> {
+        let guard = self.snapshot.load();
+        match guard.as_deref() {
+            Some(snapshot) => snapshot.exists(key),
+            None => Snapshot::take(&self.db)?.exists(key),
+        }
     }
 
     /// Every live key starting with `prefix` (byte order), and the index of the last commit seen.
     pub(crate) fn list(&self, prefix: &str) -> Result<(Vec<(String, Entry)>, u64), Error> {
-        let txn = self.read()?;
-        let meta = txn.open_table(META).map_err(map_err)?;
-        let data = txn.open_table(DATA).map_err(map_err)?;
-        let seq = read_seq(&txn)?;
+        let snapshot = self.snapshot()?;
         let mut out = Vec::new();
-        for item in meta.range(prefix..).map_err(map_err)? {
-            let (key, raw) = item.map_err(map_err)?;
-            let key = key.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            let (index, deadline) = decode_meta(key, raw.value())?;
-            if is_expired(deadline) {
-                continue;
-            }
-            let Some(value) = data.get(key).map_err(map_err)? else {
-                return Err(corrupt_pair(key));
-            };
-            out.push((
-                key.to_owned(),
-                Entry {
-                    value: Bytes::copy_from_slice(value.value()),
-                    index,
-                    deadline,
-                },
-            ));
-        }
-        Ok((out, seq))
+        snapshot.scan(prefix, None, usize::MAX, |key, entry| {
+            out.push((key.to_owned(), entry))
+        })?;
+        Ok((out, snapshot.seq))
     }
 
     /// Every key physically stored under `prefix`, expired or not (diagnostics).
@@ -1097,6 +1198,8 @@ struct Writer {
     next_sweep: u64,
     /// The last committed index.
     seq: u64,
+    /// Where the writer publishes a snapshot of each commit.
+    snapshot: SharedSnapshot,
 }
 
 impl Writer {
@@ -1154,6 +1257,8 @@ impl Writer {
                 tracing::warn!(%error, "kv-bolt: the final flush failed");
             }
         }
+        // Readers must not keep the file open once the last handle is gone.
+        self.snapshot.store(None);
         drop(self.db);
         let _ = done.send(());
     }
@@ -1254,6 +1359,9 @@ impl Writer {
             return Err(error);
         }
         self.seq = seq;
+        // Before any caller hears of the commit: a read after a write sees it.
+        self.snapshot
+            .store(Snapshot::take(&self.db).ok().map(Arc::new));
         if let Some(next) = next_sweep {
             self.next_sweep = next;
         }

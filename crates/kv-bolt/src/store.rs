@@ -18,6 +18,9 @@ use crate::engine::{BACKEND, Batch, Conflict, Engine, Entry};
 use crate::lock::BoltLock;
 use crate::watch;
 
+/// How many keys `list` reads on the caller's thread before it moves to the blocking pool
+/// (a few hundred microseconds of work at most).
+const INLINE_LIST_MAX: usize = 2048;
 /// How long `close` waits for each held lock's release.
 const RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -86,17 +89,6 @@ impl Handle {
 
     pub(crate) fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
-    }
-
-    pub(crate) fn pair(&self, key: &str, entry: Entry) -> KvPair {
-        KvPair {
-            key: key
-                .strip_prefix(self.prefix.as_str())
-                .unwrap_or(key)
-                .to_owned(),
-            value: entry.value,
-            last_index: entry.index,
-        }
     }
 }
 
@@ -198,15 +190,6 @@ impl BoltStore {
         engine.flush(self.inner.config.timeout).await
     }
 
-    async fn call<T, F>(&self, operation: &'static str, call: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Engine) -> Result<T> + Send + 'static,
-    {
-        let engine = self.inner.engine()?;
-        blocking(engine, self.inner.config.timeout, operation, call).await
-    }
-
     async fn write<T, F>(&self, operation: &'static str, job: F) -> Result<T>
     where
         T: Send + 'static,
@@ -261,6 +244,14 @@ impl Store for BoltStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    async fn exists(&self, key: &str, _options: ReadOptions) -> Result<bool> {
+        self.inner.tasks.ensure_open()?;
+        let key = self.inner.caps.check_key(key)?;
+        let full = self.inner.full_key(&key);
+        self.inner.engine()?.exists(&full)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
     async fn delete(&self, key: &str) -> Result<bool> {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
@@ -273,11 +264,43 @@ impl Store for BoltStore {
         self.inner.tasks.ensure_open()?;
         let directory = self.inner.caps.check_directory(directory)?;
         let prefix = self.inner.full_key(&kv_core::key::child_prefix(&directory));
-        let (entries, _) = self.call("list", move |e| e.list(&prefix)).await?;
-        Ok(entries
-            .into_iter()
-            .map(|(key, entry)| self.inner.pair(&key, entry))
-            .collect())
+        // One snapshot for the whole listing. A short listing is read right here (a thread
+        // hop would cost more than the scan); a long one goes on to the blocking pool so no
+        // runtime thread is held for long.
+        let snapshot = self.inner.engine()?.snapshot()?;
+        let strip = self.inner.prefix.len();
+        let to_pair = move |key: &str, entry: Entry| KvPair {
+            key: key[strip..].to_owned(),
+            value: entry.value,
+            last_index: entry.index,
+        };
+        let mut pairs = Vec::new();
+        let rest = snapshot.scan(&prefix, None, INLINE_LIST_MAX, |k, e| {
+            pairs.push(to_pair(k, e))
+        })?;
+        let Some(from) = rest else {
+            return Ok(pairs);
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            snapshot
+                .scan(&prefix, Some(&from), usize::MAX, |k, e| {
+                    pairs.push(to_pair(k, e))
+                })
+                .map(|_| pairs)
+        });
+        let timeout = self.inner.config.timeout;
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(Error::backend(
+                BACKEND,
+                format!("list failed inside the database: {join}"),
+            )),
+            Err(_) => Err(Error::Timeout {
+                backend: BACKEND,
+                operation: "list",
+                after: timeout,
+            }),
+        }
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
