@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use kv_core::{
     Capabilities, Error, KvPair, Lock, LockOptions, ReadOptions, Result, Store, TaskSet,
@@ -383,16 +383,20 @@ impl Store for EtcdStore {
         let inner = self.inner()?;
         let key = self.caps.check_key(key)?;
         let full = inner.full_key(&key);
-        // Read back in the same transaction: deleting an expired key (see `crate::lease`)
-        // deletes nothing that existed.
-        let txn = Txn::new().and_then([
-            TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
-            TxnOp::delete(full, None),
-        ]);
+        // The deleted pair comes back with the delete (`prev_kv`), so one plain request
+        // tells whether the key existed: deleting an expired key (see `crate::lease`) deletes
+        // nothing that existed. (A read-then-delete transaction cost twice as much.)
         let mut kv = inner.kv.clone();
-        let response = inner.call("delete", kv.txn(txn)).await?;
-        let existed =
-            read_back(&response).is_some_and(|kv| !lease::is_expired(&inner.clock, kv.lease()));
+        let response = inner
+            .call(
+                "delete",
+                kv.delete(full, Some(DeleteOptions::new().with_prev_key())),
+            )
+            .await?;
+        let existed = response
+            .prev_kvs()
+            .iter()
+            .any(|kv| !lease::is_expired(&inner.clock, kv.lease()));
         Ok(existed)
     }
 
