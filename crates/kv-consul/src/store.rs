@@ -12,7 +12,9 @@ use kv_core::{
     Transaction, WatchStream, WatchTreeStream, WriteOptions,
 };
 
-use crate::client::{BACKEND, Client, Cond, Entry, TxnOutcome, txn_cond, txn_op, txn_write};
+use crate::client::{
+    BACKEND, Client, Cond, Entry, TxnAnswer, TxnOutcome, txn_cond, txn_op, txn_write,
+};
 use crate::config::Config;
 use crate::tree;
 
@@ -79,6 +81,16 @@ pub(crate) fn deadline_of(flags: u64) -> Option<u64> {
 /// its deadline, if any, has not passed.
 pub(crate) fn is_live(entry: &Entry, now: u64) -> bool {
     deadline_of(entry.flags).is_none_or(|d| d > now)
+}
+
+/// What [`Inner::put_fast`] achieved.
+enum FastPut {
+    /// Written at this index.
+    Done(u64),
+    /// Not written: Consul skipped an identical rewrite of this entry.
+    Unchanged(Entry),
+    /// Not written: the general path decides.
+    Retry,
 }
 
 /// A handle to a Consul agent's KV store. See the [crate documentation](crate) for the storage
@@ -219,8 +231,20 @@ impl Inner {
     ) -> Result<u64> {
         let started = Instant::now();
         let mut attempt = 0;
+        // What the fast path learnt of the key, to start the general loop from.
+        let mut known = None;
+        if session.is_none() {
+            match self.put_fast(full, value, ttl).await? {
+                FastPut::Done(index) => return Ok(index),
+                FastPut::Unchanged(entry) => known = Some(entry),
+                FastPut::Retry => {}
+            }
+        }
         loop {
-            let current = self.read(full, true).await?;
+            let current = match known.take() {
+                Some(entry) => Some(entry),
+                None => self.read(full, true).await?,
+            };
             let cond = match &current {
                 None => Cond::NotExists,
                 Some(entry) => Cond::Index(entry.modify_index),
@@ -249,6 +273,96 @@ impl Inner {
         }
     }
 
+    /// A put without a session in ONE round trip for the common cases, instead of a read and
+    /// a conditional write. Overwrite: `get` (fails on a missing key), `check-session ""`
+    /// (fails on a key a session holds: a lock or a TTL, which a plain put must release —
+    /// that takes the general path), `set`; the `get` reports the entry it replaced, so a
+    /// rewrite Consul skipped (same value and flags: `ModifyIndex` would not rise) is seen
+    /// and redone by the general path with the rewrite marker. Missing key: a create
+    /// (`check-not-exists`, `set`) follows, two round trips like the general path.
+    async fn put_fast(&self, full: &str, value: &[u8], ttl: Option<Duration>) -> Result<FastPut> {
+        let flags = flags_for(ttl.map(|ttl| self.client.clock.deadline(ttl)));
+        let ops = vec![
+            txn_op("get", full),
+            serde_json::json!({ "KV": { "Verb": "check-session", "Key": full, "Session": "" } }),
+            txn_write("set", full, value, flags, None),
+        ];
+        match self.client.txn_answer(ops, "put", false).await? {
+            TxnAnswer::Committed { mut entries, .. } => {
+                let (Some(written), Some(before)) = (entries.pop(), entries.into_iter().next())
+                else {
+                    return Ok(FastPut::Retry);
+                };
+                if written.modify_index == before.modify_index {
+                    // Consul skipped an identical rewrite: redo it with another `Flags`.
+                    return Ok(FastPut::Unchanged(before));
+                }
+                Ok(FastPut::Done(written.modify_index))
+            }
+            TxnAnswer::RolledBack(errors) if errors.iter().all(|(op, _)| *op <= 1) => {
+                if errors.iter().any(|(op, _)| *op == 1) && !errors.iter().any(|(op, _)| *op == 0) {
+                    // Held by a session: the general path releases it.
+                    return Ok(FastPut::Retry);
+                }
+                // Missing: create it.
+                let ops = vec![
+                    txn_cond(Cond::NotExists, full),
+                    txn_write("set", full, value, flags, None),
+                ];
+                match self.client.txn(ops, "put").await? {
+                    TxnOutcome::Committed(index) => Ok(FastPut::Done(index)),
+                    TxnOutcome::RolledBack(..) => Ok(FastPut::Retry),
+                }
+            }
+            TxnAnswer::RolledBack(_) => Ok(FastPut::Retry),
+        }
+    }
+
+    /// An `atomic_put` without a session in ONE round trip when it succeeds, instead of a
+    /// read and a conditional write: create-only is `check-not-exists` + `set`; a swap is
+    /// `get`, `check-index` (the caller's version), `check-session ""` (a key held by a
+    /// session — a TTL or a lock — takes the general path, which releases it) and `set`.
+    /// `None` when nothing was written: the general path then reads the key and gives the
+    /// verdict (exists, expired, modified, gone), or writes (an identical rewrite, which
+    /// Consul skipped without raising `ModifyIndex`, is redone there with the rewrite
+    /// marker). A key without a session is never expired: this crate writes a deadline
+    /// only together with a TTL session whose end deletes the key.
+    async fn cas_fast(
+        &self,
+        full: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>> {
+        let flags = flags_for(ttl.map(|ttl| self.client.clock.deadline(ttl)));
+        let Some(previous) = previous else {
+            let ops = vec![
+                txn_cond(Cond::NotExists, full),
+                txn_write("set", full, value, flags, None),
+            ];
+            return Ok(match self.client.txn(ops, "atomic_put").await? {
+                TxnOutcome::Committed(index) => Some(index),
+                TxnOutcome::RolledBack(..) => None,
+            });
+        };
+        let ops = vec![
+            txn_op("get", full),
+            txn_cond(Cond::Index(previous.last_index), full),
+            serde_json::json!({ "KV": { "Verb": "check-session", "Key": full, "Session": "" } }),
+            txn_write("set", full, value, flags, None),
+        ];
+        match self.client.txn_answer(ops, "atomic_put", false).await? {
+            TxnAnswer::Committed { mut entries, .. } => {
+                let (Some(written), Some(before)) = (entries.pop(), entries.into_iter().next())
+                else {
+                    return Ok(None);
+                };
+                Ok((written.modify_index != before.modify_index).then_some(written.modify_index))
+            }
+            TxnAnswer::RolledBack(_) => Ok(None),
+        }
+    }
+
     async fn atomic_put_with(
         &self,
         key: &str,
@@ -258,6 +372,15 @@ impl Inner {
         session: Option<&str>,
     ) -> Result<KvPair> {
         let full = self.full(key);
+        if session.is_none()
+            && let Some(index) = self.cas_fast(&full, value, previous, ttl).await?
+        {
+            return Ok(KvPair {
+                key: key.to_owned(),
+                value: Bytes::copy_from_slice(value),
+                last_index: index,
+            });
+        }
         let mut attempt = 0;
         loop {
             let current = self.read(&full, true).await?;
@@ -429,27 +552,16 @@ impl Store for ConsulStore {
         self.inner.tasks.ensure_open()?;
         let key = self.inner.caps.check_key(key)?;
         let full = self.inner.full(&key);
-        let mut attempt = 0u32;
-        loop {
-            attempt = attempt.saturating_add(1);
-            let Some(entry) = self.inner.read(&full, true).await? else {
-                return Ok(false);
-            };
-            let live = is_live(&entry, self.inner.server_now());
-            let deleted = self
-                .inner
-                .client
-                .kv_delete_cas(&full, entry.modify_index)
-                .await?;
-            if !live {
-                // An expired key Consul has not removed yet: clean it up, report it absent.
-                return Ok(false);
-            }
-            if deleted {
-                return Ok(true);
-            }
-            // Written meanwhile: read again.
-            Inner::conflict_pause(attempt).await;
+        // One transaction: `get` reports the entry the `delete` removes (and fails the
+        // transaction when there is none), instead of a read and a conditional delete.
+        let ops = vec![txn_op("get", &full), txn_op("delete", &full)];
+        match self.inner.client.txn_answer(ops, "delete", false).await? {
+            // An expired key Consul had not removed yet is cleaned up and reported absent.
+            TxnAnswer::Committed { entries, .. } => Ok(entries
+                .first()
+                .is_some_and(|entry| is_live(entry, self.inner.server_now()))),
+            // Only the `get` can fail: the key does not exist.
+            TxnAnswer::RolledBack(_) => Ok(false),
         }
     }
 
