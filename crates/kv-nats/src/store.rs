@@ -360,6 +360,9 @@ fn map_js_error<E: std::error::Error + Send + Sync + 'static>(text: &str, error:
         || lower.contains("no responders")
         || lower.contains("disconnected")
         || lower.contains("connection")
+        // A cluster between JetStream leaders (code 503, e.g. 10008).
+        || lower.contains("temporarily unavailable")
+        || lower.contains("code: 503")
     {
         Error::unavailable(BACKEND, error)
     } else if lower.contains("jetstream not enabled") {
@@ -510,16 +513,41 @@ impl Inner {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
+        // What the server said, for the errors async-nats leaves as `Other`.
+        let code = |e: &jetstream::context::PublishError| {
+            std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .map(|e| e.error_code())
+        };
         match ack {
             Ok(ack) => Ok(Published::Stored(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Published::Conflict),
+            // A clustered stream may say "wrong last sequence" without the number.
+            Err(e)
+                if code(&e) == Some(jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) =>
+            {
+                Ok(Published::Conflict)
+            }
+            // A new stream leader that has not caught up yet refuses conditional writes.
+            Err(e)
+                if code(&e)
+                    == Some(
+                        jetstream::ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY,
+                    ) =>
+            {
+                Err(Error::unavailable(BACKEND, e))
+            }
             Err(e) if e.kind() == PublishErrorKind::TimedOut => {
                 Err(timeout("publish", self.config.request_timeout))
             }
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => Err(Error::Config(format!(
-                "the bucket {:?} is gone (stream deleted?)",
-                self.config.bucket
-            ))),
+            // Nobody answered for the stream: on a cluster, its leader is being elected (the
+            // write went nowhere); the bucket is gone only if its stream no longer exists.
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                match self.stream_identity().await {
+                    Err(gone @ Error::Config(_)) => Err(gone),
+                    _ => Err(Error::unavailable(BACKEND, e)),
+                }
+            }
             Err(e) => Err(backend(e)),
         }
     }
