@@ -152,6 +152,8 @@ struct LockBook {
     acquisitions: Vec<(Instant, &'static str, u64)>,
     overlaps: Vec<String>,
     errors: Vec<String>,
+    /// Lock errors that are neither transient nor `LockLost`.
+    fatal: Vec<String>,
     holder_losses: usize,
 }
 
@@ -400,6 +402,11 @@ pub async fn failover(
     // The lock.
     let book = std::mem::take(&mut *book.lock().unwrap_or_else(|e| e.into_inner()));
     assert!(
+        book.fatal.is_empty(),
+        "{name}: lock calls failed with non-transient errors: {:?}",
+        book.fatal
+    );
+    assert!(
         book.overlaps.is_empty(),
         "{name}: two holders at once: {:?}",
         book.overlaps
@@ -442,11 +449,28 @@ pub async fn failover(
             pairs.iter().any(|p| p.value == final_value)
         })
         .await;
-    for (end, what) in [(&key_end, "watch"), (&tree_end, "watch_tree")] {
+    let seen = |items: Vec<(Instant, String)>| {
+        let last: Vec<_> = items
+            .iter()
+            .rev()
+            .take(2)
+            .map(|(at, item)| (at.checked_duration_since(faulted), item.clone()))
+            .collect();
+        format!(
+            "{} items, the last ones (time since the fault, item): {last:?}",
+            items.len()
+        )
+    };
+    let key_seen = seen(key_log.described());
+    let tree_seen = seen(tree_log.described());
+    for (end, what, items) in [
+        (&key_end, "watch", key_seen),
+        (&tree_end, "watch_tree", tree_seen),
+    ] {
         assert_ne!(
             *end,
             WatchEnd::Silent,
-            "{name}: the {what} stayed silent after the failover (the counter is {value})"
+            "{name}: the {what} stayed silent after the failover (the counter is {value}); {items}"
         );
     }
     let outcome = |end: &WatchEnd| match end {
@@ -603,11 +627,8 @@ impl Party {
             self.book
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .overlaps
-                .push(format!(
-                    "{}: a non-transient lock error: {error:?}",
-                    self.name
-                ));
+                .fatal
+                .push(format!("{}: {error:?}", self.name));
         }
     }
 

@@ -64,6 +64,17 @@ impl<T: Clone + Send + 'static> WatchLog<T> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Every item, with when, in words.
+    pub(crate) fn described(&self) -> Vec<(Instant, String)>
+    where
+        T: std::fmt::Debug,
+    {
+        self.items()
+            .into_iter()
+            .map(|(at, seen)| (at, format!("{seen:?}")))
+            .collect()
+    }
+
     pub(crate) fn ended_with_error(&self) -> Option<String> {
         self.items().into_iter().find_map(|(_, seen)| match seen {
             Seen::Failed(e) => Some(e),
