@@ -33,6 +33,8 @@ pub(crate) const CLOCK_PREFIX: &str = "__kvclock-";
 pub(crate) const MAX_ATTEMPTS: usize = 64;
 /// Nodes per multi-read request while walking a tree (each costs three reads).
 const READ_BATCH: usize = 32;
+/// How many multi-reads of a listing are sent before the first answer is awaited.
+const READS_IN_FLIGHT: usize = 16;
 /// Nodes checked at once (two pipelined `exists` each) after a `watch_tree` walk.
 const VERIFY_BATCH: usize = 256;
 /// Reads of a tree before `watch_tree` gives up for a back-off (see `snapshot_with_deadlines`).
@@ -579,12 +581,22 @@ impl Inner {
     }
 
     /// `sync` before a read when the caller wants a linearizable read (so that a follower has
-    /// caught up with the leader).
-    pub(crate) async fn sync_if(&self, client: &zk::Client, options: &ReadOptions) -> Result<()> {
-        if options.consistent {
-            self.request("sync", client.sync(&self.root)).await?;
+    /// caught up with the leader). The request is sent NOW, and the caller sends its read
+    /// right after and awaits both: one round trip instead of two. ZooKeeper serves a
+    /// session's requests in order, a read queued behind the session's `sync` only once the
+    /// `sync` is done, so the read still reflects every write completed before the call.
+    pub(crate) fn start_sync<'a>(
+        &'a self,
+        client: &'a zk::Client,
+        options: &ReadOptions,
+    ) -> impl Future<Output = Result<()>> + 'a {
+        let sync = options.consistent.then(|| client.sync(&self.root));
+        async move {
+            match sync {
+                Some(sync) => self.request("sync", sync).await,
+                None => Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Creates the missing ancestors of `path` (exclusive) as container nodes.
@@ -1025,50 +1037,65 @@ impl Inner {
         let mut found = Vec::new();
         while !frontier.is_empty() {
             let mut next = Vec::new();
-            for chunk in frontier.chunks(READ_BATCH) {
-                let mut reader = client.new_multi_reader();
-                for key in chunk {
-                    let build = (|| {
-                        reader.add_get_data(&self.node_path(key))?;
-                        reader.add_get_children(&self.node_path(key))?;
-                        reader.add_get_data(&self.marker_path(key))
-                    })();
-                    build.map_err(|e| Error::backend(BACKEND, e))?;
+            // The reads of a level are pipelined: up to READS_IN_FLIGHT multi-reads are sent
+            // before the first answer is awaited (one round trip per window, not per read).
+            let chunks: Vec<&[String]> = frontier.chunks(READ_BATCH).collect();
+            for window in chunks.chunks(READS_IN_FLIGHT) {
+                let mut sent = Vec::with_capacity(window.len());
+                for chunk in window {
+                    let mut reader = client.new_multi_reader();
+                    for key in *chunk {
+                        let build = (|| {
+                            reader.add_get_data(&self.node_path(key))?;
+                            reader.add_get_children(&self.node_path(key))?;
+                            reader.add_get_data(&self.marker_path(key))
+                        })();
+                        build.map_err(|e| Error::backend(BACKEND, e))?;
+                    }
+                    sent.push((*chunk, reader.commit()));
                 }
-                let results = self.request("list", reader.commit()).await?;
-                let now = self.clock.now();
-                let mut results = results.into_iter();
-                for key in chunk {
-                    let (data, children, marker) = (results.next(), results.next(), results.next());
-                    let node = match data {
-                        Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
-                        Some(zk::MultiReadResult::Error {
-                            err: zk::Error::NoNode,
-                        }) => continue,
-                        Some(zk::MultiReadResult::Error { err }) => {
-                            return Err(map_zk(err, "list", self.config.request_timeout));
+                for (chunk, reply) in sent {
+                    let results = self.request("list", reply).await?;
+                    let now = self.clock.now();
+                    let mut results = results.into_iter();
+                    for key in chunk {
+                        let (data, children, marker) =
+                            (results.next(), results.next(), results.next());
+                        let node = match data {
+                            Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
+                            Some(zk::MultiReadResult::Error {
+                                err: zk::Error::NoNode,
+                            }) => continue,
+                            Some(zk::MultiReadResult::Error { err }) => {
+                                return Err(map_zk(err, "list", self.config.request_timeout));
+                            }
+                            _ => {
+                                return Err(Error::backend(
+                                    BACKEND,
+                                    "unexpected multi-read response",
+                                ));
+                            }
+                        };
+                        if let Some(zk::MultiReadResult::Children { children }) = children {
+                            next.extend(children.iter().filter_map(|c| child_key(key, c)));
                         }
-                        _ => return Err(Error::backend(BACKEND, "unexpected multi-read response")),
-                    };
-                    if let Some(zk::MultiReadResult::Children { children }) = children {
-                        next.extend(children.iter().filter_map(|c| child_key(key, c)));
-                    }
-                    let marker = match marker {
-                        Some(zk::MultiReadResult::Data { data, stat }) => {
-                            Some(Marker::new(&data, stat))
+                        let marker = match marker {
+                            Some(zk::MultiReadResult::Data { data, stat }) => {
+                                Some(Marker::new(&data, stat))
+                            }
+                            _ => None,
+                        };
+                        if let Some(seen) = seen.as_deref_mut() {
+                            seen.push(Seen::new(self.node_path(key), &node.1));
                         }
-                        _ => None,
-                    };
-                    if let Some(seen) = seen.as_deref_mut() {
-                        seen.push(Seen::new(self.node_path(key), &node.1));
-                    }
-                    let state = KeyState {
-                        node: Some(node),
-                        marker,
-                        now,
-                    };
-                    if let Some(pair) = state.pair(key) {
-                        found.push((pair, state.deadline()));
+                        let state = KeyState {
+                            node: Some(node),
+                            marker,
+                            now,
+                        };
+                        if let Some(pair) = state.pair(key) {
+                            found.push((pair, state.deadline()));
+                        }
                     }
                 }
             }
@@ -1518,8 +1545,10 @@ impl Store for ZookeeperStore {
         inner.tasks.ensure_open()?;
         let key = inner.caps.check_key(key)?;
         let client = inner.client().await?;
-        inner.sync_if(&client, &options).await?;
-        Ok(inner.read_key(&client, &key).await?.pair(&key))
+        let synced = inner.start_sync(&client, &options);
+        let (synced, state) = tokio::join!(synced, inner.read_key(&client, &key));
+        synced?;
+        Ok(state?.pair(&key))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
@@ -1537,9 +1566,10 @@ impl Store for ZookeeperStore {
         inner.tasks.ensure_open()?;
         let directory = inner.caps.check_directory(directory)?;
         let client = inner.client().await?;
-        inner.sync_if(&client, &options).await?;
-        let found = inner.list_with_deadlines(&client, &directory).await?;
-        Ok(found.into_iter().map(|(pair, _)| pair).collect())
+        let synced = inner.start_sync(&client, &options);
+        let (synced, found) = tokio::join!(synced, inner.list_with_deadlines(&client, &directory));
+        synced?;
+        Ok(found?.into_iter().map(|(pair, _)| pair).collect())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, directory = %directory))]
