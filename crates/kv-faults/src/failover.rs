@@ -101,11 +101,20 @@ impl FaultGuard {
         }
     }
 
-    /// Brings the member back now (blocking).
+    /// Brings the member back now (blocking). A failed restart is tried once more after a
+    /// pause (a member that just died may still hold its port or files a moment).
     pub fn undo(&mut self) {
         if std::mem::take(&mut self.active) {
             match self.kind {
-                FaultKind::Kill => self.cluster.restart(&self.member),
+                FaultKind::Kill => {
+                    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.cluster.restart(&self.member)
+                    }));
+                    if first.is_err() {
+                        std::thread::sleep(Duration::from_secs(2));
+                        self.cluster.restart(&self.member);
+                    }
+                }
                 FaultKind::Pause => self.cluster.resume(&self.member),
             }
         }
@@ -304,6 +313,10 @@ pub async fn failover(
         recovered = recovered_at(&calls.lock().unwrap_or_else(|e| e.into_inner()));
     }
     let recovered_while_down = recovered.is_some();
+    if fault.kind == FaultKind::Kill && recovered_while_down {
+        // Some healthy operation without the member before it comes back.
+        sleep(STEADY).await;
+    }
     // Bring the member back (the Drop would, too, but the run goes on with it back).
     let mut guard = tokio::task::spawn_blocking(move || {
         guard.undo();

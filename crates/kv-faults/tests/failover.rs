@@ -188,9 +188,11 @@ fn ask(port: u16, request: &str) -> String {
     answer
 }
 
-/// The member with the most client connections, among `(member, count)` pairs.
+/// The member whose busiest client connection has made the most requests, among
+/// `(member, requests)` pairs: the CAS client's member (it calls far more than the other
+/// handles of the scenario).
 fn busiest(counts: Vec<(String, u64)>) -> String {
-    eprintln!("client connections per member: {counts:?}");
+    eprintln!("the busiest client connection's requests, per member: {counts:?}");
     counts
         .into_iter()
         .max_by_key(|(_, n)| *n)
@@ -198,8 +200,15 @@ fn busiest(counts: Vec<(String, u64)>) -> String {
         .expect("members")
 }
 
-/// The ZooKeeper member serving most of the scenario's sessions (the client's member; the
-/// client picks a random one), from the `srvr` four-letter word's `Connections:` line.
+/// The first number after `label` in `text`.
+fn number_after(text: &str, label: &str) -> Option<u64> {
+    let rest = text.split(label).nth(1)?.trim_start();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The ZooKeeper member the CAS client's session is on (the client picks one at random), from
+/// the `cons` four-letter word: the connection that received the most requests, watchers aside.
 fn zookeeper_client_member() -> String {
     let endpoints = env("KV_TEST_ZOOKEEPER_CLUSTER_ENDPOINTS");
     let counts = endpoints
@@ -212,40 +221,35 @@ fn zookeeper_client_member() -> String {
                 .next()
                 .and_then(|p| p.parse().ok())
                 .unwrap_or_else(|| panic!("a host:port in {endpoints}"));
-            let answer = ask(port, "srvr");
-            let n = answer
+            let answer = ask(port, "cons");
+            // A watching session is sent notifications besides its replies: skip those.
+            let most = answer
                 .lines()
-                .find_map(|l| l.strip_prefix("Connections:"))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or_else(|| panic!("`srvr` on port {port} answered {answer:?}"));
-            ((i + 1).to_string(), n)
+                .filter_map(|line| {
+                    let received = number_after(line, "recved=")?;
+                    (number_after(line, "sent=")? <= received).then_some(received)
+                })
+                .max()
+                .unwrap_or(0);
+            ((i + 1).to_string(), most)
         })
         .collect();
     busiest(counts)
 }
 
-/// The NATS member serving most of the scenario's connections, from each server's monitoring
-/// endpoint (`/varz`, ports 24431..24433 of the cluster contract).
+/// The NATS server the CAS client is connected to (the client picks one at random), from each
+/// server's monitoring endpoint (ports 24431..24433 of the cluster contract): the connection
+/// that sent the most messages.
 fn nats_client_member() -> String {
     let counts = (1..=3u16)
         .map(|i| {
             let port = 24430 + i;
             let answer = ask(
                 port,
-                "GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                "GET /connz?sort=msgs_from&limit=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             );
-            let n = answer
-                .split("\"connections\":")
-                .nth(1)
-                .and_then(|rest| {
-                    rest.trim_start()
-                        .split(|c: char| !c.is_ascii_digit())
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or_else(|| panic!("/varz on port {port} answered {answer:?}"));
-            (i.to_string(), n)
+            let most = number_after(&answer, "\"in_msgs\":").unwrap_or(0);
+            (i.to_string(), most)
         })
         .collect();
     busiest(counts)
