@@ -568,6 +568,77 @@ impl Inner {
         Ok(reply)
     }
 
+    /// Reads one key's value and index without a script: `GET` and `HMGET meta v h` in one
+    /// pipelined round trip (both keys share a slot, so one node answers both). The pair is
+    /// consistent without `MULTI` because the metadata names the value its index belongs to
+    /// (`h`, its SHA-1): when the digest of the value read matches, that index belonged to
+    /// those very bytes at the moment of the `HMGET`, whichever command ran first (a write in
+    /// between changes `h`; one that put the same bytes back leaves a state that really
+    /// existed at that moment). Anything
+    /// else — no metadata (a value never written here, or one deleted between the reads), a
+    /// mismatch (a write raced the read, or another program replaced the value), a
+    /// key of another type, unexpected replies — falls back to the `GET` script, which reads
+    /// atomically and adopts foreign values. Two plain commands cost the server far less than
+    /// a script (no Lua, no hashing of the value on the server).
+    pub(crate) async fn read_pair(&self, key: &str) -> Result<Option<KvPair>> {
+        use sha1::{Digest, Sha1};
+        let full = self.full_key(key);
+        let meta = self.meta_key(&full);
+        // Issued together, the two commands travel in one write on the node's connection
+        // (fred pipelines concurrent commands); either order is consistent (see above).
+        let (value, meta) = self
+            .call("get", async {
+                Ok::<_, FredError>(tokio::join!(
+                    self.client.get::<Value, _>(full.as_str()),
+                    fred::prelude::HashesInterface::hmget::<Value, _, _>(
+                        &self.client,
+                        meta.as_str(),
+                        vec!["v", "h"],
+                    ),
+                ))
+            })
+            .await?;
+        let value = match value {
+            Ok(Value::Null) => return Ok(None),
+            Ok(value) => value,
+            // WRONGTYPE and friends: the script decides (a non-string key is absent).
+            Err(error)
+                if error.kind() == &ErrorKind::InvalidArgument
+                    || error.details().starts_with("WRONGTYPE") =>
+            {
+                return self.read(key).await.map(|f| f.map(|f| f.pair));
+            }
+            Err(error) => return Err(map_err(error, "get", self.config.request_timeout)),
+        };
+        let Some(value) = value.into_bytes() else {
+            return self.read(key).await.map(|f| f.map(|f| f.pair));
+        };
+        if let Ok(Value::Array(fields)) = meta {
+            match (fields.first(), fields.get(1)) {
+                // No metadata: never written through this crate, or deleted (or expired)
+                // between the two reads — only the script can tell.
+                (Some(Value::Null), _) => {}
+                (Some(index), Some(digest)) => {
+                    let matches = digest.as_bytes().is_some_and(|d| {
+                        let sum = Sha1::digest(&value);
+                        d.len() == 40
+                            && d.chunks(2).zip(sum.iter()).all(|(hex, byte)| {
+                                std::str::from_utf8(hex)
+                                    .ok()
+                                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                                    == Some(*byte)
+                            })
+                    });
+                    if matches && let Some(index) = parse_index(index) {
+                        return Ok(Some(KvPair::new(key.to_owned(), value, index)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.read(key).await.map(|f| f.map(|f| f.pair))
+    }
+
     /// Reads one key (value, index, TTL) atomically; a key of another type is absent. A value
     /// replaced by another program is adopted with a fresh index (see the `GET` script).
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Found>> {
@@ -1025,7 +1096,7 @@ impl Store for RedisStore {
         let inner = &self.inner;
         inner.tasks.ensure_open()?;
         let key = inner.caps.check_key(key)?;
-        Ok(inner.read(&key).await?.map(|f| f.pair))
+        inner.read_pair(&key).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]

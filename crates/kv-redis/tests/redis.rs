@@ -1894,3 +1894,67 @@ async fn transaction_slots_for_redis_cluster() {
     tagged.close().await.unwrap();
     plain.close().await.unwrap();
 }
+
+/// `get` reads the value and its metadata with two plain commands, not atomically: every pair
+/// it returns must still be one that existed. Writers replace and delete the key as fast as
+/// they can while readers check each pair read against what was written at that index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_without_a_script_never_mixes_two_writes() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let store = store_with_prefix(&unique("get-race")).await;
+    let written: Arc<Mutex<HashMap<u64, Bytes>>> = Arc::default();
+    let stop = Instant::now() + Duration::from_secs(2);
+    let writer = {
+        let (store, written) = (store.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut previous: Option<KvPair> = None;
+            while Instant::now() < stop {
+                n += 1;
+                if n % 7 == 0 {
+                    store.delete("k").await.unwrap();
+                    previous = None;
+                    continue;
+                }
+                // One writer: every CAS succeeds and tells the index it wrote.
+                let value = Bytes::from(format!("value {n}"));
+                let pair = store
+                    .atomic_put(
+                        "k",
+                        value.clone(),
+                        previous.as_ref(),
+                        WriteOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                written.lock().unwrap().insert(pair.last_index, value);
+                previous = Some(pair);
+            }
+            n
+        })
+    };
+    let mut checked = 0;
+    let mut last = 0;
+    while Instant::now() < stop {
+        if let Some(pair) = store.get("k", ReadOptions::default()).await.unwrap() {
+            assert!(pair.last_index >= last, "indexes never go back");
+            last = pair.last_index;
+            if let Some(value) = written.lock().unwrap().get(&pair.last_index) {
+                assert_eq!(
+                    value, &pair.value,
+                    "index {} with another write's value",
+                    pair.last_index
+                );
+                checked += 1;
+            }
+        }
+    }
+    let writes = writer.await.unwrap();
+    assert!(
+        checked > 10,
+        "{checked} reads checked against {writes} writes"
+    );
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
