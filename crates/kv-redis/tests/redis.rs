@@ -1912,7 +1912,7 @@ async fn get_without_a_script_never_mixes_two_writes() {
             let mut previous: Option<KvPair> = None;
             while Instant::now() < stop {
                 n += 1;
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     store.delete("k").await.unwrap();
                     previous = None;
                     continue;
