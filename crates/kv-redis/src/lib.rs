@@ -103,6 +103,15 @@
 //!   renew, release, `transaction`) is one Lua script (`EVALSHA`, reloaded on `NOSCRIPT`)
 //!   touching the value and its metadata atomically — a transaction's script every key's pair
 //!   (see [Transactions](#transactions)).
+//! * **Reads**: `get` sends `GET` and `HMGET <meta> v h` together (one round trip, no
+//!   script). The pair is consistent without `MULTI`: when the SHA-1 of the value read equals
+//!   the metadata's `h`, the index belonged to those very bytes when the `HMGET` ran (a write
+//!   in between changes `h`). Anything else — no metadata, a mismatch (a racing write, or a
+//!   value another program replaced), a key of another type — is answered by the read
+//!   script, which reads atomically and adopts foreign values. `list` and the watches read
+//!   with the script (they also need the TTL). A `put` stays a script: its index,
+//!   `max(previous + 1, server µs)`, must be computed from the previous one atomically with
+//!   the write, which plain commands (or `MULTI`) cannot do in one round trip.
 //! * **`last_index`**: `max(previous + 1, server TIME in µs)`. Within a key's life it rises by
 //!   at least 1 per write; after a delete (which removes the metadata) a re-created key starts
 //!   at the server clock, above every earlier index because an index never runs ahead of the
