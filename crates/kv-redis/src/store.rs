@@ -400,6 +400,10 @@ pub(crate) fn map_err(error: FredError, operation: &'static str, after: Duration
         ErrorKind::Unknown if details.starts_with("Failed to route command") => {
             Error::unavailable(BACKEND, error)
         }
+        // fred gave up sending a command to a node that stopped answering (a paused primary).
+        ErrorKind::Unknown if details.starts_with("Too many failed write attempts") => {
+            Error::unavailable(BACKEND, error)
+        }
         // A cluster between layouts (a failover under way): transient.
         ErrorKind::Cluster => Error::unavailable(BACKEND, error),
         _ if upper.starts_with("CLUSTERDOWN")
