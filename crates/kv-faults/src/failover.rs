@@ -654,6 +654,23 @@ impl Party {
             .ok()
     }
 
+    /// One bounded attempt at the lock ([`CONTEND`]); an error is booked and followed by a
+    /// short breath.
+    async fn try_lock(&self, lock: &mut Lock) -> Option<LockLease> {
+        match timeout(CONTEND, lock.lock()).await {
+            Ok(Ok(lease)) => {
+                self.acquired(&lease);
+                Some(lease)
+            }
+            Ok(Err(e)) => {
+                self.error(&e);
+                sleep(Duration::from_millis(100)).await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
@@ -665,21 +682,13 @@ async fn hold(store: Arc<dyn Store>, key: String, ttl: Duration, mut party: Part
         return;
     };
     while !party.stopped() {
-        match timeout(CONTEND, lock.lock()).await {
-            Ok(Ok(lease)) => {
-                party.acquired(&lease);
-                tokio::select! {
-                    _ = lease.lost() => {
-                        party.book.lock().unwrap_or_else(|e| e.into_inner()).holder_losses += 1;
-                    }
-                    _ = party.stop.wait_for(|s| *s) => {}
+        if let Some(lease) = party.try_lock(&mut lock).await {
+            tokio::select! {
+                _ = lease.lost() => {
+                    party.book.lock().unwrap_or_else(|e| e.into_inner()).holder_losses += 1;
                 }
+                _ = party.stop.wait_for(|s| *s) => {}
             }
-            Ok(Err(e)) => {
-                party.error(&e);
-                sleep(Duration::from_millis(100)).await;
-            }
-            Err(_) => {}
         }
     }
     let _ = timeout(Duration::from_secs(10), lock.unlock()).await;
@@ -692,21 +701,13 @@ async fn contend(store: Arc<dyn Store>, key: String, ttl: Duration, party: Party
         return;
     };
     while !party.stopped() {
-        match timeout(CONTEND, lock.lock()).await {
-            Ok(Ok(lease)) => {
-                party.acquired(&lease);
-                sleep(Duration::from_millis(300)).await;
-                match timeout(Duration::from_secs(10), lock.unlock()).await {
-                    Ok(Ok(())) | Ok(Err(Error::LockLost { .. })) => {}
-                    Ok(Err(e)) => party.error(&e),
-                    Err(_) => {}
-                }
+        if party.try_lock(&mut lock).await.is_some() {
+            sleep(Duration::from_millis(300)).await;
+            match timeout(Duration::from_secs(10), lock.unlock()).await {
+                Ok(Ok(())) | Ok(Err(Error::LockLost { .. })) => {}
+                Ok(Err(e)) => party.error(&e),
+                Err(_) => {}
             }
-            Ok(Err(e)) => {
-                party.error(&e);
-                sleep(Duration::from_millis(100)).await;
-            }
-            Err(_) => {}
         }
     }
 }
