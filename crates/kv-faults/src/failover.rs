@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::Target;
-use crate::observe::{WatchEnd, WatchLog, recover};
+use crate::observe::{Seen, WatchEnd, WatchLog, recover};
 use crate::report::Report;
 
 /// What happens to the member.
@@ -493,7 +493,24 @@ pub async fn failover(
     report
         .add("watch", outcome(&key_end))
         .add("watch_tree", outcome(&tree_end));
-    let _ = (key_log.ended_with_error(), tree_log.ended_with_error());
+    // The counter only grows: a watch that shows it going down reports a history that was
+    // rolled back (an acknowledged write lost) or states out of order.
+    let counts: Vec<u64> = key_log
+        .items()
+        .into_iter()
+        .filter_map(|(_, seen)| match seen {
+            Seen::State(Some(pair)) => std::str::from_utf8(&pair.value).ok()?.parse().ok(),
+            _ => None,
+        })
+        .collect();
+    let backwards = counts.windows(2).filter(|w| w[1] < w[0]).count();
+    report.add("watch_backwards", backwards);
+    if durable {
+        assert_eq!(
+            backwards, 0,
+            "{name}: the watch saw the counter go down {backwards} times"
+        );
+    }
     key_task.abort();
     tree_task.abort();
 
