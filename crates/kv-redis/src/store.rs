@@ -13,7 +13,9 @@ use fred::prelude::{
     Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, EventInterface,
     KeysInterface, ReconnectPolicy, ServerConfig, ServerInterface,
 };
-use fred::types::config::{Config as FredConfig, TlsConfig as FredTlsConfig};
+use fred::types::config::{
+    Config as FredConfig, TlsConfig as FredTlsConfig, UnresponsiveConfig,
+};
 use fred::types::scan::ScanType;
 use fred::types::{ConnectHandle, Value};
 use futures::{StreamExt, TryStreamExt};
@@ -280,6 +282,14 @@ fn builder(config: &FredConfig, parts: &BuilderParts) -> Builder {
             // CAS script could apply once and then report KeyModified. The caller gets
             // Unavailable instead and can re-read.
             c.max_command_attempts = 1;
+            // A server that stops answering without closing the connection (a frozen
+            // primary) would keep the handle on it until it resumes: once a command has
+            // waited a whole request timeout, drop the connection, so that the reconnection
+            // asks the Sentinels or the cluster where the primary is now.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(request_timeout),
+                interval: (request_timeout / 4).max(Duration::from_millis(50)),
+            };
         })
         .with_performance_config(|p| {
             p.default_command_timeout = request_timeout;
