@@ -174,7 +174,11 @@ async fn connect_client(config: &Config) -> Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
         .name("kv-nats")
         .connection_timeout(config.connect_timeout)
-        .request_timeout(Some(config.request_timeout));
+        .request_timeout(Some(config.request_timeout))
+        // The client notices a server that froze without closing the connection only by
+        // unanswered PINGs (it reconnects after two): ping at half the request timeout so a
+        // handle leaves a frozen server in about one request timeout, not minutes.
+        .ping_interval((config.request_timeout / 2).max(std::time::Duration::from_millis(500)));
     options = match &config.auth {
         Auth::None => options,
         Auth::UserPassword { user, password } => {
