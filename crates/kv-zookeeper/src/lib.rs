@@ -286,14 +286,16 @@
 //!   *holder* that hangs loses the lock after the lock's TTL, as the contract says.
 //! * TTL expiry is judged on the ZooKeeper leader's clock, estimated by each client to within
 //!   half a round trip + 1 ms; client clocks do not matter (see TTL).
-//! * TLS ([`TlsConfig`], `zookeeper+tls://…?ca_file=…&cert_file=…&key_file=…`) works: it was
-//!   checked by hand against ZooKeeper 3.8's Netty `secureClientPort` with
-//!   `ssl.clientAuth=need` (mutual TLS); a missing client certificate or a wrong CA is
-//!   [`kv_core::Error::Unavailable`]. The automated TLS tests belong to the TLS issue (the
-//!   test servers run no TLS port yet). Hostname verification cannot be turned off (the
-//!   library marks that `unsafe`, which this workspace forbids). Digest credentials
-//!   ([`Credentials`]) are tested: nodes get `CREATOR_ALL_ACL`, another identity is
-//!   [`kv_core::Error::PermissionDenied`].
+//! * TLS ([`TlsConfig`], `zookeeper+tls://…?ca_file=…&cert_file=…&key_file=…`) is tested in
+//!   the test command: the whole conformance suite runs over ZooKeeper 3.8's Netty
+//!   `secureClientPort` with `ssl.clientAuth=need` and digest credentials
+//!   (`tests/tls_conformance.rs`, `scripts/servers up zookeeper-tls`); a missing client
+//!   certificate or a wrong CA is [`kv_core::Error::Unavailable`]. Hostname verification
+//!   cannot be turned off (the library marks that `unsafe`, which this workspace forbids).
+//!   Digest credentials ([`Credentials`]) are tested: nodes get `CREATOR_ALL_ACL`, another
+//!   identity is [`kv_core::Error::PermissionDenied`]. Beware: over mutual TLS ZooKeeper also
+//!   registers the client certificate as an identity, so `CREATOR_ALL_ACL` admits the same
+//!   certificate with a wrong digest password; give each principal its own certificate.
 
 mod clock;
 mod config;
