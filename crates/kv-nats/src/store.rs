@@ -385,6 +385,14 @@ fn header_str<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str>
     headers.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
+/// How one publish attempt ended.
+enum Attempt {
+    /// Applied, refused by a condition, or failed in a way that may have taken effect.
+    Done(Result<Published>),
+    /// Refused in a way that proves nothing was stored: safe to send again.
+    NotApplied(Error),
+}
+
 impl Inner {
     /// The subject of a normalised key, checked against [`MAX_SUBJECT_LEN`].
     pub(crate) fn subject(&self, key: &str) -> Result<String> {
@@ -478,6 +486,11 @@ impl Inner {
 
     /// Publishes to a key's subject: a value (`operation` `None`) or a marker (`DEL`), with an
     /// optional TTL, owner token and expected last revision of the subject.
+    ///
+    /// A refusal that proves the write went nowhere — nobody answered for the stream (its
+    /// leader is being elected), or a new leader not caught up yet — is tried again until the
+    /// request timeout, so a handle rides through a stream leader change instead of failing
+    /// a write that could not have been applied.
     pub(crate) async fn publish(
         &self,
         key: &str,
@@ -487,12 +500,46 @@ impl Inner {
         owner: Option<&str>,
         expected: Option<u64>,
     ) -> Result<Published> {
-        let subject = self.subject(key)?;
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self
+                .publish_once(key, value.clone(), ttl, operation, owner, expected)
+                .await
+            {
+                Attempt::NotApplied(_)
+                    if self.client.connection_state()
+                        == async_nats::connection::State::Connected
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(400));
+                }
+                Attempt::NotApplied(error) => return Err(error),
+                Attempt::Done(outcome) => return outcome,
+            }
+        }
+    }
+
+    /// One attempt of [`Inner::publish`].
+    async fn publish_once(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        operation: Option<&str>,
+        owner: Option<&str>,
+        expected: Option<u64>,
+    ) -> Attempt {
+        let subject = match self.subject(key) {
+            Ok(subject) => subject,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
         // While disconnected, async-nats queues what is published and sends it after the
         // reconnect — possibly long after this call has failed. A write that reported an
         // error must not land later: refuse it before it reaches the queue.
         if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(Error::unavailable(
+            return Attempt::NotApplied(Error::unavailable(
                 BACKEND,
                 "not connected to the NATS server (the write was not sent)",
             ));
@@ -523,7 +570,7 @@ impl Inner {
                 .and_then(|s| s.downcast_ref::<jetstream::Error>())
                 .map(|e| e.error_code())
         };
-        match ack {
+        Attempt::Done(match ack {
             Ok(ack) => Ok(Published::Stored(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Published::Conflict),
             // A clustered stream may say "wrong last sequence" without the number.
@@ -539,7 +586,7 @@ impl Inner {
                         jetstream::ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY,
                     ) =>
             {
-                Err(Error::unavailable(BACKEND, e))
+                return Attempt::NotApplied(Error::unavailable(BACKEND, e));
             }
             Err(e) if e.kind() == PublishErrorKind::TimedOut => {
                 Err(timeout("publish", self.config.request_timeout))
@@ -547,13 +594,13 @@ impl Inner {
             // Nobody answered for the stream: on a cluster, its leader is being elected (the
             // write went nowhere); the bucket is gone only if its stream no longer exists.
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                match self.stream_identity().await {
-                    Err(gone @ Error::Config(_)) => Err(gone),
-                    _ => Err(Error::unavailable(BACKEND, e)),
-                }
+                return match self.stream_identity().await {
+                    Err(gone @ Error::Config(_)) => Attempt::Done(Err(gone)),
+                    _ => Attempt::NotApplied(Error::unavailable(BACKEND, e)),
+                };
             }
             Err(e) => Err(backend(e)),
-        }
+        })
     }
 
     /// Create-only write (a delete marker counts as absent).
