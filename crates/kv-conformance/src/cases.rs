@@ -1552,6 +1552,26 @@ pub async fn close_releases_everything(factory: &dyn StoreFactory) {
         lease = Some(lock.lock().await.unwrap());
         held_lock = Some(lock);
     }
+    // Locks dropped just before `close`: their background releases are in flight when
+    // `close` starts (staggered, so some have reached the server and some have not), and
+    // `close` must wait for them.
+    let dropped_keys: Vec<String> = (0..4).map(|i| format!("{p}/dropped{i}")).collect();
+    if caps.locks {
+        let mut dropped = Vec::new();
+        for key in &dropped_keys {
+            let mut lock = closing
+                .new_lock(key, LockOptions::default().ttl(lock_ttl(&caps) * 4))
+                .await
+                .unwrap();
+            lock.lock().await.unwrap();
+            dropped.push(lock);
+        }
+        for (i, lock) in dropped.into_iter().enumerate() {
+            drop(lock);
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_micros(300 * i as u64)).await;
+        }
+    }
     let mut watch = if caps.watch {
         Some(
             closing
@@ -1567,6 +1587,13 @@ pub async fn close_releases_everything(factory: &dyn StoreFactory) {
     }
 
     closing.close().await.expect("close");
+    for key in dropped_keys.iter().filter(|_| caps.locks) {
+        assert_eq!(
+            other.get(key, ReadOptions::default()).await.unwrap(),
+            None,
+            "close waits for the release of a lock dropped just before it ({key})"
+        );
+    }
     closing.close().await.expect("close is idempotent");
     if let Some(lease) = &lease {
         assert_ne!(

@@ -21,8 +21,10 @@
 //!   [`Error::LockLost`] if the lock had been lost meanwhile, [`Error::LockNotHeld`] if it was
 //!   not locked. The same `Lock` can be locked again afterwards.
 //! * Locking a `Lock` that is already held is [`Error::LockAlreadyHeld`].
-//! * A held lock whose `Lock` is dropped is released in the background;
-//!   [`Store::close`](crate::Store::close) releases every lock of the handle before returning.
+//! * A held lock whose `Lock` is dropped is released in the background: the release counts in
+//!   [`Store::background_tasks`](crate::Store::background_tasks) until the server has
+//!   answered. [`Store::close`](crate::Store::close) releases every lock of the handle before
+//!   returning, and waits for the releases of dropped locks still in flight.
 //! * After release or expiry the key is gone: a lock never leaves its value behind (so the
 //!   next `lock` is not blocked by a stale value).
 
@@ -210,14 +212,20 @@ impl HeldRegistry {
             std::mem::take(&mut *slots)
         };
         for slot in slots.iter().filter_map(Weak::upgrade) {
-            if let Some((notifier, held)) = slot.lock().await.take() {
-                notifier.released();
-                if let Err(error) = tokio::time::timeout(limit, held.release())
-                    .await
-                    .unwrap_or(Ok(()))
-                {
-                    tracing::warn!(%error, "releasing a lock while closing the store failed");
+            // Waiting for the slot also waits for an `unlock` or a dropped lock's release in
+            // flight (they keep it locked until the server answers); the limit bounds both.
+            let release = async {
+                let mut content = slot.lock().await;
+                match content.take() {
+                    Some((notifier, held)) => {
+                        notifier.released();
+                        held.release().await
+                    }
+                    None => Ok(()),
                 }
+            };
+            if let Err(error) = tokio::time::timeout(limit, release).await.unwrap_or(Ok(())) {
+                tracing::warn!(%error, "releasing a lock while closing the store failed");
             }
         }
     }
@@ -330,7 +338,11 @@ impl Lock {
 
 /// Releases what the slot holds; `Ok(false)` if it was empty.
 async fn release_slot(slot: &Slot) -> Result<bool> {
-    let Some((notifier, held)) = slot.lock().await.take() else {
+    // The slot stays locked until the server has answered, so that a `close` running at the
+    // same time (which releases every registered slot) waits for this release instead of
+    // finding the slot empty and returning while the key still exists.
+    let mut content = slot.lock().await;
+    let Some((notifier, held)) = content.take() else {
         return Ok(false);
     };
     notifier.released();
@@ -391,12 +403,28 @@ impl Drop for Handover {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        if let Some((_, slot)) = self.held.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = release_slot(&slot).await;
-            });
+        let Some((_, slot)) = self.held.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                key = %self.key,
+                "a held lock was dropped outside a runtime: it stays held until its TTL runs out"
+            );
+            return;
+        };
+        let release = async move {
+            if let Err(error) = release_slot(&slot).await {
+                tracing::warn!(%error, "releasing a dropped lock failed");
+            }
+        };
+        // Counted among the handle's tasks until the server has answered, so
+        // `background_tasks()` shows the release in flight; `close` waits for it through the
+        // slot. A closed handle released the lock already, so the task finds the slot empty.
+        if self.tasks.is_closed() {
+            runtime.spawn(release);
+        } else {
+            self.tasks.spawn(release);
         }
     }
 }
@@ -444,5 +472,120 @@ where
             notifier.lost();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A lock "server" in memory whose release takes `delay`: enough to widen the window
+    /// between a dropped lock's release starting and finishing.
+    #[derive(Debug)]
+    struct SlowBackend {
+        held: Arc<AtomicUsize>,
+        delay: Duration,
+    }
+
+    #[derive(Debug)]
+    struct SlowHeld {
+        held: Arc<AtomicUsize>,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl LockBackend for SlowBackend {
+        async fn acquire(&self, _abandon: CancellationToken) -> Result<Acquired> {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let (notifier, lease) = LeaseNotifier::new(1);
+            Ok(Acquired {
+                fencing_token: 1,
+                notifier,
+                lease,
+                held: Box::new(SlowHeld {
+                    held: self.held.clone(),
+                    delay: self.delay,
+                }),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl HeldLock for SlowHeld {
+        async fn release(self: Box<Self>) -> Result<()> {
+            tokio::time::sleep(self.delay).await;
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn slow_lock(tasks: &TaskSet, held: &Arc<AtomicUsize>, delay: Duration) -> Lock {
+        let backend = Arc::new(SlowBackend {
+            held: held.clone(),
+            delay,
+        });
+        Lock::new("k".into(), backend, tasks.clone())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_locks_release_counts_as_a_task_until_it_is_done() {
+        let tasks = TaskSet::new();
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut lock = slow_lock(&tasks, &held, Duration::from_millis(200));
+        lock.lock().await.unwrap();
+        assert_eq!(tasks.running(), 0);
+        drop(lock);
+        assert_eq!(tasks.running(), 1, "the release in flight is counted");
+        while tasks.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            0,
+            "released once the count is back"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_waits_for_releases_of_dropped_locks_already_in_flight() {
+        for delay_before_close in [0, 1, 5, 20, 50] {
+            let tasks = TaskSet::new();
+            let held = Arc::new(AtomicUsize::new(0));
+            let mut locks = Vec::new();
+            for _ in 0..3 {
+                let mut lock = slow_lock(&tasks, &held, Duration::from_millis(100));
+                lock.lock().await.unwrap();
+                locks.push(lock);
+            }
+            drop(locks);
+            // Lets the releases start (and take their slots) before `close` runs.
+            tokio::time::sleep(Duration::from_millis(delay_before_close)).await;
+            tasks.close(Duration::from_secs(5)).await;
+            assert_eq!(
+                held.load(Ordering::SeqCst),
+                0,
+                "close returned with a release still in flight ({delay_before_close} ms)"
+            );
+            assert_eq!(tasks.running(), 0);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_bounds_the_wait_for_a_release_in_flight() {
+        let tasks = TaskSet::new();
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut lock = slow_lock(&tasks, &held, Duration::from_secs(30));
+        lock.lock().await.unwrap();
+        drop(lock);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        tasks.close(Duration::from_millis(200)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(tasks.running(), 0);
     }
 }
