@@ -385,6 +385,9 @@ fn header_str<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str>
     headers.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
+/// The longest wait for the stream's info after a publish found nobody serving the stream.
+const STREAM_PROBE_LIMIT: Duration = Duration::from_secs(1);
+
 /// How one publish attempt ended.
 enum Attempt {
     /// Applied, refused by a condition, or failed in a way that may have taken effect.
@@ -593,9 +596,15 @@ impl Inner {
             }
             // Nobody answered for the stream: on a cluster, its leader is being elected (the
             // write went nowhere); the bucket is gone only if its stream no longer exists.
+            //
+            // The check is bounded by a short probe, not the request timeout: while the
+            // stream is offline (its only replica's server down) nobody answers the stream
+            // info request either, and waiting the whole request timeout for it would keep
+            // the write from being sent again once the stream is back.
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                return match self.stream_identity().await {
-                    Err(gone @ Error::Config(_)) => Attempt::Done(Err(gone)),
+                let probe = (self.config.request_timeout / 4).min(STREAM_PROBE_LIMIT);
+                return match tokio::time::timeout(probe, self.stream_identity()).await {
+                    Ok(Err(gone @ Error::Config(_))) => Attempt::Done(Err(gone)),
                     _ => Attempt::NotApplied(Error::unavailable(BACKEND, e)),
                 };
             }

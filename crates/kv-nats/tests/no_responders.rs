@@ -1,0 +1,216 @@
+//! A write refused with "no responders" (nobody serves the bucket's stream right now) is sent
+//! again until the request timeout, and only such a write: every write issued while the
+//! stream is offline lands exactly once when it comes back.
+//!
+//! Forced on the 3-server cluster of `scripts/servers up nats-cluster`: the bucket's stream
+//! has ONE replica, the client connects to the two other servers, and the replica's server is
+//! SIGKILLed, so every publish to the bucket gets "no responders" while the stream still
+//! exists. The server is restarted while the writes wait.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kv_core::{Store, WriteOptions};
+use kv_nats::NatsStore;
+use kv_test_support::cluster::Cluster;
+
+const BUCKET: &str = "noresponders";
+
+/// Restarts the killed member however the test ends, so later cluster tests find it.
+struct Revive(Option<String>);
+
+impl Drop for Revive {
+    fn drop(&mut self) {
+        if let Some(member) = self.0.take() {
+            Cluster::NATS.restart(&member);
+        }
+    }
+}
+
+fn member_urls() -> Vec<String> {
+    kv_test_support::env("KV_TEST_NATS_CLUSTER_URL")
+        .trim_end_matches('/')
+        .trim_start_matches("nats://")
+        .split(',')
+        .map(|a| format!("nats://{a}"))
+        .collect()
+}
+
+async fn stream_last_sequence(url: &str) -> u64 {
+    let client = async_nats::connect(url).await.expect("raw connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("the stream");
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_with_no_responders_land_exactly_once() {
+    let urls = member_urls();
+    assert_eq!(
+        urls.len(),
+        3,
+        "KV_TEST_NATS_CLUSTER_URL lists the 3 servers"
+    );
+    let cluster = Cluster::NATS;
+    let members = cluster.members();
+    assert_eq!(members.len(), 3, "{members:?}");
+
+    // Create the R1 bucket, then find the server holding its only replica.
+    let setup = NatsStore::connect(
+        kv_nats::Config::builder()
+            .servers(urls.clone())
+            .bucket(BUCKET)
+            .replicas(1)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    // Left by an earlier run.
+    for key in ["put", "cas", "create"] {
+        setup.delete(key).await.unwrap();
+    }
+    setup
+        .put("put", Bytes::from_static(b"0"), WriteOptions::default())
+        .await
+        .unwrap();
+    let cas_base = setup
+        .atomic_put(
+            "cas",
+            Bytes::from_static(b"0"),
+            None,
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    setup.close().await.unwrap();
+    let host =
+        tokio::task::spawn_blocking(move || Cluster::NATS.leader_of(&format!("KV_{BUCKET}")))
+            .await
+            .unwrap();
+    let host_index = members
+        .iter()
+        .position(|m| *m == host)
+        .unwrap_or_else(|| panic!("stream host {host:?} is not among {members:?}"));
+    let others: Vec<String> = urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != host_index)
+        .map(|(_, u)| u.clone())
+        .collect();
+    let before = stream_last_sequence(&others[0]).await;
+
+    // A handle on the two other servers only, patient enough to outlast a restart.
+    let store = std::sync::Arc::new(
+        NatsStore::connect(
+            kv_nats::Config::builder()
+                .servers(others.clone())
+                .bucket(BUCKET)
+                .replicas(1)
+                .request_timeout(Duration::from_secs(40))
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+
+    let mut revive = Revive(Some(host.clone()));
+    {
+        let host = host.clone();
+        tokio::task::spawn_blocking(move || Cluster::NATS.kill(&host))
+            .await
+            .unwrap();
+    }
+    let killed = Instant::now();
+    let put = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .put("put", Bytes::from_static(b"1"), WriteOptions::default())
+                .await
+        })
+    };
+    let cas = {
+        let store = store.clone();
+        let base = cas_base.clone();
+        tokio::spawn(async move {
+            store
+                .atomic_put(
+                    "cas",
+                    Bytes::from_static(b"1"),
+                    Some(&base),
+                    WriteOptions::default(),
+                )
+                .await
+        })
+    };
+    let create = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .atomic_put(
+                    "create",
+                    Bytes::from_static(b"1"),
+                    None,
+                    WriteOptions::default(),
+                )
+                .await
+        })
+    };
+    // Long enough for several refusals and resends; none of the writes may end meanwhile
+    // (ending here would mean the refusal was reported instead of retried).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !put.is_finished() && !cas.is_finished() && !create.is_finished(),
+        "writes refused with no responders must wait for the stream, not fail: put {:?} cas {:?} create {:?}",
+        put.is_finished(),
+        cas.is_finished(),
+        create.is_finished()
+    );
+    {
+        let host = host.clone();
+        tokio::task::spawn_blocking(move || Cluster::NATS.restart(&host))
+            .await
+            .unwrap();
+    }
+    revive.0 = None;
+    let offline_for = killed.elapsed();
+    eprintln!("stream host {host} back after {offline_for:?}");
+
+    put.await.unwrap().expect("the put lands after the restart");
+    let cas = cas
+        .await
+        .unwrap()
+        .expect("the CAS lands once (a second copy would conflict)");
+    let create = create
+        .await
+        .unwrap()
+        .expect("the create lands once (a second copy would say KeyExists)");
+    // Exactly three messages were added to the stream: no write was stored twice.
+    let after = stream_last_sequence(&others[0]).await;
+    assert_eq!(
+        after,
+        before + 3,
+        "three writes while offline for {offline_for:?} must add exactly three messages"
+    );
+    assert!(cas.last_index > before && cas.last_index <= after);
+    assert!(create.last_index > before && create.last_index <= after);
+    for key in ["put", "cas", "create"] {
+        let pair = store
+            .get(key, kv_core::ReadOptions::default())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} exists"));
+        assert_eq!(pair.value, Bytes::from_static(b"1"), "{key}");
+    }
+    store.close().await.unwrap();
+}
