@@ -13,7 +13,7 @@ use kv_core::{
     Acquired, CancellationToken, Error, HeldLock, LeaseNotifier, LockBackend, LockOptions, Result,
 };
 
-use crate::store::{Inner, LOCK_OWNER, Published, Record};
+use crate::store::{Inner, LOCK_OWNER, Publish, Published, Record};
 
 /// The [`LockBackend`] of one key.
 #[derive(Debug)]
@@ -107,7 +107,12 @@ impl LockBackend for NatsLock {
                     async move {
                         let expected = current.load(Ordering::SeqCst);
                         match inner
-                            .publish(&key, value, Some(ttl), None, Some(&owner), Some(expected))
+                            .publish(
+                                Publish::value(&key, value)
+                                    .ttl(Some(ttl))
+                                    .owner(Some(&owner))
+                                    .expected(expected),
+                            )
                             .await?
                         {
                             Published::Stored(seq) => {
@@ -156,14 +161,7 @@ impl HeldLock for NatsHeld {
                 let mut expected = self.current.load(Ordering::SeqCst);
                 loop {
                     match inner
-                        .publish(
-                            &self.key,
-                            Bytes::new(),
-                            None,
-                            Some("DEL"),
-                            None,
-                            Some(expected),
-                        )
+                        .publish(Publish::delete_marker(&self.key).expected(expected))
                         .await?
                     {
                         Published::Stored(_) => return Ok(()),

@@ -388,6 +388,60 @@ fn header_str<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str>
 /// The longest wait for the stream's info after a publish found nobody serving the stream.
 const STREAM_PROBE_LIMIT: Duration = Duration::from_secs(1);
 
+/// One write to a key's subject: a value, or a delete marker, with its options.
+#[derive(Debug, Clone)]
+pub(crate) struct Publish<'a> {
+    key: &'a str,
+    value: Bytes,
+    ttl: Option<Duration>,
+    /// `Some("DEL")` for a delete marker.
+    operation: Option<&'static str>,
+    /// A lock holder's owner token.
+    owner: Option<&'a str>,
+    /// The subject's expected last revision (0: no live message).
+    expected: Option<u64>,
+}
+
+impl<'a> Publish<'a> {
+    /// Stores `value` under `key`.
+    pub(crate) fn value(key: &'a str, value: Bytes) -> Self {
+        Publish {
+            key,
+            value,
+            ttl: None,
+            operation: None,
+            owner: None,
+            expected: None,
+        }
+    }
+
+    /// Marks `key` deleted.
+    pub(crate) fn delete_marker(key: &'a str) -> Self {
+        Publish {
+            operation: Some("DEL"),
+            ..Publish::value(key, Bytes::new())
+        }
+    }
+
+    /// With a TTL, when there is one.
+    pub(crate) fn ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// With a lock holder's owner token, when there is one.
+    pub(crate) fn owner(mut self, owner: Option<&'a str>) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// Only if the subject's last revision is `expected`.
+    pub(crate) fn expected(mut self, expected: u64) -> Self {
+        self.expected = Some(expected);
+        self
+    }
+}
+
 /// How one publish attempt ended.
 enum Attempt {
     /// Applied, refused by a condition, or failed in a way that may have taken effect.
@@ -487,29 +541,17 @@ impl Inner {
         }
     }
 
-    /// Publishes to a key's subject: a value (`operation` `None`) or a marker (`DEL`), with an
-    /// optional TTL, owner token and expected last revision of the subject.
+    /// Publishes `request` to its key's subject.
     ///
     /// A refusal that proves the write went nowhere — nobody answered for the stream (its
     /// leader is being elected), or a new leader not caught up yet — is tried again until the
     /// request timeout, so a handle rides through a stream leader change instead of failing
     /// a write that could not have been applied.
-    pub(crate) async fn publish(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        operation: Option<&str>,
-        owner: Option<&str>,
-        expected: Option<u64>,
-    ) -> Result<Published> {
+    pub(crate) async fn publish(&self, request: Publish<'_>) -> Result<Published> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         let mut pause = Duration::from_millis(25);
         loop {
-            match self
-                .publish_once(key, value.clone(), ttl, operation, owner, expected)
-                .await
-            {
+            match self.publish_once(&request).await {
                 Attempt::NotApplied(_)
                     if self.client.connection_state()
                         == async_nats::connection::State::Connected
@@ -525,16 +567,8 @@ impl Inner {
     }
 
     /// One attempt of [`Inner::publish`].
-    async fn publish_once(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        operation: Option<&str>,
-        owner: Option<&str>,
-        expected: Option<u64>,
-    ) -> Attempt {
-        let subject = match self.subject(key) {
+    async fn publish_once(&self, request: &Publish<'_>) -> Attempt {
+        let subject = match self.subject(request.key) {
             Ok(subject) => subject,
             Err(e) => return Attempt::Done(Err(e)),
         };
@@ -547,20 +581,21 @@ impl Inner {
                 "not connected to the NATS server (the write was not sent)",
             ));
         }
-        let mut message = jetstream::message::PublishMessage::build().payload(value);
-        if let Some(ttl) = ttl {
+        let mut message =
+            jetstream::message::PublishMessage::build().payload(request.value.clone());
+        if let Some(ttl) = request.ttl {
             message = message.header(
                 async_nats::header::NATS_MESSAGE_TTL,
                 ttl_header(ttl).as_str(),
             );
         }
-        if let Some(operation) = operation {
+        if let Some(operation) = request.operation {
             message = message.header(KV_OPERATION, operation);
         }
-        if let Some(owner) = owner {
+        if let Some(owner) = request.owner {
             message = message.header(LOCK_OWNER, owner);
         }
-        if let Some(expected) = expected {
+        if let Some(expected) = request.expected {
             message = message.expected_last_subject_sequence(expected);
         }
         let ack = match self.js.send_publish(subject, message).await {
@@ -623,7 +658,12 @@ impl Inner {
         let mut expected = 0;
         loop {
             match self
-                .publish(key, value.clone(), ttl, None, owner, Some(expected))
+                .publish(
+                    Publish::value(key, value.clone())
+                        .ttl(ttl)
+                        .owner(owner)
+                        .expected(expected),
+                )
                 .await?
             {
                 Published::Stored(seq) => return Ok(KvPair::new(key, value, seq)),
@@ -660,7 +700,7 @@ impl Inner {
                 Some(Record::Live(pair)) => pair.last_index,
             };
             match self
-                .publish(key, Bytes::new(), None, Some("DEL"), None, Some(seq))
+                .publish(Publish::delete_marker(key).expected(seq))
                 .await?
             {
                 Published::Stored(_) => return Ok(true),
@@ -783,7 +823,7 @@ impl Store for NatsStore {
         let ttl = inner.caps.check_ttl(options.ttl)?;
         inner
             .bounded("put", async {
-                inner.publish(&key, value, ttl, None, None, None).await?;
+                inner.publish(Publish::value(&key, value).ttl(ttl)).await?;
                 Ok(())
             })
             .await
@@ -867,12 +907,9 @@ impl Store for NatsStore {
                 };
                 match inner
                     .publish(
-                        &key,
-                        value.clone(),
-                        ttl,
-                        None,
-                        None,
-                        Some(previous.last_index),
+                        Publish::value(&key, value.clone())
+                            .ttl(ttl)
+                            .expected(previous.last_index),
                     )
                     .await?
                 {
@@ -893,14 +930,7 @@ impl Store for NatsStore {
                 // A pair's index always names a value, never a marker: expecting it cannot
                 // "delete" a key that is already gone.
                 match inner
-                    .publish(
-                        &key,
-                        Bytes::new(),
-                        None,
-                        Some("DEL"),
-                        None,
-                        Some(previous.last_index),
-                    )
+                    .publish(Publish::delete_marker(&key).expected(previous.last_index))
                     .await?
                 {
                     Published::Stored(_) => Ok(()),
