@@ -1390,6 +1390,115 @@ pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
     );
 }
 
+/// `unlock()` is cancel-safe: cut short at a random moment (a `timeout` or a few scheduler
+/// yields around the time an unlock takes), the lock is still released in the background,
+/// promptly and well before its TTL could expire; the `Lock` is unheld and can be locked
+/// again; no task is left.
+pub async fn unlock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
+    use rand::Rng;
+    const ROUNDS: usize = 40;
+    let store = connect(factory).await;
+    let other = connect(factory).await;
+    let caps = store.capabilities().clone();
+    if lacks(&*store, &[Capability::Locks]).await {
+        return;
+    }
+    let key = format!(
+        "{}/cancelled",
+        unique_prefix("unlock_cancelled_at_random_moments")
+    );
+    // Long enough that expiry cannot pass for a release.
+    let ttl = (lock_ttl(&caps) * 5).max(EVENT_TIMEOUT * 2);
+    let options = LockOptions::default().value("v").ttl(ttl);
+    let baseline = store.background_tasks();
+    let mut lock = store.new_lock(&key, options.clone()).await.unwrap();
+    let mut typical = Duration::ZERO;
+    for _ in 0..3 {
+        lock.lock().await.unwrap();
+        let started = Instant::now();
+        lock.unlock().await.unwrap();
+        typical = typical.max(started.elapsed());
+    }
+    let mut last_token = 0;
+    let mut cut = 0;
+    for round in 0..ROUNDS {
+        let lease = timeout(EVENT_TIMEOUT, lock.lock())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the lock is free again in time"))
+            .unwrap();
+        assert!(
+            lease.fencing_token() > last_token,
+            "round {round}: fencing tokens rise"
+        );
+        last_token = lease.fencing_token();
+        let (limit, yields) = {
+            let mut rng = rand::rng();
+            let span = (typical.as_micros() as u64 * 2).max(50);
+            (
+                Duration::from_micros(rng.random_range(0..=span)),
+                rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
+            )
+        };
+        let cut_short = async {
+            match yields {
+                Some(n) => {
+                    for _ in 0..n {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                None => sleep(limit).await,
+            }
+        };
+        let finished = tokio::select! {
+            biased;
+            _ = cut_short => None,
+            result = lock.unlock() => Some(result),
+        };
+        match finished {
+            Some(result) => result.unwrap_or_else(|e| panic!("round {round}: unlock: {e}")),
+            // Cut before its first poll, `unlock` never started: the lock is still held.
+            None if lock.lease().is_some() => {
+                assert!(
+                    lease.is_held(),
+                    "round {round}: an unlock never polled changes nothing"
+                );
+                lock.unlock().await.unwrap();
+            }
+            None => cut += 1,
+        }
+        assert!(lock.lease().is_none(), "round {round}: the Lock is unheld");
+        assert_ne!(
+            lease.state(),
+            LockState::Held,
+            "round {round}: the lease ended"
+        );
+        let waiting = Instant::now();
+        eventually(
+            EVENT_TIMEOUT,
+            &format!("round {round} (limit {limit:?} or {yields:?} yields): the lock key is gone"),
+            || async { get(&*other, &key).await.is_none() },
+        )
+        .await;
+        assert!(
+            waiting.elapsed() < ttl,
+            "round {round}: released, not expired"
+        );
+    }
+    eventually(
+        Duration::from_secs(3),
+        "no task is left after the cancelled unlocks",
+        || async { store.background_tasks() == baseline },
+    )
+    .await;
+    println!(
+        "unlock_cancelled_at_random_moments: {cut} of {ROUNDS} unlocks cut short (typical unlock {typical:?})"
+    );
+    assert!(
+        cut > 0,
+        "no unlock was cut short: the limits never reached one"
+    );
+}
+
 /// A held lock with a short TTL stays held well past its TTL: renewal works.
 pub async fn lock_renewal_keeps_it_held(factory: &dyn StoreFactory) {
     let holder = connect(factory).await;

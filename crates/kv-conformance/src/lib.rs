@@ -104,6 +104,7 @@ macro_rules! conformance_tests {
             lock_unlock_relock,
             lock_waits_for_release,
             lock_cancelled_at_random_moments,
+            unlock_cancelled_at_random_moments,
             lock_renewal_keeps_it_held,
             lock_contenders_never_overlap,
             lock_lost_when_key_deleted,

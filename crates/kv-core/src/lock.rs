@@ -19,7 +19,8 @@
 //!   was unlocked. [`LockLease::state`] says which.
 //! * [`Lock::unlock`] deletes the key if this holder still owns it. It returns
 //!   [`Error::LockLost`] if the lock had been lost meanwhile, [`Error::LockNotHeld`] if it was
-//!   not locked. The same `Lock` can be locked again afterwards.
+//!   not locked. The same `Lock` can be locked again afterwards. `unlock` is cancel-safe too:
+//!   cut short at any point, it still releases the lock in the background.
 //! * Locking a `Lock` that is already held is [`Error::LockAlreadyHeld`].
 //! * A held lock whose `Lock` is dropped is released in the background: the release counts in
 //!   [`Store::background_tasks`](crate::Store::background_tasks) until the server has
@@ -315,13 +316,28 @@ impl Lock {
 
     /// Releases the lock. [`Error::LockLost`] if it had been lost meanwhile (the key is
     /// cleaned up all the same), [`Error::LockNotHeld`] if it was not locked.
+    ///
+    /// Cancel-safe: the release runs in a task of the handle, so an `unlock` whose future is
+    /// dropped (a `timeout` around it) still finishes releasing the lock in the background,
+    /// like a dropped [`Lock`].
     pub async fn unlock(&mut self) -> Result<()> {
         let Some((lease, slot)) = self.held.take() else {
             return Err(Error::LockNotHeld {
                 key: self.key.clone(),
             });
         };
-        let released = release_slot(&slot).await;
+        mark_released(&slot);
+        let (tx, rx) = oneshot::channel();
+        let release = async move {
+            let _ = tx.send(release_slot(&slot).await);
+        };
+        if self.tasks.is_closed() {
+            tokio::spawn(release);
+        } else {
+            self.tasks.spawn(release);
+        }
+        // A task cancelled by `close` drops the sender: the close released the lock.
+        let released = rx.await.unwrap_or(Ok(false));
         if lease.state() == LockState::Lost {
             // Losing the lock is the news; a failed clean-up of a lost lock is not.
             return Err(Error::LockLost {
@@ -333,6 +349,17 @@ impl Lock {
             // The store was closed, which released the lock already.
             false => Err(Error::Closed),
         }
+    }
+}
+
+/// Ends the slot's lease as released at once, before the release reaches the server: a lease
+/// the caller gave up must not read `Held` while the background release runs. (A slot locked
+/// right now is being released by someone else, who marks it.)
+fn mark_released(slot: &Slot) {
+    if let Ok(content) = slot.try_lock()
+        && let Some((notifier, _)) = content.as_ref()
+    {
+        notifier.released();
     }
 }
 
@@ -406,6 +433,7 @@ impl Drop for Lock {
         let Some((_, slot)) = self.held.take() else {
             return;
         };
+        mark_released(&slot);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
                 key = %self.key,
@@ -569,6 +597,26 @@ mod tests {
             );
             assert_eq!(tasks.running(), 0);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_unlock_still_releases() {
+        let tasks = TaskSet::new();
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut lock = slow_lock(&tasks, &held, Duration::from_millis(100));
+        for cut in [0, 1, 20, 50, 90] {
+            lock.lock().await.unwrap();
+            let unlock = tokio::time::timeout(Duration::from_millis(cut), lock.unlock()).await;
+            assert!(unlock.is_err(), "cut short after {cut} ms");
+            assert!(lock.lease().is_none(), "a cancelled unlock leaves the Lock unheld");
+            while tasks.running() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(held.load(Ordering::SeqCst), 0, "released after a cut at {cut} ms");
+        }
+        lock.lock().await.unwrap();
+        lock.unlock().await.unwrap();
+        assert_eq!(held.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
