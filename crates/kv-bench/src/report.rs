@@ -329,6 +329,12 @@ pub fn markdown(r: &Results, o: &Options, m: &Meta) -> String {
     );
     let _ = writeln!(
         w,
+        "Where a ratio stays below the target, the measured cause (what our call sends that the \
+         raw call does not, which contract promise needs it, and what each layer costs) is in \
+         [costs/](costs/): one file per backend, written from measurements like this run's.\n"
+    );
+    let _ = writeln!(
+        w,
         "| backend | op | ours/raw c=64 | ours/raw c=1 | ours/valkeyrie c=64 | ours/valkeyrie c=1 |"
     );
     let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- |");
