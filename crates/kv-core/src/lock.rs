@@ -608,15 +608,60 @@ mod tests {
             lock.lock().await.unwrap();
             let unlock = tokio::time::timeout(Duration::from_millis(cut), lock.unlock()).await;
             assert!(unlock.is_err(), "cut short after {cut} ms");
-            assert!(lock.lease().is_none(), "a cancelled unlock leaves the Lock unheld");
+            assert!(
+                lock.lease().is_none(),
+                "a cancelled unlock leaves the Lock unheld"
+            );
             while tasks.running() > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            assert_eq!(held.load(Ordering::SeqCst), 0, "released after a cut at {cut} ms");
+            assert_eq!(
+                held.load(Ordering::SeqCst),
+                0,
+                "released after a cut at {cut} ms"
+            );
         }
         lock.lock().await.unwrap();
         lock.unlock().await.unwrap();
         assert_eq!(held.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_cut_short_still_releases_every_lock_and_stops_every_task() {
+        for cut in [0, 1, 30, 150] {
+            let tasks = TaskSet::new();
+            let held = Arc::new(AtomicUsize::new(0));
+            let mut locks = Vec::new();
+            for _ in 0..3 {
+                let mut lock = slow_lock(&tasks, &held, Duration::from_millis(100));
+                lock.lock().await.unwrap();
+                locks.push(lock);
+            }
+            let forever = tasks.spawn(std::future::pending());
+            let closed = tokio::time::timeout(
+                Duration::from_millis(cut),
+                tasks.close(Duration::from_secs(5)),
+            )
+            .await;
+            assert!(closed.is_err(), "cut short after {cut} ms");
+            assert!(tasks.is_closed());
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while (held.load(Ordering::SeqCst) > 0 || tasks.running() > 0)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                held.load(Ordering::SeqCst),
+                0,
+                "every lock released (cut at {cut} ms)"
+            );
+            assert_eq!(tasks.running(), 0, "every task stopped (cut at {cut} ms)");
+            assert!(forever.await.is_ok(), "stopped by the close, not aborted");
+            for lock in &locks {
+                assert_eq!(lock.lease().unwrap().state(), LockState::Released);
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,7 +128,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// last item is `Err(Error::Closed)`), stops every background task and disconnects. Keys
     /// written with a TTL are not deleted: nothing keeps them alive, and they expire on time.
     /// Later calls fail with [`Error::Closed`](crate::Error::Closed). Idempotent. Other handles
-    /// to the same store are not affected.
+    /// to the same store are not affected. Cut short (a `timeout` around it), the handle is
+    /// closed all the same: its locks are released and its tasks stopped in the background.
     async fn close(&self) -> Result<()>;
 
     /// How many background tasks (watch loops, lock renewals, keep-alives) this handle runs

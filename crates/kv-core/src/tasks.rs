@@ -83,15 +83,28 @@ impl TaskSet {
     /// [`running`](Self::running) is 0 afterwards. Idempotent. Backends call it first in `close`, then shut their client down;
     /// their [`HeldLock::release`](crate::HeldLock::release) must therefore work on a closed
     /// set.
+    ///
+    /// Cancel-safe: the closing runs in a task of its own, so a `close` cut short (a `timeout`
+    /// around it) still releases the locks and stops the tasks in the background.
     pub async fn close(&self, release_limit: std::time::Duration) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.locks.release_all(release_limit).await;
-        self.inner.shutdown.cancel();
-        // Cancelled tasks stop at their next poll; wait for that (bounded) so that a closed
-        // handle reports no background task.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        while self.running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let inner = self.inner.clone();
+        let closing = async move {
+            inner.locks.release_all(release_limit).await;
+            inner.shutdown.cancel();
+            // Cancelled tasks stop at their next poll; wait for that (bounded) so that a
+            // closed handle reports no background task.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+            while inner.running.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let _ = runtime.spawn(closing).await;
+            }
+            Err(_) => closing.await,
         }
     }
 
