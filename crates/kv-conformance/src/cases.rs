@@ -1114,7 +1114,8 @@ pub async fn watch_tree_missing_directory_and_expiry(factory: &dyn StoreFactory)
     }
 }
 
-/// Dropping a watch stream stops its background work.
+/// Dropping a watch stream stops its background work, and so does a `watch`/`watch_tree`
+/// call cut short at a random moment while it sets the watch up.
 pub async fn dropping_a_watch_stops_its_task(factory: &dyn StoreFactory) {
     let store = connect(factory).await;
     if lacks(&*store, &[Capability::Watch, Capability::WatchTree]).await {
@@ -1142,6 +1143,69 @@ pub async fn dropping_a_watch_stops_its_task(factory: &dyn StoreFactory) {
         || async { store.background_tasks() == baseline },
     )
     .await;
+
+    // Calls cut short while they set the watch up (random timeouts around a typical set-up,
+    // or a random number of scheduler yields) leave no task behind either.
+    use rand::Rng;
+    let started = Instant::now();
+    drop(
+        store
+            .watch(&format!("{p}/k"), ReadOptions::default())
+            .await
+            .unwrap(),
+    );
+    drop(store.watch_tree(&p, ReadOptions::default()).await.unwrap());
+    let typical = started.elapsed() / 2;
+    let mut cut = 0;
+    for round in 0..40 {
+        let (limit, yields, tree) = {
+            let mut rng = rand::rng();
+            let span = (typical.as_micros() as u64 * 2).max(50);
+            (
+                Duration::from_micros(rng.random_range(0..=span)),
+                rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
+                rng.random_bool(0.5),
+            )
+        };
+        let cut_short = async {
+            match yields {
+                Some(n) => {
+                    for _ in 0..n {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                None => sleep(limit).await,
+            }
+        };
+        let set_up = async {
+            if tree {
+                store
+                    .watch_tree(&p, ReadOptions::default())
+                    .await
+                    .map(|_| ())
+            } else {
+                store
+                    .watch(&format!("{p}/k"), ReadOptions::default())
+                    .await
+                    .map(|_| ())
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cut_short => cut += 1,
+            result = set_up => result.unwrap_or_else(|e| panic!("round {round}: {e}")),
+        }
+    }
+    eventually(
+        Duration::from_secs(3),
+        "no task is left by watch calls cut short",
+        || async { store.background_tasks() == baseline },
+    )
+    .await;
+    println!(
+        "dropping_a_watch_stops_its_task: {cut} of 40 set-ups cut short (typical {typical:?})"
+    );
+    assert!(cut > 0, "no set-up was cut short");
 }
 
 /// A lock: unheld on creation, held value visible to others, fencing token = last_index,
