@@ -1205,7 +1205,8 @@ pub async fn dropping_a_watch_stops_its_task(factory: &dyn StoreFactory) {
     println!(
         "dropping_a_watch_stops_its_task: {cut} of 40 set-ups cut short (typical {typical:?})"
     );
-    assert!(cut > 0, "no set-up was cut short");
+    // No assertion on `cut`: a backend whose `watch` returns without waiting (the set-up
+    // runs in the watch's task) cannot be cut short, and then only the task count matters.
 }
 
 /// A lock: unheld on creation, held value visible to others, fencing token = last_index,
