@@ -5,7 +5,9 @@
 //! A [`Transaction`] is a list of [`Condition`]s and a list of [`Operation`]s, committed by
 //! [`Store::transaction`](crate::Store::transaction) **atomically**: either every condition
 //! holds and every operation is applied, or nothing is written at all. No reader ever sees
-//! some of its operations without the others.
+//! some of its operations without the others. This holds for a call cut short too (its
+//! future dropped): the transaction is then applied entirely or not at all, possibly after
+//! the call was dropped.
 //!
 //! * **Conditions** are checked against the state at commit time, in one step with the
 //!   writes: [`Condition::Absent`], [`Condition::Exists`], [`Condition::IndexEquals`] (the

@@ -121,6 +121,72 @@ pub async fn txn_all_or_nothing(factory: &dyn StoreFactory) {
         ConditionFailure::KeyNotFound,
     );
     assert_eq!(snapshot(&*observer, &dir).await, before);
+
+    // Cut short at random moments, a transaction is still all or nothing: the pair it writes
+    // is always seen equal (both old or both new), including when a cut transaction lands
+    // after the call was dropped.
+    let (x, y) = (format!("{dir}/x"), format!("{dir}/y"));
+    let started = Instant::now();
+    store
+        .transaction(
+            Transaction::new()
+                .put(&x, "0", no_ttl())
+                .put(&y, "0", no_ttl()),
+        )
+        .await
+        .unwrap();
+    let typical = started.elapsed();
+    let mut cut = 0;
+    for round in 1..=30u32 {
+        let (limit, yields) = {
+            let mut rng = rand::rng();
+            let span = (typical.as_micros() as u64 * 2).max(50);
+            (
+                Duration::from_micros(rng.random_range(0..=span)),
+                rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
+            )
+        };
+        let cut_short = async {
+            match yields {
+                Some(n) => {
+                    for _ in 0..n {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                None => sleep(limit).await,
+            }
+        };
+        let value = Bytes::from(round.to_string());
+        let txn = Transaction::new()
+            .put(&x, value.clone(), no_ttl())
+            .put(&y, value, no_ttl());
+        tokio::select! {
+            biased;
+            _ = cut_short => cut += 1,
+            result = store.transaction(txn) => {
+                result.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+        // A stable read of the pair: x read before and after y agrees.
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let x1 = get(&*observer, &x).await.map(|p| p.value);
+            let y1 = get(&*observer, &y).await.map(|p| p.value);
+            let x2 = get(&*observer, &x).await.map(|p| p.value);
+            if x1 == x2 {
+                assert_eq!(
+                    x1, y1,
+                    "round {round}: a transaction cut short was applied by halves"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the pair never settles"
+            );
+        }
+    }
+    println!("txn_all_or_nothing: {cut} of 30 transactions cut short (typical {typical:?})");
 }
 
 /// A committed transaction applies every operation, returns the new pair of every put in
