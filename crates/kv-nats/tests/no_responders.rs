@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use kv_core::{Store, WriteOptions};
 use kv_nats::NatsStore;
 use kv_test_support::cluster::Cluster;
@@ -123,6 +124,18 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
         .unwrap(),
     );
 
+    // A watch opened before the outage follows the key through it.
+    let mut watch = store
+        .watch("put", kv_core::ReadOptions::default())
+        .await
+        .unwrap();
+    let initial = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch's first item")
+        .expect("an item")
+        .expect("not an error");
+    assert_eq!(initial.map(|p| p.value), Some(Bytes::from_static(b"0")));
+
     let mut revive = Revive(Some(host.clone()));
     {
         let host = host.clone();
@@ -211,6 +224,22 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
             .unwrap()
             .unwrap_or_else(|| panic!("{key} exists"));
         assert_eq!(pair.value, Bytes::from_static(b"1"), "{key}");
+    }
+    // The watch catches up once the stream is back (or ends with an error: never silence).
+    let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(item) = watch.next().await {
+            match item {
+                Ok(Some(pair)) if pair.value == Bytes::from_static(b"1") => return Ok(()),
+                Ok(_) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        panic!("the watch ended without an error");
+    })
+    .await
+    .expect("the watch neither caught up nor failed within 20 s of the restart");
+    if let Err(error) = caught_up {
+        panic!("the watch failed instead of riding through the outage: {error}");
     }
     store.close().await.unwrap();
 }
