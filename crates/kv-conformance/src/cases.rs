@@ -1158,25 +1158,9 @@ pub async fn dropping_a_watch_stops_its_task(factory: &dyn StoreFactory) {
     let typical = started.elapsed() / 2;
     let mut cut = 0;
     for round in 0..40 {
-        let (limit, yields, tree) = {
-            let mut rng = rand::rng();
-            let span = (typical.as_micros() as u64 * 2).max(50);
-            (
-                Duration::from_micros(rng.random_range(0..=span)),
-                rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
-                rng.random_bool(0.5),
-            )
-        };
-        let cut_short = async {
-            match yields {
-                Some(n) => {
-                    for _ in 0..n {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                None => sleep(limit).await,
-            }
-        };
+        let moment = RandomCut::around(typical);
+        let tree = rand::rng().random_bool(0.5);
+        let cut_short = moment.elapsed();
         let set_up = async {
             if tree {
                 store
@@ -1347,7 +1331,6 @@ pub async fn lock_waits_for_release(factory: &dyn StoreFactory) {
 /// never leaves the key held by nobody, never leaves a task running, and fencing tokens of the
 /// acquisitions that did complete strictly rise.
 pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
-    use rand::Rng;
     const ROUNDS: usize = 100;
     let store = connect(factory).await;
     let other = connect(factory).await;
@@ -1381,27 +1364,8 @@ pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
 
     let (mut acquired, mut cancelled) = (0, 0);
     for round in 0..ROUNDS {
-        // Half the rounds cut the call short after a random time around a typical
-        // acquisition; the others after a random number of scheduler yields, which reaches
-        // below the timer's millisecond resolution (fast backends grant in less).
-        let (limit, yields) = {
-            let mut rng = rand::rng();
-            let span = (typical.as_micros() as u64 * 2).max(50);
-            (
-                Duration::from_micros(rng.random_range(0..=span)),
-                rng.random_bool(0.5).then(|| rng.random_range(0..200u32)),
-            )
-        };
-        let cut_short = async {
-            match yields {
-                Some(n) => {
-                    for _ in 0..n {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                None => sleep(limit).await,
-            }
-        };
+        let moment = RandomCut::around(typical);
+        let cut_short = moment.elapsed();
         let outcome = tokio::select! {
             biased;
             _ = cut_short => None,
@@ -1427,7 +1391,7 @@ pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
         // released in the background, promptly).
         eventually(
             EVENT_TIMEOUT,
-            &format!("round {round} (limit {limit:?} or {yields:?} yields): the lock key is gone"),
+            &format!("round {round} ({moment}): the lock key is gone"),
             || async { get(&*other, &key).await.is_none() },
         )
         .await;
@@ -1460,7 +1424,6 @@ pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
 /// promptly and well before its TTL could expire; the `Lock` is unheld and can be locked
 /// again; no task is left.
 pub async fn unlock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
-    use rand::Rng;
     const ROUNDS: usize = 40;
     let store = connect(factory).await;
     let other = connect(factory).await;
@@ -1496,24 +1459,8 @@ pub async fn unlock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
             "round {round}: fencing tokens rise"
         );
         last_token = lease.fencing_token();
-        let (limit, yields) = {
-            let mut rng = rand::rng();
-            let span = (typical.as_micros() as u64 * 2).max(50);
-            (
-                Duration::from_micros(rng.random_range(0..=span)),
-                rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
-            )
-        };
-        let cut_short = async {
-            match yields {
-                Some(n) => {
-                    for _ in 0..n {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                None => sleep(limit).await,
-            }
-        };
+        let moment = RandomCut::around(typical);
+        let cut_short = moment.elapsed();
         let finished = tokio::select! {
             biased;
             _ = cut_short => None,
@@ -1540,7 +1487,7 @@ pub async fn unlock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
         let waiting = Instant::now();
         eventually(
             EVENT_TIMEOUT,
-            &format!("round {round} (limit {limit:?} or {yields:?} yields): the lock key is gone"),
+            &format!("round {round} ({moment}): the lock key is gone"),
             || async { get(&*other, &key).await.is_none() },
         )
         .await;

@@ -231,3 +231,46 @@ pub fn assert_condition_failed<T: std::fmt::Debug>(
         ),
     }
 }
+
+/// A random moment to cut a call short, around the time the call typically takes: half the
+/// time after a random delay up to twice `typical`, otherwise after a random number of
+/// scheduler yields, which reaches below the timer's millisecond resolution (fast backends
+/// answer in less).
+#[derive(Debug, Clone, Copy)]
+pub struct RandomCut {
+    delay: Duration,
+    yields: Option<u32>,
+}
+
+impl RandomCut {
+    /// A fresh random moment for a call that typically takes `typical`.
+    pub fn around(typical: Duration) -> Self {
+        let mut rng = rand::rng();
+        let span = (typical.as_micros() as u64 * 2).max(50);
+        RandomCut {
+            delay: Duration::from_micros(rng.random_range(0..=span)),
+            yields: rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
+        }
+    }
+
+    /// Completes at the chosen moment: race it against the call with a `biased` select.
+    pub async fn elapsed(self) {
+        match self.yields {
+            Some(n) => {
+                for _ in 0..n {
+                    tokio::task::yield_now().await;
+                }
+            }
+            None => tokio::time::sleep(self.delay).await,
+        }
+    }
+}
+
+impl std::fmt::Display for RandomCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.yields {
+            Some(n) => write!(f, "cut after {n} yields"),
+            None => write!(f, "cut after {:?}", self.delay),
+        }
+    }
+}

@@ -138,24 +138,8 @@ pub async fn txn_all_or_nothing(factory: &dyn StoreFactory) {
     let typical = started.elapsed();
     let mut cut = 0;
     for round in 1..=30u32 {
-        let (limit, yields) = {
-            let mut rng = rand::rng();
-            let span = (typical.as_micros() as u64 * 2).max(50);
-            (
-                Duration::from_micros(rng.random_range(0..=span)),
-                rng.random_bool(0.5).then(|| rng.random_range(0..100u32)),
-            )
-        };
-        let cut_short = async {
-            match yields {
-                Some(n) => {
-                    for _ in 0..n {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                None => sleep(limit).await,
-            }
-        };
+        let moment = RandomCut::around(typical);
+        let cut_short = moment.elapsed();
         let value = Bytes::from(round.to_string());
         let txn = Transaction::new()
             .put(&x, value.clone(), no_ttl())
