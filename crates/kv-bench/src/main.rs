@@ -50,6 +50,8 @@ USAGE: kv-bench [OPTIONS]   (servers: eval \"$(scripts/servers env)\"; or run sc
   --list-keys N         keys listed (default 1000), in a namespace of --namespace-keys (10000)
   --dynamodb-list-keys N   the same for DynamoDB Local, which is server-bound at ~20-40 ops/s (default 50, namespace 10x)
   --valkeyrie PATH      the Go driver built from bench/valkeyrie (omitted: valkeyrie not run)
+  --valkeyrie-sources FILE  where each valkeyrie store module came from, one line per store
+                        (scripts/bench writes it), quoted in the report
   --no-redis-benchmark  skip redis-benchmark
   --out FILE            write the Markdown report (docs/benchmarks.md)
   --svg FILE            write the chart (docs/benchmarks.svg)
@@ -69,6 +71,8 @@ pub struct Options {
     namespace_keys: usize,
     dynamodb_list_keys: usize,
     valkeyrie: Option<PathBuf>,
+    /// Lines saying where each valkeyrie store module came from (written by `scripts/bench`).
+    valkeyrie_sources: Option<PathBuf>,
     redis_benchmark: bool,
     out: Option<PathBuf>,
     svg: Option<PathBuf>,
@@ -95,6 +99,7 @@ fn parse_args() -> Result<Options, String> {
         namespace_keys: 10_000,
         dynamodb_list_keys: 50,
         valkeyrie: None,
+        valkeyrie_sources: None,
         redis_benchmark: true,
         out: None,
         svg: None,
@@ -129,6 +134,7 @@ fn parse_args() -> Result<Options, String> {
             "--namespace-keys" => o.namespace_keys = num(val()?)? as usize,
             "--dynamodb-list-keys" => o.dynamodb_list_keys = num(val()?)? as usize,
             "--valkeyrie" => o.valkeyrie = Some(PathBuf::from(val()?)),
+            "--valkeyrie-sources" => o.valkeyrie_sources = Some(PathBuf::from(val()?)),
             "--no-redis-benchmark" => o.redis_benchmark = false,
             "--out" => o.out = Some(PathBuf::from(val()?)),
             "--svg" => o.svg = Some(PathBuf::from(val()?)),

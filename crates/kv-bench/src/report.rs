@@ -508,11 +508,29 @@ pub fn markdown(r: &Results, o: &Options, m: &Meta) -> String {
         "\nThe driver (`bench/valkeyrie`) depends on `github.com/kvtools/valkeyrie` v1.0.0, which \
          the Go module proxy serves. Each store module (`github.com/kvtools/etcdv3`, `consul`, \
          `zookeeper`, `redis`, `boltdb`, `dynamodb`) is wired in by a file behind a build tag of \
-         its name; `scripts/bench` builds with the tags of the modules that resolve. When this \
-         report was generated the proxy reachable here answered `403 Forbidden: This module \
-         version is not available` for every one of the six store modules (their version lists \
-         and `v1.0.0`), so no valkeyrie store could be built and the valkeyrie columns are empty.\n"
+         its name. `scripts/bench` takes each module from the proxy; where the proxy refuses one, \
+         from a local copy of its source named by `KV_BENCH_VALKEYRIE_SRC` (its newest release \
+         tag, wired in by a `replace` directive in a scratch copy of the driver; the module's own \
+         dependencies still come from the proxy). Where each store came from in this run:\n"
     );
+    match o
+        .valkeyrie_sources
+        .as_ref()
+        .map(|path| (path, std::fs::read_to_string(path)))
+    {
+        Some((_, Ok(text))) => {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = writeln!(w, "* {}", line.trim());
+            }
+        }
+        Some((path, Err(e))) => {
+            let _ = writeln!(w, "* (could not read {}: {e})", path.display());
+        }
+        None => {
+            let _ = writeln!(w, "* (not recorded: `--valkeyrie-sources` not given)");
+        }
+    }
+    let _ = writeln!(w);
     if !r.notes.is_empty() {
         let _ = writeln!(w, "Other notes:\n");
         for n in &r.notes {
