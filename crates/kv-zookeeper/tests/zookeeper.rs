@@ -1767,24 +1767,29 @@ async fn guarded_writes_follow_the_lock_on_the_server() {
 /// requests) and another writer keeps rewriting a key in the tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_tree_never_reports_part_of_a_transaction_across_levels() {
-    whole_transactions_in_watch_tree(40, 8, true, 60, 0, 10).await;
+    whole_transactions_in_watch_tree(40, 8, true, 60).await;
 }
 
 /// The same for a tree too big to read in one request (300 keys of 950 bytes: the fallback
-/// that walks the tree and then checks every node unchanged; its walks take longer, so the
-/// transactions come slower and nothing else writes, or it would rarely finish one).
+/// that walks the tree and then checks every node unchanged). Nothing else writes: a walk
+/// disturbed by any write is redone, so constant noise would keep it from ever finishing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_tree_of_a_big_tree_never_reports_part_of_a_transaction() {
-    whole_transactions_in_watch_tree(300, 950, false, 12, 400, 5).await;
+    whole_transactions_in_watch_tree(300, 950, false, 16).await;
 }
 
+/// The transactions come in pairs: the second follows the first after 0/8 to 7/8 of the time
+/// the watch last took to report one, so it lands at varied points of the read the first one
+/// started; then the writer waits until the
+/// watch reports the pair's second state before it writes the next pair. So the test proves
+/// the same on a fast or a loaded machine (with a fixed pace, a loaded machine's walk of the
+/// big tree outlasted every gap between transactions: only the first and last snapshots were
+/// reported, and the test failed for seeing too little).
 async fn whole_transactions_in_watch_tree(
     siblings: usize,
     name_len: usize,
     noise: bool,
     rounds: usize,
-    pause_ms: u64,
-    min_snapshots: usize,
 ) {
     use kv_core::Transaction;
     let ns = unique("txn-tree");
@@ -1826,19 +1831,34 @@ async fn whole_transactions_in_watch_tree(
             noisy.close().await.unwrap();
         })
     };
+    // The last round the watch reported.
+    let (reported, mut caught_up) = tokio::sync::watch::channel(None::<usize>);
     let writes = {
         let stop = stop.clone();
         tokio::spawn(async move {
+            // How long the watch took to report a transaction (measured on each pair).
+            let mut reading = Duration::from_millis(20);
             for round in 0..rounds {
                 let txn = keys.iter().fold(Transaction::new(), |t, k| {
                     t.put(*k, round.to_string(), WriteOptions::default())
                 });
                 writer.transaction(txn).await.unwrap();
-                // Let the watcher walk between (and during) transactions.
-                tokio::time::sleep(Duration::from_millis(
-                    pause_ms + 3 + (round as u64 * 7) % 11,
-                ))
-                .await;
+                if round % 2 == 0 && round + 1 < rounds {
+                    // The next one lands at a different point of the read this one started.
+                    let eighths = (round / 2 % 8) as u32;
+                    tokio::time::sleep(reading * eighths / 8).await;
+                    continue;
+                }
+                // The watch must reach the latest state; it is not paced by a clock.
+                let written = std::time::Instant::now();
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    caught_up.wait_for(|seen| *seen == Some(round)),
+                )
+                .await
+                .expect("the watch never reported the latest transaction")
+                .expect("the watch loop ended");
+                reading = written.elapsed();
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             writer
@@ -1863,12 +1883,16 @@ async fn whole_transactions_in_watch_tree(
                 || (values.len() == keys.len() && values.iter().all(|v| *v == values[0])),
             "a snapshot with part of a transaction: {values:?}"
         );
+        if let Some(round) = values.first().and_then(|v| std::str::from_utf8(v).ok()) {
+            reported.send_replace(Some(round.parse().unwrap()));
+        }
         if values.first().is_some_and(|v| **v == *last.as_bytes()) {
             break;
         }
     }
+    // The initial snapshot, then at least the state of every pair.
     assert!(
-        snapshots >= min_snapshots,
+        snapshots > rounds / 2,
         "the watch saw too little to prove anything: {snapshots} snapshots"
     );
     let writer = writes.await.unwrap();
