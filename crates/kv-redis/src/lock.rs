@@ -137,15 +137,16 @@ impl RedisLock {
     async fn try_acquire(&self, token: &str) -> Result<Option<u64>> {
         let reply = self
             .inner
-            .eval_write(
+            .eval(
                 "lock",
                 &SCRIPTS.lock_acquire,
-                &self.full,
+                self.inner.script_keys(&self.full),
                 vec![
                     Value::Bytes(self.value.clone()),
                     ttl_ms(self.ttl),
                     token.into(),
                 ],
+                true,
             )
             .await?;
         if reply.as_str().as_deref() == Some("!held") {
@@ -273,11 +274,12 @@ fn spawn_renewal(
                 let token = token.clone();
                 async move {
                     let reply = inner
-                        .eval_write(
+                        .eval(
                             "lock renew",
                             &SCRIPTS.lock_renew,
-                            &full,
+                            inner.script_keys(&full),
                             vec![token.into(), ttl_ms(ttl)],
+                            true,
                         )
                         .await?;
                     Ok(reply.as_i64() == Some(1))
@@ -305,7 +307,10 @@ fn spawn_renewal(
                 } else {
                     (&SCRIPTS.lock_check, vec![token.clone().into()])
                 };
-                match inner.eval("lock check", script, &full, args).await {
+                match inner
+                    .eval("lock check", script, inner.script_keys(&full), args, false)
+                    .await
+                {
                     Ok(reply) if reply.as_i64() == Some(0) => {
                         tracing::debug!(key = full, "lock deleted, taken over or forgotten");
                         notifier.lost();
@@ -337,8 +342,9 @@ async fn release(inner: &Inner, full: &str, token: &str) -> Result<bool> {
         .eval(
             "unlock",
             &SCRIPTS.lock_release,
-            full,
+            inner.script_keys(full),
             vec![token.to_owned().into()],
+            false,
         )
         .await?;
     Ok(reply.as_i64() == Some(1))

@@ -13,9 +13,7 @@ use fred::prelude::{
     Builder, ClientLike, ConfigInterface, Error as FredError, ErrorKind, EventInterface,
     KeysInterface, ReconnectPolicy, ServerConfig, ServerInterface,
 };
-use fred::types::config::{
-    Config as FredConfig, TlsConfig as FredTlsConfig, UnresponsiveConfig,
-};
+use fred::types::config::{Config as FredConfig, TlsConfig as FredTlsConfig, UnresponsiveConfig};
 use fred::types::scan::ScanType;
 use fred::types::{ConnectHandle, Value};
 use futures::{StreamExt, TryStreamExt};
@@ -488,63 +486,38 @@ impl Inner {
         }
     }
 
+    /// The `KEYS` of a one-key script: the value key and its metadata key.
+    pub(crate) fn script_keys(&self, full: &str) -> Vec<String> {
+        vec![full.to_owned(), self.meta_key(full)]
+    }
+
+    /// Runs a script on `keys` (see [`script_keys`](Self::script_keys); a transaction names
+    /// several value/metadata pairs). For a script that `writes`, with
+    /// [`Config::wait_for_replicas`] the reply counts only once `WAIT` confirms the replicas.
     pub(crate) async fn eval(
         &self,
         operation: &'static str,
         script: &fred::types::scripts::Script,
-        full: &str,
-        args: Vec<Value>,
-    ) -> Result<Value> {
-        let keys = vec![full.to_owned(), self.meta_key(full)];
-        self.eval_keys(operation, script, keys, args).await
-    }
-
-    /// Runs a script on explicit `KEYS` (the transaction's several value/metadata pairs).
-    pub(crate) async fn eval_keys(
-        &self,
-        operation: &'static str,
-        script: &fred::types::scripts::Script,
         keys: Vec<String>,
         args: Vec<Value>,
+        writes: bool,
     ) -> Result<Value> {
-        self.call(
-            operation,
-            script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args),
-        )
-        .await
-    }
-
-    /// [`eval`](Self::eval) for a script that writes: with [`Config::wait_for_replicas`] the
-    /// reply counts only once `WAIT` confirms the replicas.
-    pub(crate) async fn eval_write(
-        &self,
-        operation: &'static str,
-        script: &fred::types::scripts::Script,
-        full: &str,
-        args: Vec<Value>,
-    ) -> Result<Value> {
-        let keys = vec![full.to_owned(), self.meta_key(full)];
-        self.eval_keys_write(operation, script, keys, args).await
-    }
-
-    /// [`eval_keys`](Self::eval_keys) for a script that writes (see
-    /// [`eval_write`](Self::eval_write)).
-    pub(crate) async fn eval_keys_write(
-        &self,
-        operation: &'static str,
-        script: &fred::types::scripts::Script,
-        keys: Vec<String>,
-        args: Vec<Value>,
-    ) -> Result<Value> {
-        let Some(wait) = self.config.wait_for_replicas else {
-            return self.eval_keys(operation, script, keys, args).await;
+        let run = |keys: Vec<String>, args: Vec<Value>| {
+            self.call(
+                operation,
+                script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args),
+            )
+        };
+        let wait = match self.config.wait_for_replicas {
+            Some(wait) if writes => wait,
+            _ => return run(keys, args).await,
         };
         // WAIT counts the replicas that acknowledged the last write of *its* connection. If
         // fred reconnected between the script and the WAIT, the new connection has written
         // nothing and WAIT would confirm vacuously: any reconnection in between voids it.
         let mut reconnects = self.client.reconnect_rx();
         let slot = fred::util::redis_keyslot(keys[0].as_bytes());
-        let reply = self.eval_keys(operation, script, keys, args).await?;
+        let reply = run(keys, args).await?;
         let options = fred::types::config::Options {
             // On a cluster: the primary that ran the script (the keys' slot).
             cluster_hash: Some(fred::types::ClusterHash::Custom(slot)),
@@ -657,7 +630,9 @@ impl Inner {
     /// replaced by another program is adopted with a fresh index (see the `GET` script).
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Found>> {
         let full = self.full_key(key);
-        let reply = self.eval("get", &SCRIPTS.get, &full, vec![]).await?;
+        let reply = self
+            .eval("get", &SCRIPTS.get, self.script_keys(&full), vec![], false)
+            .await?;
         let read_at = Instant::now();
         if reply.is_null() {
             return Ok(None);
@@ -677,6 +652,22 @@ impl Inner {
             pair: KvPair::new(key.to_owned(), value, last_index),
             deadline,
         }))
+    }
+
+    /// Reads `keys` (see [`read`](Self::read)), [`BATCH`] at a time, in no particular order;
+    /// a key that is absent reads `None`. The first error ends the call.
+    pub(crate) async fn read_many(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Found>)>> {
+        futures::stream::iter(keys)
+            .map(|k| async move {
+                let found = self.read(&k).await?;
+                Ok((k, found))
+            })
+            .buffer_unordered(BATCH)
+            .try_collect()
+            .await
     }
 
     /// Every (normalised) store key strictly below `dir`, sorted. Not time-limited itself:
@@ -717,12 +708,12 @@ impl Inner {
     pub(crate) async fn list_found(&self, dir: &str) -> Result<Vec<Found>> {
         self.whole_call("list", async {
             let keys = self.scan_keys(dir).await?;
-            let mut found: Vec<Found> = futures::stream::iter(keys)
-                .map(|k| async move { self.read(&k).await })
-                .buffer_unordered(BATCH)
-                .try_filter_map(|f| async move { Ok(f) })
-                .try_collect()
-                .await?;
+            let mut found: Vec<Found> = self
+                .read_many(keys)
+                .await?
+                .into_iter()
+                .filter_map(|(_, found)| found)
+                .collect();
             found.sort_by(|a, b| a.pair.key.cmp(&b.pair.key));
             Ok(found)
         })
@@ -788,7 +779,7 @@ impl Inner {
             }
         }
         let reply = self
-            .eval_keys_write("transaction", &SCRIPTS.transaction, keys, args)
+            .eval("transaction", &SCRIPTS.transaction, keys, args, true)
             .await?;
         let items = match reply {
             Value::Array(items) => items,
@@ -824,7 +815,13 @@ impl Inner {
     pub(crate) async fn delete_key(&self, key: &str) -> Result<bool> {
         let full = self.full_key(key);
         let reply = self
-            .eval_write("delete", &SCRIPTS.delete, &full, vec![])
+            .eval(
+                "delete",
+                &SCRIPTS.delete,
+                self.script_keys(&full),
+                vec![],
+                true,
+            )
             .await?;
         Ok(reply.as_i64() == Some(1))
     }
@@ -1094,11 +1091,12 @@ impl Store for RedisStore {
         let ttl = inner.caps.check_ttl(options.ttl)?;
         let full = inner.full_key(&key);
         let reply = inner
-            .eval_write(
+            .eval(
                 "put",
                 &SCRIPTS.put,
-                &full,
+                inner.script_keys(&full),
                 vec![Value::Bytes(value), ttl_arg(ttl)],
+                true,
             )
             .await?;
         parse_index(&reply).ok_or_else(|| protocol_error("put"))?;
@@ -1187,16 +1185,17 @@ impl Store for RedisStore {
             None => (Value::from(""), Value::from("")),
         };
         let reply = inner
-            .eval_write(
+            .eval(
                 "atomic_put",
                 &SCRIPTS.atomic_put,
-                &full,
+                inner.script_keys(&full),
                 vec![
                     Value::Bytes(value.clone()),
                     ttl_arg(ttl),
                     expected,
                     previous_value,
                 ],
+                true,
             )
             .await?;
         match reply.as_str().as_deref() {
@@ -1218,11 +1217,12 @@ impl Store for RedisStore {
         let full = inner.full_key(&key);
         let (expected, previous_value) = cas_args(previous);
         let reply = inner
-            .eval_write(
+            .eval(
                 "atomic_delete",
                 &SCRIPTS.atomic_delete,
-                &full,
+                inner.script_keys(&full),
                 vec![expected, previous_value],
+                true,
             )
             .await?;
         match reply.as_str().as_deref() {

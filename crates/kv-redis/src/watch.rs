@@ -19,14 +19,13 @@ use fred::clients::SubscriberClient;
 use fred::prelude::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::types::config::Server;
 use fred::types::{ConnectHandle, KeyspaceEvent};
-use futures::{StreamExt, TryStreamExt};
 use kv_core::{Error, KvPair, Result, WatchStream, WatchTreeStream, key, spawn_watch};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::Receiver as BroadcastReceiver;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
-use crate::store::{BATCH, Found, Inner, SubscriberFactory, glob_escape, map_err};
+use crate::store::{Found, Inner, SubscriberFactory, glob_escape, map_err};
 
 /// A keyspace channel or pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -542,16 +541,7 @@ pub(crate) async fn watch_tree(inner: Arc<Inner>, dir: String) -> Result<WatchTr
                 }
             } else if !dirty.is_empty() {
                 let keys: Vec<String> = std::mem::take(&mut dirty).into_iter().collect();
-                let inner_ref = &inner;
-                let read: Result<Vec<(String, Option<Found>)>> = futures::stream::iter(keys)
-                    .map(|k| async move {
-                        let found = inner_ref.read(&k).await?;
-                        Ok((k, found))
-                    })
-                    .buffer_unordered(BATCH)
-                    .try_collect()
-                    .await;
-                match read {
+                match inner.read_many(keys).await {
                     Ok(results) => {
                         backoff.reset();
                         for (k, found) in results {
