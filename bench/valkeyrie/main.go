@@ -34,6 +34,18 @@ import (
 type opener struct {
 	storeName string
 	config    func(endpoint string) valkeyrie.Config
+	// open, when set, opens the store instead of valkeyrie.NewStore (a store whose registered
+	// constructor is not the configuration its own tests use).
+	open func(ctx context.Context, endpoint string) (store.Store, error)
+	// prepare, when set, makes what the store expects to exist (a table) before it is opened.
+	prepare func(ctx context.Context, endpoint string) error
+}
+
+func (o opener) connect(ctx context.Context, endpoint string) (store.Store, error) {
+	if o.open != nil {
+		return o.open(ctx, endpoint)
+	}
+	return valkeyrie.NewStore(ctx, o.storeName, []string{endpoint}, o.config(endpoint))
 }
 
 var openers = map[string]opener{}
@@ -68,6 +80,8 @@ func main() {
 	duration := flag.Duration("duration", 2*time.Second, "measured time")
 	maxOps := flag.Int64("max-ops", 0, "stop after this many operations (0: no limit)")
 	prefix := flag.String("prefix", "kvbench-go", "key prefix")
+	listKeys := flag.Int("list-keys", 1000, "list: keys in the listed directory")
+	namespaceKeys := flag.Int("namespace-keys", 10000, "list: keys in the whole namespace (listed ones included)")
 	flag.Parse()
 
 	r := result{Store: *storeFlag, Op: *op, Concurrency: *concurrency}
@@ -78,11 +92,16 @@ func main() {
 			compiled = append(compiled, k)
 		}
 		sort.Strings(compiled)
-		fail(r, fmt.Errorf("store %q not compiled in (module not available from the Go module proxy); compiled in: [%s]",
+		fail(r, fmt.Errorf("store %q not compiled in (its module could not be built: see scripts/bench); compiled in: [%s]",
 			*storeFlag, strings.Join(compiled, " ")), true)
 	}
 	ctx := context.Background()
-	kv, err := valkeyrie.NewStore(ctx, o.storeName, []string{*endpoint}, o.config(*endpoint))
+	if o.prepare != nil {
+		if err := o.prepare(ctx, *endpoint); err != nil {
+			fail(r, err, false)
+		}
+	}
+	kv, err := o.connect(ctx, *endpoint)
 	if err != nil {
 		fail(r, err, false)
 	}
@@ -103,9 +122,9 @@ func main() {
 			}
 		}
 	case "list":
-		for i := 0; i < 10000; i++ {
+		for i := 0; i < *namespaceKeys; i++ {
 			dir := "other"
-			if i < 1000 {
+			if i < *listKeys {
 				dir = "listed"
 			}
 			if err := kv.Put(ctx, fmt.Sprintf("%s/%s/k%05d", base, dir, i), value, nil); err != nil {
@@ -132,7 +151,7 @@ func main() {
 		if err := kv.Put(ctx, base+"/watched", value, nil); err != nil {
 			fail(r, err, false)
 		}
-		watcher, err := valkeyrie.NewStore(ctx, o.storeName, []string{*endpoint}, o.config(*endpoint))
+		watcher, err := o.connect(ctx, *endpoint)
 		if err != nil {
 			fail(r, err, false)
 		}

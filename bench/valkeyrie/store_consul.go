@@ -7,7 +7,6 @@ import (
 	"github.com/kvtools/valkeyrie"
 )
 
-// Untested: github.com/kvtools/consul was refused by the Go module proxy (403) when this was written.
 func init() {
-	openers["consul"] = opener{consul.StoreName, func(string) valkeyrie.Config { return &consul.Config{} }}
+	openers["consul"] = opener{storeName: consul.StoreName, config: func(string) valkeyrie.Config { return &consul.Config{} }}
 }

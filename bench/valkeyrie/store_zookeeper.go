@@ -7,7 +7,6 @@ import (
 	"github.com/kvtools/zookeeper"
 )
 
-// Untested: github.com/kvtools/zookeeper was refused by the Go module proxy (403) when this was written.
 func init() {
-	openers["zookeeper"] = opener{zookeeper.StoreName, func(string) valkeyrie.Config { return &zookeeper.Config{} }}
+	openers["zookeeper"] = opener{storeName: zookeeper.StoreName, config: func(string) valkeyrie.Config { return &zookeeper.Config{} }}
 }

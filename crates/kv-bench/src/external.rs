@@ -29,16 +29,33 @@ pub enum Driver {
     Failed(String),
 }
 
+/// Which server the Go driver runs against, with the list fixture's sizes (the same as ours).
+pub struct DriverTarget<'a> {
+    /// kv-bench's backend name.
+    pub backend: &'a str,
+    /// The server's address as valkeyrie wants it.
+    pub endpoint: &'a str,
+    /// Keys in the listed directory.
+    pub list_keys: usize,
+    /// Keys in the whole namespace, the listed ones included.
+    pub namespace_keys: usize,
+}
+
 /// Runs the Go driver once.
 pub async fn valkeyrie(
     bin: &Path,
-    backend: &str,
-    endpoint: &str,
+    target: &DriverTarget<'_>,
     op: Op,
     conc: usize,
     duration: Duration,
     max_ops: Option<u64>,
 ) -> Driver {
+    let DriverTarget {
+        backend,
+        endpoint,
+        list_keys,
+        namespace_keys,
+    } = *target;
     if op == Op::Txn {
         return Driver::Unavailable("valkeyrie has no transactions".into());
     }
@@ -55,6 +72,10 @@ pub async fn valkeyrie(
         .arg(format!("{}ms", duration.as_millis()))
         .arg("-max-ops")
         .arg(max_ops.unwrap_or(0).to_string())
+        .arg("-list-keys")
+        .arg(list_keys.to_string())
+        .arg("-namespace-keys")
+        .arg(namespace_keys.to_string())
         .kill_on_drop(true);
     let out = match tokio::time::timeout(duration + Duration::from_secs(120), cmd.output()).await {
         Ok(Ok(out)) => out,

@@ -424,10 +424,15 @@ async fn run(o: &Options) -> Result<usize, String> {
                                 if results.valkeyrie_unavailable.contains_key(&b.name) {
                                     continue;
                                 }
+                                let target = external::DriverTarget {
+                                    backend: &b.name,
+                                    endpoint: &b.endpoint,
+                                    list_keys: b.list_keys,
+                                    namespace_keys: b.namespace_keys,
+                                };
                                 match external::valkeyrie(
                                     bin,
-                                    &b.name,
-                                    &b.endpoint,
+                                    &target,
                                     op,
                                     conc,
                                     o.duration,
