@@ -54,7 +54,11 @@
 //!   every write of the key, also across delete and re-create. Consul (1.22) silently skips a
 //!   write that changes nothing, without raising `ModifyIndex`; such a write toggles the
 //!   rewrite marker in `Flags` (above) so that it does raise it.
-//! * **Writes** are one `/v1/txn` each: a condition (`check-not-exists` or `check-index`
+//! * **A plain `put`** (no TTL) is one `/v1/txn`: `delete`, then `set`. The `delete` detaches
+//!   any session holding the key and works on a missing key; the `set` creates a fresh entry,
+//!   so `ModifyIndex` rises even when nothing changed (`CreateIndex` and `LockIndex` restart,
+//!   this crate reads neither). Only if Consul refuses it does `put` take the general path.
+//! * **Other writes** are one `/v1/txn` each: a condition (`check-not-exists` or `check-index`
 //!   on the `ModifyIndex` just read), `unlock` of the session holding the key if any (so an
 //!   overwritten TTL key or lock key is detached from its session and not deleted by it later),
 //!   then `set`, or `lock` with a new session for a TTL. A plain `put` retries when it loses a

@@ -83,16 +83,6 @@ pub(crate) fn is_live(entry: &Entry, now: u64) -> bool {
     deadline_of(entry.flags).is_none_or(|d| d > now)
 }
 
-/// What [`Inner::put_fast`] achieved.
-enum FastPut {
-    /// Written at this index.
-    Done(u64),
-    /// Not written: Consul skipped an identical rewrite of this entry.
-    Unchanged(Entry),
-    /// Not written: the general path decides.
-    Retry,
-}
-
 /// A handle to a Consul agent's KV store. See the [crate documentation](crate) for the storage
 /// layout and how each part of the contract is met.
 #[derive(Debug, Clone)]
@@ -231,20 +221,13 @@ impl Inner {
     ) -> Result<u64> {
         let started = Instant::now();
         let mut attempt = 0;
-        // What the fast path learnt of the key, to start the general loop from.
-        let mut known = None;
-        if session.is_none() {
-            match self.put_fast(full, value, ttl).await? {
-                FastPut::Done(index) => return Ok(index),
-                FastPut::Unchanged(entry) => known = Some(entry),
-                FastPut::Retry => {}
-            }
+        if session.is_none()
+            && let Some(index) = self.put_fast(full, value, ttl).await?
+        {
+            return Ok(index);
         }
         loop {
-            let current = match known.take() {
-                Some(entry) => Some(entry),
-                None => self.read(full, true).await?,
-            };
+            let current = self.read(full, true).await?;
             let cond = match &current {
                 None => Cond::NotExists,
                 Some(entry) => Cond::Index(entry.modify_index),
@@ -273,49 +256,29 @@ impl Inner {
         }
     }
 
-    /// A put without a session in ONE round trip for the common cases, instead of a read and
-    /// a conditional write. Overwrite: `get` (fails on a missing key), `check-session ""`
-    /// (fails on a key a session holds: a lock or a TTL, which a plain put must release —
-    /// that takes the general path), `set`; the `get` reports the entry it replaced, so a
-    /// rewrite Consul skipped (same value and flags: `ModifyIndex` would not rise) is seen
-    /// and redone by the general path with the rewrite marker. Missing key: a create
-    /// (`check-not-exists`, `set`) follows, two round trips like the general path.
-    async fn put_fast(&self, full: &str, value: &[u8], ttl: Option<Duration>) -> Result<FastPut> {
+    /// A put without a session in ONE round trip, whatever the key's state, instead of a
+    /// read and a conditional write: `delete`, then `set`, in one transaction. The `delete`
+    /// detaches any session holding the key (a TTL or a lock, which a plain put must
+    /// release) and works on a missing key; the `set` then creates a fresh entry, so
+    /// `ModifyIndex` always rises, also when the value and flags are unchanged (Consul skips
+    /// an identical `set` over an existing entry). Before, a rewrite of the same value and a
+    /// create each took two transactions. `None` when Consul refused it: the general path
+    /// decides.
+    async fn put_fast(
+        &self,
+        full: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>> {
         let flags = flags_for(ttl.map(|ttl| self.client.clock.deadline(ttl)));
         let ops = vec![
-            txn_op("get", full),
-            serde_json::json!({ "KV": { "Verb": "check-session", "Key": full, "Session": "" } }),
+            txn_op("delete", full),
             txn_write("set", full, value, flags, None),
         ];
-        match self.client.txn_answer(ops, "put", false).await? {
-            TxnAnswer::Committed { mut entries, .. } => {
-                let (Some(written), Some(before)) = (entries.pop(), entries.into_iter().next())
-                else {
-                    return Ok(FastPut::Retry);
-                };
-                if written.modify_index == before.modify_index {
-                    // Consul skipped an identical rewrite: redo it with another `Flags`.
-                    return Ok(FastPut::Unchanged(before));
-                }
-                Ok(FastPut::Done(written.modify_index))
-            }
-            TxnAnswer::RolledBack(errors) if errors.iter().all(|(op, _)| *op <= 1) => {
-                if errors.iter().any(|(op, _)| *op == 1) && !errors.iter().any(|(op, _)| *op == 0) {
-                    // Held by a session: the general path releases it.
-                    return Ok(FastPut::Retry);
-                }
-                // Missing: create it.
-                let ops = vec![
-                    txn_cond(Cond::NotExists, full),
-                    txn_write("set", full, value, flags, None),
-                ];
-                match self.client.txn(ops, "put").await? {
-                    TxnOutcome::Committed(index) => Ok(FastPut::Done(index)),
-                    TxnOutcome::RolledBack(..) => Ok(FastPut::Retry),
-                }
-            }
-            TxnAnswer::RolledBack(_) => Ok(FastPut::Retry),
-        }
+        Ok(match self.client.txn(ops, "put").await? {
+            TxnOutcome::Committed(index) => Some(index),
+            TxnOutcome::RolledBack(..) => None,
+        })
     }
 
     /// An `atomic_put` without a session in ONE round trip when it succeeds, instead of a
