@@ -108,8 +108,8 @@
 //!   the metadata's `h`, the index belonged to those very bytes when the `HMGET` ran (a write
 //!   in between changes `h`). Anything else — no metadata, a mismatch (a racing write, or a
 //!   value another program replaced), a key of another type — is answered by the read
-//!   script, which reads atomically and adopts foreign values. `list` and the watches read
-//!   with the script (they also need the TTL). A `put` stays a script: its index,
+//!   script, which reads atomically and adopts foreign values. `list` reads each key the
+//!   same way; the watches read with the script (they also need the TTL). A `put` stays a script: its index,
 //!   `max(previous + 1, server µs)`, must be computed from the previous one atomically with
 //!   the write, which plain commands (or `MULTI`) cannot do in one round trip.
 //! * **`last_index`**: `max(previous + 1, server TIME in µs)`. Within a key's life it rises by
