@@ -10,8 +10,8 @@
 //!   TTL/3 (a response with TTL 0 means the lease is gone: lost at once) and watches the key
 //!   from the fencing revision + 1: a deletion or a write by anyone else fires the lost signal
 //!   at once.
-//! * **Release**: stop the task, `txn(mod_revision(key) == token → delete(key))`, then revoke
-//!   the lease.
+//! * **Release**: stop the task, then revoke the lease: etcd deletes the key with it if the
+//!   key is still bound to the lease (one request).
 //! * **Fencing**: [`Condition::LockHeld`](kv_core::Condition::LockHeld) in a transaction is
 //!   `mod_revision(key) == token` on the server (see [`crate::txn`]): renewals never touch the
 //!   key, and every way of losing the lock (release, delete, overwrite, the lease ending, which
@@ -231,7 +231,6 @@ impl LockBackend for EtcdLock {
         let held = Box::new(EtcdHeldLock {
             inner: self.inner.clone(),
             key: self.key.clone(),
-            full_key: self.full_key.clone(),
             lease_id,
             revision,
             lease: lease.clone(),
@@ -378,7 +377,6 @@ async fn guard_key(inner: &Inner, full_key: &[u8], revision: i64, notifier: &Lea
 struct EtcdHeldLock {
     inner: Inner,
     key: String,
-    full_key: Vec<u8>,
     lease_id: i64,
     revision: i64,
     /// The user's view of this acquisition, to know at release whether it was lost.
@@ -400,27 +398,17 @@ impl fmt::Debug for EtcdHeldLock {
 impl HeldLock for EtcdHeldLock {
     async fn release(mut self: Box<Self>) -> Result<()> {
         drop(self.task.take());
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.full_key.clone(),
-                CompareOp::Equal,
-                self.revision,
-            )])
-            .and_then([TxnOp::delete(self.full_key.clone(), None)]);
-        let mut kv = self.inner.kv.clone();
-        let deleted = self.inner.call("unlock", kv.txn(txn)).await;
-        // Revoking also deletes the key if the delete above did not go through but the key is
-        // still bound to our lease.
+        // Revoking the lease deletes the key in the same etcd transaction if it is still bound
+        // to our lease, and leaves it alone if someone else has written it since (without our
+        // lease): one request, as the raw client does. A conditional delete before it (the
+        // earlier release) cost a second round trip and protected nothing more.
         let mut lease = self.inner.lease.clone();
-        let revoked = self.inner.call("unlock", lease.revoke(self.lease_id)).await;
-        match (deleted, revoked) {
-            // Neither request reached the server: the key stays until the lease expires. That
-            // is only worth reporting for a lock that was still held: a lost lock is one
-            // whose renewal already failed for a whole TTL (its lease is expiring on the
+        match self.inner.call("unlock", lease.revoke(self.lease_id)).await {
+            // The request did not reach the server: the key stays until the lease expires.
+            // That is only worth reporting for a lock that was still held: a lost lock is
+            // one whose renewal already failed for a whole TTL (its lease is expiring on the
             // server anyway) or whose key is already gone or someone else's.
-            (Err(error), Err(revoke_error))
-                if revoke_error.is_transient() && self.lease.state() != LockState::Lost =>
-            {
+            Err(error) if error.is_transient() && self.lease.state() != LockState::Lost => {
                 Err(error)
             }
             _ => Ok(()),
