@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     acl: zk::Acls<'static>,
     /// The estimate of the server's clock that every TTL deadline is judged on.
     pub(crate) clock: ServerClock,
+    /// The `sync` that concurrent linearizable reads share (see [`Inner::start_sync`]).
+    syncs: StdMutex<SyncSlot>,
 }
 
 /// A key's node and marker as read in one multi-read.
@@ -581,25 +583,74 @@ impl Inner {
     }
 
     /// `sync` before a read when the caller wants a linearizable read (so that a follower has
-    /// caught up with the leader). The request is sent NOW, and the caller sends its read
-    /// right after and awaits both: one round trip instead of two. ZooKeeper serves a
-    /// session's requests in order, a read queued behind the session's `sync` only once the
-    /// `sync` is done, so the read still reflects every write completed before the call.
-    pub(crate) fn start_sync<'a>(
-        &'a self,
-        client: &'a zk::Client,
+    /// caught up with the leader). ZooKeeper serves a session's requests in order, so a read
+    /// sent after a `sync` is answered only once that `sync` is done, and it reflects every
+    /// write completed before the `sync` was sent. Any `sync` sent after this call began
+    /// therefore serves: concurrent reads share one (a sync costs the server about as much
+    /// as the read itself, so one per read halved read throughput). A read joins the shared
+    /// `sync` if it was sent after the read was called and is still pending (a reconnect
+    /// then fails both); if an older one is pending, it waits for it to end and then sends
+    /// or joins the next. The `sync` is sent before this returns, so the caller sends its
+    /// read right after and awaits both: one round trip, as before, when nothing else reads.
+    pub(crate) async fn start_sync(
+        &self,
+        client: &zk::Client,
         options: &ReadOptions,
-    ) -> impl Future<Output = Result<()>> + 'a {
-        let sync = options.consistent.then(|| client.sync(&self.root));
-        async move {
-            match sync {
-                Some(sync) => self.request("sync", sync).await,
-                None => Ok(()),
-            }
+    ) -> Result<impl Future<Output = Result<()>> + '_> {
+        let timeout = self.config.request_timeout;
+        let expired = move || Error::Timeout {
+            backend: BACKEND,
+            operation: "sync",
+            after: timeout,
+        };
+        if !options.consistent {
+            return Ok(futures::future::Either::Left(std::future::ready(Ok(()))));
         }
+        let session = client.session_id().0;
+        let called = self.syncs.lock().unwrap_or_else(|e| e.into_inner()).sent;
+        // Yields the sync's answer as a future on purpose: the read is sent before it is awaited.
+        #[allow(clippy::async_yields_async)]
+        let shared = async {
+            loop {
+                let (sync, usable) = {
+                    let mut slot = self.syncs.lock().unwrap_or_else(|e| e.into_inner());
+                    match &slot.current {
+                        Some(current) if current.session == session && current.pending() => {
+                            (current.sync.clone(), current.number > called)
+                        }
+                        _ => {
+                            slot.sent += 1;
+                            let sync = send_sync(client, &self.root);
+                            slot.current = Some(SharedSync {
+                                number: slot.sent,
+                                session,
+                                sync: sync.clone(),
+                            });
+                            (sync, true)
+                        }
+                    }
+                };
+                if usable {
+                    return sync;
+                }
+                // Too old for this read: wait for it to end, then take the next.
+                let _ = sync.await;
+            }
+        };
+        // The wait for an older sync counts against the request timeout too.
+        let started = tokio::time::Instant::now();
+        let sync = tokio::time::timeout(timeout, shared)
+            .await
+            .map_err(|_| expired())?;
+        let left = timeout.saturating_sub(started.elapsed());
+        Ok(futures::future::Either::Right(async move {
+            match tokio::time::timeout(left, sync).await {
+                Ok(result) => result.map_err(|e| map_zk(e, "sync", timeout)),
+                Err(_) => Err(expired()),
+            }
+        }))
     }
 
-    /// Creates the missing ancestors of `path` (exclusive) as container nodes.
     pub(crate) async fn ensure_parents(&self, client: &zk::Client, path: &str) -> Result<()> {
         let Some((parent, _)) = path.rsplit_once('/') else {
             return Ok(());
@@ -1420,6 +1471,7 @@ impl ZookeeperStore {
             acl,
             config,
             clock: ServerClock::default(),
+            syncs: StdMutex::new(SyncSlot::default()),
         };
         let persistent = inner.options(zk::CreateMode::Persistent);
         inner
@@ -1545,7 +1597,7 @@ impl Store for ZookeeperStore {
         inner.tasks.ensure_open()?;
         let key = inner.caps.check_key(key)?;
         let client = inner.client().await?;
-        let synced = inner.start_sync(&client, &options);
+        let synced = inner.start_sync(&client, &options).await?;
         let (synced, state) = tokio::join!(synced, inner.read_key(&client, &key));
         synced?;
         Ok(state?.pair(&key))
@@ -1566,7 +1618,7 @@ impl Store for ZookeeperStore {
         inner.tasks.ensure_open()?;
         let directory = inner.caps.check_directory(directory)?;
         let client = inner.client().await?;
-        let synced = inner.start_sync(&client, &options);
+        let synced = inner.start_sync(&client, &options).await?;
         let (synced, found) = tokio::join!(synced, inner.list_with_deadlines(&client, &directory));
         synced?;
         Ok(found?.into_iter().map(|(pair, _)| pair).collect())
@@ -1708,4 +1760,48 @@ impl Store for ZookeeperStore {
     fn background_tasks(&self) -> usize {
         self.inner.tasks.running()
     }
+}
+
+type SyncFuture = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<(), zk::Error>>,
+>;
+
+/// The last `sync` sent for reads to share.
+#[derive(Default)]
+struct SyncSlot {
+    /// How many have been sent: a read may use only one numbered above the count it saw.
+    sent: u64,
+    current: Option<SharedSync>,
+}
+
+impl std::fmt::Debug for SyncSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncSlot")
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
+struct SharedSync {
+    number: u64,
+    session: i64,
+    sync: SyncFuture,
+}
+
+impl SharedSync {
+    fn pending(&self) -> bool {
+        self.sync.peek().is_none()
+    }
+}
+
+/// Sends a `sync` NOW (the first poll puts it on the session's queue) and returns its
+/// answer as a future every read can await.
+fn send_sync(client: &zk::Client, root: &str) -> SyncFuture {
+    use futures::FutureExt;
+    let client = client.clone();
+    let root = root.to_owned();
+    let sync: SyncFuture = async move { client.sync(&root).await }.boxed().shared();
+    // zookeeper-client queues the request when `sync` is called, which is on this poll.
+    let _ = sync.clone().now_or_never();
+    sync
 }
