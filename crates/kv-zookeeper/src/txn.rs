@@ -204,8 +204,11 @@ impl Inner {
 
         let client = self.client().await?;
         let timeout = self.config.request_timeout;
-        // The snapshot must not be older than what the caller already saw (as `get`).
-        self.request("transaction", client.sync(&self.root)).await?;
+        // The snapshot must not be older than what the caller already saw (as `get`, whose
+        // shared sync it uses).
+        self.start_sync(&client, &kv_core::ReadOptions::default())
+            .await?
+            .await?;
         // How far up the probe of an absent key goes (its parents may be missing too).
         let mut probe_levels: HashMap<usize, usize> = HashMap::new();
         for _ in 0..MAX_ATTEMPTS {
