@@ -243,6 +243,9 @@
 //!   connection is [`kv_core::Error::Unavailable`] at once.
 //! * **Consistency**: a `consistent` read (the default) first sends `sync` so that the server
 //!   answering has caught up with the leader; [`kv_core::ReadOptions::stale`] skips it.
+//!   Concurrent reads share one `sync`: a read may use any `sync` sent after it was called
+//!   (the session's requests are served in order), so under load one `sync` serves many
+//!   reads instead of doubling the server's work.
 //! * **Background tasks**: watch loops and lock renewals run on the handle's
 //!   [`kv_core::TaskSet`]; dropping a stream or a lock ends its task, `close` (or dropping the
 //!   store) releases the locks, ends every task and closes the session.
