@@ -171,8 +171,9 @@
 //!   second (20/s with the defaults) get HTTP 429 (or a refused request, reported as
 //!   [`kv_core::Error::Unavailable`]) until those waits end: lower [`Config::watch_wait`]
 //!   (down to 1 s) or raise the limit for such churn.
-//! * Each write costs two requests (a read, then the transaction), a TTL write three (plus the
-//!   session); reads and watches one per answer. A transaction costs two (the consistent
+//! * A plain `put` costs one request; `delete` and a successful `atomic_put` one; other writes
+//!   two (a read, then the transaction), a TTL write three (plus the session); reads and
+//!   watches one per answer. A transaction costs two (the consistent
 //!   read, then the write; conditions only: the read alone), plus one session per put with a
 //!   TTL (created concurrently, once, and destroyed if the transaction fails), plus two more
 //!   per lost race.
