@@ -52,6 +52,27 @@ async fn stream_last_sequence(url: &str) -> u64 {
         .last_sequence
 }
 
+/// The member holding the R1 stream's only replica, from the stream's own info (its server
+/// names are `kvtest-<member>`).
+async fn stream_host(url: &str) -> String {
+    let client = async_nats::connect(url).await.expect("raw connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("the stream");
+    let info = stream.info().await.expect("stream info");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a clustered stream names its leader");
+    leader
+        .strip_prefix("kvtest-")
+        .unwrap_or_else(|| panic!("unexpected server name {leader:?}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_refused_with_no_responders_land_exactly_once() {
     let urls = member_urls();
@@ -64,7 +85,14 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
     let members = cluster.members();
     assert_eq!(members.len(), 3, "{members:?}");
 
-    // Create the R1 bucket, then find the server holding its only replica.
+    // A fresh R1 bucket each run (the server holding its replica changes from run to run),
+    // then find that server.
+    {
+        let client = async_nats::connect(&urls[0]).await.expect("raw connect");
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(format!("KV_{BUCKET}"))
+            .await;
+    }
     let setup = NatsStore::connect(
         kv_nats::Config::builder()
             .servers(urls.clone())
@@ -93,10 +121,7 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
         .await
         .unwrap();
     setup.close().await.unwrap();
-    let host =
-        tokio::task::spawn_blocking(move || Cluster::NATS.leader_of(&format!("KV_{BUCKET}")))
-            .await
-            .unwrap();
+    let host = stream_host(&urls[0]).await;
     let host_index = members
         .iter()
         .position(|m| *m == host)
