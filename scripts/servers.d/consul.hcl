@@ -8,6 +8,12 @@ advertise_addr       = "127.0.0.1"
 disable_update_check = true
 log_level            = "WARN"
 session_ttl_min      = "1s"      # default 10s; TTL/lock tests need short session TTLs
+# Every test client connects from 127.0.0.1, so the default 200 connections per client address
+# counts the whole test run as one client (a benchmark at concurrency 64 with a raw client
+# beside ours and their idle pools reaches it).
+limits {
+  http_max_conns_per_client = 4096
+}
 ports {
   http     = 28500
   https    = -1

@@ -400,6 +400,10 @@ pub(crate) struct Publish<'a> {
     owner: Option<&'a str>,
     /// The subject's expected last revision (0: no live message).
     expected: Option<u64>,
+    /// The message id JetStream deduplicates by: the same for every attempt of this write, so
+    /// a resend of an attempt that was stored after all is answered with that attempt's
+    /// revision instead of being stored twice (or refused as a conflict).
+    id: String,
 }
 
 impl<'a> Publish<'a> {
@@ -412,6 +416,7 @@ impl<'a> Publish<'a> {
             operation: None,
             owner: None,
             expected: None,
+            id: format!("{:032x}", rand::random::<u128>()),
         }
     }
 
@@ -543,10 +548,11 @@ impl Inner {
 
     /// Publishes `request` to its key's subject.
     ///
-    /// A refusal that proves the write went nowhere — nobody answered for the stream (its
-    /// leader is being elected), or a new leader not caught up yet — is tried again until the
-    /// request timeout, so a handle rides through a stream leader change instead of failing
-    /// a write that could not have been applied.
+    /// A refusal by a new stream leader not caught up yet is tried again until the request
+    /// timeout, and so is an unconditional write that found nobody serving the stream (its
+    /// leader is being elected, its server is down): every attempt carries the same message
+    /// id, so JetStream stores such a write once however often it is sent. A conditional
+    /// write that found nobody serving the stream fails with `Unavailable` (outcome unknown).
     pub(crate) async fn publish(&self, request: Publish<'_>) -> Result<Published> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         let mut pause = Duration::from_millis(25);
@@ -598,6 +604,7 @@ impl Inner {
         if let Some(expected) = request.expected {
             message = message.expected_last_subject_sequence(expected);
         }
+        message = message.message_id(&request.id);
         let ack = match self.js.send_publish(subject, message).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
@@ -640,7 +647,15 @@ impl Inner {
                 let probe = (self.config.request_timeout / 4).min(STREAM_PROBE_LIMIT);
                 return match tokio::time::timeout(probe, self.stream_identity()).await {
                     Ok(Err(gone @ Error::Config(_))) => Attempt::Done(Err(gone)),
-                    _ => Attempt::NotApplied(Error::unavailable(BACKEND, e)),
+                    // Sent again only where JetStream's deduplication (the message id) makes a
+                    // resend harmless: an unconditional write. A conditional one is not
+                    // deduplicated (the server checks the expected revision first), and the
+                    // failover scenarios saw a CAS stored once yet answered as a conflict on
+                    // its resend; its outcome is reported as unknown instead.
+                    _ if request.expected.is_none() => {
+                        Attempt::NotApplied(Error::unavailable(BACKEND, e))
+                    }
+                    _ => Attempt::Done(Err(Error::unavailable(BACKEND, e))),
                 };
             }
             Err(e) => Err(backend(e)),

@@ -395,3 +395,55 @@ async fn server_without_jetstream_is_a_config_error() {
         "{outcome:?}"
     );
 }
+
+/// What the write retry relies on: JetStream stores an unconditional publish resent with the
+/// same message id once (the resend is answered as a duplicate, with the stored revision);
+/// a resent CONDITIONAL publish is refused as a conflict instead (the expected revision is
+/// checked before the id), which is why conditional writes are not sent again.
+#[tokio::test]
+async fn resent_writes_unconditional_deduplicated_conditional_refused() {
+    let store = store().await;
+    let key = unique("resent");
+    store
+        .put(&key, Bytes::from_static(b"0"), WriteOptions::default())
+        .await
+        .unwrap();
+    let before = store
+        .get(&key, ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let client = async_nats::connect(url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = store.subject_of(&key).unwrap();
+    let send = |id: String, expected: Option<u64>| {
+        let mut message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Bytes::from_static(b"1"))
+            .message_id(&id);
+        if let Some(expected) = expected {
+            message = message.expected_last_subject_sequence(expected);
+        }
+        let js = js.clone();
+        let subject = subject.clone();
+        async move { js.send_publish(subject, message).await.unwrap().await }
+    };
+    let plain = format!("plain-{key}");
+    let first = send(plain.clone(), None).await.expect("stored");
+    assert!(!first.duplicate);
+    let again = send(plain, None).await.expect("a resend is answered");
+    assert!(again.duplicate, "answered as a duplicate");
+    assert_eq!(again.sequence, first.sequence, "with the stored revision");
+
+    let conditional = format!("cas-{key}");
+    let stored = send(conditional.clone(), Some(first.sequence))
+        .await
+        .expect("stored");
+    assert!(!stored.duplicate);
+    let resent = send(conditional, Some(first.sequence)).await;
+    assert!(
+        matches!(&resent, Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence),
+        "a resent conditional write is a conflict, not a duplicate: {resent:?}"
+    );
+    let _ = before;
+    store.close().await.unwrap();
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kv_core::{Store, WriteOptions};
+use kv_core::{Error, Store, WriteOptions};
 use kv_nats::NatsStore;
 use kv_test_support::cluster::Cluster;
 
@@ -204,15 +204,27 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
                 .await
         })
     };
-    // Long enough for several refusals and resends; none of the writes may end meanwhile
-    // (ending here would mean the refusal was reported instead of retried).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Long enough for several refusals and resends: the put must still be waiting (ending
+    // here would mean the refusal was reported instead of retried); the conditional writes
+    // are not sent again (JetStream does not deduplicate them) and fail at once with
+    // `Unavailable`, nothing stored.
+    let cas = tokio::time::timeout(Duration::from_secs(2), cas)
+        .await
+        .expect("a conditional write refused with no responders fails promptly")
+        .unwrap();
+    let create = tokio::time::timeout(Duration::from_secs(2), create)
+        .await
+        .expect("a conditional write refused with no responders fails promptly")
+        .unwrap();
+    assert!(matches!(cas, Err(Error::Unavailable { .. })), "{cas:?}");
     assert!(
-        !put.is_finished() && !cas.is_finished() && !create.is_finished(),
-        "writes refused with no responders must wait for the stream, not fail: put {:?} cas {:?} create {:?}",
-        put.is_finished(),
-        cas.is_finished(),
-        create.is_finished()
+        matches!(create, Err(Error::Unavailable { .. })),
+        "{create:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !put.is_finished(),
+        "an unconditional write refused with no responders waits for the stream"
     );
     {
         let host = host.clone();
@@ -225,31 +237,36 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
     eprintln!("stream host {host} back after {offline_for:?}");
 
     put.await.unwrap().expect("the put lands after the restart");
-    let cas = cas
-        .await
-        .unwrap()
-        .expect("the CAS lands once (a second copy would conflict)");
-    let create = create
-        .await
-        .unwrap()
-        .expect("the create lands once (a second copy would say KeyExists)");
-    // Exactly three messages were added to the stream: no write was stored twice.
+    // Exactly one message was added to the stream: the put was stored once, however often
+    // it was sent, and the refused conditional writes stored nothing.
     let after = stream_last_sequence(&others[0]).await;
     assert_eq!(
         after,
-        before + 3,
-        "three writes while offline for {offline_for:?} must add exactly three messages"
+        before + 1,
+        "one put while offline for {offline_for:?} must add exactly one message"
     );
-    assert!(cas.last_index > before && cas.last_index <= after);
-    assert!(create.last_index > before && create.last_index <= after);
-    for key in ["put", "cas", "create"] {
-        let pair = store
-            .get(key, kv_core::ReadOptions::default())
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("{key} exists"));
-        assert_eq!(pair.value, Bytes::from_static(b"1"), "{key}");
-    }
+    let get = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .get(key, kv_core::ReadOptions::default())
+                .await
+                .unwrap()
+        }
+    };
+    let pair = get("put").await.expect("the put's key exists");
+    assert_eq!(pair.value, Bytes::from_static(b"1"));
+    assert_eq!(pair.last_index, after);
+    let untouched = get("cas").await.expect("the CAS key exists");
+    assert_eq!(
+        untouched.value,
+        Bytes::from_static(b"0"),
+        "the refused CAS stored nothing"
+    );
+    assert!(
+        get("create").await.is_none(),
+        "the refused create stored nothing"
+    );
     // The watch catches up once the stream is back (or ends with an error: never silence).
     let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(item) = watch.next().await {
