@@ -1,11 +1,12 @@
 //! Locks: the lock's key itself, created only if absent and bound to a lease that a
 //! background task keeps alive.
 //!
-//! * **Acquire**: read the key; if present, watch it (from the revision of that read + 1) until
-//!   it is deleted. If absent, grant a lease of the lock TTL (rounded up to whole seconds) and
-//!   run `txn(create_revision(key) == 0 → put(key, value, lease))`. Lost the race: revoke the
-//!   lease and wait again. The fencing token is the revision of that put, i.e. the key's
-//!   `last_index`.
+//! * **Acquire**: grant a lease of the lock TTL (rounded up to whole seconds) and run
+//!   `txn(create_revision(key) == 0 → put(key, value, lease) else get(key))`. The key held:
+//!   revoke the lease and watch the key (from the transaction's revision + 1) until it is
+//!   deleted, then try again. A holder written with a TTL past its deadline counts as absent:
+//!   its lease is revoked and the transaction runs once more. The fencing token is the revision
+//!   of the put, i.e. the key's `last_index`.
 //! * **Hold**: one task per held lock renews the lease through etcd's keep-alive stream every
 //!   TTL/3 (a response with TTL 0 means the lease is gone: lost at once) and watches the key
 //!   from the fencing revision + 1: a deletion or a write by anyone else fires the lost signal
@@ -25,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, WatchOptions,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use kv_core::tasks::AbortOnDrop;
 use kv_core::{
@@ -77,56 +78,60 @@ impl EtcdLock {
 
     async fn attempt(&self) -> Result<Attempt> {
         let mut kv = self.inner.kv.clone();
-        let current = self
-            .inner
-            .call(
-                "lock",
-                kv.get(
+        let lease_id = crate::store::grant(&self.inner, self.ttl, "lock").await?;
+        // The key's holder comes back in the same transaction when the create fails, so a
+        // free lock costs the grant and one transaction (no read before them).
+        let mut cleared_expired = false;
+        loop {
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.full_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    self.full_key.clone(),
+                    self.value.to_vec(),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                )])
+                .or_else([TxnOp::get(
                     self.full_key.clone(),
                     Some(GetOptions::new().with_keys_only()),
-                ),
-            )
-            .await?;
-        match current.kvs().first() {
-            // A key written with a TTL that is past its deadline is absent: revoking its
-            // lease deletes it, and the create below can succeed.
-            Some(kv) if lease::is_expired(&self.inner.clock, kv.lease()) => {
-                lease::revoke_all(&self.inner, vec![kv.lease()]).await;
-            }
-            Some(_) => {
-                return Ok(Attempt::Busy {
-                    revision: header_revision(current.header()),
+                )]);
+            let response = match self.inner.call("lock", kv.txn(txn)).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // Whether or not the put was applied, revoking the lease undoes it.
+                    revoke_quietly(&self.inner, lease_id).await;
+                    return Err(error);
+                }
+            };
+            if response.succeeded() {
+                return Ok(Attempt::Acquired {
+                    lease_id,
+                    revision: header_revision(response.header()),
                 });
             }
-            None => {}
-        }
-        let lease_id = crate::store::grant(&self.inner, self.ttl, "lock").await?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.full_key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([TxnOp::put(
-                self.full_key.clone(),
-                self.value.to_vec(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )]);
-        match self.inner.call("lock", kv.txn(txn)).await {
-            Ok(response) if response.succeeded() => Ok(Attempt::Acquired {
-                lease_id,
-                revision: header_revision(response.header()),
-            }),
-            Ok(response) => {
-                revoke_quietly(&self.inner, lease_id).await;
-                Ok(Attempt::Busy {
-                    revision: header_revision(response.header()),
-                })
-            }
-            Err(error) => {
-                // Whether or not the put was applied, revoking the lease undoes it.
-                revoke_quietly(&self.inner, lease_id).await;
-                Err(error)
+            let holder_lease = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(range) => range.kvs().first().map(|kv| kv.lease()),
+                _ => None,
+            });
+            match holder_lease {
+                // A key written with a TTL that is past its deadline is absent: revoking its
+                // lease deletes it, and the create can succeed. Once: if the key is still
+                // there after that, the caller waits for it like for any holder.
+                Some(expired)
+                    if !cleared_expired && lease::is_expired(&self.inner.clock, expired) =>
+                {
+                    lease::revoke_all(&self.inner, vec![expired]).await;
+                    cleared_expired = true;
+                }
+                _ => {
+                    revoke_quietly(&self.inner, lease_id).await;
+                    return Ok(Attempt::Busy {
+                        revision: header_revision(response.header()),
+                    });
+                }
             }
         }
     }

@@ -816,6 +816,75 @@ async fn a_dead_holder_loses_the_lock_within_its_ttl() {
     store.delete_tree("").await.unwrap();
 }
 
+/// A lock key written with a TTL whose deadline has passed is free at once, though etcd still
+/// keeps its lease (granted for the TTL rounded up to whole seconds, and ended on etcd's own
+/// schedule): `lock` finds the expired holder in its transaction, revokes its lease and takes
+/// the key, long before etcd would have ended that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_key_past_its_ttl_deadline_is_taken_at_once() {
+    let ns = unique("lock-expired-holder");
+    let store = store_in(&ns).await;
+    let mut client = raw().await;
+    // The handle narrows its estimate of the server's clock over its first probes; a wide
+    // estimate would judge the deadline late.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written = Instant::now();
+    // The shortest TTL etcd allows, just over 2 s: etcd grants 3 s for it and ends the lease
+    // no earlier than that, so only our own revocation can free the key before 3 s.
+    store
+        .put(
+            "l",
+            "old".into(),
+            WriteOptions::with_ttl(Duration::from_millis(2001)),
+        )
+        .await
+        .unwrap();
+    let old = raw_get(&mut client, &format!("{ns}/l"))
+        .await
+        .expect("the TTL key is stored");
+    let mut lock = store
+        .new_lock("l", LockOptions::default().value("new"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(written.elapsed())).await;
+    // No `get` in between: a read would revoke the expired lease itself. Short attempts
+    // (cancel-safe) until the deadline has passed by the handle's clock estimate.
+    let lease = loop {
+        if let Ok(acquired) =
+            tokio::time::timeout(Duration::from_millis(100), lock.lock()).await
+        {
+            break acquired.unwrap();
+        }
+        assert!(
+            written.elapsed() < Duration::from_millis(2900),
+            "not taken {:?} after the write",
+            written.elapsed()
+        );
+    };
+    let taken_after = written.elapsed();
+    assert!(
+        taken_after < Duration::from_millis(2950),
+        "taken {taken_after:?} after the write: etcd's 3 s lease had to end first"
+    );
+    assert!(lease.fencing_token() > old.mod_revision() as u64);
+    let ttl = client
+        .lease_time_to_live(old.lease(), None)
+        .await
+        .unwrap()
+        .ttl();
+    assert_eq!(ttl, -1, "the expired holder's lease was revoked");
+    assert_eq!(
+        raw_get(&mut client, &format!("{ns}/l"))
+            .await
+            .unwrap()
+            .value(),
+        b"new"
+    );
+    eprintln!("a lock over a key past its TTL deadline was taken after {taken_after:?}");
+    lock.unlock().await.unwrap();
+    store.close().await.unwrap();
+}
+
 /// A stored key, printable and exact (non-UTF-8 bytes escaped).
 fn shown(key: &[u8]) -> String {
     key.escape_ascii().to_string()
