@@ -1196,13 +1196,16 @@ pub async fn dropping_a_watch_stops_its_task(factory: &dyn StoreFactory) {
 /// A lock: unheld on creation, held value visible to others, fencing token = last_index,
 /// unlock deletes the key, the same lock can be taken again (valkeyrie's testLockUnlock).
 pub async fn lock_unlock_relock(factory: &dyn StoreFactory) {
-    let store = connect(factory).await;
-    let other = connect(factory).await;
-    let caps = store.capabilities().clone();
-    let key = format!("{}/testLockUnlock", unique_prefix("lock_unlock_relock"));
-    if lacks(&*store, &[Capability::Locks]).await {
+    let Some(LockCase {
+        store,
+        other,
+        caps,
+        key,
+        ..
+    }) = lock_case(factory, "lock_unlock_relock", "testLockUnlock").await
+    else {
         return;
-    }
+    };
     let options = LockOptions::default().value("bar").ttl(lock_ttl(&caps));
     let mut lock = store.new_lock(&key, options.clone()).await.unwrap();
     assert!(lock.lease().is_none());
@@ -1332,18 +1335,17 @@ pub async fn lock_waits_for_release(factory: &dyn StoreFactory) {
 /// acquisitions that did complete strictly rise.
 pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
     const ROUNDS: usize = 100;
-    let store = connect(factory).await;
-    let other = connect(factory).await;
-    let caps = store.capabilities().clone();
-    if lacks(&*store, &[Capability::Locks]).await {
+    let Some(LockCase {
+        store,
+        other,
+        caps,
+        key,
+        baseline,
+    }) = lock_case(factory, "lock_cancelled_at_random_moments", "cancelled").await
+    else {
         return;
-    }
-    let key = format!(
-        "{}/cancelled",
-        unique_prefix("lock_cancelled_at_random_moments")
-    );
+    };
     let options = LockOptions::default().value("v").ttl(lock_ttl(&caps));
-    let baseline = store.background_tasks();
     let mut lock = store.new_lock(&key, options.clone()).await.unwrap();
 
     // How long an uncontended acquisition takes here: the limits are spread around it, so
@@ -1425,20 +1427,19 @@ pub async fn lock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
 /// again; no task is left.
 pub async fn unlock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
     const ROUNDS: usize = 40;
-    let store = connect(factory).await;
-    let other = connect(factory).await;
-    let caps = store.capabilities().clone();
-    if lacks(&*store, &[Capability::Locks]).await {
+    let Some(LockCase {
+        store,
+        other,
+        caps,
+        key,
+        baseline,
+    }) = lock_case(factory, "unlock_cancelled_at_random_moments", "cancelled").await
+    else {
         return;
-    }
-    let key = format!(
-        "{}/cancelled",
-        unique_prefix("unlock_cancelled_at_random_moments")
-    );
+    };
     // Long enough that expiry cannot pass for a release.
     let ttl = (lock_ttl(&caps) * 5).max(EVENT_TIMEOUT * 2);
     let options = LockOptions::default().value("v").ttl(ttl);
-    let baseline = store.background_tasks();
     let mut lock = store.new_lock(&key, options.clone()).await.unwrap();
     let mut typical = Duration::ZERO;
     for _ in 0..3 {
@@ -1513,16 +1514,16 @@ pub async fn unlock_cancelled_at_random_moments(factory: &dyn StoreFactory) {
 
 /// A held lock with a short TTL stays held well past its TTL: renewal works.
 pub async fn lock_renewal_keeps_it_held(factory: &dyn StoreFactory) {
-    let holder = connect(factory).await;
-    let other = connect(factory).await;
-    let caps = holder.capabilities().clone();
-    if lacks(&*holder, &[Capability::Locks]).await {
+    let Some(LockCase {
+        store: holder,
+        other,
+        caps,
+        key,
+        ..
+    }) = lock_case(factory, "lock_renewal_keeps_it_held", "testLockTTL").await
+    else {
         return;
-    }
-    let key = format!(
-        "{}/testLockTTL",
-        unique_prefix("lock_renewal_keeps_it_held")
-    );
+    };
     let ttl = lock_ttl(&caps);
     let mut lock = holder
         .new_lock(&key, LockOptions::default().value("bar").ttl(ttl))

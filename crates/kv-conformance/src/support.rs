@@ -30,6 +30,39 @@ pub async fn connect(factory: &dyn StoreFactory) -> Arc<dyn Store> {
     }
 }
 
+/// What every lock case starts from: two handles on the store under test (one to lock with,
+/// one to look from), the first handle's capabilities, a fresh key and the first handle's
+/// background task count before the case.
+pub struct LockCase {
+    /// The handle the case locks with.
+    pub store: Arc<dyn Store>,
+    /// A second handle: another client, to check what the first one left.
+    pub other: Arc<dyn Store>,
+    /// `store`'s capabilities.
+    pub caps: Capabilities,
+    /// A key no other case or run uses: `<unique prefix>/<leaf>`.
+    pub key: String,
+    /// `store.background_tasks()` before the case.
+    pub baseline: usize,
+}
+
+/// Sets up a lock case named `case`, or `None` when the store declares no locks (the case
+/// then has nothing to check).
+pub async fn lock_case(factory: &dyn StoreFactory, case: &str, leaf: &str) -> Option<LockCase> {
+    let store = connect(factory).await;
+    let other = connect(factory).await;
+    if lacks(&*store, &[Capability::Locks]).await {
+        return None;
+    }
+    Some(LockCase {
+        caps: store.capabilities().clone(),
+        key: format!("{}/{leaf}", unique_prefix(case)),
+        baseline: store.background_tasks(),
+        store,
+        other,
+    })
+}
+
 /// The TTL the cases use for keys: short, but within the backend's range.
 pub fn key_ttl(caps: &Capabilities) -> Duration {
     caps.min_ttl.max(Duration::from_secs(1))

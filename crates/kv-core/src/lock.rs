@@ -548,6 +548,16 @@ mod tests {
         }
     }
 
+    /// Waits, at most 3 s, until no task of `tasks` runs and no lock is held; a test then
+    /// asserts on what it finds, so a release that never ends fails instead of hanging.
+    async fn settle(tasks: &TaskSet, held: &AtomicUsize) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while (held.load(Ordering::SeqCst) > 0 || tasks.running() > 0) && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn slow_lock(tasks: &TaskSet, held: &Arc<AtomicUsize>, delay: Duration) -> Lock {
         let backend = Arc::new(SlowBackend {
             held: held.clone(),
@@ -565,9 +575,8 @@ mod tests {
         assert_eq!(tasks.running(), 0);
         drop(lock);
         assert_eq!(tasks.running(), 1, "the release in flight is counted");
-        while tasks.running() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        settle(&tasks, &held).await;
+        assert_eq!(tasks.running(), 0);
         assert_eq!(
             held.load(Ordering::SeqCst),
             0,
@@ -612,9 +621,8 @@ mod tests {
                 lock.lease().is_none(),
                 "a cancelled unlock leaves the Lock unheld"
             );
-            while tasks.running() > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            settle(&tasks, &held).await;
+            assert_eq!(tasks.running(), 0);
             assert_eq!(
                 held.load(Ordering::SeqCst),
                 0,
@@ -645,12 +653,7 @@ mod tests {
             .await;
             assert!(closed.is_err(), "cut short after {cut} ms");
             assert!(tasks.is_closed());
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while (held.load(Ordering::SeqCst) > 0 || tasks.running() > 0)
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            settle(&tasks, &held).await;
             assert_eq!(
                 held.load(Ordering::SeqCst),
                 0,

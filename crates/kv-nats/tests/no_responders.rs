@@ -37,35 +37,29 @@ fn member_urls() -> Vec<String> {
         .collect()
 }
 
-async fn stream_last_sequence(url: &str) -> u64 {
+/// The bucket's stream info, as the server that `url` reaches reports it.
+async fn stream_info(url: &str) -> async_nats::jetstream::stream::Info {
     let client = async_nats::connect(url).await.expect("raw connect");
     let js = async_nats::jetstream::new(client);
     let mut stream = js
         .get_stream(format!("KV_{BUCKET}"))
         .await
         .expect("the stream");
-    stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence
+    stream.info().await.expect("stream info").clone()
+}
+
+/// The stream's last sequence number: how many messages it has stored.
+async fn stream_last_sequence(url: &str) -> u64 {
+    stream_info(url).await.state.last_sequence
 }
 
 /// The member holding the R1 stream's only replica, from the stream's own info (its server
 /// names are `kvtest-<member>`).
 async fn stream_host(url: &str) -> String {
-    let client = async_nats::connect(url).await.expect("raw connect");
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js
-        .get_stream(format!("KV_{BUCKET}"))
+    let leader = stream_info(url)
         .await
-        .expect("the stream");
-    let info = stream.info().await.expect("stream info");
-    let leader = info
         .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
+        .and_then(|c| c.leader)
         .expect("a clustered stream names its leader");
     leader
         .strip_prefix("kvtest-")
