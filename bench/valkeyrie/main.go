@@ -144,6 +144,14 @@ func main() {
 		}
 	}
 
+	if *op == "lock" {
+		// A store without locks says so on NewLock: report the op as not available there,
+		// rather than as a run of failures.
+		if _, err := kv.NewLock(ctx, base+"/probe", nil); errors.Is(err, store.ErrCallNotSupported) {
+			fail(r, err, true)
+		}
+	}
+
 	var watchCh <-chan *store.KVPair
 	if *op == "watch" {
 		*concurrency = 1

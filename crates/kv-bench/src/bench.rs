@@ -256,8 +256,13 @@ pub async fn measure<T: Target>(
                             }
                         }),
                     Op::Put => {
-                        t.put(&format!("{base}/put/w{w}/k{}", i % 100), value64())
-                            .await
+                        // A new value each time: a store may skip rewriting an identical
+                        // value (Consul does), and ours must not (every write raises the index).
+                        t.put(
+                            &format!("{base}/put/w{w}/k{}", i % 100),
+                            unique_value(w, i, nonce),
+                        )
+                        .await
                     }
                     Op::Delete => {
                         let key = format!("{base}/del/w{w}/k{}", i % 100);

@@ -21,6 +21,7 @@
 
 mod bench;
 mod external;
+mod layers;
 mod ours;
 mod raw;
 mod report;
@@ -55,6 +56,9 @@ USAGE: kv-bench [OPTIONS]   (servers: eval \"$(scripts/servers env)\"; or run sc
   --no-redis-benchmark  skip redis-benchmark
   --out FILE            write the Markdown report (docs/benchmarks.md)
   --svg FILE            write the chart (docs/benchmarks.svg)
+  --layers              instead: price our per-call layers on top of each raw client
+                        (raw, +timer, +wrapper, ours) for get, exists and put; the
+                        Markdown table goes to stdout and to --out
 ";
 
 /// Options of one run.
@@ -76,6 +80,8 @@ pub struct Options {
     redis_benchmark: bool,
     out: Option<PathBuf>,
     svg: Option<PathBuf>,
+    /// `--layers`: the per-call layer probe instead of the benchmark.
+    layers: bool,
 }
 
 impl Options {
@@ -103,6 +109,7 @@ fn parse_args() -> Result<Options, String> {
         redis_benchmark: true,
         out: None,
         svg: None,
+        layers: false,
     };
     let mut args = std::env::args().skip(1);
     let mut rounds_set = false;
@@ -138,6 +145,7 @@ fn parse_args() -> Result<Options, String> {
             "--no-redis-benchmark" => o.redis_benchmark = false,
             "--out" => o.out = Some(PathBuf::from(val()?)),
             "--svg" => o.svg = Some(PathBuf::from(val()?)),
+            "--layers" => o.layers = true,
             "-h" | "--help" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -327,6 +335,8 @@ pub struct Results {
     pub runs: HashMap<(String, Op, usize, Impl), Vec<Stats>>,
     /// backend → why valkeyrie was not measured there.
     pub valkeyrie_unavailable: HashMap<String, String>,
+    /// (backend, op) → why valkeyrie's store does not have that op.
+    pub valkeyrie_unsupported: HashMap<(String, Op), String>,
     /// redis-benchmark: (concurrency, "GET"/"SET") → (ops/s, p50 µs) per round.
     pub redis_benchmark: HashMap<(usize, &'static str), Vec<(f64, f64)>>,
     /// Problems met outside measurements.
@@ -344,6 +354,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if o.layers {
+        if let Err(e) = run_layers(&o).await {
+            eprintln!("kv-bench --layers: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     match run(&o).await {
         Ok(failures) if failures == 0 || !o.smoke => {}
         Ok(failures) => {
@@ -445,8 +462,19 @@ async fn run(o: &Options) -> Result<usize, String> {
                                         let _ = why;
                                         continue;
                                     }
-                                    Driver::Unavailable(why) => {
+                                    // The store is not in the driver at all: skip it from now on.
+                                    Driver::Unavailable(why)
+                                        if why.contains("not compiled in")
+                                            || why.starts_with("cannot run") =>
+                                    {
                                         results.valkeyrie_unavailable.insert(b.name.clone(), why);
+                                        continue;
+                                    }
+                                    // Only this op is missing from valkeyrie's store.
+                                    Driver::Unavailable(why) => {
+                                        results
+                                            .valkeyrie_unsupported
+                                            .insert((b.name.clone(), op), why);
                                         continue;
                                     }
                                     Driver::Failed(why) => Stats {
@@ -560,4 +588,116 @@ async fn run(o: &Options) -> Result<usize, String> {
     }
     eprintln!("done in {:.0} s", elapsed.as_secs_f64());
     Ok(failures)
+}
+
+/// `--layers`: see [`layers`].
+async fn run_layers(o: &Options) -> Result<(), String> {
+    let started = Instant::now();
+    let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let tmp = std::env::temp_dir().join(format!("kv-bench-{run_id}"));
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let window = Window {
+        duration: o.duration,
+        max_ops: o.smoke.then_some(3),
+    };
+    let warm = Window {
+        duration: o.warmup,
+        max_ops: None,
+    };
+    let mut rows = Vec::new();
+    for name in &o.backends {
+        eprintln!(
+            "[{:>5.0}s] {name}: connecting and writing fixtures",
+            started.elapsed().as_secs_f64()
+        );
+        let b = open_backend(name, &run_id, o, &tmp).await?;
+        bench::fixture(&b.ours, 0, 0).await?;
+        raw_fixture(&b.raw, 0, 0).await?;
+        for op in layers::OPS {
+            for conc in [64, 1] {
+                let mut figures: [Vec<f64>; 4] = Default::default();
+                for round in 0..o.rounds {
+                    let base = format!("layers{round}");
+                    if round == 0 && !o.smoke {
+                        // Warm every variant once, unrecorded.
+                        on_layers(&b, op, conc, &base, &warm, round).await;
+                    }
+                    let stats = on_layers(&b, op, conc, &base, &window, round).await;
+                    for (i, s) in stats.iter().enumerate() {
+                        if let Some(err) = &s.first_error {
+                            return Err(format!(
+                                "{name} {} c={conc} {}: {err}",
+                                op.name(),
+                                layers::VARIANTS[i]
+                            ));
+                        }
+                        figures[i].push(s.ops_per_sec);
+                    }
+                }
+                let medians = figures.map(|mut v| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                });
+                eprintln!(
+                    "[{:>5.0}s] {name} {} c={conc}: {medians:.0?}",
+                    started.elapsed().as_secs_f64(),
+                    op.name()
+                );
+                rows.push((name.clone(), op, conc, medians));
+            }
+        }
+        for dir in ["fixture", "layers0", "layers1", "layers2", "layers3", "layers4"] {
+            let _ = b.ours.store.delete_tree(dir).await;
+        }
+        let _ = b.ours.store.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut md = format!(
+        "Generated by `scripts/bench --layers` (`kv-bench --layers`): ops/s, medians of {} \
+         interleaved rounds of {} ms per variant; load average {} at start, {} at end.\n\n\
+         | backend | op | c | raw | +timer | +wrapper | ours | +timer/raw | +wrapper/raw | ours/raw | ours/+wrapper |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        o.rounds,
+        o.duration.as_millis(),
+        load_start.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load_end.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    for (name, op, conc, [raw, timer, wrapper, ours]) in &rows {
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "—".into() };
+        md.push_str(&format!(
+            "| {name} | {} | {conc} | {raw:.0} | {timer:.0} | {wrapper:.0} | {ours:.0} | {} | {} | {} | {} |\n",
+            op.name(),
+            ratio(*timer, *raw),
+            ratio(*wrapper, *raw),
+            ratio(*ours, *raw),
+            ratio(*ours, *wrapper),
+        ));
+    }
+    println!("{md}");
+    if let Some(path) = &o.out {
+        std::fs::write(path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn on_layers(
+    b: &Backend,
+    op: Op,
+    conc: usize,
+    base: &str,
+    w: &Window,
+    rotation: usize,
+) -> [Stats; 4] {
+    let ours = &b.ours;
+    match &b.raw {
+        RawAny::Etcd(t) => layers::round(t, ours, op, conc, base, w, rotation).await,
+        RawAny::Consul(t) => layers::round(t, ours, op, conc, base, w, rotation).await,
+        RawAny::Zk(t) => layers::round(t, ours, op, conc, base, w, rotation).await,
+        RawAny::Redis(t) => layers::round(t, ours, op, conc, base, w, rotation).await,
+        RawAny::Redb(t) => layers::round(t, ours, op, conc, base, w, rotation).await,
+        RawAny::Dynamo(t) => layers::round(t, ours, op, conc, base, w, rotation).await,
+    }
 }

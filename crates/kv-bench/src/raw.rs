@@ -2,12 +2,17 @@
 //! correct way (one request where the server allows it, the client's own pipelining, no
 //! extra records beyond what the operation needs).
 //!
+//! "The same work" includes the guarantee: our reads are linearizable by default
+//! (`ReadOptions::default()`), so the raw reads are too where the server has a cheaper,
+//! weaker default (ZooKeeper `sync` first, Consul `?consistent`); and our watch delivers the
+//! new value, so a raw watch whose notification carries none reads it.
+//!
 //! | backend | client | get / put | CAS and transaction | list | lock | watch |
 //! | --- | --- | --- | --- | --- | --- | --- |
 //! | etcd | `etcd-client` | `Range` / `Put` | `Txn` on `mod_revision` (`create_revision == 0` for absent) | prefix `Range` | lease + `Txn` create + lease revoke | `Watch` |
-//! | Consul | `reqwest` on the HTTP API | `GET`/`PUT /v1/kv` | `/v1/txn` `cas` verbs (index 0 = absent) | `?recurse` | session create, `?acquire`, session destroy (`Behavior=delete`) | blocking query |
-//! | ZooKeeper | `zookeeper-client` | `getData` / `setData` (create if absent) | `setData`/`create` with versions; `multi` | `getChildren` + one multi-read | ephemeral node create + delete | persistent watch |
-//! | Redis | `fred` | `GET` / `SET` | `EVALSHA` of a compare-the-old-value-then-`SET` script (values are unique) | `SCAN MATCH` + `MGET` | `SET NX PX` + compare-and-`DEL` script | keyspace notification |
+//! | Consul | `reqwest` on the HTTP API | `GET ?consistent` / `PUT /v1/kv` | `/v1/txn` `cas` verbs (index 0 = absent) | `?recurse&consistent` | session create, `?acquire`, session destroy (`Behavior=delete`) | blocking query |
+//! | ZooKeeper | `zookeeper-client` | `sync` + `getData` / `setData` (create if absent) | `setData`/`create` with versions; `multi` | `sync` + `getChildren` + one multi-read | ephemeral node create + delete | persistent watch, `getData` per event |
+//! | Redis | `fred` | `GET` / `SET` | `EVALSHA` of a compare-the-old-value-then-`SET` script (values are unique) | `SCAN MATCH` + `MGET` | `SET NX PX` + compare-and-`DEL` script | keyspace notification, `GET` per event |
 //! | embedded | `redb` | read txn / write txn (version prefix in the value), writes on `spawn_blocking` | write txn compare + insert | range read | insert-if-absent commit + remove commit | — (redb has none) |
 //! | DynamoDB | `aws-sdk-dynamodb` | `GetItem` (consistent) / `PutItem` | conditional `PutItem`; `TransactWriteItems` | `Query` `begins_with` (consistent) | conditional `PutItem` + conditional `DeleteItem` | — (Streams: polled, server-bound) |
 
@@ -252,7 +257,12 @@ impl Target for RawConsul {
     type Ver = u64;
 
     async fn get(&self, key: &str) -> R<Option<u64>> {
-        let r = self.http.get(self.url(key)).send().await.map_err(e)?;
+        let r = self
+            .http
+            .get(format!("{}?consistent", self.url(key)))
+            .send()
+            .await
+            .map_err(e)?;
         if r.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -286,7 +296,7 @@ impl Target for RawConsul {
         // `?keys` lists key names only: no value transferred.
         let r = self
             .http
-            .get(format!("{}?keys&separator=/", self.url(key)))
+            .get(format!("{}?keys&separator=/&consistent", self.url(key)))
             .send()
             .await
             .map_err(e)?;
@@ -312,7 +322,7 @@ impl Target for RawConsul {
     async fn list(&self, dir: &str) -> R<usize> {
         let r = self
             .http
-            .get(format!("{}/?recurse", self.url(dir)))
+            .get(format!("{}/?recurse&consistent", self.url(dir)))
             .send()
             .await
             .map_err(e)?;
@@ -503,7 +513,10 @@ impl Target for RawZk {
     type Ver = i32;
 
     async fn get(&self, key: &str) -> R<Option<i32>> {
-        match self.client().get_data(&self.k(key)).await {
+        let path = self.k(key);
+        let client = self.client();
+        client.sync(&path).await.map_err(e)?;
+        match client.get_data(&path).await {
             Ok((data, stat)) => {
                 std::hint::black_box(data);
                 Ok(Some(stat.version))
@@ -530,8 +543,11 @@ impl Target for RawZk {
         }
     }
     async fn exists(&self, key: &str) -> R<bool> {
-        self.client()
-            .check_stat(&self.k(key))
+        let path = self.k(key);
+        let client = self.client();
+        client.sync(&path).await.map_err(e)?;
+        client
+            .check_stat(&path)
             .await
             .map(|s| s.is_some())
             .map_err(e)
@@ -559,6 +575,7 @@ impl Target for RawZk {
     }
     async fn list(&self, dir: &str) -> R<usize> {
         let dir = self.k(dir);
+        self.client().sync(&dir).await.map_err(e)?;
         let children = match self.client().list_children(&dir).await {
             Ok(c) => c,
             Err(zk::Error::NoNode) => return Ok(0),
@@ -646,10 +663,18 @@ impl Target for RawZk {
             .map_err(e)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let _client = client;
             loop {
                 let event = watcher.changed().await;
-                if event.event_type == zk::EventType::Session || tx.send(()).is_err() {
+                if event.event_type == zk::EventType::Session {
+                    return;
+                }
+                // A notification carries no data: read what changed, as a watcher must.
+                match client.get_data(&event.path).await {
+                    Ok(data) => drop(std::hint::black_box(data)),
+                    Err(zk::Error::NoNode) => {}
+                    Err(_) => return,
+                }
+                if tx.send(()).is_err() {
                     return;
                 }
             }
@@ -831,8 +856,14 @@ impl Target for RawRedis {
             .await
             .map_err(e)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (reader, watched) = (self.client.clone(), self.k(key));
         tokio::spawn(async move {
             while messages.recv().await.is_ok() {
+                // A notification carries no value: read it, as a watcher must.
+                match reader.get::<Option<Bytes>, _>(&watched).await {
+                    Ok(value) => drop(std::hint::black_box(value)),
+                    Err(_) => break,
+                }
                 if tx.send(()).is_err() {
                     break;
                 }

@@ -503,6 +503,11 @@ pub fn markdown(r: &Results, o: &Options, m: &Meta) -> String {
     for (b, why) in un {
         let _ = writeln!(w, "* {}: not measured: {why}", pretty(b));
     }
+    let mut missing: Vec<_> = r.valkeyrie_unsupported.iter().collect();
+    missing.sort_by_key(|((b, op), _)| (b.clone(), *op));
+    for ((b, op), why) in missing {
+        let _ = writeln!(w, "* {} {}: not in valkeyrie's store: {why}", pretty(b), op.name());
+    }
     let _ = writeln!(
         w,
         "\nThe driver (`bench/valkeyrie`) depends on `github.com/kvtools/valkeyrie` v1.0.0, which \

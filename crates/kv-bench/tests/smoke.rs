@@ -78,3 +78,43 @@ fn smoke_run_covers_every_case() {
     assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kv-bench --layers --smoke` prices every layer of get, exists and put on every backend: a
+/// row per backend, op and concurrency, each with a figure for every variant.
+#[test]
+fn layers_smoke_run_has_every_row() {
+    for v in [
+        "KV_TEST_ETCD_ENDPOINTS",
+        "KV_TEST_CONSUL_ADDR",
+        "KV_TEST_ZOOKEEPER_ENDPOINTS",
+        "KV_TEST_REDIS_URL",
+        "KV_TEST_DYNAMODB_ENDPOINT",
+    ] {
+        kv_test_support::env(v);
+    }
+    let md = std::env::temp_dir().join(format!("kv-bench-layers-{}.md", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_kv-bench"))
+        .args(["--layers", "--smoke", "--out"])
+        .arg(&md)
+        .output()
+        .expect("kv-bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kv-bench --layers failed:\n{stderr}");
+    let table = std::fs::read_to_string(&md).unwrap();
+    let _ = std::fs::remove_file(&md);
+    for backend in ["etcd", "consul", "zookeeper", "redis", "dynamodb", "bolt"] {
+        for op in ["get", "exists", "put"] {
+            for c in [1, 64] {
+                let row = table
+                    .lines()
+                    .find(|l| l.starts_with(&format!("| {backend} | {op} | {c} |")))
+                    .unwrap_or_else(|| panic!("no row for {backend} {op} c={c}:\n{table}"));
+                let figures: Vec<&str> = row.split('|').map(str::trim).skip(4).take(4).collect();
+                for figure in figures {
+                    let ops: f64 = figure.parse().unwrap_or_else(|_| panic!("{row}"));
+                    assert!(ops > 0.0, "a variant measured nothing: {row}");
+                }
+            }
+        }
+    }
+}
