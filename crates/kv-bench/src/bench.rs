@@ -232,6 +232,11 @@ pub async fn measure<T: Target>(
             while Instant::now() < deadline
                 && budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) > 0
             {
+                // An op that completes without waiting (an embedded read) never yields: the
+                // task would hold its worker thread for its whole window, and the 64 tasks
+                // would run one after another. Yield whenever tokio's cooperative budget is
+                // spent, as a server task would, so the workers interleave.
+                tokio::task::consume_budget().await;
                 i += 1;
                 let mut t0 = Instant::now();
                 let r: Result<(), String> = match op {
