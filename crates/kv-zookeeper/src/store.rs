@@ -686,6 +686,14 @@ impl Inner {
                 self.options(zk::CreateMode::Ephemeral),
             )
         });
+        if matches!(expect, Expect::Any)
+            && owner.is_none()
+            && let Some(written) = self
+                .overwrite(client, &node, &marker, value, ttl, &marker_options)
+                .await?
+        {
+            return Ok(written);
+        }
         for _ in 0..MAX_ATTEMPTS {
             let state = self.read_key(client, key).await?;
             match expect {
@@ -772,6 +780,53 @@ impl Inner {
             BACKEND,
             format!("put {key}: too much contention, gave up"),
         ))
+    }
+
+    /// A plain put over a key that exists with a marker and nothing below the marker (the
+    /// common case: the key was written by this crate and is not locked) in one multi-op,
+    /// without reading the key first: the value is set whatever its version, and the marker
+    /// replaced by a fresh one (a new TTL, or none). Any other state fails the multi as a
+    /// whole (`NoNode`: no node or no marker; `NotEmpty`: a lock's owner below the marker)
+    /// and nothing is written: `Ok(None)`, the caller reads the key and writes what that
+    /// state needs. This saves the read's round trip on an overwrite; a create pays one
+    /// failed multi more.
+    async fn overwrite(
+        &self,
+        client: &zk::Client,
+        node: &str,
+        marker: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        marker_options: &zk::CreateOptions<'_>,
+    ) -> Result<Option<(zk::Stat, tokio::time::Instant)>> {
+        let mut writer = client.new_multi_writer();
+        writer
+            .add_set_data(node, value, None)
+            .and_then(|()| writer.add_delete(marker, None))
+            .and_then(|()| writer.add_create(marker, &marker_data(ttl), marker_options))
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        let sent_at = tokio::time::Instant::now();
+        match self.timed("put", writer.commit()).await? {
+            Ok(results) => {
+                let stat = results
+                    .into_iter()
+                    .find_map(|r| match r {
+                        zk::MultiWriteResult::SetData { stat } => Some(stat),
+                        _ => None,
+                    })
+                    .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"))?;
+                self.clock.record_write(sent_at, stat.mtime);
+                self.observe_zxid(stat.mzxid);
+                Ok(Some((stat, sent_at)))
+            }
+            Err(
+                zk::Error::NoNode
+                | zk::Error::NotEmpty
+                | zk::Error::NodeExists
+                | zk::Error::BadVersion,
+            ) => Ok(None),
+            Err(error) => Err(map_zk(error, "put", self.config.request_timeout)),
+        }
     }
 
     /// Deletes the key's marker with its children (a lock's owner node), and its node when

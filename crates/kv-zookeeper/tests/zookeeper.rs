@@ -152,6 +152,90 @@ async fn layout_is_plain_for_other_clients() {
     store.close().await.unwrap();
 }
 
+/// A plain put over every state a key can be in writes the same layout: an overwrite of a
+/// key of ours (one multi-op, no read first), a create, a key whose marker holds a lock's
+/// owner (the lock is lost, the owner node goes), a node another program wrote without a
+/// marker (it becomes a key), a TTL key made permanent and a permanent key given a TTL.
+/// After each, the value is the node's data, `last_index` its `mzxid`, and the marker a
+/// fresh one with no children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_writes_one_layout_over_every_state() {
+    let ns = unique("put-states");
+    let store = store_in(&ns).await;
+    let zk = raw().await;
+    let check = |key: &'static str, value: &'static str| {
+        let (store, zk, ns) = (&store, &zk, &ns);
+        async move {
+            let (data, stat) = zk.get_data(&format!("/{ns}/{key}")).await.unwrap();
+            assert_eq!(data, value.as_bytes(), "{key}: the node's data");
+            let (_, marker) = zk.get_data(&format!("/{ns}/{key}/__kv")).await.unwrap();
+            assert_eq!(marker.czxid, stat.mzxid, "{key}: a fresh marker");
+            assert!(marker_children(zk, ns, key).await.is_empty(), "{key}");
+            let pair = store
+                .get(key, ReadOptions::default())
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{key} is visible"));
+            assert_eq!(pair.value, Bytes::from(value));
+            assert_eq!(pair.last_index, stat.mzxid as u64);
+            pair.last_index
+        }
+    };
+    let put = |key: &'static str, value: &'static str, options: WriteOptions| {
+        let store = &store;
+        async move { store.put(key, value.into(), options).await.unwrap() }
+    };
+
+    // Create, then overwrite: the index rises each time.
+    put("plain", "1", WriteOptions::default()).await;
+    let first = check("plain", "1").await;
+    put("plain", "2", WriteOptions::default()).await;
+    let second = check("plain", "2").await;
+    assert!(second > first);
+
+    // A locked key: the put releases the lock (its owner node under the marker goes).
+    let mut lock = store
+        .new_lock("locked", LockOptions::default().value("held"))
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    assert!(!marker_children(&zk, &ns, "locked").await.is_empty());
+    put("locked", "overwritten", WriteOptions::default()).await;
+    check("locked", "overwritten").await;
+    tokio::time::timeout(Duration::from_secs(6), lease.lost())
+        .await
+        .expect("the holder learns its lock is gone");
+
+    // Another program's node without a marker becomes a key.
+    zk.create(
+        &format!("/{ns}/foreign"),
+        b"theirs",
+        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    put("foreign", "ours", WriteOptions::default()).await;
+    check("foreign", "ours").await;
+
+    // A TTL key made permanent stays; a permanent key given a TTL goes.
+    let ttl = WriteOptions::with_ttl(Duration::from_secs(2));
+    put("was-ttl", "short", ttl.clone()).await;
+    put("was-ttl", "permanent", WriteOptions::default()).await;
+    put("gets-ttl", "permanent", WriteOptions::default()).await;
+    put("gets-ttl", "short", ttl).await;
+    check("gets-ttl", "short").await;
+    tokio::time::sleep(Duration::from_secs(2) + store.capabilities().ttl_precision).await;
+    check("was-ttl", "permanent").await;
+    assert_eq!(
+        store.get("gets-ttl", ReadOptions::default()).await.unwrap(),
+        None,
+        "the TTL given by the overwrite holds"
+    );
+    drop(lock);
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
 /// Expiry is judged on the server's clock: the handle measures it at connect with a probe
 /// that leaves nothing behind. (Against the local test server the offset is about zero; the
 /// kv-faults `skewed_clocks` scenario runs clients whose clocks are 30 s off.)
