@@ -647,8 +647,10 @@ async fn run_layers(o: &Options) -> Result<(), String> {
                 rows.push((name.clone(), op, conc, medians));
             }
         }
-        for dir in ["fixture", "layers0", "layers1", "layers2", "layers3", "layers4"] {
-            let _ = b.ours.store.delete_tree(dir).await;
+        for dir in std::iter::once("fixture".to_owned())
+            .chain((0..o.rounds).map(|round| format!("layers{round}")))
+        {
+            let _ = b.ours.store.delete_tree(&dir).await;
         }
         let _ = b.ours.store.close().await;
     }
@@ -661,11 +663,25 @@ async fn run_layers(o: &Options) -> Result<(), String> {
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         o.rounds,
         o.duration.as_millis(),
-        load_start.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        load_end.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load_start
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        load_end
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     for (name, op, conc, [raw, timer, wrapper, ours]) in &rows {
-        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "—".into() };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "—".into()
+            }
+        };
         md.push_str(&format!(
             "| {name} | {} | {conc} | {raw:.0} | {timer:.0} | {wrapper:.0} | {ours:.0} | {} | {} | {} | {} |\n",
             op.name(),

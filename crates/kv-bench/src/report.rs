@@ -506,7 +506,12 @@ pub fn markdown(r: &Results, o: &Options, m: &Meta) -> String {
     let mut missing: Vec<_> = r.valkeyrie_unsupported.iter().collect();
     missing.sort_by_key(|((b, op), _)| (b.clone(), *op));
     for ((b, op), why) in missing {
-        let _ = writeln!(w, "* {} {}: not in valkeyrie's store: {why}", pretty(b), op.name());
+        let _ = writeln!(
+            w,
+            "* {} {}: not in valkeyrie's store: {why}",
+            pretty(b),
+            op.name()
+        );
     }
     let _ = writeln!(
         w,

@@ -850,9 +850,7 @@ async fn a_lock_key_past_its_ttl_deadline_is_taken_at_once() {
     // No `get` in between: a read would revoke the expired lease itself. Short attempts
     // (cancel-safe) until the deadline has passed by the handle's clock estimate.
     let lease = loop {
-        if let Ok(acquired) =
-            tokio::time::timeout(Duration::from_millis(100), lock.lock()).await
-        {
+        if let Ok(acquired) = tokio::time::timeout(Duration::from_millis(100), lock.lock()).await {
             break acquired.unwrap();
         }
         assert!(
