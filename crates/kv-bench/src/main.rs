@@ -374,20 +374,52 @@ async fn main() {
     }
 }
 
+/// What a run (the benchmark or `--layers`) starts from.
+struct RunStart {
+    started: Instant,
+    /// `/proc/loadavg` at the start.
+    load_start: String,
+    /// Names this run's keys and files apart from any other run's.
+    run_id: String,
+    /// Scratch directory for the embedded stores' files.
+    tmp: PathBuf,
+    /// The measured window.
+    window: Window,
+    /// The unrecorded warm-up window.
+    warm: Window,
+}
+
+impl RunStart {
+    fn new(o: &Options) -> Result<Self, String> {
+        let run_id = format!("{:08x}", rand::random::<u32>());
+        let tmp = std::env::temp_dir().join(format!("kv-bench-{run_id}"));
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        Ok(Self {
+            started: Instant::now(),
+            load_start: std::fs::read_to_string("/proc/loadavg").unwrap_or_default(),
+            run_id,
+            tmp,
+            window: Window {
+                duration: o.duration,
+                max_ops: o.smoke.then_some(3),
+            },
+            warm: Window {
+                duration: o.warmup,
+                max_ops: None,
+            },
+        })
+    }
+}
+
 async fn run(o: &Options) -> Result<usize, String> {
-    let started = Instant::now();
-    let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    let tmp = std::env::temp_dir().join(format!("kv-bench-{run_id}"));
-    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    let window = Window {
-        duration: o.duration,
-        max_ops: o.smoke.then_some(3),
-    };
-    let warm = Window {
-        duration: o.warmup,
-        max_ops: None,
-    };
+    let RunStart {
+        started,
+        load_start,
+        run_id,
+        tmp,
+        window,
+        warm,
+    } = RunStart::new(o)?;
     let mut results = Results::default();
     let mut backends = Vec::new();
     for name in &o.backends {
@@ -592,19 +624,14 @@ async fn run(o: &Options) -> Result<usize, String> {
 
 /// `--layers`: see [`layers`].
 async fn run_layers(o: &Options) -> Result<(), String> {
-    let started = Instant::now();
-    let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    let tmp = std::env::temp_dir().join(format!("kv-bench-{run_id}"));
-    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    let window = Window {
-        duration: o.duration,
-        max_ops: o.smoke.then_some(3),
-    };
-    let warm = Window {
-        duration: o.warmup,
-        max_ops: None,
-    };
+    let RunStart {
+        started,
+        load_start,
+        run_id,
+        tmp,
+        window,
+        warm,
+    } = RunStart::new(o)?;
     let mut rows = Vec::new();
     for name in &o.backends {
         eprintln!(

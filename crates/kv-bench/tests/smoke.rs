@@ -25,8 +25,8 @@ fn go_driver(dir: &std::path::Path) -> PathBuf {
     bin
 }
 
-#[test]
-fn smoke_run_covers_every_case() {
+/// Fails (never skips) when a server's address is not set.
+fn require_servers() {
     for v in [
         "KV_TEST_ETCD_ENDPOINTS",
         "KV_TEST_CONSUL_ADDR",
@@ -36,6 +36,11 @@ fn smoke_run_covers_every_case() {
     ] {
         kv_test_support::env(v);
     }
+}
+
+#[test]
+fn smoke_run_covers_every_case() {
+    require_servers();
     let dir = std::env::temp_dir().join(format!("kv-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let md = dir.join("benchmarks.md");
@@ -83,15 +88,7 @@ fn smoke_run_covers_every_case() {
 /// row per backend, op and concurrency, each with a figure for every variant.
 #[test]
 fn layers_smoke_run_has_every_row() {
-    for v in [
-        "KV_TEST_ETCD_ENDPOINTS",
-        "KV_TEST_CONSUL_ADDR",
-        "KV_TEST_ZOOKEEPER_ENDPOINTS",
-        "KV_TEST_REDIS_URL",
-        "KV_TEST_DYNAMODB_ENDPOINT",
-    ] {
-        kv_test_support::env(v);
-    }
+    require_servers();
     let md = std::env::temp_dir().join(format!("kv-bench-layers-{}.md", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_kv-bench"))
         .args(["--layers", "--smoke", "--out"])

@@ -553,16 +553,7 @@ impl Inner {
         build.map_err(|e| Error::backend(BACKEND, e))?;
         let sent = tokio::time::Instant::now();
         let results = self.request("clock", writer.commit()).await?;
-        let stat = results
-            .into_iter()
-            .find_map(|r| match r {
-                zk::MultiWriteResult::SetData { stat } => Some(stat),
-                _ => None,
-            })
-            .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"))?;
-        self.clock.record_write(sent, stat.mtime);
-        self.observe_zxid(stat.mzxid);
-        Ok(stat.mzxid)
+        Ok(self.record_set_data(results, sent)?.mzxid)
     }
 
     /// Before a decision that depends on the server's clock: takes a new sample if the
@@ -748,21 +739,7 @@ impl Inner {
             build.map_err(|e| Error::backend(BACKEND, e))?;
             let sent_at = tokio::time::Instant::now();
             match self.timed("put", writer.commit()).await? {
-                Ok(results) => {
-                    let (stat, sent_at) = results
-                        .into_iter()
-                        .find_map(|r| match r {
-                            zk::MultiWriteResult::SetData { stat } => Some((stat, sent_at)),
-                            _ => None,
-                        })
-                        .ok_or_else(|| {
-                            Error::backend(BACKEND, "multi response without set_data")
-                        })?;
-                    // The answer carries the server's clock for free.
-                    self.clock.record_write(sent_at, stat.mtime);
-                    self.observe_zxid(stat.mzxid);
-                    return Ok((stat, sent_at));
-                }
+                Ok(results) => return Ok((self.record_set_data(results, sent_at)?, sent_at)),
                 Err(zk::Error::NoNode) if state.node.is_none() => {
                     self.ensure_parents(client, &node).await?;
                 }
@@ -780,6 +757,25 @@ impl Inner {
             BACKEND,
             format!("put {key}: too much contention, gave up"),
         ))
+    }
+
+    /// The stat of the `setData` in a committed multi-op sent at `sent_at`. Its answer carries
+    /// the server's clock and zxid for free: both are recorded.
+    fn record_set_data(
+        &self,
+        results: Vec<zk::MultiWriteResult>,
+        sent_at: tokio::time::Instant,
+    ) -> Result<zk::Stat> {
+        let stat = results
+            .into_iter()
+            .find_map(|r| match r {
+                zk::MultiWriteResult::SetData { stat } => Some(stat),
+                _ => None,
+            })
+            .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"))?;
+        self.clock.record_write(sent_at, stat.mtime);
+        self.observe_zxid(stat.mzxid);
+        Ok(stat)
     }
 
     /// A plain put over a key that exists with a marker and nothing below the marker (the
@@ -807,18 +803,7 @@ impl Inner {
             .map_err(|e| Error::backend(BACKEND, e))?;
         let sent_at = tokio::time::Instant::now();
         match self.timed("put", writer.commit()).await? {
-            Ok(results) => {
-                let stat = results
-                    .into_iter()
-                    .find_map(|r| match r {
-                        zk::MultiWriteResult::SetData { stat } => Some(stat),
-                        _ => None,
-                    })
-                    .ok_or_else(|| Error::backend(BACKEND, "multi response without set_data"))?;
-                self.clock.record_write(sent_at, stat.mtime);
-                self.observe_zxid(stat.mzxid);
-                Ok(Some((stat, sent_at)))
-            }
+            Ok(results) => Ok(Some((self.record_set_data(results, sent_at)?, sent_at))),
             Err(
                 zk::Error::NoNode
                 | zk::Error::NotEmpty
