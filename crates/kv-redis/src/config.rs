@@ -299,7 +299,7 @@ impl Config {
 
     /// The namespace prefix as stored: empty, or ending with `/`. A `{` must be closed by a
     /// `}` within the prefix: an open hash tag would run into the keys and make a key and its
-    /// metadata hash to different Redis Cluster slots. (A closed one, `app{1}/`, pins the
+    /// metadata record to different Redis Cluster slots. (A closed one, `app{1}/`, pins the
     /// whole namespace to one slot.)
     pub(crate) fn normalized_prefix(prefix: &str) -> Result<String> {
         let dir = kv_core::key::normalize_directory(prefix)

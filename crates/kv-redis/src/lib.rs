@@ -35,14 +35,21 @@
 //! | Redis key | type | content |
 //! | --- | --- | --- |
 //! | `p` + `k` (`app/a/b`) | string | **the value, exactly the bytes written** — `redis-cli GET app/a/b` prints it, any client reads it |
-//! | `p` + `__kv:meta:{` + `p` + `k` + `}` (`app/__kv:meta:{app/a/b}`) | hash | `v`: the key's `last_index` (decimal); `h`: the SHA-1 (hex) of the value that index belongs to; while a lock holds the key also `o`, the owner token |
+//! | `p` + `__kv:meta:{` + `p` + `k` + `}` (`app/__kv:meta:{app/a/b}`) | string | the metadata record `<index> <sha1>` or `<index> <sha1> <owner>`: the key's `last_index` (decimal), the SHA-1 (40 hex digits) of the value that index belongs to, and while a lock holds the key the owner token (32 hex digits), separated by single spaces |
 //!
-//! * Both keys always carry the same TTL (`PX` on the value, `PEXPIRE` on the hash, in the
-//!   same script) and are deleted together.
+//! * Both keys always carry the same TTL (`PX` on both, in the same script) and are deleted
+//!   together.
+//! * The record is one string so that one `MGET` reads a value and its metadata (see
+//!   [How the contract is met](#how-the-contract-is-met)). Development builds before
+//!   2026-11-27 kept the same three fields in a hash (`v`, `h`, `o`) at the same name: every
+//!   script still reads that form, and the next write of the key replaces it with the string.
+//!   Their data needs no migration step, but those builds cannot read the string form:
+//!   upgrade every client of a namespace together.
 //! * The metadata lives **beside** the value, never around it: valkeyrie's JSON envelope
 //!   breaks other clients, its raw codec breaks CAS; this layout does neither.
 //! * `__kv` segments are reserved by `kv-core`, so no user key collides with a metadata key,
-//!   and listings never show one (they are hashes, and their names break the key rules).
+//!   and listings never show one (their names break the key rules, and a directory's `SCAN`
+//!   pattern does not match them).
 //! * The `{…}` hash tag makes Redis Cluster hash the metadata key by the full value key, so
 //!   both land in one slot and every script stays single-slot. A key containing `{` or `}`
 //!   would break that (Redis hashes only the first `{…}` of a name): its metadata key is
@@ -72,7 +79,7 @@
 //!   before fails with [`kv_core::Error::KeyModified`] and writes nothing, and the next read
 //!   adopts the value — gives it a fresh `last_index`, above every index the key had, in new
 //!   metadata with the value's TTL — so watchers see the index rise and a CAS with the pair
-//!   read then succeeds. (A read may thus write the metadata hash of a foreign value.)
+//!   read then succeeds. (A read may thus write the metadata record of a foreign value.)
 //! * **A value no write of this crate ever touched** (no metadata) reads with `last_index` 1;
 //!   nothing ties that index to one value, so a CAS with index 1 holds only while the value is
 //!   still byte for byte the previous pair's value. The first write through this crate gives
@@ -83,8 +90,10 @@
 //!   A→B→A sequence nobody read in between) is indistinguishable from no write. Metadata left
 //!   behind by a foreign `DEL` holds nothing visible and is removed by the next write or delete
 //!   of that key through this crate, or with its TTL if the value had one; `delete_tree` does
-//!   not look for it. Metadata written by earlier versions of this crate (no `h`) counts as
-//!   void: such keys are adopted with a fresh index on their first read.
+//!   not look for it. Metadata written by earlier versions of this crate without a digest
+//!   counts as void: such keys are adopted with a fresh index on their first read. So does a
+//!   metadata name that another program overwrote with anything that is not a record (a
+//!   string that does not parse, a list, …); the next write replaces it.
 //! * **What is a store key**: a *string* key inside the namespace whose rest is a valid,
 //!   normalised key (`kv_core::key::normalize_key(k) == Ok(k)`). Anything else other programs
 //!   put there — names like `a//b`, `a/`, `/a`, `a/./b`, `a/__kvx`, control characters, more
@@ -103,13 +112,15 @@
 //!   renew, release, `transaction`) is one Lua script (`EVALSHA`, reloaded on `NOSCRIPT`)
 //!   touching the value and its metadata atomically — a transaction's script every key's pair
 //!   (see [Transactions](#transactions)).
-//! * **Reads**: `get` sends `GET` and `HMGET <meta> v h` together (one round trip, no
-//!   script). The pair is consistent without `MULTI`: when the SHA-1 of the value read equals
-//!   the metadata's `h`, the index belonged to those very bytes when the `HMGET` ran (a write
-//!   in between changes `h`). Anything else — no metadata, a mismatch (a racing write, or a
-//!   value another program replaced), a key of another type — is answered by the read
-//!   script, which reads atomically and adopts foreign values. `list` reads each key the
-//!   same way; the watches read with the script (they also need the TTL). A `put` stays a script: its index,
+//! * **Reads**: `get` sends one `MGET <value key> <meta key>` (no script). The pair is
+//!   consistent without `MULTI`: when the SHA-1 of the value read equals the record's, the
+//!   index belonged to those very bytes when the record was read (a write in between changes
+//!   the digest). A key of another type reads as absent (`MGET` answers nil for it).
+//!   Anything else — no record, a mismatch (a racing write, or a value another program
+//!   replaced), the older hash form — is answered by the read script, which reads atomically and
+//!   adopts foreign values. `list` reads its keys the same way, many per `MGET` (one key per
+//!   `MGET` on a cluster, where one command may not span slots); the watches read with the
+//!   script (they also need the TTL). A `put` stays a script: its index,
 //!   `max(previous + 1, server µs)`, must be computed from the previous one atomically with
 //!   the write, which plain commands (or `MULTI`) cannot do in one round trip.
 //! * **`last_index`**: `max(previous + 1, server TIME in µs)`. Within a key's life it rises by
@@ -128,7 +139,7 @@
 //!   `KeyExists`/`KeyNotFound`/`KeyModified` without writing anything.
 //! * **TTL**: `SET … PX` and `PEXPIRE` with millisecond precision. Redis checks expiry on
 //!   every access, so readers never see an expired key; a `put` without TTL is a plain `SET`
-//!   (clears the TTL) and a fresh metadata hash (no TTL).
+//!   (clears the TTL) and a fresh metadata record (no TTL).
 //! * **list / delete_tree**: `SCAN MATCH <escaped prefix>* TYPE string` (never `KEYS`),
 //!   de-duplicated (SCAN may repeat keys), filtered path-aware and by the key rules (the same
 //!   filter as `watch_tree`'s events), values read in concurrent batches of [`store::BATCH`],

@@ -1,4 +1,4 @@
-//! Locks: `SET NX PX` semantics in Lua with a random owner token in the metadata hash,
+//! Locks: `SET NX PX` semantics in Lua with a random owner token in the metadata record,
 //! renewed and released by token-checked scripts. A holder re-checks its key after every
 //! keyspace event of the key and after every reconnection of the handle's connections (a
 //! restarted server may have lost the key, and no event says so).

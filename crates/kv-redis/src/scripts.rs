@@ -1,5 +1,5 @@
 //! The Lua scripts: every write is one script touching the value key (`KEYS[1]`) and its
-//! metadata hash (`KEYS[2]`) atomically; the transaction script touches several such pairs.
+//! metadata key (`KEYS[2]`) atomically; the transaction script touches several such pairs.
 //! A value key and its metadata key share a hash slot (see the crate docs), so the one-key
 //! scripts are valid on Redis Cluster too; the transaction script only when all its keys
 //! share one slot (see `RedisStore::transaction_slot`).
@@ -10,17 +10,25 @@ use fred::types::scripts::Script;
 
 /// Shared helpers, prepended to every script.
 ///
+/// * `meta_at`: the metadata record of a value key, `index, digest, owner` (owner `nil`
+///   unless a lock holds the key), or `nil` when there is none. The record is one string,
+///   `"<index> <sha1 hex>"` or `"<index> <sha1 hex> <owner>"`, so that a plain `MGET` reads it
+///   with the value. A hash with the fields `v`, `h`, `o` (the layout of earlier builds) is read
+///   the same way and replaced by the next write. Anything else at that name (a string that
+///   does not parse, a key of another type: another program wrote a reserved name) reads as
+///   void metadata, index `0` and a digest no value has.
 /// * `next_index`: `max(previous index + 1, server time in µs)`. The previous index is kept
-///   in the metadata hash while the key exists; the server clock makes a re-created key
-///   (whose metadata was deleted with it) start above every index it had before.
+///   in the metadata while the key exists; the server clock makes a re-created key (whose
+///   metadata was deleted with it) start above every index it had before, and lifts every
+///   key above the indexes handed out before a restart from an older snapshot.
 /// * `settle`: after deleting a key whose index is at or just ahead of the server clock
 ///   (several writes within one microsecond), waits — at most ~2 ms, in practice never — until
 ///   the clock has passed it, so that a re-create in the next microsecond still gets a higher
 ///   index.
 /// * `is_value`: the value key holds a string (a key of another type, written by another
 ///   program, is no store value).
-/// * `current_index`: the index of the value now at the key. The metadata's `v` counts only
-///   while its `h` is the SHA-1 of that very value; otherwise another program replaced the
+/// * `current_index`: the index of the value now at the key. The metadata's index counts only
+///   while its digest is the SHA-1 of that very value; otherwise another program replaced the
 ///   value (a plain `SET`, or `DEL` + `SET`, which leaves the metadata behind) and that
 ///   version is void (`false`). No metadata at all: `'1'` (never written through this crate).
 const PRELUDE: &str = r#"
@@ -29,10 +37,25 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function fmt(n) return string.format('%.0f', n) end
-local function next_index(meta)
-  local old = tonumber(redis.call('HGET', meta, 'v') or '0') or 0
+local function meta_at(meta)
+  local s = redis.pcall('GET', meta)
+  if not s then return nil end
+  if type(s) == 'string' then
+    local v, h, o = string.match(s, '^(%d+) (%x+) ?(%x*)$')
+    if not v then return '0', '' end
+    if o == '' then o = nil end
+    return v, h, o
+  end
+  -- WRONGTYPE: the hash of earlier builds, or another program's key.
+  if redis.call('TYPE', meta)['ok'] ~= 'hash' then return '0', '' end
+  local m = redis.call('HMGET', meta, 'v', 'h', 'o')
+  if not m[1] then return nil end
+  return m[1], m[2] or '', m[3] or nil
+end
+local function next_index(old)
+  local prev = tonumber(old or '0') or 0
   local n = now_us()
-  if old + 1 > n then n = old + 1 end
+  if prev + 1 > n then n = prev + 1 end
   return n
 end
 local function settle(idx)
@@ -42,20 +65,27 @@ local function settle(idx)
     while now_us() <= idx do end
   end
 end
+-- Writes the metadata record of a value written with `ttl` (ms, 0: none).
+local function set_meta(meta, idx, digest, ttl, owner)
+  local record = idx .. ' ' .. digest
+  if owner then record = record .. ' ' .. owner end
+  if ttl > 0 then
+    redis.call('SET', meta, record, 'PX', ttl)
+  else
+    redis.call('SET', meta, record)
+  end
+end
 -- The `_at` helpers take the value key and its metadata key; the short forms work on
 -- KEYS[1] and KEYS[2] (every script but the transaction's touches one key).
 local function write_at(key, meta, value, ttl, owner)
-  local idx = next_index(meta)
+  local idx = fmt(next_index(meta_at(meta)))
   if ttl > 0 then
     redis.call('SET', key, value, 'PX', ttl)
   else
     redis.call('SET', key, value)
   end
-  redis.call('DEL', meta)
-  redis.call('HSET', meta, 'v', fmt(idx), 'h', redis.sha1hex(value))
-  if owner then redis.call('HSET', meta, 'o', owner) end
-  if ttl > 0 then redis.call('PEXPIRE', meta, ttl) end
-  return fmt(idx)
+  set_meta(meta, idx, redis.sha1hex(value), ttl, owner)
+  return idx
 end
 local function write(value, ttl, owner)
   return write_at(KEYS[1], KEYS[2], value, ttl, owner)
@@ -67,9 +97,9 @@ local function is_value()
   return is_value_at(KEYS[1])
 end
 local function current_index_at(meta, value)
-  local m = redis.call('HMGET', meta, 'v', 'h')
-  if not m[1] then return '1' end
-  if m[2] == redis.sha1hex(value) then return m[1] end
+  local v, h = meta_at(meta)
+  if not v then return '1' end
+  if h == redis.sha1hex(value) then return v end
   return false
 end
 local function current_index(value)
@@ -77,22 +107,24 @@ local function current_index(value)
 end
 -- A CAS precondition on the value now at the key: its current index is `expected`, and for
 -- a value without metadata (index 1, nothing ties it to one incarnation) it is still the
--- value the caller read (`previous`).
+-- value the caller read (`previous`). Returns the refusal, or nil and the current index.
 local function unchanged(expected, previous)
   if not is_value() then return '!notfound' end
   local value = redis.call('GET', KEYS[1])
   local cur = current_index(value)
   if cur ~= expected then return '!modified' end
   if cur == '1' and value ~= previous then return '!modified' end
-  return nil
+  return nil, cur
 end
--- The lock is ours: our owner token, and the value is still the one we wrote (another
--- client's plain SET replaces the value without touching the metadata).
+-- The lock is ours: our owner token in the metadata, and the value is still the one we
+-- wrote (another client's plain SET replaces the value without touching the metadata).
+-- Returns the lock's index when it is ours, else false.
 local function owned(token)
-  if redis.call('HGET', KEYS[2], 'o') ~= token then return false end
+  local v, h, o = meta_at(KEYS[2])
+  if not v or o ~= token then return false end
   if not is_value() then return false end
-  local v = redis.call('GET', KEYS[1])
-  return redis.sha1hex(v) == redis.call('HGET', KEYS[2], 'h')
+  if redis.sha1hex(redis.call('GET', KEYS[1])) ~= h then return false end
+  return v
 end
 "#;
 
@@ -105,13 +137,18 @@ const GET: &str = r#"
 if not is_value() then return false end
 local v = redis.call('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
-local idx = current_index(v)
-if not idx then
-  local n = next_index(KEYS[2])
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'v', fmt(n), 'h', redis.sha1hex(v))
-  if pttl > 0 then redis.call('PEXPIRE', KEYS[2], pttl) end
-  idx = fmt(n)
+local old, digest = meta_at(KEYS[2])
+local idx = '1'
+if old then
+  local sum = redis.sha1hex(v)
+  if digest == sum then
+    idx = old
+  else
+    idx = fmt(next_index(old))
+    local ttl = 0
+    if pttl > 0 then ttl = pttl end
+    set_meta(KEYS[2], idx, sum, ttl, nil)
+  end
 end
 return {v, idx, pttl}
 "#;
@@ -136,11 +173,10 @@ return write(ARGV[1], tonumber(ARGV[2]), nil)
 
 /// `ATOMIC_DELETE expected previous` → `ok` / `!notfound` / `!modified`.
 const ATOMIC_DELETE: &str = r#"
-local refused = unchanged(ARGV[1], ARGV[2])
+local refused, cur = unchanged(ARGV[1], ARGV[2])
 if refused then return refused end
-local cur = redis.call('HGET', KEYS[2], 'v')
 redis.call('DEL', KEYS[1], KEYS[2])
-if cur then settle(tonumber(cur)) end
+settle(tonumber(cur))
 return 'ok'
 "#;
 
@@ -148,7 +184,7 @@ return 'ok'
 /// (no store value) is left alone.
 const DELETE: &str = r#"
 local existed = is_value()
-local cur = redis.call('HGET', KEYS[2], 'v')
+local cur = meta_at(KEYS[2])
 if existed then
   redis.call('DEL', KEYS[1], KEYS[2])
 else
@@ -165,10 +201,11 @@ return 0
 const LOCK_ACQUIRE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- Our own earlier attempt got through but its reply was lost: it is ours.
-  if owned(ARGV[3]) then
+  local idx = owned(ARGV[3])
+  if idx then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
-    return redis.call('HGET', KEYS[2], 'v')
+    return idx
   end
   return '!held'
 end
@@ -192,8 +229,8 @@ return 1
 
 /// `LOCK_RELEASE token` → 1 deleted, 0 not ours (left alone).
 const LOCK_RELEASE: &str = r#"
-if not owned(ARGV[1]) then return 0 end
-local cur = redis.call('HGET', KEYS[2], 'v')
+local cur = owned(ARGV[1])
+if not cur then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 settle(tonumber(cur))
 return 1
@@ -210,8 +247,7 @@ return 1
 /// value replaced by another program counts with the fresh index `GET` would give it, which
 /// nobody can hold; nothing is written for it here). If any fails the reply is
 /// `{'!failed', state_1, …, state_n}` — every condition key's index, `''` when absent — and
-/// nothing has been written. A metadata key of another type than hash among the operations'
-/// keys (written by another program) is `{'!badmeta', key}`, also before any write. Otherwise
+/// nothing has been written. Otherwise
 /// every operation is applied exactly as `PUT` / `DELETE` apply it, and the reply is the new
 /// index of every put, in operation order.
 const TRANSACTION: &str = r#"
@@ -219,7 +255,7 @@ local function state(pair)
   local key, meta = KEYS[2 * pair - 1], KEYS[2 * pair]
   if not is_value_at(key) then return false end
   local cur = current_index_at(meta, redis.call('GET', key))
-  if not cur then cur = fmt(next_index(meta)) end
+  if not cur then cur = fmt(next_index(meta_at(meta))) end
   return cur
 end
 local pos = 1
@@ -243,14 +279,8 @@ for c = 1, nconds do
 end
 if failed then return states end
 local nops = tonumber(ARGV[pos]); pos = pos + 1
--- Redis does not undo a script's writes when a later command fails: refuse a metadata key
--- of another type (another program wrote a reserved name), on which HGET would fail half-way,
--- before writing anything.
-for o = 1, nops do
-  local meta = KEYS[2 * tonumber(ARGV[pos + 4 * (o - 1)])]
-  local kind = redis.call('TYPE', meta)['ok']
-  if kind ~= 'none' and kind ~= 'hash' then return {'!badmeta', meta} end
-end
+-- Redis does not undo a script's writes when a later command fails. None below can fail:
+-- `meta_at` reads a metadata key of any type, and SET and DEL replace or remove any type.
 local indexes = {}
 for o = 1, nops do
   local pair, kind, value, ttl = tonumber(ARGV[pos]), ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
@@ -259,7 +289,7 @@ for o = 1, nops do
   if kind == 'p' then
     indexes[#indexes + 1] = write_at(key, meta, value, tonumber(ttl), nil)
   else
-    local cur = redis.call('HGET', meta, 'v')
+    local cur = meta_at(meta)
     if is_value_at(key) then
       redis.call('DEL', key, meta)
     else

@@ -218,7 +218,7 @@ impl RedisStore {
         self.inner.full_key(key)
     }
 
-    /// The Redis key of the metadata hash kept beside a (normalised) store key.
+    /// The Redis key of the metadata record kept beside a (normalised) store key.
     pub fn meta_key(&self, key: &str) -> String {
         self.inner.meta_key(&self.inner.full_key(key))
     }
@@ -555,75 +555,70 @@ impl Inner {
         Ok(reply)
     }
 
-    /// Reads one key's value and index without a script: `GET` and `HMGET meta v h` in one
-    /// pipelined round trip (both keys share a slot, so one node answers both). The pair is
-    /// consistent without `MULTI` because the metadata names the value its index belongs to
-    /// (`h`, its SHA-1): when the digest of the value read matches, that index belonged to
-    /// those very bytes at the moment of the `HMGET`, whichever command ran first (a write in
-    /// between changes `h`; one that put the same bytes back leaves a state that really
-    /// existed at that moment). Anything
-    /// else — no metadata (a value never written here, or one deleted between the reads), a
-    /// mismatch (a write raced the read, or another program replaced the value), a
-    /// key of another type, unexpected replies — falls back to the `GET` script, which reads
-    /// atomically and adopts foreign values. Two plain commands cost the server far less than
-    /// a script (no Lua, no hashing of the value on the server).
+    /// Reads one key's value and index without a script: one `MGET` of the value key and its
+    /// metadata key (they share a slot, so one node answers). See [`verified_pair`] for why
+    /// that pair is consistent; anything it cannot vouch for goes to the `GET` script, which
+    /// reads atomically and adopts foreign values. One plain command costs the server far
+    /// less than a script (no Lua, no hashing of the value on the server).
     pub(crate) async fn read_pair(&self, key: &str) -> Result<Option<KvPair>> {
-        use sha1::{Digest, Sha1};
         let full = self.full_key(key);
         let meta = self.meta_key(&full);
-        // Issued together, the two commands travel in one write on the node's connection
-        // (fred pipelines concurrent commands); either order is consistent (see above).
-        let (value, meta) = self
-            .call("get", async {
-                Ok::<_, FredError>(tokio::join!(
-                    self.client.get::<Value, _>(full.as_str()),
-                    fred::prelude::HashesInterface::hmget::<Value, _, _>(
-                        &self.client,
-                        meta.as_str(),
-                        vec!["v", "h"],
-                    ),
-                ))
-            })
-            .await?;
-        let value = match value {
-            Ok(Value::Null) => return Ok(None),
-            Ok(value) => value,
-            // WRONGTYPE and friends: the script decides (a non-string key is absent).
-            Err(error)
-                if error.kind() == &ErrorKind::InvalidArgument
-                    || error.details().starts_with("WRONGTYPE") =>
-            {
-                return self.read(key).await.map(|f| f.map(|f| f.pair));
-            }
-            Err(error) => return Err(map_err(error, "get", self.config.request_timeout)),
-        };
-        let Some(value) = value.into_bytes() else {
-            return self.read(key).await.map(|f| f.map(|f| f.pair));
-        };
-        if let Ok(Value::Array(fields)) = meta {
-            match (fields.first(), fields.get(1)) {
-                // No metadata: never written through this crate, or deleted (or expired)
-                // between the two reads — only the script can tell.
-                (Some(Value::Null), _) => {}
-                (Some(index), Some(digest)) => {
-                    let matches = digest.as_bytes().is_some_and(|d| {
-                        let sum = Sha1::digest(&value);
-                        d.len() == 40
-                            && d.chunks(2).zip(sum.iter()).all(|(hex, byte)| {
-                                std::str::from_utf8(hex)
-                                    .ok()
-                                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                                    == Some(*byte)
-                            })
-                    });
-                    if matches && let Some(index) = parse_index(index) {
-                        return Ok(Some(KvPair::new(key.to_owned(), value, index)));
+        let reply: Vec<Value> = self.call("get", self.client.mget(vec![full, meta])).await?;
+        let mut reply = reply.into_iter();
+        match verified_pair(key, reply.next(), reply.next()) {
+            Verified::Pair(pair) => Ok(Some(pair)),
+            Verified::Absent => Ok(None),
+            Verified::AskScript => self.read(key).await.map(|f| f.map(|f| f.pair)),
+        }
+    }
+
+    /// Reads many keys as [`read_pair`](Self::read_pair) does, absent keys left out, in no
+    /// particular order. On one server (or Sentinel's primary) the keys go in `MGET`s of
+    /// [`BATCH`] keys each (value and metadata keys side by side), several in flight; on a
+    /// cluster, where one `MGET` may not span slots, one `MGET` per key.
+    pub(crate) async fn read_pairs(&self, keys: Vec<String>) -> Result<Vec<KvPair>> {
+        if self.config.topology == Topology::Cluster {
+            return futures::stream::iter(keys)
+                .map(|k| async move { self.read_pair(&k).await })
+                .buffer_unordered(BATCH)
+                .try_filter_map(|p| async move { Ok(p) })
+                .try_collect()
+                .await;
+        }
+        let chunks: Vec<Vec<String>> = keys.chunks(BATCH).map(<[String]>::to_vec).collect();
+        let batches: Vec<Vec<KvPair>> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let names: Vec<String> = chunk
+                    .iter()
+                    .flat_map(|k| {
+                        let full = self.full_key(k);
+                        let meta = self.meta_key(&full);
+                        [full, meta]
+                    })
+                    .collect();
+                let reply: Vec<Value> = self.call("list", self.client.mget(names)).await?;
+                if reply.len() != 2 * chunk.len() {
+                    return Err(protocol_error("list"));
+                }
+                let mut pairs = Vec::with_capacity(chunk.len());
+                let mut reply = reply.into_iter();
+                for key in &chunk {
+                    match verified_pair(key, reply.next(), reply.next()) {
+                        Verified::Pair(pair) => pairs.push(pair),
+                        Verified::Absent => {}
+                        Verified::AskScript => {
+                            if let Some(found) = self.read(key).await? {
+                                pairs.push(found.pair);
+                            }
+                        }
                     }
                 }
-                _ => {}
-            }
-        }
-        self.read(key).await.map(|f| f.map(|f| f.pair))
+                Ok(pairs)
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        Ok(batches.into_iter().flatten().collect())
     }
 
     /// Reads one key (value, index, TTL) atomically; a key of another type is absent. A value
@@ -786,19 +781,8 @@ impl Inner {
             Value::Null => Vec::new(),
             _ => return Err(protocol_error("transaction")),
         };
-        match items.first().and_then(Value::as_str).as_deref() {
-            Some("!failed") => return Err(condition_failed(txn, &items[1..])),
-            Some("!badmeta") => {
-                let meta = items.get(1).and_then(Value::as_str).unwrap_or_default();
-                return Err(Error::backend(
-                    BACKEND,
-                    format!(
-                        "transaction refused, nothing written: the reserved metadata key \
-                         {meta} holds another type than a hash (written by another program)"
-                    ),
-                ));
-            }
-            _ => {}
+        if items.first().and_then(Value::as_str).as_deref() == Some("!failed") {
+            return Err(condition_failed(txn, &items[1..]));
         }
         if items.len() != puts.len() {
             return Err(protocol_error("transaction"));
@@ -1013,6 +997,61 @@ pub(crate) fn glob_escape(s: &str) -> String {
     out
 }
 
+/// What a plain read of a value key and its metadata key tells.
+enum Verified {
+    /// The value and the index that belongs to it.
+    Pair(KvPair),
+    /// No string at the value key (absent, expired, or a key of another type).
+    Absent,
+    /// Only the `GET` script can tell: no metadata record (never written here, the hash form
+    /// of earlier builds, or deleted between the reads), a record for other bytes (a racing
+    /// write, or a value another program replaced), or an unexpected reply.
+    AskScript,
+}
+
+/// Judges the replies of a plain read of `key`'s value and metadata record
+/// (`"<index> <sha1 hex>[ <owner>]"`). The pair is consistent without `MULTI` because the
+/// record names the value its index belongs to: when the SHA-1 of the value read matches
+/// the record's, that index belonged to those very bytes when the record was read, whichever
+/// was read first (a write in between changes the digest; one that put the same bytes back
+/// leaves a state that really existed at that moment).
+fn verified_pair(key: &str, value: Option<Value>, record: Option<Value>) -> Verified {
+    use sha1::{Digest, Sha1};
+    let value = match value {
+        Some(Value::Null) => return Verified::Absent,
+        Some(value) => value,
+        None => return Verified::AskScript,
+    };
+    let (Some(value), Some(record)) = (value.into_bytes(), record.and_then(Value::into_bytes))
+    else {
+        return Verified::AskScript;
+    };
+    let mut fields = record.split(|b| *b == b' ');
+    let (Some(index), Some(digest)) = (fields.next(), fields.next()) else {
+        return Verified::AskScript;
+    };
+    let Some(index) = std::str::from_utf8(index)
+        .ok()
+        .and_then(|i| i.parse::<u64>().ok())
+        .filter(|i| *i > 0)
+    else {
+        return Verified::AskScript;
+    };
+    let sum = Sha1::digest(&value);
+    let matches = digest.len() == 40
+        && digest.chunks(2).zip(sum.iter()).all(|(hex, byte)| {
+            std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                == Some(*byte)
+        });
+    if matches {
+        Verified::Pair(KvPair::new(key.to_owned(), value, index))
+    } else {
+        Verified::AskScript
+    }
+}
+
 pub(crate) fn parse_index(value: &Value) -> Option<u64> {
     match value {
         Value::Integer(i) => u64::try_from(*i).ok(),
@@ -1140,14 +1179,9 @@ impl Store for RedisStore {
         inner
             .whole_call("list", async {
                 let keys = inner.scan_keys(&dir).await?;
-                // `read_pair` per key (plain GET + HMGET, the script only when they disagree):
-                // a list needs no TTLs, and the script costs the server about 9 times more.
-                let mut pairs: Vec<KvPair> = futures::stream::iter(keys)
-                    .map(|k| async move { inner.read_pair(&k).await })
-                    .buffer_unordered(BATCH)
-                    .try_filter_map(|p| async move { Ok(p) })
-                    .try_collect()
-                    .await?;
+                // Plain `MGET`s (the script only for a key they cannot vouch for): a list
+                // needs no TTLs, and the script costs the server about 9 times more.
+                let mut pairs = inner.read_pairs(keys).await?;
                 pairs.sort_by(|a, b| a.key.cmp(&b.key));
                 Ok(pairs)
             })

@@ -199,6 +199,27 @@ impl Drop for PrivateServer {
     }
 }
 
+/// The metadata record at `meta_key`, split into its fields: index, digest, and the lock
+/// owner if any. Panics unless it is the string form `<index> <sha1>[ <owner>]`.
+async fn meta_record(raw: &fred::clients::Client, meta_key: &str) -> (u64, String, Option<String>) {
+    let record: String = raw.get(meta_key).await.unwrap();
+    let fields: Vec<&str> = record.split(' ').collect();
+    assert!(
+        (2..=3).contains(&fields.len()),
+        "a metadata record has 2 or 3 fields: {record:?}"
+    );
+    assert_eq!(fields[1].len(), 40, "a SHA-1 in hex: {record:?}");
+    assert!(
+        fields[1].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{record:?}"
+    );
+    (
+        fields[0].parse().unwrap(),
+        fields[1].to_owned(),
+        fields.get(2).map(|o| (*o).to_owned()),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_clients_read_the_plain_layout() {
     let ns = unique("layout");
@@ -234,11 +255,20 @@ async fn plain_clients_read_the_plain_layout() {
         String::from_utf8_lossy(&cli.stdout).trim(),
         "\"\\x00\\xffbinary \\xc3( value\\n\""
     );
-    // The version lives beside it, in the hash-tagged metadata key.
+    // The version lives beside it, in the hash-tagged metadata key: one string record.
     let meta_key = format!("{ns}/__kv:meta:{{{ns}/a/b}}");
     assert_eq!(store.meta_key("a/b"), meta_key);
-    let v: String = raw.hget(&meta_key, "v").await.unwrap();
-    assert_eq!(v.parse::<u64>().unwrap(), pair.last_index);
+    let (index, digest, owner) = meta_record(&raw, &meta_key).await;
+    assert_eq!((index, owner), (pair.last_index, None));
+    let cli = Command::new("redis-cli")
+        .args(["-u", &url(), "--raw", "GET", &meta_key])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout).trim(),
+        format!("{index} {digest}"),
+        "redis-cli reads the record as written"
+    );
 
     // TTL on both; a put without TTL makes both permanent again.
     store
@@ -1354,9 +1384,13 @@ async fn foreign_writes_void_the_version() {
         .unwrap();
     assert!(ours.last_index > 1);
 
-    // Metadata written before the value digest existed (only `v`) is adopted on first read.
-    let n: i64 = raw.hdel(store.meta_key("f"), "h").await.unwrap();
-    assert_eq!(n, 1);
+    // Metadata of an earlier build without the value digest (a hash with only `v`) is void:
+    // adopted on first read.
+    let _: () = raw.del(store.meta_key("f")).await.unwrap();
+    let _: () = raw
+        .hset(store.meta_key("f"), ("v", ours.last_index.to_string()))
+        .await
+        .unwrap();
     let adopted = store
         .get("f", ReadOptions::default())
         .await
@@ -1365,6 +1399,97 @@ async fn foreign_writes_void_the_version() {
     assert!(adopted.last_index > ours.last_index);
     drop(watch);
     store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// Earlier builds kept the metadata as a hash (`v` index, `h` digest, `o` lock owner) at the
+/// same name. Such data keeps its index and its lock owner: reads, CAS, unlock and delete
+/// follow it, and the next write replaces the hash with the string record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_hashes_of_earlier_builds_still_count() {
+    let ns = unique("hash-meta");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    // Rewrites the record at `key` in the hash form, keeping its fields and TTL.
+    let to_hash = |key: &'static str| {
+        let (raw, meta) = (raw.clone(), store.meta_key(key));
+        async move {
+            let (index, digest, owner) = meta_record(&raw, &meta).await;
+            let pttl: i64 = raw.pttl(&meta).await.unwrap();
+            let _: () = raw.del(&meta).await.unwrap();
+            let mut fields = vec![("v", index.to_string()), ("h", digest)];
+            fields.extend(owner.map(|o| ("o", o)));
+            let _: () = raw.hset(&meta, fields).await.unwrap();
+            if pttl > 0 {
+                let _: () = raw.pexpire(&meta, pttl, None).await.unwrap();
+            }
+            let kind: String = raw.r#type(&meta).await.unwrap();
+            assert_eq!(kind, "hash");
+            index
+        }
+    };
+
+    let pair = store
+        .atomic_put("k", "old layout".into(), None, WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(to_hash("k").await, pair.last_index);
+    assert_eq!(
+        store.get("k", ReadOptions::default()).await.unwrap(),
+        Some(pair.clone()),
+        "the hash's index is the one reported"
+    );
+    let listed = store.list("", ReadOptions::default()).await.unwrap();
+    assert_eq!(listed, std::slice::from_ref(&pair));
+    let next = store
+        .atomic_put(
+            "k",
+            "new layout".into(),
+            Some(&pair),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(next.last_index > pair.last_index);
+    let (index, _, _) = meta_record(&raw, &store.meta_key("k")).await;
+    assert_eq!(
+        index, next.last_index,
+        "the write replaced the hash with a record"
+    );
+
+    // A lock whose owner is recorded in the hash form stays its holder's.
+    let mut lock = store
+        .new_lock("l", LockOptions::default().ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    assert_eq!(to_hash("l").await, lease.fencing_token());
+    // Several renewals (every ttl/3) read the owner from the hash.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(lease.is_held(), "renewals found the lock ours");
+    lease
+        .guarded_put(&store, "fenced", "x", WriteOptions::default())
+        .await
+        .unwrap();
+    lock.unlock().await.unwrap();
+    let n: i64 = raw
+        .exists(vec![store.value_key("l"), store.meta_key("l")])
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the holder's unlock removed both keys");
+
+    // delete removes a hash-form metadata key with its value.
+    store
+        .put("d", "x".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    to_hash("d").await;
+    assert!(store.delete("d").await.unwrap());
+    let n: i64 = raw
+        .exists(vec![store.value_key("d"), store.meta_key("d")])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
     store.close().await.unwrap();
 }
 
@@ -1493,8 +1618,8 @@ async fn list_delete_tree_and_watch_tree_agree_on_foreign_keys() {
 }
 
 /// A key written by a transaction is stored exactly like one written by `put`: the plain
-/// value, and a metadata hash with the same fields (`v` = the reported `last_index`, `h` =
-/// the same digest for the same bytes), the same TTL on both keys, both removed by a
+/// value, and a metadata record with the same fields (the reported `last_index`, the same
+/// digest for the same bytes), the same TTL on both keys, both removed by a
 /// transaction's delete. Every other call then treats it like a put's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_write_the_put_layout() {
@@ -1525,18 +1650,11 @@ async fn transactions_write_the_put_layout() {
 
     let plain: Bytes = raw.get(store.value_key("by-txn")).await.unwrap();
     assert_eq!(plain, value);
-    let by_put: std::collections::HashMap<String, String> =
-        raw.hgetall(store.meta_key("by-put")).await.unwrap();
-    let by_txn: std::collections::HashMap<String, String> =
-        raw.hgetall(store.meta_key("by-txn")).await.unwrap();
-    let mut fields: Vec<&String> = by_txn.keys().collect();
-    fields.sort();
-    assert_eq!(fields, ["h", "v"], "the same fields as a put's metadata");
-    assert_eq!(
-        by_txn["h"], by_put["h"],
-        "the same digest of the same bytes"
-    );
-    assert_eq!(by_txn["v"].parse::<u64>().unwrap(), pairs[0].last_index);
+    let (_, put_digest, put_owner) = meta_record(&raw, &store.meta_key("by-put")).await;
+    let (txn_index, txn_digest, txn_owner) = meta_record(&raw, &store.meta_key("by-txn")).await;
+    assert_eq!((put_owner, txn_owner), (None, None), "no owner field");
+    assert_eq!(txn_digest, put_digest, "the same digest of the same bytes");
+    assert_eq!(txn_index, pairs[0].last_index);
     assert_eq!(
         store.get("by-txn", ReadOptions::default()).await.unwrap(),
         Some(pairs[0].clone()),
@@ -1599,8 +1717,8 @@ async fn transactions_write_the_put_layout() {
 /// Conditions see values other programs wrote the way `get` and CAS do: a value replaced
 /// behind the crate's back (plain `SET`) voids the index a caller holds, a value never written
 /// through the crate exists with index 1, a key of another type is absent. A refused
-/// transaction writes nothing, not even the metadata a `get` would adopt, and a corrupt
-/// metadata key refuses the whole transaction before its first write.
+/// transaction writes nothing, not even the metadata a `get` would adopt, and a metadata name
+/// another program overwrote with something else counts as void, never half-applying one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_conditions_follow_foreign_writes() {
     use kv_core::{Condition, ConditionFailure, Transaction};
@@ -1615,8 +1733,7 @@ async fn transaction_conditions_follow_foreign_writes() {
         .set(store.value_key("k"), "theirs", None, None, false)
         .await
         .unwrap();
-    let meta_before: std::collections::HashMap<String, String> =
-        raw.hgetall(store.meta_key("k")).await.unwrap();
+    let meta_before = meta_record(&raw, &store.meta_key("k")).await;
     match store
         .transaction(
             Transaction::new()
@@ -1633,8 +1750,7 @@ async fn transaction_conditions_follow_foreign_writes() {
         }) => assert_eq!(key, "k"),
         other => panic!("expected KeyModified on condition 1, got {other:?}"),
     }
-    let meta_after: std::collections::HashMap<String, String> =
-        raw.hgetall(store.meta_key("k")).await.unwrap();
+    let meta_after = meta_record(&raw, &store.meta_key("k")).await;
     assert_eq!(
         meta_before, meta_after,
         "a refused transaction writes nothing"
@@ -1682,33 +1798,46 @@ async fn transaction_conditions_follow_foreign_writes() {
         .await
         .unwrap();
     let _: () = raw.del(store.value_key("a-hash")).await.unwrap();
-    // A reserved metadata key of another type (another program wrote it): the transaction is
-    // refused before its first write, not half-applied.
+    // A reserved metadata name another program overwrote (a string that is no record, a key
+    // of another type): void metadata, which no write trips over. The transaction applies
+    // whole and leaves well-formed records.
     let _: () = raw
-        .set(store.meta_key("broken"), "not a hash", None, None, false)
+        .set(store.meta_key("broken"), "not a record", None, None, false)
         .await
         .unwrap();
-    match store
+    let pushed = Command::new("redis-cli")
+        .args([
+            "-u",
+            &url(),
+            "RPUSH",
+            &store.meta_key("listed"),
+            "not a record",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(pushed.status.success(), "{pushed:?}");
+    let written = store
         .transaction(
             Transaction::new()
                 .put("first", "1", WriteOptions::default())
-                .put("broken", "2", WriteOptions::default()),
+                .put("broken", "2", WriteOptions::default())
+                .put("listed", "3", WriteOptions::default()),
         )
         .await
-    {
-        Err(Error::Backend { source, .. }) => {
-            assert!(source.to_string().contains("nothing written"), "{source}")
-        }
-        other => panic!("expected a Backend error, got {other:?}"),
+        .unwrap();
+    for (pair, name) in written.iter().zip(["first", "broken", "listed"]) {
+        let (index, _, _) = meta_record(&raw, &store.meta_key(name)).await;
+        assert_eq!(index, pair.last_index, "{name}");
+        assert_eq!(
+            store
+                .get(name, ReadOptions::default())
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(pair),
+            "{name}"
+        );
     }
-    assert!(
-        store
-            .get("first", ReadOptions::default())
-            .await
-            .unwrap()
-            .is_none(),
-        "nothing of the refused transaction was written"
-    );
     let _: () = raw.del(store.meta_key("broken")).await.unwrap();
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
