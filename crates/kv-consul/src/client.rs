@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -258,6 +258,8 @@ pub(crate) struct Client {
     pub(crate) epoch: Arc<Epoch>,
     /// The server's clock as this handle estimates it from the responses' `Date` headers.
     pub(crate) clock: ServerClock,
+    /// HTTP requests sent (each endpoint tried counts), for `ConsulStore::requests_sent`.
+    pub(crate) requests: AtomicU64,
 }
 
 struct Response {
@@ -374,6 +376,7 @@ impl Client {
             watch_wait: config.watch_wait,
             epoch: Arc::new(Epoch::new()),
             clock: ServerClock::new(BACKEND),
+            requests: AtomicU64::new(0),
         })
     }
 
@@ -405,6 +408,7 @@ impl Client {
                 request = request.body(body.clone());
             }
             let sent = Instant::now();
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let response = match request.send().await {
                 Ok(response) => {
                     // Every answer (any status) samples the server's clock.

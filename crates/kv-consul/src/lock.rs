@@ -153,6 +153,16 @@ impl ConsulLock {
 
     /// Starts renewal and the held-watch, and builds the acquisition.
     fn start(&self, session: String, token: u64) -> Acquired {
+        // The acquiring write carries `Flags` 0: `LockHeld` on this token can be checked on
+        // the server alone (see `crate::txn`).
+        let version = crate::txn::Version {
+            index: token,
+            flags: Some(0),
+            session: true,
+        };
+        self.inner
+            .timeless
+            .note(&self.inner.client, &self.full, version);
         let (notifier, lease) = LeaseNotifier::new(token);
         let inner = self.inner.clone();
         let full = self.full.clone();

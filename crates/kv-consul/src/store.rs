@@ -44,6 +44,12 @@ pub(crate) fn flags_for(deadline: Option<u64>) -> u64 {
     deadline.map_or(0, |d| (FLAGS_TAG << 48) | (d & FLAGS_DEADLINE_MASK))
 }
 
+/// `Flags` with the rewrite marker alone (no deadline): what a rewrite of a key whose
+/// `Flags` are 0 writes.
+pub(crate) fn flags_rewritten() -> u64 {
+    (FLAGS_TAG << 48) | FLAGS_REWRITE
+}
+
 /// The `Flags` to write so that the write really happens: when the entry would not change
 /// (same value, same flags, no session involved), the rewrite marker is toggled.
 pub(crate) fn effective_flags(
@@ -60,8 +66,8 @@ pub(crate) fn effective_flags(
                 && entry.value == value =>
         {
             if flags == 0 {
-                (FLAGS_TAG << 48) | FLAGS_REWRITE
-            } else if flags == (FLAGS_TAG << 48) | FLAGS_REWRITE {
+                flags_rewritten()
+            } else if flags == flags_rewritten() {
                 0
             } else {
                 flags ^ FLAGS_REWRITE
@@ -98,6 +104,8 @@ pub(crate) struct Inner {
     /// The namespace prefix, `""` or `"ns/"` (with the slash).
     pub(crate) prefix: String,
     pub(crate) session_ttl_min: Duration,
+    /// Key versions known to carry no TTL deadline (the transaction fast path's pins).
+    pub(crate) timeless: crate::txn::Timeless,
 }
 
 impl Inner {
@@ -192,6 +200,16 @@ impl Inner {
         self.client.txn(ops, "put").await
     }
 
+    /// Notes a version written without session or TTL (see `crate::txn::Timeless`).
+    pub(crate) fn note_plain(&self, full: &str, index: u64, flags: u64) {
+        let version = crate::txn::Version {
+            index,
+            flags: Some(flags),
+            session: false,
+        };
+        self.timeless.note(&self.client, full, version);
+    }
+
     /// Backs off a little after a lost race, with jitter, so that contending writers spread out.
     pub(crate) async fn conflict_pause(attempt: u32) {
         let jitter = (now_millis() ^ u64::from(attempt).wrapping_mul(0x9E37_79B9)) % 7;
@@ -224,6 +242,7 @@ impl Inner {
         if session.is_none()
             && let Some(index) = self.put_fast(full, value, ttl).await?
         {
+            self.note_plain(full, index, 0);
             return Ok(index);
         }
         loop {
@@ -239,7 +258,12 @@ impl Inner {
                 .write(full, value, flags, Some(cond), holder, session)
                 .await?
             {
-                TxnOutcome::Committed(index) => return Ok(index),
+                TxnOutcome::Committed(index) => {
+                    if session.is_none() {
+                        self.note_plain(full, index, flags);
+                    }
+                    return Ok(index);
+                }
                 TxnOutcome::RolledBack(op, what) => {
                     tracing::debug!(op, %what, "put lost a race, retrying");
                 }
@@ -338,6 +362,7 @@ impl Inner {
         if session.is_none()
             && let Some(index) = self.cas_fast(&full, value, previous, ttl).await?
         {
+            self.note_plain(&full, index, 0);
             return Ok(KvPair {
                 key: key.to_owned(),
                 value: Bytes::copy_from_slice(value),
@@ -378,6 +403,9 @@ impl Inner {
                 .await?
             {
                 TxnOutcome::Committed(index) => {
+                    if session.is_none() {
+                        self.note_plain(&full, index, flags);
+                    }
                     return Ok(KvPair {
                         key: key.to_owned(),
                         value: Bytes::copy_from_slice(value),
@@ -439,6 +467,7 @@ impl ConsulStore {
                 tasks: TaskSet::new(),
                 prefix,
                 session_ttl_min,
+                timeless: crate::txn::Timeless::default(),
             }),
         })
     }
@@ -446,6 +475,16 @@ impl ConsulStore {
     /// Connects with [`Config::from_url`].
     pub async fn connect_url(url: &str) -> Result<ConsulStore> {
         Self::connect(Config::from_url(url)?).await
+    }
+
+    /// How many HTTP requests this handle (with its clones, watches and lock tasks) has sent
+    /// to Consul so far, each endpoint tried counting once. A diagnostic: it shows how many
+    /// round trips an operation took.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner
+            .client
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The agent's `session_ttl_min` this handle works with.
@@ -507,6 +546,18 @@ impl Store for ConsulStore {
             .inner
             .read(&self.inner.full(&key), options.consistent)
             .await?;
+        if let Some(entry) = &entry
+            && deadline_of(entry.flags).is_none()
+        {
+            let version = crate::txn::Version {
+                index: entry.modify_index,
+                flags: Some(entry.flags),
+                session: entry.session.is_some(),
+            };
+            self.inner
+                .timeless
+                .note(&self.inner.client, &entry.key, version);
+        }
         Ok(entry.and_then(|e| self.inner.pair_at(&e, self.inner.server_now())))
     }
 

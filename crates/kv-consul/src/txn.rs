@@ -24,16 +24,43 @@
 //! So a committed transaction's conditions held in the very state it was applied to, and
 //! no reader (`get`, `list`, blocking queries) ever sees part of it: Consul applies a
 //! `/v1/txn` in one state-store transaction at one Raft index.
+//!
+//! # The fast path: one request in the common case
+//!
+//! Before the steps above, a transaction whose every condition and operation the server can
+//! judge alone is sent as ONE `/v1/txn`:
+//!
+//! * `Absent` is `check-not-exists`. It passes only on a missing key, which is absent for
+//!   readers too; a key past its TTL deadline that Consul still keeps makes it fail.
+//! * `IndexEquals` and `LockHeld` are `check-index`, but only for a key version this handle
+//!   has seen or written without a TTL deadline in `Flags` ([`Timeless`]): Consul cannot look
+//!   at `Flags`, so for any other version a passing check could hide an expired entry.
+//! * `Exists` is never sent this way (no check verb tells a live key from an expired one).
+//! * A put without TTL is `delete` + `set`, as `Store::put` writes it: the `delete` drops any
+//!   session holding the key (a TTL key or a lock's key becomes a plain value, as the
+//!   `unlock` below does), and the fresh `set` always raises `ModifyIndex`. A delete is
+//!   `delete`. A put with a TTL needs a session first, so it takes the steps above.
+//! * A put whose key also has a condition is folded into it as one `cas` (what a raw client
+//!   sends): `Absent` + put is `cas` at index 0 (create only); `IndexEquals`/`LockHeld` +
+//!   put is `cas` at that index when the known version has no session (a `cas` would keep
+//!   one) and known `Flags`. The `cas` writes the other of `Flags` 0 and the rewrite marker,
+//!   so the entry always changes and `ModifyIndex` rises: Consul skips a write that changes
+//!   nothing, and in a transaction of several writes that skip could not be redone alone.
+//!
+//! If Consul refuses that transaction (some check failed, or anything else), nothing was
+//! written, and the steps above run from the start: they decide which condition failed and
+//! why, from a state the store really had. So the fast path never decides a failure.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::future::join_all;
-use kv_core::{Error, KvPair, Operation, Result, Transaction};
+use kv_core::{Condition, Error, KvPair, Operation, Result, Transaction};
 use serde_json::{Value as Json, json};
 
-use crate::client::{BACKEND, Cond, Entry, TxnAnswer, txn_cond, txn_op, txn_write};
-use crate::store::{Inner, effective_flags, flags_for, is_live};
+use crate::client::{BACKEND, Client, Cond, Entry, TxnAnswer, txn_cond, txn_op, txn_write};
+use crate::store::{Inner, effective_flags, flags_for, flags_rewritten, is_live};
 
 /// The most conditions plus operations one transaction may hold
 /// ([`Capabilities::max_transaction_ops`](kv_core::Capabilities::max_transaction_ops)).
@@ -53,6 +80,62 @@ const SESSION_PLACEHOLDER: &str = "00000000-0000-0000-0000-000000000000";
 /// The raw state of the keys an attempt reads (Consul key → entry, expired or not).
 type Snapshot = HashMap<String, Option<Entry>>;
 
+/// How many keys [`Timeless`] remembers before it starts over.
+const TIMELESS_KEYS: usize = 4096;
+
+/// One version of a key, as far as the fast path needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Version {
+    /// Its `ModifyIndex`.
+    pub(crate) index: u64,
+    /// Its `Flags` (no deadline in them), when known.
+    pub(crate) flags: Option<u64>,
+    /// Whether a session holds it.
+    pub(crate) session: bool,
+}
+
+/// Key versions this handle knows carry no TTL deadline: per Consul key, the last version
+/// seen without a deadline in `Flags` (read by `get`, written by a put without TTL, or a
+/// lock's acquiring write). A version never changes (a write, a session attached or
+/// detached, all raise `ModifyIndex`), so `check-index` on it proves on the server alone that
+/// the key exists AND is live. The set is bounded (cleared when full) and forgotten when the
+/// server lost its state (indexes then restart and name other versions).
+#[derive(Debug, Default)]
+pub(crate) struct Timeless {
+    known: Mutex<(u64, HashMap<String, Version>)>,
+}
+
+impl Timeless {
+    /// Records that `full` at `version.index` has no deadline.
+    pub(crate) fn note(&self, client: &Client, full: &str, version: Version) {
+        let generation = client.epoch.generation();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, map) = &mut *known;
+        if *seen != generation {
+            *seen = generation;
+            map.clear();
+        }
+        if let Some(slot) = map.get_mut(full) {
+            *slot = version;
+            return;
+        }
+        if map.len() >= TIMELESS_KEYS {
+            map.clear();
+        }
+        map.insert(full.to_owned(), version);
+    }
+
+    /// The version of `full` at `index`, if it is known to have no deadline.
+    pub(crate) fn version(&self, client: &Client, full: &str, index: u64) -> Option<Version> {
+        let generation = client.epoch.generation();
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.0 != generation {
+            return None;
+        }
+        known.1.get(full).copied().filter(|v| v.index == index)
+    }
+}
+
 impl Inner {
     /// Commits a transaction already checked by `Capabilities::check_transaction` (keys
     /// normalised). See the [module docs](self).
@@ -61,6 +144,9 @@ impl Inner {
             return Ok(Vec::new());
         }
         self.check_body(&txn)?;
+        if let Some(pairs) = self.transaction_fast(&txn).await? {
+            return Ok(pairs);
+        }
         let mut sessions = None;
         let result = self.transaction_with(&txn, &mut sessions).await;
         if result.is_err()
@@ -119,6 +205,103 @@ impl Inner {
             )));
         }
         Ok(())
+    }
+
+    /// The one-request attempt (see the [module docs](self#the-fast-path-one-request-in-the-common-case)).
+    /// `None` when it does not apply or Consul refused it: nothing was written, and the
+    /// general path decides.
+    async fn transaction_fast(&self, txn: &Transaction) -> Result<Option<Vec<KvPair>>> {
+        let plain_put = |key: &str| {
+            txn.operations().iter().find_map(|op| match op {
+                Operation::Put {
+                    key: k,
+                    value,
+                    options,
+                } if k == key && options.ttl.is_none() => Some(value),
+                _ => None,
+            })
+        };
+        let mut ops = Vec::with_capacity(txn.conditions().len() + 2 * txn.operations().len());
+        // Keys whose put is already in `ops`, merged with the key's condition.
+        let mut merged: Vec<&str> = Vec::new();
+        // The `Flags` each put writes, to note the new versions.
+        let mut written: HashMap<String, u64> = HashMap::new();
+        for condition in txn.conditions() {
+            let key = condition.key();
+            let full = self.full(key);
+            match condition {
+                Condition::Absent { .. } => match plain_put(key) {
+                    // Create-only: `cas` at index 0.
+                    Some(value) => {
+                        ops.push(cas(&full, value, 0, 0));
+                        merged.push(key);
+                        written.insert(full, 0);
+                    }
+                    None => ops.push(txn_cond(Cond::NotExists, &full)),
+                },
+                Condition::IndexEquals { index, .. }
+                | Condition::LockHeld {
+                    fencing_token: index,
+                    ..
+                } => {
+                    let Some(version) = self.timeless.version(&self.client, &full, *index) else {
+                        return Ok(None);
+                    };
+                    match (plain_put(key), version.flags) {
+                        // A version without session whose `Flags` are known: `cas` on its
+                        // index, with other `Flags` (no deadline) than it has, so that Consul
+                        // cannot skip the write as identical and `ModifyIndex` rises.
+                        (Some(value), Some(flags)) if !version.session => {
+                            let flags = if flags == 0 { flags_rewritten() } else { 0 };
+                            ops.push(cas(&full, value, flags, *index));
+                            merged.push(key);
+                            written.insert(full, flags);
+                        }
+                        _ => ops.push(txn_cond(Cond::Index(*index), &full)),
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+        for operation in txn.operations() {
+            let full = self.full(operation.key());
+            match operation {
+                _ if merged.contains(&operation.key()) => {}
+                Operation::Put { value, options, .. } if options.ttl.is_none() => {
+                    ops.push(txn_op("delete", &full));
+                    ops.push(txn_write("set", &full, value, 0, None));
+                    written.insert(full, 0);
+                }
+                Operation::Delete { .. } => ops.push(txn_op("delete", &full)),
+                _ => return Ok(None),
+            }
+        }
+        // Conditions only: checks, answered from one linearizable state.
+        let read_only = txn.operations().is_empty();
+        match self
+            .client
+            .txn_answer(ops, "transaction", read_only)
+            .await?
+        {
+            TxnAnswer::Committed { entries, .. } => {
+                let pairs = self.pairs(txn, &entries)?;
+                for pair in &pairs {
+                    let full = self.full(&pair.key);
+                    let flags = written.get(&full).copied();
+                    let version = Version {
+                        index: pair.last_index,
+                        flags,
+                        session: false,
+                    };
+                    self.timeless.note(&self.client, &full, version);
+                }
+                Ok(Some(pairs))
+            }
+            TxnAnswer::RolledBack(errors) => {
+                tracing::debug!(?errors, "transaction fast path refused, reading the keys");
+                Ok(None)
+            }
+        }
     }
 
     async fn transaction_with(
@@ -363,10 +546,14 @@ impl Inner {
         txn.operations()
             .iter()
             .filter_map(|op| match op {
-                Operation::Put { key, value, .. } => Some((key, value)),
+                Operation::Put {
+                    key,
+                    value,
+                    options,
+                } => Some((key, value, options.ttl.is_none())),
                 _ => None,
             })
-            .map(|(key, value)| {
+            .map(|(key, value, timeless)| {
                 let full = self.full(key);
                 // A pinned key reports its old entry too: the write's index is the highest.
                 let index = entries
@@ -382,6 +569,15 @@ impl Inner {
                             ),
                         )
                     })?;
+                if timeless {
+                    // Written without a TTL: `Flags` 0 or the rewrite marker, no deadline.
+                    let version = Version {
+                        index,
+                        flags: None,
+                        session: false,
+                    };
+                    self.timeless.note(&self.client, &full, version);
+                }
                 Ok(KvPair {
                     key: key.clone(),
                     value: value.clone(),
@@ -390,6 +586,14 @@ impl Inner {
             })
             .collect()
     }
+}
+
+/// `cas`: write `value` with `flags` (no session) if the key's `ModifyIndex` is `index` (0:
+/// only if the key does not exist).
+fn cas(full: &str, value: &[u8], flags: u64, index: u64) -> Json {
+    let mut op = txn_write("cas", full, value, flags, None);
+    op["KV"]["Index"] = json!(index);
+    op
 }
 
 /// Consul reports operations its ACLs refuse among a transaction's errors.

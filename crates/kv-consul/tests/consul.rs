@@ -1257,3 +1257,325 @@ async fn guarded_writes_survive_renewals_and_stop_when_the_session_ends() {
     Store::close(&a).await.unwrap();
     Store::close(&b).await.unwrap();
 }
+
+/// `Flags` with a deadline in 1970.
+const EXPIRED: u64 = (0x4B56u64 << 48) | 1_000;
+
+/// Holds `key` with a fresh 60 s session (`Behavior=delete`, as this crate's TTL sessions),
+/// writing `Flags` as given.
+async fn lock_raw_with_flags(key: &str, flags: u64) {
+    let http = reqwest::Client::new();
+    let session: Json = http
+        .put(format!("{}/v1/session/create", address()))
+        .json(&serde_json::json!({ "TTL": "60s", "Behavior": "delete", "LockDelay": "0s" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acquired: bool = http
+        .put(format!(
+            "{}/v1/kv/{}?acquire={}&flags={flags}",
+            address(),
+            encode(key),
+            session["ID"].as_str().unwrap()
+        ))
+        .body("old")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(acquired);
+}
+
+/// A key's state for [`transaction_fast_path_agrees_with_the_contract_in_every_state`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeyState {
+    Absent,
+    Present,
+    /// A TTL key past its deadline that its session still holds (as between the deadline and
+    /// the session's end, which comes up to twice the session TTL later).
+    TtlExpired,
+    /// Written by this handle, then overwritten by another client with a past deadline and
+    /// no session: the only expired entry no session check can see.
+    ForeignExpired,
+    /// Held by another handle's lock.
+    Locked,
+    /// A live TTL key, held by its session.
+    TtlLive,
+}
+
+/// Every condition kind, in every key state, with a put of the same key: the outcome is what
+/// `Condition::evaluate` gives on the state readers see (an expired entry is absent), whether
+/// the one-request fast path or the read-then-write path decided. A committed put leaves a
+/// plain value that `get` returns with the reported index; a refused one leaves the entry
+/// untouched. The handle reads every key first, so the fast path knows every version it may
+/// trust and is tried wherever it can be.
+#[tokio::test]
+async fn transaction_fast_path_agrees_with_the_contract_in_every_state() {
+    let p = unique("txn-fast-states");
+    let store = store_with_prefix(&p).await;
+    let holder = store_with_prefix(&p).await;
+    let raw = Raw::new();
+    let states = [
+        KeyState::Absent,
+        KeyState::Present,
+        KeyState::TtlExpired,
+        KeyState::ForeignExpired,
+        KeyState::Locked,
+        KeyState::TtlLive,
+    ];
+    let kinds = ["absent", "exists", "index", "stale-index", "lock-held"];
+    let mut locks = Vec::new();
+    let mut cases = Vec::new();
+    for state in states {
+        for kind in kinds {
+            let key = format!("{state:?}-{kind}");
+            match state {
+                KeyState::Absent => {}
+                KeyState::Present => store
+                    .put(&key, "old".into(), WriteOptions::default())
+                    .await
+                    .unwrap(),
+                KeyState::TtlExpired => lock_raw_with_flags(&format!("{p}/{key}"), EXPIRED).await,
+                KeyState::ForeignExpired => {
+                    store
+                        .put(&key, "old".into(), WriteOptions::default())
+                        .await
+                        .unwrap();
+                    // Noted by this handle as a version without deadline...
+                    store.get(&key, ReadOptions::default()).await.unwrap();
+                    // ...then replaced by an expired entry (a deadline in 1970).
+                    set_raw_with_flags(&format!("{p}/{key}"), b"old", EXPIRED).await;
+                }
+                KeyState::Locked => {
+                    let mut lock = holder.new_lock(&key, LockOptions::default()).await.unwrap();
+                    lock.lock().await.unwrap();
+                    locks.push(lock);
+                }
+                KeyState::TtlLive => store
+                    .put(
+                        &key,
+                        "old".into(),
+                        WriteOptions::with_ttl(Duration::from_secs(60)),
+                    )
+                    .await
+                    .unwrap(),
+            }
+            cases.push((state, kind, key));
+        }
+    }
+    for (state, kind, key) in cases {
+        let full = format!("{p}/{key}");
+        let before = raw.entry(&full).await;
+        let stored = before.as_ref().map(|e| e["ModifyIndex"].as_u64().unwrap());
+        assert_eq!(
+            stored.is_some(),
+            state != KeyState::Absent,
+            "{key}: {before:?}"
+        );
+        if state == KeyState::TtlExpired {
+            assert!(
+                before.as_ref().unwrap()["Session"].is_string(),
+                "{key}: still held"
+            );
+        }
+        let live = match state {
+            KeyState::Absent | KeyState::TtlExpired | KeyState::ForeignExpired => None,
+            _ => stored,
+        };
+        // What this handle reads (and so may note) before the transaction.
+        let read = store.get(&key, ReadOptions::default()).await.unwrap();
+        assert_eq!(read.map(|p| p.last_index), live, "{key}");
+        let index = stored.unwrap_or(1);
+        let condition = match kind {
+            "absent" => Condition::absent(key.as_str()),
+            "exists" => Condition::exists(key.as_str()),
+            "index" => Condition::index_equals(key.as_str(), index),
+            "stale-index" => Condition::index_equals(key.as_str(), index - 1),
+            _ => Condition::LockHeld {
+                key: key.clone(),
+                fencing_token: index,
+            },
+        };
+        let expected = condition.evaluate(live);
+        let result = store
+            .transaction(Transaction::new().when(condition).put(
+                key.as_str(),
+                "new",
+                WriteOptions::default(),
+            ))
+            .await;
+        match expected {
+            None => {
+                let pairs = result.unwrap_or_else(|e| panic!("{key}: {e:?}"));
+                let got = store
+                    .get(&key, ReadOptions::default())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got, pairs[0], "{key}");
+                assert_eq!(got.value, "new", "{key}");
+                let entry = raw.entry(&full).await.unwrap();
+                assert!(entry["Session"].is_null(), "{key}: a plain value now");
+                let flags = entry["Flags"].as_u64().unwrap();
+                assert_eq!(
+                    flags & ((1 << 47) - 1),
+                    0,
+                    "{key}: no deadline in {flags:#x}"
+                );
+            }
+            Some(reason) => {
+                kv_conformance::support::assert_condition_failed(result, &key, 0, &key, reason);
+                let after = raw.entry(&full).await;
+                assert_eq!(after, before, "{key}: nothing written");
+            }
+        }
+    }
+    for mut lock in locks {
+        let _ = lock.unlock().await;
+    }
+    store.delete_tree("").await.unwrap();
+    Store::close(&store).await.unwrap();
+    Store::close(&holder).await.unwrap();
+}
+
+/// The common transactions are ONE request: a create over absent keys, a swap pinned to the
+/// pairs it returned, a swap pinned to what `get` read, a guarded write under this handle's
+/// lock, and a check of conditions only. A swap on a stale index takes the read-then-write
+/// path (at least two requests) and fails there.
+#[tokio::test]
+async fn common_transactions_are_one_request() {
+    let p = unique("txn-fast-count");
+    let store = store_with_prefix(&p).await;
+    let sent = store.requests_sent();
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("a"))
+                .when(Condition::absent("b"))
+                .put("a", "1", WriteOptions::default())
+                .put("b", "1", WriteOptions::default()),
+        )
+        .await
+        .unwrap();
+    requests_of(&store, "create", sent, 1);
+
+    let sent = store.requests_sent();
+    let pairs = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::unchanged(&pairs[0]))
+                .when(Condition::unchanged(&pairs[1]))
+                .put("a", "2", WriteOptions::default())
+                .put("b", "2", WriteOptions::default()),
+        )
+        .await
+        .unwrap();
+    requests_of(&store, "swap on returned pairs", sent, 1);
+
+    // The same values again, twice: each write still raises both indexes (Consul skips a
+    // write that changes nothing), in one request.
+    let mut pairs = pairs;
+    for round in 0..2 {
+        let sent = store.requests_sent();
+        let again = store
+            .transaction(
+                Transaction::new()
+                    .when(Condition::unchanged(&pairs[0]))
+                    .when(Condition::unchanged(&pairs[1]))
+                    .put("a", "2", WriteOptions::default())
+                    .put("b", "2", WriteOptions::default()),
+            )
+            .await
+            .unwrap();
+        requests_of(&store, "swap to the same values", sent, 1);
+        for (new, old) in again.iter().zip(&pairs) {
+            assert!(
+                new.last_index > old.last_index,
+                "round {round}: {new:?} after {old:?}"
+            );
+            let read = store.get(&new.key, ReadOptions::default()).await.unwrap();
+            assert_eq!(read.as_ref(), Some(new));
+        }
+        pairs = again;
+    }
+
+    let read = store
+        .get("a", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let sent = store.requests_sent();
+    let swapped = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::unchanged(&read))
+                .put("a", "3", WriteOptions::default())
+                .delete("b"),
+        )
+        .await
+        .unwrap();
+    requests_of(&store, "swap on a read pair, with a delete", sent, 1);
+
+    let mut lock = store
+        .new_lock("leader", LockOptions::default())
+        .await
+        .unwrap();
+    let lease = lock.lock().await.unwrap();
+    // The lock's tasks (renewal, held-watch) send requests of their own: count the guarded
+    // write on a second handle that has only read the lock's key.
+    let writer = store_with_prefix(&p).await;
+    let lease_read = writer
+        .get("leader", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease_read.last_index, lease.fencing_token());
+    let sent = writer.requests_sent();
+    lease
+        .guarded_put(&writer, "job", "done", WriteOptions::default())
+        .await
+        .unwrap();
+    requests_of(&writer, "guarded write", sent, 1);
+    lock.unlock().await.unwrap();
+
+    let sent = store.requests_sent();
+    store
+        .transaction(
+            Transaction::new()
+                .when(Condition::absent("c"))
+                .when(Condition::unchanged(&swapped[0])),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    requests_of(&store, "conditions only", sent, 1);
+
+    let sent = store.requests_sent();
+    let stale = store
+        .transaction(
+            Transaction::new()
+                .when(Condition::unchanged(&pairs[1]))
+                .put("b", "4", WriteOptions::default()),
+        )
+        .await;
+    kv_conformance::support::assert_condition_failed(
+        stale,
+        "b was deleted",
+        0,
+        "b",
+        ConditionFailure::KeyNotFound,
+    );
+    assert!(store.requests_sent() - sent >= 2);
+    store.delete_tree("").await.unwrap();
+    Store::close(&writer).await.unwrap();
+    Store::close(&store).await.unwrap();
+}
+
+fn requests_of(store: &ConsulStore, what: &str, before: u64, expected: u64) {
+    let sent = store.requests_sent() - before;
+    assert_eq!(sent, expected, "{what}: {sent} requests");
+}
