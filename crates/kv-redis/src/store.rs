@@ -427,6 +427,9 @@ pub(crate) fn map_err(error: FredError, operation: &'static str, after: Duration
 
 impl Inner {
     /// Runs one request with the configured time limit, mapping errors.
+    ///
+    /// fred's command futures are large (~6.5 KiB): hot paths pass them boxed, so that the
+    /// futures around them stay small and are not copied at every step.
     pub(crate) async fn call<T>(
         &self,
         operation: &'static str,
@@ -505,7 +508,7 @@ impl Inner {
         let run = |keys: Vec<String>, args: Vec<Value>| {
             self.call(
                 operation,
-                script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args),
+                Box::pin(script.evalsha_with_reload::<Value, _, _>(&self.client, keys, args)),
             )
         };
         let wait = match self.config.wait_for_replicas {
@@ -563,12 +566,14 @@ impl Inner {
     pub(crate) async fn read_pair(&self, key: &str) -> Result<Option<KvPair>> {
         let full = self.full_key(key);
         let meta = self.meta_key(&full);
-        let reply: Vec<Value> = self.call("get", self.client.mget(vec![full, meta])).await?;
+        let reply: Vec<Value> = self.call("get", Box::pin(self.client.mget(vec![full, meta]))).await?;
         let mut reply = reply.into_iter();
         match verified_pair(key, reply.next(), reply.next()) {
             Verified::Pair(pair) => Ok(Some(pair)),
             Verified::Absent => Ok(None),
-            Verified::AskScript => self.read(key).await.map(|f| f.map(|f| f.pair)),
+            // Boxed: the script's future is several times the size of the `MGET`'s, and every
+            // `get` future would carry (and move) that space for a path it rarely takes.
+            Verified::AskScript => Box::pin(self.read(key)).await.map(|f| f.map(|f| f.pair)),
         }
     }
 
@@ -596,7 +601,7 @@ impl Inner {
                         [full, meta]
                     })
                     .collect();
-                let reply: Vec<Value> = self.call("list", self.client.mget(names)).await?;
+                let reply: Vec<Value> = self.call("list", Box::pin(self.client.mget(names))).await?;
                 if reply.len() != 2 * chunk.len() {
                     return Err(protocol_error("list"));
                 }
@@ -1166,7 +1171,7 @@ impl Store for RedisStore {
         // TYPE expires lazily like GET, without transferring the value; a key of another
         // type is no store value (`get` does not report it either).
         let kind: String = inner
-            .call("exists", inner.client.r#type(inner.full_key(&key)))
+            .call("exists", Box::pin(inner.client.r#type(inner.full_key(&key))))
             .await?;
         Ok(kind == "string")
     }
