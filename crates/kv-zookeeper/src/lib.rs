@@ -109,9 +109,10 @@
 //!   estimate is off by at most half a round trip + 1 ms (+ drift). If the server's clock was
 //!   never sampled (every probe failed, e.g. no write permission on the namespace root), the
 //!   handle falls back to its local wall clock and logs a warning.
-//! * **list / watch_tree**: a breadth-first walk, one multi-read per level (32 nodes per
-//!   request, each with its data, its children and its marker), keeping nodes with a live
-//!   marker; sorted by key. `__kv…` names are skipped, and so are nodes other programs wrote
+//! * **list / watch_tree**: a breadth-first walk, per level one round of multi-reads of each
+//!   node with its marker (128 nodes per request, all sent before the first answer is
+//!   awaited), keeping nodes with a live marker, then one round listing the children of the
+//!   nodes whose stat counts a child besides the marker (leaf keys need none); sorted by key. `__kv…` names are skipped, and so are nodes other programs wrote
 //!   whose names are not a key segment this crate could have written (a name must decode to a
 //!   segment that kv-core's key rules accept, e.g. not one that makes `a//b` or holds a
 //!   forbidden character, and that encodes back to the same name): neither they nor anything

@@ -2034,3 +2034,99 @@ async fn watch_tree_reads_deep_trees_whole() {
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
 }
+
+/// `list` lists a node's children only when its stat counts a child besides its marker. Every
+/// shape where that count matters: leaves, keys that are parents, parent-only nodes, a deep
+/// chain, TTL keys, locked keys (the owner node is below the marker, not the key), another
+/// program's node with and without data holding a key of ours below it, an invalid name, and
+/// a directory wider than one multi-read (129 keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_walks_every_shape_of_tree() {
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ns = unique("listshape");
+    let store = store_in(&ns).await;
+    let zk = raw().await;
+    let plain = WriteOptions::default();
+    let ttl = WriteOptions::with_ttl(Duration::from_secs(60));
+    let mut expected: Vec<(String, String)> = Vec::new();
+    let mut written: Vec<(String, WriteOptions)> = vec![
+        ("a".into(), plain.clone()),
+        ("a/b".into(), plain.clone()),
+        ("a/b/c".into(), ttl.clone()),
+        ("only/parent/k".into(), plain.clone()),
+        ("d1/d2/d3/d4/d5/d6/leaf".into(), plain.clone()),
+        ("t".into(), ttl.clone()),
+        ("t/u".into(), plain.clone()),
+    ];
+    written.extend((0..129).map(|i| (format!("wide/k{i:03}"), plain.clone())));
+    for (key, options) in written {
+        store.put(&key, key.clone().into(), options).await.unwrap();
+        expected.push((key.clone(), key));
+    }
+    // Locked keys: a leaf and one with a key below it.
+    let mut lock_leaf = store.new_lock("lk", LockOptions::default()).await.unwrap();
+    lock_leaf.lock().await.unwrap();
+    let mut lock_parent = store.new_lock("lp", LockOptions::default()).await.unwrap();
+    lock_parent.lock().await.unwrap();
+    store
+        .put("lp/m", "lp/m".into(), plain.clone())
+        .await
+        .unwrap();
+    for (key, value) in [("lk", ""), ("lp", ""), ("lp/m", "lp/m")] {
+        expected.push((key.to_owned(), value.to_owned()));
+    }
+    // Another program's nodes: one with data below a key (a key of ours below it, made
+    // visible by a marker created by hand), an empty one, a name that is no key segment.
+    zk.create(&format!("/{ns}/a/theirs"), b"x", &persistent)
+        .await
+        .unwrap();
+    zk.create(&format!("/{ns}/a/theirs/k"), b"v", &persistent)
+        .await
+        .unwrap();
+    zk.create(&format!("/{ns}/a/theirs/k/__kv"), b"", &persistent)
+        .await
+        .unwrap();
+    expected.push(("a/theirs/k".to_owned(), "v".to_owned()));
+    zk.mkdir(&format!("/{ns}/empty/plain"), &persistent)
+        .await
+        .unwrap();
+    zk.create(&format!("/{ns}/a/b/x\u{378}"), b"x", &persistent)
+        .await
+        .unwrap();
+    // A written key's node left empty by a delete is not listed.
+    store.put("gone", "v".into(), plain.clone()).await.unwrap();
+    store.delete("gone").await.unwrap();
+    expected.sort();
+    for directory in ["", "a", "wide", "d1/d2"] {
+        let listed = store.list(directory, ReadOptions::default()).await.unwrap();
+        let prefix = kv_core::key::child_prefix(directory);
+        let want: Vec<(String, String)> = expected
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let got: Vec<(String, String)> = listed
+            .iter()
+            .map(|p| {
+                (
+                    p.key.clone(),
+                    String::from_utf8_lossy(&p.value).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "list {directory:?}");
+        for pair in &listed {
+            let read = store.get(&pair.key, ReadOptions::default()).await.unwrap();
+            assert_eq!(
+                read.map(|p| p.last_index),
+                Some(pair.last_index),
+                "{}",
+                pair.key
+            );
+        }
+    }
+    lock_leaf.unlock().await.unwrap();
+    lock_parent.unlock().await.unwrap();
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
