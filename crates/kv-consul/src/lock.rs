@@ -6,6 +6,10 @@
 //!   `max(ttl / 2, session_ttl_min)`, `Behavior=delete`, `LockDelay=0s`, no health checks.
 //!   Consul invalidates a session twice its TTL after the last renewal, so a dead holder's key
 //!   disappears about `ttl` after its last renewal.
+//!   The first attempt skips the read and bets on the common case, a free key that does not
+//!   exist: session, then the transaction (`check-not-exists`, `lock`). Refused (the key
+//!   exists: held, a plain value, or an expired entry only the read can judge), nothing was
+//!   written, and the wait above starts with the session kept for it.
 //! * Fencing token: the key's `ModifyIndex` after the acquiring transaction (a Raft index:
 //!   it rises with every acquisition).
 //! * Renewal: `kv_core::lock::keep_alive` renews the session every `ttl / 3`; a renewal
@@ -20,7 +24,7 @@
 //!   else has overwritten meanwhile is left alone.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -80,6 +84,20 @@ impl ConsulLock {
         let mut index = 0u64;
         let mut backoff = kv_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut conflicts = 0u32;
+        // The session made for the first attempt serves the next one without a renewal while
+        // it is surely alive (Consul ends it twice its TTL after the last renewal); a refusal
+        // of the first attempt says nothing about the session, since the key was present.
+        let mut fresh = None;
+        // The common case first: the key is absent, no need to read it. Any failure here
+        // (the server unreachable, say) leaves the decision to the loop, as the read used to:
+        // it waits for the server, and if the transaction was applied without its answer
+        // arriving, finds the key held by this session.
+        match self.first_attempt(abandon, session).await {
+            Ok(Some(acquired)) => return Ok(acquired),
+            Ok(None) => fresh = Some(Instant::now()),
+            Err(error) if is_terminal(&error) => return Err(error),
+            Err(error) => tracing::debug!(%error, "first lock attempt failed, reading the key"),
+        }
         loop {
             let block = (index > 0).then_some((index, client.watch_wait));
             let read = tokio::select! {
@@ -101,6 +119,14 @@ impl ConsulLock {
             };
             backoff.reset();
             index = if new_index < index { 0 } else { new_index };
+            // Held by this attempt's own session: an earlier transaction was applied though
+            // its answer was lost.
+            if let (Some(e), Some(id)) = (&entry, session.as_deref())
+                && e.session.as_deref() == Some(id)
+            {
+                let token = e.modify_index;
+                return Ok(self.start(id.to_owned(), token));
+            }
             let attempt = match &entry {
                 None => Some((Cond::NotExists, None)),
                 Some(e) if !is_live(e, self.inner.server_now()) => {
@@ -120,7 +146,11 @@ impl ConsulLock {
                 }
                 continue;
             };
-            let id = self.session(session.take()).await?;
+            let session_ttl = self.inner.session_ttl(self.ttl);
+            let id = match (fresh.take(), session.take()) {
+                (Some(at), Some(id)) if at.elapsed() < session_ttl => id,
+                (_, previous) => self.session(previous).await?,
+            };
             *session = Some(id.clone());
             if abandon.is_cancelled() {
                 return Err(Error::Closed);
@@ -149,6 +179,38 @@ impl ConsulLock {
                 }
             }
         }
+    }
+
+    /// Session, then `check-not-exists` + `lock`: the acquisition of an absent key in two
+    /// requests. `None` when the key exists (nothing written; the session stays in `session`).
+    async fn first_attempt(
+        &self,
+        abandon: &CancellationToken,
+        session: &mut Option<String>,
+    ) -> Result<Option<Acquired>> {
+        let id = self.session(session.take()).await?;
+        *session = Some(id.clone());
+        if abandon.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let outcome = self
+            .inner
+            .write(
+                &self.full,
+                &self.value,
+                0,
+                Some(Cond::NotExists),
+                None,
+                Some(&id),
+            )
+            .await?;
+        Ok(match outcome {
+            TxnOutcome::Committed(token) => Some(self.start(id, token)),
+            TxnOutcome::RolledBack(op, what) => {
+                tracing::debug!(op, %what, "lock key present, reading it");
+                None
+            }
+        })
     }
 
     /// Starts renewal and the held-watch, and builds the acquisition.
@@ -281,5 +343,61 @@ impl HeldLock for ConsulHeld {
     async fn release(self: Box<Self>) -> Result<()> {
         // Destroying the session deletes the key if (and only if) it still holds it.
         self.inner.client.session_destroy(&self.session).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, ConsulStore};
+    use kv_core::{LockOptions, Store};
+
+    async fn store(name: &str) -> ConsulStore {
+        let address = std::env::var("KV_TEST_CONSUL_ADDR").unwrap_or_else(|_| {
+            panic!("KV_TEST_CONSUL_ADDR not set: run `eval \"$(scripts/servers env)\"` after `scripts/servers up consul`")
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let config = Config::builder()
+            .endpoint(address)
+            .namespace(format!("kv-consul-unit-{name}-{nanos:x}"))
+            .build()
+            .unwrap();
+        ConsulStore::connect(config).await.unwrap()
+    }
+
+    /// A free lock is taken in two requests, a session and the locking transaction, without
+    /// reading the key first. Counted right after the acquisition, before the holder's task
+    /// (spawned on this single-threaded runtime) has run. Then a second acquisition of the
+    /// held key is refused at once, reads the key and waits.
+    #[tokio::test]
+    async fn a_free_key_is_locked_in_two_requests() {
+        let store = store("lock-fast").await;
+        let options = LockOptions::default().ttl(Duration::from_secs(10));
+        let lock = ConsulLock::new(store.inner.clone(), "free", options.clone());
+        let before = store.requests_sent();
+        let acquired = lock.acquire(CancellationToken::new()).await.unwrap();
+        assert_eq!(store.requests_sent() - before, 2, "session and transaction");
+        let entry = store.inner.read(&lock.full, true).await.unwrap().unwrap();
+        assert_eq!(entry.modify_index, acquired.fencing_token);
+        assert!(entry.session.is_some());
+
+        let rival = ConsulLock::new(store.inner.clone(), "free", options);
+        let abandon = CancellationToken::new();
+        let waiting = tokio::spawn({
+            let abandon = abandon.clone();
+            async move { rival.acquire(abandon).await.map(|a| a.fencing_token) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a held key is not taken");
+        abandon.cancel();
+        assert!(matches!(waiting.await.unwrap(), Err(Error::Closed)));
+
+        acquired.notifier.released();
+        acquired.held.release().await.unwrap();
+        assert_eq!(store.inner.read(&lock.full, true).await.unwrap(), None);
+        Store::close(&store).await.unwrap();
     }
 }
