@@ -315,19 +315,165 @@ pub(crate) struct Scripts {
     pub transaction: Script,
 }
 
-fn with_prelude(body: &str) -> Script {
-    Script::from_lua(format!("{PRELUDE}\n{body}"))
+/// `body` preceded by the prelude's helpers it calls, directly or through another helper,
+/// and no others: Lua creates every `local function` anew on each run of a script, and the
+/// whole prelude costs the server about 1.4 µs per call (measured with `redis-benchmark`,
+/// `EVAL` of the prelude and `return 1` against `return 1`).
+fn with_prelude(body: &str) -> String {
+    let helpers = helpers();
+    let mut needed: Vec<bool> = helpers.iter().map(|(name, _)| calls(body, name)).collect();
+    // Close over the helpers' own calls (a helper only calls those defined before it).
+    for i in (0..helpers.len()).rev() {
+        if needed[i] {
+            for (j, (name, _)) in helpers.iter().enumerate().take(i) {
+                needed[j] |= calls(&helpers[i].1, name);
+            }
+        }
+    }
+    let mut script = String::new();
+    for ((_, text), _) in helpers.iter().zip(&needed).filter(|(_, n)| **n) {
+        script.push_str(text);
+    }
+    script.push_str(body);
+    script
 }
 
-pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    get: with_prelude(GET),
-    put: with_prelude(PUT),
-    atomic_put: with_prelude(ATOMIC_PUT),
-    atomic_delete: with_prelude(ATOMIC_DELETE),
-    delete: with_prelude(DELETE),
-    lock_acquire: with_prelude(LOCK_ACQUIRE),
-    lock_renew: with_prelude(LOCK_RENEW),
-    lock_check: with_prelude(LOCK_CHECK),
-    lock_release: with_prelude(LOCK_RELEASE),
-    transaction: with_prelude(TRANSACTION),
+/// The prelude cut into its helpers, in order: each `local function` with its body and the
+/// comment lines just above it.
+fn helpers() -> Vec<(&'static str, String)> {
+    let mut helpers: Vec<(&'static str, String)> = Vec::new();
+    let mut comments = String::new();
+    for line in PRELUDE.lines() {
+        if let Some(rest) = line.strip_prefix("local function ") {
+            let name = rest.split('(').next().unwrap_or(rest);
+            let mut text = std::mem::take(&mut comments);
+            text.push_str(line);
+            text.push('\n');
+            helpers.push((name, text));
+        } else if line.starts_with("--") {
+            comments.push_str(line);
+            comments.push('\n');
+        } else if let Some((_, text)) = helpers.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    helpers
+}
+
+/// Whether Lua `code` calls the function `name` (not a longer name ending in it).
+fn calls(code: &str, name: &str) -> bool {
+    let call = format!("{name}(");
+    code.match_indices(&call).any(|(at, _)| {
+        !code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    })
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let script = |body: &str| Script::from_lua(with_prelude(body));
+    Scripts {
+        get: script(GET),
+        put: script(PUT),
+        atomic_put: script(ATOMIC_PUT),
+        atomic_delete: script(ATOMIC_DELETE),
+        delete: script(DELETE),
+        lock_acquire: script(LOCK_ACQUIRE),
+        lock_renew: script(LOCK_RENEW),
+        lock_check: script(LOCK_CHECK),
+        lock_release: script(LOCK_RELEASE),
+        transaction: script(TRANSACTION),
+    }
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defined(script: &str) -> Vec<&str> {
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix("local function "))
+            .map(|rest| rest.split('(').next().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_prelude_is_cut_at_every_helper() {
+        let names: Vec<&str> = helpers().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, defined(PRELUDE));
+        assert!(names.len() >= 10, "{names:?}");
+        let joined: String = helpers().into_iter().map(|(_, t)| t).collect();
+        let code = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(
+            code(&joined),
+            code(PRELUDE),
+            "nothing of the prelude is lost"
+        );
+    }
+
+    #[test]
+    fn each_script_defines_exactly_the_helpers_it_calls() {
+        assert!(calls("x = write(1)", "write"));
+        assert!(!calls("x = write_at(1)", "write"));
+        assert!(!calls("x = rewrite(1)", "write"));
+        assert!(!calls("string.fmt(1)", "fmt"));
+        let names: Vec<&str> = helpers().iter().map(|(n, _)| *n).collect();
+        for (body, wanted) in [
+            (
+                PUT,
+                &[
+                    "now_us",
+                    "fmt",
+                    "meta_at",
+                    "next_index",
+                    "set_meta",
+                    "write_at",
+                    "write",
+                ][..],
+            ),
+            (
+                LOCK_CHECK,
+                &["meta_at", "is_value_at", "is_value", "owned"][..],
+            ),
+            (
+                DELETE,
+                &["now_us", "meta_at", "settle", "is_value_at", "is_value"][..],
+            ),
+        ] {
+            let script = with_prelude(body);
+            let mut got = defined(&script);
+            got.sort_unstable();
+            let mut want = wanted.to_vec();
+            want.sort_unstable();
+            assert_eq!(got, want);
+        }
+        // Every helper any script calls is defined before the script's body.
+        for body in [
+            GET,
+            PUT,
+            ATOMIC_PUT,
+            ATOMIC_DELETE,
+            DELETE,
+            LOCK_ACQUIRE,
+            LOCK_RENEW,
+            LOCK_CHECK,
+            LOCK_RELEASE,
+            TRANSACTION,
+        ] {
+            let script = with_prelude(body);
+            for name in &names {
+                if calls(&script, name) {
+                    assert!(defined(&script).contains(name), "{name} missing");
+                }
+            }
+        }
+    }
+}
