@@ -203,7 +203,16 @@
 //!   first come first served). First in line, it waits until the key is absent, then writes it
 //!   with the lock's value and a TTL marker of the lock's TTL (the multi-op above), plus, in
 //!   the same transaction, an ephemeral *owner node* below the new marker whose name is unique
-//!   to this acquisition (`__kvowner-<session id>-<n>`); then it removes its ticket. Taking
+//!   to this acquisition (`__kvowner-<session id>-<n>`); the same transaction removes its
+//!   ticket when the key's node already exists without a marker (otherwise the key is read
+//!   first and the ticket removed after). The ticket is created and the queue listed in one
+//!   round trip (the listing is sent before the creation's answer). **Nobody queued**: a lock
+//!   first tries to take the key in one transaction that also *creates* the queue directory,
+//!   which the server refuses if the directory exists (someone is or was queued) or the key
+//!   has a marker; then it queues as above. A holder that created the queue directory or
+//!   was alone in it deletes it in its release transaction when it is still empty (refused,
+//!   and released without it, when someone queued meanwhile). Waiters therefore never lose
+//!   their turn to a newcomer. Taking
 //!   over an expired lock (like any write or delete of the key) deletes the previous owner
 //!   node in the transaction that replaces or deletes the marker: a node with a child cannot
 //!   be deleted.
@@ -229,7 +238,10 @@
 //!   it); a persistent watch on the key reports a deletion or an overwrite at once. A lost
 //!   holder deletes its own owner node if it is still there, so that the server can sweep the
 //!   expired marker. `unlock` deletes the key, the marker and the owner node in one
-//!   transaction, only if the marker is still its own. Readers never see owner nodes (`list`
+//!   transaction, only if the marker is still its own: it deletes the owner node first, so
+//!   no read is needed (while the owner node exists the marker is its own); if the server
+//!   refuses (the owner node is gone), the key is read and the marker's `czxid` decides.
+//!   Readers never see owner nodes (`list`
 //!   skips `__kv…` names) and watches ignore their events.
 //! * **Fencing token** = the key's `last_index` (`mzxid`) after the acquiring write, as
 //!   kv-core's lock contract defines it. It rises strictly with every acquisition (zxids are

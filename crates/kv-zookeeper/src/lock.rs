@@ -43,6 +43,17 @@ fn owner_name(client: &zk::Client) -> String {
     )
 }
 
+/// Why a waiter may take the key now, proven inside the multi-op that takes it.
+#[derive(Clone, Copy)]
+enum Turn<'a> {
+    /// This ticket is first in the queue: the multi deletes it (it must still exist).
+    Ticket(&'a str),
+    /// Nobody is queued: the multi creates the queue directory at this path, which fails if
+    /// it exists. Waiters that come later queue in it; the holder deletes it again on
+    /// release if it is still empty.
+    NoQueue(&'a str),
+}
+
 /// What a successful write of the key returns to `acquire`.
 struct Taken {
     /// The acquiring write's stat (`mzxid` = the fencing token).
@@ -87,18 +98,40 @@ fn ticket_sequence(name: &str) -> Option<i64> {
 }
 
 impl ZkLock {
-    /// Takes a ticket in the queue; returns its full path.
-    async fn enqueue(&self, client: &zk::Client) -> Result<String> {
+    /// Takes a ticket in the queue; returns its full path and the queue's tickets as listed
+    /// right after it was created. The listing is sent before the creation's answer arrives
+    /// (the session's requests are served in order, so it includes the new ticket): one round
+    /// trip for both.
+    async fn enqueue(&self, client: &zk::Client) -> Result<(String, Vec<String>)> {
         let inner = &self.inner;
         let queue = queue_path(inner, &self.key);
         let prefix = format!("{queue}/{TICKET_PREFIX}");
         let options = inner.options(zk::CreateMode::EphemeralSequential);
         for _ in 0..16 {
-            match inner
-                .timed("lock", client.create(&prefix, &[], &options))
-                .await?
-            {
-                Ok((_, sequence)) => return Ok(format!("{prefix}{sequence}")),
+            let created = client.create(&prefix, &[], &options);
+            let listed = client.list_children(&queue);
+            let after = inner.config.request_timeout;
+            let (created, listed) =
+                tokio::time::timeout(after, async { tokio::join!(created, listed) })
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        backend: BACKEND,
+                        operation: "lock",
+                        after,
+                    })?;
+            match created {
+                Ok((_, sequence)) => {
+                    let ticket = format!("{prefix}{sequence}");
+                    return match listed {
+                        Ok(tickets) => Ok((ticket, tickets)),
+                        // Unlikely (the queue was removed between the two): list it again.
+                        Err(_) => {
+                            let tickets =
+                                inner.request("lock", client.list_children(&queue)).await?;
+                            Ok((ticket, tickets))
+                        }
+                    };
+                }
                 Err(zk::Error::NoNode) => {
                     let dir = inner.options(zk::CreateMode::Container);
                     inner.request("lock", client.mkdir(&queue, &dir)).await?;
@@ -112,13 +145,15 @@ impl ZkLock {
         ))
     }
 
-    /// Waits until `ticket` is first in its queue.
+    /// Waits until `ticket` is first in its queue. True when the last listing showed it alone
+    /// (nobody queued behind it then).
     async fn wait_turn(
         &self,
         client: &zk::Client,
         ticket: &str,
+        listed: Vec<String>,
         abandon: &CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let inner = &self.inner;
         let queue = queue_path(inner, &self.key);
         let mine = ticket
@@ -126,10 +161,13 @@ impl ZkLock {
             .next()
             .and_then(ticket_sequence)
             .unwrap_or(i64::MAX);
+        let mut listed = Some(listed);
         loop {
-            let mut tickets: Vec<(i64, String)> = inner
-                .request("lock", client.list_children(&queue))
-                .await?
+            let names = match listed.take() {
+                Some(names) => names,
+                None => inner.request("lock", client.list_children(&queue)).await?,
+            };
+            let mut tickets: Vec<(i64, String)> = names
                 .into_iter()
                 .filter_map(|name| ticket_sequence(&name).map(|seq| (seq, name)))
                 .collect();
@@ -141,7 +179,7 @@ impl ZkLock {
                 ));
             }
             let Some((_, predecessor)) = tickets.iter().rev().find(|(seq, _)| *seq < mine) else {
-                return Ok(());
+                return Ok(tickets.len() == 1);
             };
             let predecessor = format!("{queue}/{predecessor}");
             let (stat, watcher) = inner
@@ -160,9 +198,20 @@ impl ZkLock {
     /// First in line: waits until the key is absent, then writes it with a TTL marker and an
     /// owner node below it, in one transaction (which also deletes an expired predecessor's
     /// marker and owner node).
-    async fn take_key(&self, client: &zk::Client, abandon: &CancellationToken) -> Result<Taken> {
+    async fn take_key(
+        &self,
+        client: &zk::Client,
+        ticket: &str,
+        abandon: &CancellationToken,
+    ) -> Result<(Taken, bool)> {
         let inner = &self.inner;
         let owner = owner_name(client);
+        if let Some(taken) = self
+            .take_absent_key(client, Turn::Ticket(ticket), &owner)
+            .await?
+        {
+            return Ok((taken, true));
+        }
         loop {
             match inner
                 .write_key(
@@ -176,11 +225,12 @@ impl ZkLock {
                 .await
             {
                 Ok((stat, written_at)) => {
-                    return Ok(Taken {
+                    let taken = Taken {
                         stat,
                         owner,
                         written_at,
-                    });
+                    };
+                    return Ok((taken, false));
                 }
                 Err(Error::KeyExists { .. }) => {}
                 Err(e) => return Err(e),
@@ -214,6 +264,54 @@ impl ZkLock {
         }
     }
 
+    /// The uncontended case in one multi-op, without reading the key first: the key's node
+    /// exists and has no marker (a parent-only node, or the empty node a delete or unlock
+    /// leaves until the server sweeps it). Sets the value, creates the TTL marker and the
+    /// owner node, and (see [`Turn`]) deletes the ticket or creates the queue directory, all
+    /// at once. Any other state fails the multi as a whole (`NoNode`: no node or parent yet,
+    /// or the ticket is gone; `NodeExists`: a marker, live or expired, or a queue) and
+    /// nothing is written: `Ok(None)`, the caller takes the general path.
+    async fn take_absent_key(
+        &self,
+        client: &zk::Client,
+        turn: Turn<'_>,
+        owner: &str,
+    ) -> Result<Option<Taken>> {
+        let inner = &self.inner;
+        let marker = inner.marker_path(&self.key);
+        let mut writer = client.new_multi_writer();
+        let build = (|| {
+            writer.add_set_data(&inner.node_path(&self.key), &self.value, None)?;
+            writer.add_create(
+                &marker,
+                &crate::store::marker_data(Some(self.ttl)),
+                &inner.marker_options(Some(self.ttl)),
+            )?;
+            writer.add_create(
+                &inner.marker_child_path(&self.key, owner),
+                &[],
+                &inner.options(zk::CreateMode::Ephemeral),
+            )?;
+            match turn {
+                Turn::Ticket(ticket) => writer.add_delete(ticket, None),
+                Turn::NoQueue(queue) => {
+                    writer.add_create(queue, &[], &inner.options(zk::CreateMode::Container))
+                }
+            }
+        })();
+        build.map_err(|e| Error::backend(BACKEND, e))?;
+        let sent_at = tokio::time::Instant::now();
+        match inner.timed("lock", writer.commit()).await? {
+            Ok(results) => Ok(Some(Taken {
+                stat: inner.record_set_data(results, sent_at)?,
+                owner: owner.to_owned(),
+                written_at: sent_at,
+            })),
+            Err(zk::Error::NoNode | zk::Error::NodeExists) => Ok(None),
+            Err(e) => Err(map_zk(e, "lock", inner.config.request_timeout)),
+        }
+    }
+
     async fn remove_ticket(&self, client: &zk::Client, ticket: &str) {
         match self
             .inner
@@ -231,19 +329,33 @@ impl ZkLock {
 impl LockBackend for ZkLock {
     async fn acquire(&self, abandon: CancellationToken) -> Result<Acquired> {
         let inner = &self.inner;
-        let (taken, generation) = loop {
+        let queue = queue_path(inner, &self.key);
+        let (taken, generation, own_queue) = loop {
             let client = inner.client().await?;
             let generation = inner.generation();
-            let ticket = self.enqueue(&client).await?;
+            // Nobody queued and the key free: take it without a ticket (one round trip).
+            let owner = owner_name(&client);
+            if let Some(taken) = self
+                .take_absent_key(&client, Turn::NoQueue(&queue), &owner)
+                .await?
+            {
+                break (taken, generation, true);
+            }
+            let (ticket, listed) = self.enqueue(&client).await?;
             let outcome = async {
-                self.wait_turn(&client, &ticket, &abandon).await?;
-                self.take_key(&client, &abandon).await
+                let alone = self.wait_turn(&client, &ticket, listed, &abandon).await?;
+                Ok::<_, Error>((self.take_key(&client, &ticket, &abandon).await?, alone))
             }
             .await;
-            // The key is the guard from now on; the ticket only ordered the waiters.
-            self.remove_ticket(&client, &ticket).await;
+            // The key is the guard from now on; the ticket only ordered the waiters. The
+            // fast path deleted it in its multi-op already.
+            if !matches!(outcome, Ok(((_, true), _))) {
+                self.remove_ticket(&client, &ticket).await;
+            }
             match outcome {
-                Ok(taken) => break (taken, generation),
+                // Alone in the queue: its release tries to delete the queue directory too, so
+                // that the next lock finds no queue and takes the fast path.
+                Ok(((taken, _), alone)) => break (taken, generation, alone),
                 // The session expired while waiting (the ticket went with it): queue again
                 // on a new session.
                 Err(error)
@@ -272,6 +384,7 @@ impl LockBackend for ZkLock {
             owner: stat.mzxid,
             owner_path: inner.marker_child_path(&self.key, &owner),
             marker_path: inner.marker_path(&self.key),
+            queue: own_queue.then_some(queue),
             generation,
             ttl: self.ttl,
             renewed_at: StdMutex::new(written_at),
@@ -315,6 +428,10 @@ struct Held {
     /// The owner node: while it exists, the marker is this acquisition's.
     owner_path: String,
     marker_path: String,
+    /// The queue directory, when this holder created it (it took the key with nobody
+    /// queued) or was alone in it: its release deletes it if nobody queued meanwhile, so that
+    /// the next lock finds no queue and takes the key without a ticket.
+    queue: Option<String>,
     generation: u64,
     ttl: Duration,
     /// When the last successful renewal (or the acquiring write) was sent: the marker's
@@ -456,6 +573,40 @@ impl Held {
     async fn release(&self) -> Result<()> {
         let inner = &self.inner;
         let client = inner.client().await?;
+        // While the owner node exists the marker is this acquisition's (see the module
+        // docs), so deleting the owner node first makes the rest safe without a read:
+        // one multi-op. Refused as a whole when the owner node is gone (the lock was lost,
+        // or the session changed) or something else is below the marker; then the key is
+        // read and released only if the marker is still ours.
+        if inner.generation() == self.generation {
+            // First with the queue directory this holder created, then (someone queued, or
+            // the directory is gone) without it.
+            let queues = [self.queue.as_deref(), None];
+            let tries = if self.queue.is_some() {
+                &queues[..]
+            } else {
+                &queues[1..]
+            };
+            for queue in tries {
+                let mut writer = client.new_multi_writer();
+                let build = (|| {
+                    writer.add_delete(&self.owner_path, None)?;
+                    writer.add_delete(&self.marker_path, None)?;
+                    // The node stays, emptied (see `delete_key`).
+                    writer.add_set_data(&inner.node_path(&self.key), &[], None)?;
+                    match queue {
+                        Some(queue) => writer.add_delete(queue, None),
+                        None => Ok(()),
+                    }
+                })();
+                build.map_err(|e| Error::backend(BACKEND, e))?;
+                match inner.timed("unlock", writer.commit()).await? {
+                    Ok(_) => return Ok(()),
+                    Err(zk::Error::NoNode | zk::Error::NotEmpty | zk::Error::BadVersion) => {}
+                    Err(e) => return Err(map_zk(e, "unlock", inner.config.request_timeout)),
+                }
+            }
+        }
         let owner = self.owner;
         inner
             .delete_key(

@@ -2130,3 +2130,128 @@ async fn list_walks_every_shape_of_tree() {
     store.delete_tree("").await.unwrap();
     store.close().await.unwrap();
 }
+
+/// A lock with nobody queued and the key free takes the key without a ticket, in one
+/// multi-op that also creates the queue directory, and its release deletes that directory
+/// again. A waiter's ticket already in the queue makes it queue behind it, even though the
+/// key is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_takes_the_key_without_a_ticket_only_when_nobody_is_queued() {
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ns = unique("fastlock");
+    let store = store_in(&ns).await;
+    let zk = raw().await;
+    // The key's node exists without a marker and the queues' parent exists (a container the
+    // server could sweep otherwise): the state the fast path needs.
+    store
+        .put("k", "v".into(), WriteOptions::default())
+        .await
+        .unwrap();
+    store.delete("k").await.unwrap();
+    zk.create(&format!("/{ns}/__kvlocks"), b"", &persistent)
+        .await
+        .unwrap();
+    let queue = format!("/{ns}/__kvlocks/k");
+    let mut lock = store.new_lock("k", LockOptions::default()).await.unwrap();
+    let lease = lock.lock().await.unwrap();
+    let (children, stat) = zk.get_children(&queue).await.unwrap();
+    assert!(children.is_empty());
+    assert_eq!(stat.cversion, 0, "no ticket was ever created in the queue");
+    let pair = store
+        .get("k", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pair.last_index, lease.fencing_token());
+    lock.unlock().await.unwrap();
+    assert_eq!(
+        zk.check_stat(&queue).await.unwrap(),
+        None,
+        "the release deleted the queue it created"
+    );
+    assert_eq!(store.get("k", ReadOptions::default()).await.unwrap(), None);
+
+    // A ticket already queued (a waiter that has not acted yet) comes first.
+    zk.create(&queue, b"", &persistent).await.unwrap();
+    let ticket_options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let (_, sequence) = zk
+        .create(&format!("{queue}/__kvlock-"), b"", &ticket_options)
+        .await
+        .unwrap();
+    let waiter = {
+        let store = store_in(&ns).await;
+        tokio::spawn(async move {
+            let mut lock = store.new_lock("k", LockOptions::default()).await.unwrap();
+            let token = lock.lock().await.unwrap().fencing_token();
+            lock.unlock().await.unwrap();
+            store.close().await.unwrap();
+            token
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiter.is_finished(), "took the lock past a queued ticket");
+    assert_eq!(store.get("k", ReadOptions::default()).await.unwrap(), None);
+    zk.delete(&format!("{queue}/__kvlock-{sequence}"), None)
+        .await
+        .unwrap();
+    let token = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter took the lock once the ticket before it went")
+        .unwrap();
+    assert!(token > lease.fencing_token());
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// Several handles locking one key in a loop: whichever path each acquisition takes (no
+/// ticket, a ticket and the one-multi take, the read-then-write take), never two holders at
+/// once, fencing tokens rise in the order of acquisitions, and nothing is left queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_locks_exclude_each_other_on_every_path() {
+    let ns = unique("lockrace");
+    let holders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tokens = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let store = store_in(&ns).await;
+        let (holders, tokens) = (holders.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..8 {
+                let mut lock = store.new_lock("c", LockOptions::default()).await.unwrap();
+                let lease = lock.lock().await.unwrap();
+                assert_eq!(
+                    holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
+                tokens.lock().unwrap().push(lease.fencing_token());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                lock.unlock().await.unwrap();
+            }
+            store.close().await.unwrap();
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the lock loop finished")
+            .unwrap();
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 24);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens rise with each acquisition: {tokens:?}"
+    );
+    let store = store_in(&ns).await;
+    assert_eq!(store.get("c", ReadOptions::default()).await.unwrap(), None);
+    let zk = raw().await;
+    let queued = zk
+        .list_children(&format!("/{ns}/__kvlocks/c"))
+        .await
+        .unwrap_or_default();
+    assert!(queued.is_empty(), "tickets left: {queued:?}");
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
