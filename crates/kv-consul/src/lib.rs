@@ -89,7 +89,8 @@
 //!   destroying the session, which deletes the key only if that session still holds it.
 //!   Fencing token = `ModifyIndex` at acquisition.
 //! * **Transactions** ([`Store::transaction`](kv_core::Store::transaction)) are Consul's
-//!   own atomic `/v1/txn`, two per attempt. First a read-only one answered in `consistent`
+//!   own atomic `/v1/txn`: one in the common case (**fast path**, below), else two per
+//!   attempt. First a read-only one answered in `consistent`
 //!   mode, i.e. from one linearizable state: `get` of every key a condition or a put names
 //!   (`check-not-exists` for a key found absent, since a `get` of an absent key fails the
 //!   read; Consul's answer lists every failing operation by `OpIndex`, so the next read
@@ -121,6 +122,13 @@
 //!   acquisition raises its index, so only the acquisition with that token, still holding the
 //!   key on the server, passes — from any handle. A lock key past a deadline in its `Flags`
 //!   (another program's TTL write that is not removed yet) counts as lost.
+//!   **Fast path**: first, one `/v1/txn` of what Consul can check alone — `Absent` as
+//!   `check-not-exists`, `IndexEquals`/`LockHeld` as `check-index` only on a key version this
+//!   handle has read or written without a deadline in `Flags`, a put folded with its key's
+//!   condition into one `cas` (writing `Flags` 0 or the rewrite marker, whichever the entry
+//!   does not have, so that the write always happens), other puts without TTL as `delete` +
+//!   `set`. `Exists` and TTL puts never go this way. If Consul refuses it, nothing was
+//!   written and the two-step attempt above runs and decides.
 //! * **Reads**: `ReadOptions::consistent` (the default) is Consul's `?consistent` mode
 //!   (linearizable); `ReadOptions::stale()` is `?stale` (any server answers).
 //! * **delete_tree** deletes exactly what `list(dir)` shows, plus `dir` itself, never a key
