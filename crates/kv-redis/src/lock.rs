@@ -60,6 +60,14 @@ impl Reconnects {
         }
     }
 
+    /// Whether a reconnection has been reported and not yet taken by [`next`](Self::next).
+    fn pending(&self) -> bool {
+        [&self.commands, &self.subscriber]
+            .into_iter()
+            .flatten()
+            .any(|rx| !rx.is_empty())
+    }
+
     /// Completes at the next reconnection of either connection (a lagging receiver missed
     /// some: that counts too).
     async fn next(&mut self) {
@@ -158,18 +166,31 @@ impl RedisLock {
     }
 }
 
-/// Waits for the next event on `full` (or returns at once without a subscription).
-async fn next_event(events: &mut Events, full: &str) {
+/// Waits for the next event on `full` and returns its operation (`None`: some events were
+/// missed); without a subscription it never returns.
+async fn next_event(events: &mut Events, full: &str) -> Option<String> {
     let Some((_, rx)) = events else {
         return std::future::pending().await;
     };
     loop {
         match rx.recv().await {
-            Ok(event) if event.key.as_bytes() == full.as_bytes() => return,
+            Ok(event) if event.key.as_bytes() == full.as_bytes() => return Some(event.operation),
             Ok(_) => continue,
-            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Lagged(_)) => return None,
             Err(RecvError::Closed) => return std::future::pending().await,
         }
+    }
+}
+
+/// Drops every event already received (of any key: the receiver is this lock's own). An
+/// ownership check sent after that answers for all of them: each one's write came before it.
+fn drain_events(events: &mut Events) {
+    if let Some((_, rx)) = events {
+        while !matches!(
+            rx.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                | tokio::sync::broadcast::error::TryRecvError::Closed)
+        ) {}
     }
 }
 
@@ -290,18 +311,34 @@ fn spawn_renewal(
             let mut backoff = redis_backoff();
             // When to ask again after a check that got no answer.
             let mut retry_at: Option<Instant> = None;
+            // The acquisition's own `SET … PX` reports `set` then `expire`, adjacent (one
+            // command). The subscription was confirmed before that write, and events come in
+            // the server's order: every write after ours is reported after those two. So a
+            // leading `set`, `expire` is ours or older and needs no check; anything else, or
+            // any reconnection (events may have been lost), ends the skipping.
+            let mut own = ["set", "expire"].into_iter().peekable();
             loop {
                 // An event calls for an ownership check; a reconnection (or a retry) for a
                 // renewal: the check plus a fresh TTL, after a time without renewals.
                 let renewal = tokio::select! {
-                    _ = next_event(&mut events, &full) => false,
+                    operation = next_event(&mut events, &full) => {
+                        if operation.as_deref() == own.peek().copied() && !reconnects.pending() {
+                            own.next();
+                            continue;
+                        }
+                        own.by_ref().for_each(drop);
+                        false
+                    }
                     _ = reconnects.next() => {
                         tracing::debug!(key = full, "reconnected: renewing a held lock at once");
+                        own.by_ref().for_each(drop);
                         true
                     }
                     _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)),
                         if retry_at.is_some() => true,
                 };
+                // One check answers for every event received until it is sent.
+                drain_events(&mut events);
                 let (script, args): (_, Vec<Value>) = if renewal {
                     (&SCRIPTS.lock_renew, vec![token.clone().into(), ttl_ms(ttl)])
                 } else {

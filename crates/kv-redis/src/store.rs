@@ -566,7 +566,9 @@ impl Inner {
     pub(crate) async fn read_pair(&self, key: &str) -> Result<Option<KvPair>> {
         let full = self.full_key(key);
         let meta = self.meta_key(&full);
-        let reply: Vec<Value> = self.call("get", Box::pin(self.client.mget(vec![full, meta]))).await?;
+        let reply: Vec<Value> = self
+            .call("get", Box::pin(self.client.mget(vec![full, meta])))
+            .await?;
         let mut reply = reply.into_iter();
         match verified_pair(key, reply.next(), reply.next()) {
             Verified::Pair(pair) => Ok(Some(pair)),
@@ -601,7 +603,8 @@ impl Inner {
                         [full, meta]
                     })
                     .collect();
-                let reply: Vec<Value> = self.call("list", Box::pin(self.client.mget(names))).await?;
+                let reply: Vec<Value> =
+                    self.call("list", Box::pin(self.client.mget(names))).await?;
                 if reply.len() != 2 * chunk.len() {
                     return Err(protocol_error("list"));
                 }
@@ -1171,7 +1174,10 @@ impl Store for RedisStore {
         // TYPE expires lazily like GET, without transferring the value; a key of another
         // type is no store value (`get` does not report it either).
         let kind: String = inner
-            .call("exists", Box::pin(inner.client.r#type(inner.full_key(&key))))
+            .call(
+                "exists",
+                Box::pin(inner.client.r#type(inner.full_key(&key))),
+            )
             .await?;
         Ok(kind == "string")
     }

@@ -27,6 +27,9 @@ use tokio::time::Instant;
 
 use crate::store::{Found, Inner, SubscriberFactory, glob_escape, map_err};
 
+/// How many holders want one channel (see [`Subscriptions::subscribe`]).
+type ChannelCount = Arc<tokio::sync::Mutex<usize>>;
+
 /// A keyspace channel or pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Channel {
@@ -122,7 +125,12 @@ impl Node {
 pub(crate) struct Subscriptions {
     pub(crate) db: u8,
     timeout: Duration,
-    counts: tokio::sync::Mutex<HashMap<Channel, usize>>,
+    /// Shared by every (un)subscription, exclusive for [`follow`](Self::follow): the node
+    /// set and the channel set change together.
+    layout: tokio::sync::RwLock<()>,
+    /// Per channel, how many holders want it, behind a lock of that channel alone: its
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` round trip holds it, and other channels' do not wait for it.
+    channels: StdMutex<HashMap<Channel, ChannelCount>>,
     nodes: StdMutex<Vec<Arc<Node>>>,
     events: broadcast::Sender<KeyspaceEvent>,
     reconnects: broadcast::Sender<Server>,
@@ -145,7 +153,8 @@ impl Subscriptions {
         let subs = Arc::new(Subscriptions {
             db,
             timeout,
-            counts: tokio::sync::Mutex::new(HashMap::new()),
+            layout: tokio::sync::RwLock::new(()),
+            channels: StdMutex::new(HashMap::new()),
             nodes: StdMutex::new(Vec::new()),
             events,
             reconnects,
@@ -208,14 +217,40 @@ impl Subscriptions {
         results.into_iter().collect()
     }
 
+    fn channels_mut(&self) -> std::sync::MutexGuard<'_, HashMap<Channel, ChannelCount>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The count of `channel`, created at 0 when nobody holds it.
+    fn channel_count(&self, channel: &Channel) -> ChannelCount {
+        self.channels_mut()
+            .entry(channel.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets `channel`'s count (at 0, its lock held by the caller) unless another caller
+    /// has fetched it meanwhile and waits for its lock.
+    fn forget(&self, channel: &Channel, count: &ChannelCount) {
+        let mut channels = self.channels_mut();
+        // The map's reference and the caller's: nobody else can reach it any more.
+        if Arc::strong_count(count) == 2 {
+            channels.remove(channel);
+        }
+    }
+
     /// Subscribes (if nobody else is) and returns the guard that unsubscribes on drop.
     pub(crate) async fn subscribe(self: &Arc<Self>, channel: Channel) -> Result<Subscription> {
-        let mut counts = self.counts.lock().await;
-        let count = counts.get(&channel).copied().unwrap_or(0);
-        if count == 0 {
-            self.send(&channel, true).await?;
+        let _layout = self.layout.read().await;
+        let count = self.channel_count(&channel);
+        let mut holders = count.lock().await;
+        if *holders == 0
+            && let Err(error) = self.send(&channel, true).await
+        {
+            self.forget(&channel, &count);
+            return Err(error);
         }
-        counts.insert(channel.clone(), count + 1);
+        *holders += 1;
         Ok(Subscription {
             subs: self.clone(),
             channel,
@@ -224,26 +259,33 @@ impl Subscriptions {
 
     /// Subscribes again after a reconnection (harmless if fred already did).
     pub(crate) async fn resubscribe(&self, channel: &Channel) -> Result<()> {
-        let counts = self.counts.lock().await;
-        if counts.get(channel).copied().unwrap_or(0) > 0 {
+        let _layout = self.layout.read().await;
+        let Some(count) = self.channels_mut().get(channel).cloned() else {
+            return Ok(());
+        };
+        let holders = count.lock().await;
+        if *holders > 0 {
             self.send(channel, true).await?;
         }
         Ok(())
     }
 
     async fn release(&self, channel: Channel) {
-        let mut counts = self.counts.lock().await;
-        let count = counts.get(&channel).copied().unwrap_or(0);
-        if count <= 1 {
-            counts.remove(&channel);
-            if !self.closed.load(Ordering::SeqCst)
-                && let Err(error) = self.send(&channel, false).await
-            {
-                tracing::debug!(%error, ?channel, "unsubscribing failed");
-            }
-        } else {
-            counts.insert(channel, count - 1);
+        let _layout = self.layout.read().await;
+        let Some(count) = self.channels_mut().get(&channel).cloned() else {
+            return;
+        };
+        let mut holders = count.lock().await;
+        *holders = holders.saturating_sub(1);
+        if *holders > 0 {
+            return;
         }
+        if !self.closed.load(Ordering::SeqCst)
+            && let Err(error) = self.send(&channel, false).await
+        {
+            tracing::debug!(%error, ?channel, "unsubscribing failed");
+        }
+        self.forget(&channel, &count);
     }
 
     /// New receivers of keyspace events (from every node) and of reconnections (of any
@@ -263,10 +305,19 @@ impl Subscriptions {
     /// channel on a new primary, drops nodes that are no longer primaries, and then tells
     /// every watch and lock to re-read (events may have been missed across the change).
     async fn follow(&self, primaries: Vec<Server>, factory: &SubscriberFactory) {
-        let counts = self.counts.lock().await;
+        let layout = self.layout.write().await;
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
+        // No (un)subscription runs while the layout is held: every count is settled.
+        let held: Vec<Channel> = {
+            let channels = self.channels_mut();
+            channels
+                .iter()
+                .filter(|(_, count)| count.try_lock().is_ok_and(|holders| *holders > 0))
+                .map(|(channel, _)| channel.clone())
+                .collect()
+        };
         let current: Vec<Arc<Node>> = self.nodes_mut().clone();
         let known = |s: &Server| current.iter().any(|n| n.server.as_ref() == Some(s));
         let added: Vec<Server> = primaries.iter().filter(|s| !known(s)).cloned().collect();
@@ -290,7 +341,7 @@ impl Subscriptions {
                     &self.events,
                     &self.reconnects,
                 );
-                for channel in counts.keys() {
+                for channel in &held {
                     if let Err(error) = send_to(&node.client, channel, true, self.timeout).await {
                         node.shutdown().await;
                         return Err(error);
@@ -311,7 +362,7 @@ impl Subscriptions {
             all.retain(|n| !removed.iter().any(|r| Arc::ptr_eq(n, r)));
             all.extend(nodes);
         }
-        drop(counts);
+        drop(layout);
         for node in removed {
             // A dead node's QUIT may hang until its timeout: not on this path.
             tokio::spawn(async move { node.shutdown().await });

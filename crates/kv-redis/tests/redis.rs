@@ -1087,6 +1087,56 @@ async fn a_foreign_overwrite_loses_the_lock_at_once() {
     store.close().await.unwrap();
 }
 
+/// The holder skips the keyspace events of its own acquisition (`set`, `expire`) but never a
+/// foreign write's, even one that reports the very same events right after them: an
+/// overwrite `SET … PX` (and a plain `SET`, a `DEL`) sent the instant `lock` returns is
+/// noticed at once, every time, long before the next renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_right_after_acquiring_is_noticed() {
+    let ns = unique("right-after");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    let value_key = store.value_key("l");
+    for round in 0..30 {
+        let mut lock = store
+            .new_lock("l", LockOptions::default().ttl(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let lease = lock.lock().await.unwrap();
+        match round % 3 {
+            0 => {
+                let _: () = raw
+                    .set(
+                        &value_key,
+                        "intruder",
+                        Some(fred::types::Expiration::PX(30_000)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .unwrap();
+            }
+            1 => {
+                let _: () = raw
+                    .set(&value_key, "intruder", None, None, false)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let _: i64 = raw.del(&value_key).await.unwrap();
+            }
+        }
+        let state = tokio::time::timeout(Duration::from_secs(5), lease.lost())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the foreign write went unnoticed"));
+        assert_eq!(state, LockState::Lost, "round {round}");
+        assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+        let _: i64 = raw.del(&value_key).await.unwrap();
+    }
+    store.delete_tree("").await.unwrap();
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_tasks_end_with_their_owners_and_on_close() {
     let ns = unique("tasks");
@@ -1490,6 +1540,115 @@ async fn metadata_hashes_of_earlier_builds_still_count() {
         .await
         .unwrap();
     assert_eq!(n, 0);
+    store.close().await.unwrap();
+}
+
+/// Subscriptions are counted per channel, and channels do not wait for each other: watches and
+/// locks of a few keys, opened and dropped concurrently in random order, leave the handle's
+/// subscriber connection subscribed to exactly the channels somebody still holds — as the
+/// server itself reports (`PUBSUB NUMSUB`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscriptions_are_counted_per_channel() {
+    let ns = unique("subs");
+    let store = store_with_prefix(&ns).await;
+    let raw = store.client().clone();
+    let keys = ["k0", "k1", "k2", "k3"];
+    let db: u8 = {
+        let path = url().rsplit('/').next().unwrap_or_default().to_owned();
+        path.split('?')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0)
+    };
+    let channel = |k: &str| format!("__keyspace@{db}__:{}", store.value_key(k));
+    let numsub = |channels: Vec<String>| {
+        let raw = raw.clone();
+        async move {
+            let reply: Vec<fred::types::Value> = raw
+                .custom(
+                    fred::types::CustomCommand::new_static("PUBSUB", None, false),
+                    std::iter::once("NUMSUB".to_owned())
+                        .chain(channels)
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .unwrap();
+            reply
+                .chunks(2)
+                .map(|c| c[1].as_i64().unwrap())
+                .collect::<Vec<i64>>()
+        }
+    };
+    for round in 0..3 {
+        // 40 holders of random keys; every other one is kept, the rest dropped at random times.
+        let mut tasks = Vec::new();
+        for n in 0..40 {
+            let store = store.clone();
+            let (key, pause) = {
+                let mut rng = rand::rng();
+                (
+                    keys[rng.random_range(0..keys.len())],
+                    rng.random_range(0..20),
+                )
+            };
+            tasks.push(tokio::spawn(async move {
+                let held: Box<dyn std::any::Any + Send> = if n % 3 == 0 {
+                    let mut lock = store
+                        .new_lock(&format!("{key}-lock"), LockOptions::default())
+                        .await
+                        .unwrap();
+                    let lease = tokio::time::timeout(Duration::from_secs(20), lock.lock())
+                        .await
+                        .expect("lock within 20 s")
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    drop(lease);
+                    lock.unlock().await.unwrap();
+                    Box::new(())
+                } else {
+                    let watch = store.watch(key, ReadOptions::default()).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    Box::new(watch)
+                };
+                (key, n % 2 == 0, held)
+            }));
+        }
+        let mut kept = Vec::new();
+        for task in tasks {
+            let (key, keep, held) = task.await.unwrap();
+            if keep && held.is::<kv_core::WatchStream>() {
+                kept.push((key, held));
+            }
+        }
+        let expected = |kept: &[(&str, Box<dyn std::any::Any + Send>)]| {
+            keys.iter()
+                .map(|k| i64::from(kept.iter().any(|(key, _)| key == k)))
+                .chain(keys.iter().map(|_| 0))
+                .collect::<Vec<i64>>()
+        };
+        let channels: Vec<String> = keys
+            .iter()
+            .map(|k| channel(k))
+            .chain(keys.iter().map(|k| channel(&format!("{k}-lock"))))
+            .collect();
+        let want = expected(&kept);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = numsub(channels.clone()).await;
+        while got != want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            got = numsub(channels.clone()).await;
+        }
+        assert_eq!(got, want, "round {round}: subscribed channels");
+        drop(kept);
+        let none = vec![0; channels.len()];
+        eventually(Duration::from_secs(10), "every channel released", || {
+            let numsub = numsub(channels.clone());
+            let none = none.clone();
+            async move { numsub.await == none }
+        })
+        .await;
+    }
     store.close().await.unwrap();
 }
 
