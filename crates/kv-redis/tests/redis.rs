@@ -1301,7 +1301,7 @@ async fn a_restart_without_persistence_loses_held_locks_at_once() {
     b.close().await.unwrap();
 }
 
-/// Another program deletes a value key (leaving the metadata hash behind) and writes it again,
+/// Another program deletes a value key (leaving the metadata record behind) and writes it again,
 /// or overwrites it in place: a CAS with a pair read before must fail, and the foreign value
 /// reads with a fresh, higher index that CAS accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1323,7 +1323,7 @@ async fn foreign_writes_void_the_version() {
     let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
     assert_eq!(next(&mut watch, "first").await.unwrap(), Some(old.clone()));
 
-    // Plain DEL + SET by another client: the metadata hash survives the DEL.
+    // Plain DEL + SET by another client: the metadata record survives the DEL.
     let _: i64 = raw.del(&value_key).await.unwrap();
     assert_eq!(next(&mut watch, "foreign del").await.unwrap(), None);
     let n: i64 = raw.exists(&meta_key).await.unwrap();
