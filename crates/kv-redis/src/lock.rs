@@ -314,24 +314,26 @@ fn spawn_renewal(
             // The acquisition's own `SET … PX` reports `set` then `expire`, adjacent (one
             // command). The subscription was confirmed before that write, and events come in
             // the server's order: every write after ours is reported after those two. So a
-            // leading `set`, `expire` is ours or older and needs no check; anything else, or
-            // any reconnection (events may have been lost), ends the skipping.
-            let mut own = ["set", "expire"].into_iter().peekable();
+            // leading `set`, `expire` is ours or older and needs no check. Anything else, a
+            // gap in the events (lagged), or a reconnection (events may have been lost) means
+            // every later event is checked.
+            let mut own: &[&str] = &["set", "expire"];
             loop {
                 // An event calls for an ownership check; a reconnection (or a retry) for a
                 // renewal: the check plus a fresh TTL, after a time without renewals.
                 let renewal = tokio::select! {
                     operation = next_event(&mut events, &full) => {
-                        if operation.as_deref() == own.peek().copied() && !reconnects.pending() {
-                            own.next();
+                        let ours = own.first().is_some_and(|o| operation.as_deref() == Some(*o));
+                        if ours && !reconnects.pending() {
+                            own = &own[1..];
                             continue;
                         }
-                        own.by_ref().for_each(drop);
+                        own = &[];
                         false
                     }
                     _ = reconnects.next() => {
                         tracing::debug!(key = full, "reconnected: renewing a held lock at once");
-                        own.by_ref().for_each(drop);
+                        own = &[];
                         true
                     }
                     _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)),
