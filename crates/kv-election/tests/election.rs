@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kv_core::{Error, Store};
+use kv_core::{Error, ReadOptions, Store};
 use kv_election::{
     Election, ElectionError, ElectionOptions, Leader, LeaderState, LeaderStream, LeadershipStatus,
     Resigned,
@@ -290,7 +290,8 @@ async fn one_leader_at_a_time(backend: &Backend) {
         LeaderState::NoLeader,
         "a fresh election has no leader"
     );
-    let observed: Arc<Mutex<Vec<LeaderState>>> = Arc::default();
+    // Each state with when it arrived: a failure says how long the observer was silent.
+    let observed: Arc<Mutex<Vec<(Instant, LeaderState)>>> = Arc::default();
     let observing = {
         let observed = observed.clone();
         tokio::spawn(async move {
@@ -299,7 +300,7 @@ async fn one_leader_at_a_time(backend: &Backend) {
                     Ok(state) => observed
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(state),
+                        .push((Instant::now(), state)),
                     Err(e) => panic!("the observer failed: {e}"),
                 }
             }
@@ -350,17 +351,48 @@ async fn one_leader_at_a_time(backend: &Backend) {
     assert_eq!(total, terms.len());
     assert!(terms.len() >= ELECTIONS);
     // Everyone resigned: the observer ends on "no leader" (a stream may deliver it late).
-    eventually(
-        EVENT_TIMEOUT,
-        "the observer reports no leader at the end",
-        || {
-            observed.lock().unwrap_or_else(|e| e.into_inner()).last()
-                == Some(&LeaderState::NoLeader)
-        },
-    )
-    .await;
+    let all_resigned = Instant::now();
+    let ends_without_leader = || {
+        observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .is_some_and(|(_, state)| *state == LeaderState::NoLeader)
+    };
+    while !ends_without_leader() {
+        if all_resigned.elapsed() >= EVENT_TIMEOUT {
+            // Say whether the store or the observer is behind: what a fresh handle lists.
+            let witness_store = backend.connect().await;
+            let listed = witness_store.list(&name, ReadOptions::default()).await;
+            let last: Vec<_> = observed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .rev()
+                .take(3)
+                .map(|(at, state)| {
+                    format!(
+                        "{state:?} {:?} before the end",
+                        all_resigned.saturating_duration_since(*at)
+                    )
+                })
+                .collect();
+            panic!(
+                "the observer reports no leader {EVENT_TIMEOUT:?} after the last resignation; \
+                 its last states (newest first): {last:?}; observer task finished: {}; \
+                 a fresh handle lists: {listed:?}",
+                observing.is_finished()
+            );
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
     observing.abort();
-    let observed = observed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let observed: Vec<LeaderState> = observed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, state)| state.clone())
+        .collect();
     // The observer's terms rise (it may coalesce, never reorder), and each is a real election.
     let mut last = 0;
     for state in &observed {
