@@ -43,10 +43,17 @@ pub(crate) const BACKEND: &str = "bolt";
 /// The database file inside the configured directory.
 pub(crate) const FILE_NAME: &str = "kv.redb";
 
-/// Values: stored key → raw value bytes.
-pub(crate) const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/data");
-/// Metadata: stored key → `last_index` (u64 BE) ‖ deadline (u64 BE, Unix ms, 0 = none).
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/meta");
+/// The keys: stored key → [`HEADER`] bytes of metadata (`last_index` u64 BE ‖ TTL deadline
+/// u64 BE, Unix ms, 0 = none) ‖ the value. One table, so a listing walks one B-tree and a
+/// read makes one lookup.
+pub(crate) const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/entries");
+/// The metadata in front of every value in [`ENTRIES`].
+const HEADER: usize = 16;
+/// The layout of earlier builds: values here, metadata (16 bytes) in [`OLD_META`]. Opening
+/// such a database moves its keys into [`ENTRIES`] and drops both tables.
+const OLD_DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/data");
+/// See [`OLD_DATA`].
+const OLD_META: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/meta");
 /// TTL index: deadline (u64 BE) ‖ stored key → nothing.
 pub(crate) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv/expiry");
 /// Database-wide counters: `seq` → the last committed index.
@@ -207,33 +214,85 @@ fn map_open_err(path: &Path, error: redb::Error) -> Error {
     }
 }
 
-fn encode_meta(index: u64, deadline: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
+/// Stores `key` as its header (`index`, `deadline`) followed by `value`, written straight
+/// into the page (no intermediate buffer).
+fn write_entry(
+    entries: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    index: u64,
+    deadline: u64,
+    value: &[u8],
+) -> Result<(), Error> {
+    let mut slot = entries
+        .insert_reserve(key, HEADER + value.len())
+        .map_err(map_err)?;
+    let out = slot.as_mut();
     out[..8].copy_from_slice(&index.to_be_bytes());
-    out[8..].copy_from_slice(&deadline.to_be_bytes());
-    out
+    out[8..HEADER].copy_from_slice(&deadline.to_be_bytes());
+    out[HEADER..].copy_from_slice(value);
+    Ok(())
 }
 
-fn decode_meta(key: &str, raw: &[u8]) -> Result<(u64, u64), Error> {
-    let (Some(index), Some(deadline)) = (raw.get(..8), raw.get(8..16)) else {
+/// A stored entry's `last_index`, deadline and value.
+fn decode_entry<'v>(key: &str, raw: &'v [u8]) -> Result<(u64, u64, &'v [u8]), Error> {
+    if raw.len() < HEADER {
         return Err(Error::backend(
             BACKEND,
             format!(
-                "corrupt metadata for {key:?}: {} bytes instead of 16",
-                raw.len()
-            ),
-        ));
-    };
-    if raw.len() != 16 {
-        return Err(Error::backend(
-            BACKEND,
-            format!(
-                "corrupt metadata for {key:?}: {} bytes instead of 16",
+                "corrupt entry for {key:?}: {} bytes, fewer than its {HEADER}-byte header",
                 raw.len()
             ),
         ));
     }
-    Ok((decode_u64(index), decode_u64(deadline)))
+    Ok((
+        decode_u64(&raw[..8]),
+        decode_u64(&raw[8..HEADER]),
+        &raw[HEADER..],
+    ))
+}
+
+/// Moves the keys of the earlier two-table layout ([`OLD_DATA`], [`OLD_META`]) into
+/// [`ENTRIES`] and drops the old tables, inside the opening write transaction (a crash
+/// leaves the old layout whole). A metadata row without its value is a corrupt database; a
+/// value without metadata was never readable and is not carried over. Returns how many keys
+/// moved.
+fn migrate_two_table_layout(txn: &redb::WriteTransaction) -> Result<usize, redb::Error> {
+    use redb::TableHandle;
+    let old = txn
+        .list_tables()?
+        .any(|table| table.name() == OLD_META.name() || table.name() == OLD_DATA.name());
+    if !old {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    {
+        let meta = txn.open_table(OLD_META)?;
+        let data = txn.open_table(OLD_DATA)?;
+        let mut entries = txn.open_table(ENTRIES)?;
+        for item in meta.iter()? {
+            let (key, raw) = item?;
+            let (key, raw) = (key.value(), raw.value());
+            if raw.len() != HEADER {
+                return Err(redb::Error::Corrupted(format!(
+                    "kv/meta of {key:?} holds {} bytes instead of {HEADER}",
+                    raw.len()
+                )));
+            }
+            let Some(value) = data.get(key)? else {
+                return Err(redb::Error::Corrupted(format!(
+                    "{key:?} has metadata but no value"
+                )));
+            };
+            let mut slot = entries.insert_reserve(key, HEADER + value.value().len())?;
+            let out = slot.as_mut();
+            out[..HEADER].copy_from_slice(raw);
+            out[HEADER..].copy_from_slice(value.value());
+            moved += 1;
+        }
+    }
+    txn.delete_table(OLD_META)?;
+    txn.delete_table(OLD_DATA)?;
+    Ok(moved)
 }
 
 fn expiry_key(deadline: u64, key: &str) -> Vec<u8> {
@@ -256,8 +315,7 @@ type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
 /// What a write request sees: the writer's open transaction, through the same primitives the
 /// old single-request engine had. Every [`commit`](Batch::commit) takes the next index.
 pub(crate) struct Batch<'t> {
-    data: redb::Table<'t, &'static str, &'static [u8]>,
-    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    entries: redb::Table<'t, &'static str, &'static [u8]>,
     expiry: redb::Table<'t, &'static [u8], ()>,
     seq: u64,
     changes: Vec<Change>,
@@ -272,25 +330,25 @@ pub(crate) struct Batch<'t> {
 impl Batch<'_> {
     /// The stored metadata of `key`, expired or not.
     fn meta_of(&self, key: &str) -> Result<Option<(u64, u64)>, Error> {
-        match self.meta.get(key).map_err(map_err)? {
-            Some(raw) => decode_meta(key, raw.value()).map(Some),
+        match self.entries.get(key).map_err(map_err)? {
+            Some(raw) => {
+                decode_entry(key, raw.value()).map(|(index, deadline, _)| Some((index, deadline)))
+            }
             None => Ok(None),
         }
     }
 
     /// The live entry of `key`.
     fn entry_of(&self, key: &str) -> Result<Option<Entry>, Error> {
-        let Some((index, deadline)) = self.meta_of(key)? else {
+        let Some(raw) = self.entries.get(key).map_err(map_err)? else {
             return Ok(None);
         };
+        let (index, deadline, value) = decode_entry(key, raw.value())?;
         if is_expired(deadline) {
             return Ok(None);
         }
-        let Some(value) = self.data.get(key).map_err(map_err)? else {
-            return Err(corrupt_pair(key));
-        };
         Ok(Some(Entry {
-            value: Bytes::copy_from_slice(value.value()),
+            value: Bytes::copy_from_slice(value),
             index,
             deadline,
         }))
@@ -370,12 +428,7 @@ impl Batch<'_> {
                             .remove(expiry_key(old, key).as_slice())
                             .map_err(map_err)?;
                     }
-                    self.data
-                        .insert(key.as_str(), value.as_ref())
-                        .map_err(map_err)?;
-                    self.meta
-                        .insert(key.as_str(), &encode_meta(seq, *deadline)[..])
-                        .map_err(map_err)?;
+                    write_entry(&mut self.entries, key, seq, *deadline, value)?;
                     if *deadline != 0 {
                         self.expiry
                             .insert(expiry_key(*deadline, key).as_slice(), ())
@@ -388,24 +441,21 @@ impl Batch<'_> {
                             .remove(expiry_key(old, key).as_slice())
                             .map_err(map_err)?;
                     }
-                    self.data.remove(key.as_str()).map_err(map_err)?;
-                    self.meta.remove(key.as_str()).map_err(map_err)?;
+                    self.entries.remove(key.as_str()).map_err(map_err)?;
                 }
                 Op::Renew {
                     key,
+                    value,
                     index,
                     deadline,
                     old_deadline,
-                    ..
                 } => {
                     if *old_deadline != 0 {
                         self.expiry
                             .remove(expiry_key(*old_deadline, key).as_slice())
                             .map_err(map_err)?;
                     }
-                    self.meta
-                        .insert(key.as_str(), &encode_meta(*index, *deadline)[..])
-                        .map_err(map_err)?;
+                    write_entry(&mut self.entries, key, *index, *deadline, value)?;
                     if *deadline != 0 {
                         self.expiry
                             .insert(expiry_key(*deadline, key).as_slice(), ())
@@ -513,13 +563,13 @@ impl Batch<'_> {
                 old_deadline: Some(d),
             });
         }
-        for item in self.meta.range(prefix..).map_err(map_err)? {
+        for item in self.entries.range(prefix..).map_err(map_err)? {
             let (key, raw) = item.map_err(map_err)?;
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            let (_, deadline) = decode_meta(key, raw.value())?;
+            let (_, deadline, _) = decode_entry(key, raw.value())?;
             ops.push(Op::Remove {
                 key: key.to_owned(),
                 old_deadline: Some(deadline),
@@ -666,17 +716,9 @@ impl Batch<'_> {
     }
 }
 
-fn corrupt_pair(key: &str) -> Error {
-    Error::backend(
-        BACKEND,
-        format!("corrupt store: {key:?} has metadata but no value"),
-    )
-}
-
 /// The latest committed state, ready to read: a read transaction with its tables open.
 pub(crate) struct Snapshot {
-    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    data: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    entries: redb::ReadOnlyTable<&'static str, &'static [u8]>,
     /// The index of the last commit this snapshot contains.
     seq: u64,
 }
@@ -690,26 +732,22 @@ impl Snapshot {
     fn take(db: &redb::Database) -> Result<Snapshot, Error> {
         let txn = db.begin_read().map_err(map_err)?;
         Ok(Snapshot {
-            meta: txn.open_table(META).map_err(map_err)?,
-            data: txn.open_table(DATA).map_err(map_err)?,
+            entries: txn.open_table(ENTRIES).map_err(map_err)?,
             seq: read_seq(&txn)?,
         })
     }
 
     /// One key (`None` when absent or expired).
     pub(crate) fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
-        let Some(raw) = self.meta.get(key).map_err(map_err)? else {
+        let Some(raw) = self.entries.get(key).map_err(map_err)? else {
             return Ok(None);
         };
-        let (index, deadline) = decode_meta(key, raw.value())?;
+        let (index, deadline, value) = decode_entry(key, raw.value())?;
         if is_expired(deadline) {
             return Ok(None);
         }
-        let Some(value) = self.data.get(key).map_err(map_err)? else {
-            return Err(corrupt_pair(key));
-        };
         Ok(Some(Entry {
-            value: Bytes::copy_from_slice(value.value()),
+            value: Bytes::copy_from_slice(value),
             index,
             deadline,
         }))
@@ -717,8 +755,8 @@ impl Snapshot {
 
     /// Whether a live `key` exists (no value copied).
     pub(crate) fn exists(&self, key: &str) -> Result<bool, Error> {
-        match self.meta.get(key).map_err(map_err)? {
-            Some(raw) => Ok(!is_expired(decode_meta(key, raw.value())?.1)),
+        match self.entries.get(key).map_err(map_err)? {
+            Some(raw) => Ok(!is_expired(decode_entry(key, raw.value())?.1)),
             None => Ok(false),
         }
     }
@@ -726,9 +764,6 @@ impl Snapshot {
     /// Visits the live keys starting with `prefix` in byte order, from `from` (inclusive)
     /// when given, at most `limit` of them. Returns the first key not visited when it stopped
     /// at `limit` (scan again from there), `None` when the prefix is exhausted.
-    ///
-    /// The metadata and value tables hold the same keys in the same order, so both are read
-    /// as one merged scan instead of a value lookup per key.
     pub(crate) fn scan(
         &self,
         prefix: &str,
@@ -741,10 +776,8 @@ impl Snapshot {
             Bound::Included(from.unwrap_or(prefix)),
             Bound::<&str>::Unbounded,
         );
-        let mut values = self.data.range::<&str>(range).map_err(map_err)?;
-        let mut value = values.next().transpose().map_err(map_err)?;
         let mut seen = 0;
-        for item in self.meta.range::<&str>(range).map_err(map_err)? {
+        for item in self.entries.range::<&str>(range).map_err(map_err)? {
             let (key, raw) = item.map_err(map_err)?;
             let key = key.value();
             if !key.starts_with(prefix) {
@@ -753,22 +786,15 @@ impl Snapshot {
             if seen == limit {
                 return Ok(Some(key.to_owned()));
             }
-            // Catch the value scan up with this key (it only skips keys without metadata).
-            while value.as_ref().is_some_and(|(k, _)| k.value() < key) {
-                value = values.next().transpose().map_err(map_err)?;
-            }
-            let (index, deadline) = decode_meta(key, raw.value())?;
+            let (index, deadline, value) = decode_entry(key, raw.value())?;
             if is_expired(deadline) {
                 continue;
             }
-            let Some((_, v)) = value.as_ref().filter(|(k, _)| k.value() == key) else {
-                return Err(corrupt_pair(key));
-            };
             seen += 1;
             visit(
                 key,
                 Entry {
-                    value: Bytes::copy_from_slice(v.value()),
+                    value: Bytes::copy_from_slice(value),
                     index,
                     deadline,
                 },
@@ -938,9 +964,12 @@ impl Engine {
         // Create the tables (a new database) and read the counter and the first deadline.
         let (seq, first_deadline) = {
             let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
+            let moved = migrate_two_table_layout(&txn).map_err(open_err)?;
+            if moved > 0 {
+                tracing::info!(keys = moved, path = %path.display(), "kv-bolt: moved the keys of the two-table layout into kv/entries");
+            }
             let found = {
-                txn.open_table(DATA).map_err(|e| open_err(e.into()))?;
-                txn.open_table(META).map_err(|e| open_err(e.into()))?;
+                txn.open_table(ENTRIES).map_err(|e| open_err(e.into()))?;
                 let expiry = txn.open_table(EXPIRY).map_err(|e| open_err(e.into()))?;
                 let state = txn.open_table(STATE).map_err(|e| open_err(e.into()))?;
                 let seq = state
@@ -1142,7 +1171,7 @@ impl Engine {
     /// Every key physically stored under `prefix`, expired or not (diagnostics).
     pub(crate) fn stored_keys(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let txn = self.read()?;
-        let data = txn.open_table(DATA).map_err(map_err)?;
+        let data = txn.open_table(ENTRIES).map_err(map_err)?;
         let mut out = Vec::new();
         for item in data.range(prefix..).map_err(map_err)? {
             let (key, _) = item.map_err(map_err)?;
@@ -1328,8 +1357,7 @@ impl Writer {
                 }
             }
             let Batch {
-                data,
-                meta,
+                entries,
                 expiry,
                 seq,
                 changes,
@@ -1337,7 +1365,7 @@ impl Writer {
                 failed,
                 force_durable,
             } = batch;
-            drop((data, meta, expiry));
+            drop((entries, expiry));
             (
                 seq,
                 changes,
@@ -1393,8 +1421,7 @@ fn commit(mut txn: redb::WriteTransaction, seq: Option<u64>, durable: bool) -> R
 /// The tables of `txn`, as a [`Batch`] continuing after index `seq`.
 fn open_batch(txn: &redb::WriteTransaction, seq: u64, sync: bool) -> Result<Batch<'_>, Error> {
     Ok(Batch {
-        data: txn.open_table(DATA).map_err(map_err)?,
-        meta: txn.open_table(META).map_err(map_err)?,
+        entries: txn.open_table(ENTRIES).map_err(map_err)?,
         expiry: txn.open_table(EXPIRY).map_err(map_err)?,
         seq,
         changes: Vec::new(),

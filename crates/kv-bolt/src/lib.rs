@@ -52,19 +52,25 @@
 //!
 //! ## Storage layout
 //!
-//! Four redb tables; a key `k` in namespace `ns` is stored as `ns/k` (or `k` without a
+//! Three redb tables; a key `k` in namespace `ns` is stored as `ns/k` (or `k` without a
 //! namespace) — the *stored key*:
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | `kv/data` (`&str` → `&[u8]`) | stored key | the value, raw bytes, nothing around it |
-//! | `kv/meta` (`&str` → `&[u8]`) | stored key | 16 bytes: `last_index` (u64 big-endian) ‖ TTL deadline (u64 big-endian, Unix milliseconds, 0 = none) |
+//! | `kv/entries` (`&str` → `&[u8]`) | stored key | a 16-byte header — `last_index` (u64 big-endian) ‖ TTL deadline (u64 big-endian, Unix milliseconds, 0 = none) — then the value's raw bytes |
 //! | `kv/expiry` (`&[u8]` → `()`) | deadline (u64 BE) ‖ stored key | the TTL index the sweeper walks in deadline order |
 //! | `kv/state` (`&str` → `u64`) | `seq` | the last commit index |
 //!
 //! Any redb 4 program can read it with those table definitions (`tests/bolt.rs` does).
-//! Every write is one redb transaction over the four tables, so a crash never separates a
-//! value from its metadata or its index.
+//! Every write is one redb transaction over the three tables, so a crash never separates a
+//! value from its metadata or its index. The header sits in front of the value, in the same
+//! row, so a read is one B-tree lookup and a listing one B-tree walk.
+//!
+//! Builds before 2026-11-27 kept the value (`kv/data`) and the header (`kv/meta`) in two
+//! tables. Opening such a database moves every key into `kv/entries` and drops the two old
+//! tables, in one redb write transaction (all or nothing, like every commit); a header
+//! without its value refuses to open ([`Error::Config`](kv_core::Error::Config)) and changes
+//! nothing. The move is one way: an earlier build opening the new layout sees no keys.
 //!
 //! ## How the contract is met
 //!
@@ -83,7 +89,7 @@
 //!   metadata and counter of one commit, never blocked by the writer, no thread hop.
 //! * **CAS.** `atomic_put`/`atomic_delete` compare the metadata's `last_index` inside the
 //!   writer's transaction; an expired key counts as absent.
-//! * **TTL.** The deadline is stored in `kv/meta`; every read (get, list, watches, lock
+//! * **TTL.** The deadline is stored in the key's header; every read (get, list, watches, lock
 //!   attempts, CAS) treats a key past its deadline as absent at once, to the millisecond. The
 //!   writer thread wakes at the earliest deadline of `kv/expiry`, removes the expired keys in
 //!   a commit and publishes the removal. A write without TTL stores deadline 0: the key is

@@ -368,13 +368,20 @@ async fn values_up_to_16_mib() {
     store.close().await.unwrap();
 }
 
+const ENTRIES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv/entries");
+const EXPIRY: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("kv/expiry");
+const STATE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("kv/state");
+/// The two tables of the layout before kv/entries.
+const OLD_DATA: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv/data");
+const OLD_META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv/meta");
+
+fn be(raw: &[u8]) -> u64 {
+    u64::from_be_bytes(raw.try_into().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_layout_is_readable_with_plain_redb() {
-    use redb::{ReadableDatabase, TableDefinition};
-    const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/data");
-    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("kv/meta");
-    const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv/expiry");
-    const STATE: TableDefinition<&str, u64> = TableDefinition::new("kv/state");
+    use redb::ReadableDatabase;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let config = Config::builder()
@@ -401,27 +408,165 @@ async fn storage_layout_is_readable_with_plain_redb() {
 
     let db = redb::Database::open(path.join("kv.redb")).unwrap();
     let txn = db.begin_read().unwrap();
-    let data = txn.open_table(DATA).unwrap();
-    let meta = txn.open_table(META).unwrap();
+    let entries = txn.open_table(ENTRIES).unwrap();
     let expiry = txn.open_table(EXPIRY).unwrap();
     let state = txn.open_table(STATE).unwrap();
-    assert_eq!(data.get("app/conf/port").unwrap().unwrap().value(), b"8080");
-    let raw = meta.get("app/conf/port").unwrap().unwrap().value().to_vec();
-    assert_eq!(raw.len(), 16);
-    assert_eq!(u64::from_be_bytes(raw[..8].try_into().unwrap()), port);
-    assert_eq!(
-        u64::from_be_bytes(raw[8..].try_into().unwrap()),
-        0,
-        "no TTL"
-    );
-    let raw = meta.get("app/session").unwrap().unwrap().value().to_vec();
-    assert_eq!(u64::from_be_bytes(raw[..8].try_into().unwrap()), session);
-    let deadline = u64::from_be_bytes(raw[8..].try_into().unwrap());
+    let raw = entries
+        .get("app/conf/port")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    assert_eq!(be(&raw[..8]), port);
+    assert_eq!(be(&raw[8..16]), 0, "no TTL");
+    assert_eq!(&raw[16..], b"8080");
+    let raw = entries
+        .get("app/session")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    assert_eq!(be(&raw[..8]), session);
+    let deadline = be(&raw[8..16]);
     assert!(deadline > kv_core::ttl::now_millis());
+    assert_eq!(&raw[16..], b"s");
     let mut index_key = deadline.to_be_bytes().to_vec();
     index_key.extend_from_slice(b"app/session");
     assert!(expiry.get(index_key.as_slice()).unwrap().is_some());
     assert_eq!(state.get("seq").unwrap().unwrap().value(), session);
+}
+
+/// Writes a database in the two-table layout of earlier builds, as they did: values in
+/// kv/data, `last_index` ‖ deadline in kv/meta, the TTL index and the commit counter.
+fn write_two_table_layout(file: &Path, keys: &[(&str, &[u8], u64, u64)], seq: u64) {
+    let db = redb::Database::create(file).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut data = txn.open_table(OLD_DATA).unwrap();
+        let mut meta = txn.open_table(OLD_META).unwrap();
+        let mut expiry = txn.open_table(EXPIRY).unwrap();
+        let mut state = txn.open_table(STATE).unwrap();
+        for (key, value, index, deadline) in keys {
+            data.insert(*key, *value).unwrap();
+            let mut header = index.to_be_bytes().to_vec();
+            header.extend_from_slice(&deadline.to_be_bytes());
+            meta.insert(*key, header.as_slice()).unwrap();
+            if *deadline != 0 {
+                let mut index_key = deadline.to_be_bytes().to_vec();
+                index_key.extend_from_slice(key.as_bytes());
+                expiry.insert(index_key.as_slice(), ()).unwrap();
+            }
+        }
+        state.insert("seq", seq).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_of_the_two_table_layout_are_moved_on_open() {
+    use redb::{ReadableDatabase, TableHandle};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    std::fs::create_dir_all(&path).unwrap();
+    let file = path.join("kv.redb");
+    let later = kv_core::ttl::now_millis() + 60_000;
+    let gone = kv_core::ttl::now_millis() - 1;
+    let big = vec![7u8; 200_000];
+    write_two_table_layout(
+        &file,
+        &[
+            ("conf/a", b"1", 3, 0),
+            ("conf/b", big.as_slice(), 5, 0),
+            ("conf/expired", b"x", 6, gone),
+            ("session", b"s", 9, later),
+        ],
+        9,
+    );
+
+    let store = open(&path).await;
+    let read = |key: &'static str| {
+        let store = &store;
+        async move { store.get(key, ReadOptions::default()).await.unwrap() }
+    };
+    let a = read("conf/a").await.unwrap();
+    assert_eq!((&a.value[..], a.last_index), (&b"1"[..], 3));
+    let b = read("conf/b").await.unwrap();
+    assert_eq!((b.value.len(), b.last_index), (big.len(), 5));
+    assert!(
+        read("conf/expired").await.is_none(),
+        "an expired key stays absent"
+    );
+    assert_eq!(read("session").await.unwrap().last_index, 9);
+    let listed: Vec<_> = store
+        .list("conf", ReadOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.key, p.last_index))
+        .collect();
+    assert_eq!(listed, [("conf/a".to_owned(), 3), ("conf/b".to_owned(), 5)]);
+    // The commit counter carries on: the next write takes a higher index than any moved key
+    // (10 or 11: the sweeper's removal of the expired key may commit first).
+    store.put("conf/a", "2".into(), no_ttl()).await.unwrap();
+    let rewritten = index_of(&store, "conf/a").await;
+    assert!((10..=11).contains(&rewritten), "{rewritten}");
+    // The moved TTL still expires: the sweeper finds it in kv/expiry.
+    let lease = store
+        .get("session", ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&lease.value[..], b"s");
+    store.close().await.unwrap();
+
+    let db = redb::Database::open(&file).unwrap();
+    let txn = db.begin_read().unwrap();
+    let tables: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(
+        !tables.iter().any(|t| t == "kv/data" || t == "kv/meta"),
+        "the old tables are dropped: {tables:?}"
+    );
+    let entries = txn.open_table(ENTRIES).unwrap();
+    let raw = entries.get("session").unwrap().unwrap().value().to_vec();
+    assert_eq!(
+        (be(&raw[..8]), be(&raw[8..16]), &raw[16..]),
+        (9, later, &b"s"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_table_database_with_metadata_but_no_value_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    std::fs::create_dir_all(&path).unwrap();
+    let file = path.join("kv.redb");
+    write_two_table_layout(&file, &[("k", b"v", 1, 0)], 1);
+    {
+        let db = redb::Database::open(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(OLD_DATA).unwrap().remove("k").unwrap();
+        txn.commit().unwrap();
+    }
+    match BoltStore::open(Config::new(&path)).await {
+        Err(Error::Config(message)) => assert!(message.contains("no value"), "{message}"),
+        Err(other) => panic!("expected a Config error, got {other:?}"),
+        Ok(_) => panic!("a corrupt old-layout database opened"),
+    }
+    // Nothing was changed: the old layout is still whole for whoever repairs it.
+    let db = redb::Database::open(&file).unwrap();
+    use redb::ReadableDatabase;
+    let txn = db.begin_read().unwrap();
+    assert!(
+        txn.open_table(OLD_META)
+            .unwrap()
+            .get("k")
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
