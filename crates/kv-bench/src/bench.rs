@@ -64,6 +64,11 @@ impl Op {
         }
     }
 
+    /// True for the ops whose windows write nothing (see `main.rs`, `settle`).
+    pub fn is_read_only(self) -> bool {
+        matches!(self, Op::Get | Op::Exists | Op::List)
+    }
+
     /// The concurrencies this op runs at.
     pub fn concurrencies(self) -> &'static [usize] {
         match self {

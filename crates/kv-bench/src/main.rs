@@ -306,6 +306,17 @@ async fn on_raw(raw: &RawAny, op: Op, conc: usize, base: &str, w: &Window) -> St
     }
 }
 
+/// Before a window that only reads: on etcd, leaves the server's read buffer empty
+/// ([`raw::RawEtcd::settle`]), so that every side reads from the same server state whatever
+/// was written before it. The Go driver does the same after its own setup writes.
+async fn settle(raw: &RawAny, op: Op) {
+    if let (RawAny::Etcd(t), true) = (raw, op.is_read_only())
+        && let Err(err) = t.settle().await
+    {
+        eprintln!("    etcd: settling before {} failed: {err}", op.name());
+    }
+}
+
 async fn raw_fixture(raw: &RawAny, list_n: usize, ns_n: usize) -> Result<(), String> {
     match raw {
         RawAny::Etcd(t) => bench::fixture(t, list_n, ns_n).await,
@@ -455,6 +466,9 @@ async fn run(o: &Options) -> Result<usize, String> {
                     for k in 0..impls.len() {
                         // Rotate the order each round so no implementation always goes first.
                         let which = impls[(k + round + op as usize) % impls.len()];
+                        if which != Impl::Valkeyrie {
+                            settle(&b.raw, op).await;
+                        }
                         let stats = match which {
                             Impl::Ours => {
                                 if !warm.duration.is_zero() && b.name != "dynamodb" {
