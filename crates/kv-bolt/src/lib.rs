@@ -68,7 +68,8 @@
 //!
 //! Builds before 2026-11-27 kept the value (`kv/data`) and the header (`kv/meta`) in two
 //! tables. Opening such a database moves every key into `kv/entries` and drops the two old
-//! tables, in one redb write transaction (all or nothing, like every commit); a header
+//! tables, in one redb write transaction (all or nothing, like every commit: a process killed
+//! during the move leaves the old layout whole, `tests/crash.rs`); a header
 //! without its value refuses to open ([`Error::Config`](kv_core::Error::Config)) and changes
 //! nothing. The move is one way: an earlier build opening the new layout sees no keys.
 //!

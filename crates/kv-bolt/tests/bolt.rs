@@ -10,6 +10,10 @@ use kv_bolt::{BoltStore, Config, Durability};
 use kv_core::{Error, LockOptions, LockState, ReadOptions, Store, WriteOptions};
 use tokio::time::{sleep, timeout};
 
+#[path = "support/layout.rs"]
+mod layout;
+use layout::{ENTRIES, EXPIRY, OLD_DATA, OLD_META, STATE, be, write_two_table_layout};
+
 fn no_ttl() -> WriteOptions {
     WriteOptions::default()
 }
@@ -368,17 +372,6 @@ async fn values_up_to_16_mib() {
     store.close().await.unwrap();
 }
 
-const ENTRIES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv/entries");
-const EXPIRY: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("kv/expiry");
-const STATE: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("kv/state");
-/// The two tables of the layout before kv/entries.
-const OLD_DATA: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv/data");
-const OLD_META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv/meta");
-
-fn be(raw: &[u8]) -> u64 {
-    u64::from_be_bytes(raw.try_into().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_layout_is_readable_with_plain_redb() {
     use redb::ReadableDatabase;
@@ -434,32 +427,6 @@ async fn storage_layout_is_readable_with_plain_redb() {
     index_key.extend_from_slice(b"app/session");
     assert!(expiry.get(index_key.as_slice()).unwrap().is_some());
     assert_eq!(state.get("seq").unwrap().unwrap().value(), session);
-}
-
-/// Writes a database in the two-table layout of earlier builds, as they did: values in
-/// kv/data, `last_index` ‖ deadline in kv/meta, the TTL index and the commit counter.
-fn write_two_table_layout(file: &Path, keys: &[(&str, &[u8], u64, u64)], seq: u64) {
-    let db = redb::Database::create(file).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut data = txn.open_table(OLD_DATA).unwrap();
-        let mut meta = txn.open_table(OLD_META).unwrap();
-        let mut expiry = txn.open_table(EXPIRY).unwrap();
-        let mut state = txn.open_table(STATE).unwrap();
-        for (key, value, index, deadline) in keys {
-            data.insert(*key, *value).unwrap();
-            let mut header = index.to_be_bytes().to_vec();
-            header.extend_from_slice(&deadline.to_be_bytes());
-            meta.insert(*key, header.as_slice()).unwrap();
-            if *deadline != 0 {
-                let mut index_key = deadline.to_be_bytes().to_vec();
-                index_key.extend_from_slice(key.as_bytes());
-                expiry.insert(index_key.as_slice(), ()).unwrap();
-            }
-        }
-        state.insert("seq", seq).unwrap();
-    }
-    txn.commit().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

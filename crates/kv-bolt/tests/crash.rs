@@ -13,6 +13,9 @@ use kv_bolt::{BoltStore, Config};
 use kv_core::{Error, LockOptions, ReadOptions, Store, WriteOptions};
 use rand::Rng;
 
+#[path = "support/layout.rs"]
+mod layout;
+
 const CHILD_MODE: &str = "KV_BOLT_CRASH_CHILD";
 const CHILD_PATH: &str = "KV_BOLT_CRASH_PATH";
 /// How many kill-and-reopen rounds each scenario runs.
@@ -71,8 +74,18 @@ fn child_process() {
         .build()
         .unwrap();
     runtime.block_on(async move {
+        let started = std::time::Instant::now();
+        if mode == "open" {
+            println!("migration 0");
+        }
         let store = BoltStore::open(Config::new(&path)).await.unwrap();
         match mode.as_str() {
+            // Opening moves a database of the old layout; say when it is done and how long it
+            // took, then idle until killed.
+            "open" => {
+                println!("migration 1 {}", started.elapsed().as_millis());
+                std::future::pending::<()>().await;
+            }
             "cas" => loop {
                 let current = store.get("counter", ReadOptions::default()).await.unwrap();
                 let n: u64 = current
@@ -227,4 +240,109 @@ async fn a_database_held_by_a_live_process_is_refused_then_taken_after_its_death
             .is_some()
     );
     store.close().await.unwrap();
+}
+
+/// Keys of the old-layout database the migration test moves: enough that moving them takes
+/// tens of milliseconds, so that random kills land inside the move.
+const MIGRATED_KEYS: u64 = 6_000;
+
+fn old_layout_keys() -> Vec<(String, Vec<u8>, u64, u64)> {
+    (0..MIGRATED_KEYS)
+        .map(|i| (format!("k/{i:05}"), vec![(i % 251) as u8; 512], i + 1, 0))
+        .collect()
+}
+
+/// A fresh database of the two-table layout of earlier builds, at `path`.
+fn write_old_layout(path: &Path, keys: &[(String, Vec<u8>, u64, u64)]) {
+    std::fs::create_dir_all(path).unwrap();
+    let refs: Vec<(&str, &[u8], u64, u64)> = keys
+        .iter()
+        .map(|(k, v, i, d)| (k.as_str(), v.as_slice(), *i, *d))
+        .collect();
+    layout::write_two_table_layout(&path.join("kv.redb"), &refs, MIGRATED_KEYS);
+}
+
+/// Opening a database of the old layout moves it in one write transaction. A process killed
+/// at any moment of that move must leave a database that opens with every key, value and
+/// index (the old layout whole, or the new one whole), never a mix or a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_the_layout_migration_loses_nothing() {
+    use redb::{ReadableDatabase, TableHandle};
+    let keys = old_layout_keys();
+
+    // How long a whole move takes in a child, to aim the kills.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    write_old_layout(&path, &keys);
+    let mut child = spawn_child("open", &path);
+    let steps = lines(&mut child, "migration ");
+    let move_ms = loop {
+        let step = steps
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the calibrating child never finished opening");
+        if step[0] == 1 {
+            break step[1];
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut interrupted = 0;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        write_old_layout(&path, &keys);
+        let mut child = spawn_child("open", &path);
+        let steps = lines(&mut child, "migration ");
+        let first = steps
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("round {round}: the child never started opening: {e}"));
+        assert_eq!(first, [0]);
+        let delay = rand::rng().random_range(0..=move_ms * 3 / 2 + 1);
+        std::thread::sleep(Duration::from_millis(delay));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // No "done" line: the kill landed before the open returned.
+        let finished = std::iter::from_fn(|| steps.recv_timeout(Duration::from_millis(200)).ok())
+            .any(|step| step[0] == 1);
+        if !finished {
+            interrupted += 1;
+        }
+
+        let store = BoltStore::open(Config::new(&path)).await.unwrap();
+        let listed = store.list("k", ReadOptions::default()).await.unwrap();
+        assert_eq!(
+            listed.len() as u64,
+            MIGRATED_KEYS,
+            "round {round} (killed after {delay} ms, finished: {finished}): keys lost"
+        );
+        for (pair, (key, value, index, _)) in listed.iter().zip(&keys) {
+            assert_eq!(
+                (pair.key.as_str(), &pair.value[..], pair.last_index),
+                (key.as_str(), value.as_slice(), *index),
+                "round {round} (killed after {delay} ms): a key changed"
+            );
+        }
+        store.close().await.unwrap();
+        let db = redb::Database::open(path.join("kv.redb")).unwrap();
+        let tables: Vec<String> = db
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(
+            !tables.iter().any(|t| t == "kv/data" || t == "kv/meta"),
+            "round {round}: the old tables are still there after a complete open: {tables:?}"
+        );
+    }
+    println!(
+        "a_kill_during_the_layout_migration_loses_nothing: a move takes {move_ms} ms; \
+         {interrupted} of {ROUNDS} kills landed before the open returned"
+    );
+    assert!(
+        interrupted > 0,
+        "no kill landed inside the move ({move_ms} ms): the test did not test the crash"
+    );
 }
