@@ -204,6 +204,8 @@ struct Backend {
     endpoint: String,
     list_keys: usize,
     namespace_keys: usize,
+    /// DynamoDB Local's read latency after the fixture (see [`dynamodb_drain`]).
+    quiet_read: Option<Duration>,
 }
 
 async fn open_backend(
@@ -292,6 +294,7 @@ async fn open_backend(
         endpoint,
         list_keys,
         namespace_keys,
+        quiet_read: None,
     })
 }
 
@@ -304,6 +307,52 @@ async fn on_raw(raw: &RawAny, op: Op, conc: usize, base: &str, w: &Window) -> St
         RawAny::Redb(t) => bench::measure(t, op, conc, base, w).await,
         RawAny::Dynamo(t) => bench::measure(t, op, conc, base, w).await,
     }
+}
+
+/// How long one consistent read of a fixture key takes on DynamoDB Local (`None` elsewhere).
+async fn dynamodb_read_latency(raw: &RawAny) -> Option<Duration> {
+    use crate::target::Target;
+    let RawAny::Dynamo(t) = raw else { return None };
+    let start = Instant::now();
+    t.get("fixture/k000").await.ok()?;
+    Some(start.elapsed())
+}
+
+/// DynamoDB Local's read latency while nothing else runs: the median of 11 reads.
+async fn dynamodb_quiet_latency(raw: &RawAny) -> Option<Duration> {
+    let mut samples = Vec::new();
+    for _ in 0..11 {
+        samples.push(dynamodb_read_latency(raw).await?);
+    }
+    samples.sort();
+    Some(samples[samples.len() / 2])
+}
+
+/// After a valkeyrie window on DynamoDB Local: waits until the server is quiet again.
+///
+/// valkeyrie's `List` is a Scan of its whole table under a 10 s timeout; at c=64 its calls
+/// time out, the driver exits, and DynamoDB Local goes on working through the abandoned
+/// Scans, so whichever window came next ran on a busy server (ours, in every round of the
+/// list case at c=64, by the rotation: 0.14-0.49 of raw in full runs against 0.74-0.79 without
+/// valkeyrie). Waits until three reads in a row answer within twice the quiet latency plus
+/// 2 ms, at most 60 s; returns how long it waited.
+async fn dynamodb_drain(raw: &RawAny, quiet: Duration) -> Duration {
+    let limit = quiet * 2 + Duration::from_millis(2);
+    let started = Instant::now();
+    let mut calm = 0;
+    while calm < 3 && started.elapsed() < Duration::from_secs(60) {
+        match dynamodb_read_latency(raw).await {
+            Some(latency) if latency <= limit => calm += 1,
+            _ => {
+                calm = 0;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    if calm < 3 {
+        eprintln!("    dynamodb: still busy 60 s after valkeyrie's window");
+    }
+    started.elapsed()
 }
 
 /// Before a window that only reads: on etcd, leaves the server's read buffer empty
@@ -438,13 +487,14 @@ async fn run(o: &Options) -> Result<usize, String> {
             "[{:>5.0}s] {name}: connecting and writing fixtures",
             started.elapsed().as_secs_f64()
         );
-        let b = open_backend(name, &run_id, o, &tmp).await?;
+        let mut b = open_backend(name, &run_id, o, &tmp).await?;
         bench::fixture(&b.ours, b.list_keys, b.namespace_keys)
             .await
             .map_err(|e| format!("{name} (ours) fixture: {e}"))?;
         raw_fixture(&b.raw, b.list_keys, b.namespace_keys)
             .await
             .map_err(|e| format!("{name} (raw) fixture: {e}"))?;
+        b.quiet_read = dynamodb_quiet_latency(&b.raw).await;
         results
             .list_sizes
             .insert(name.clone(), (b.list_keys, b.namespace_keys));
@@ -531,6 +581,19 @@ async fn run(o: &Options) -> Result<usize, String> {
                                 }
                             }
                         };
+                        if which == Impl::Valkeyrie
+                            && let Some(quiet) = b.quiet_read
+                        {
+                            let waited = dynamodb_drain(&b.raw, quiet).await;
+                            if waited > Duration::from_secs(1) {
+                                eprintln!(
+                                    "    dynamodb {} c={conc}: waited {:.1} s for DynamoDB \
+                                     Local to finish valkeyrie's abandoned requests",
+                                    op.name(),
+                                    waited.as_secs_f64()
+                                );
+                            }
+                        }
                         if let Some(err) = &stats.first_error {
                             eprintln!(
                                 "    {} {} c={conc} {:?}: {} errors, first: {}",

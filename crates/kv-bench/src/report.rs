@@ -559,6 +559,14 @@ pub fn markdown(r: &Results, o: &Options, m: &Meta) -> String {
            contended CAS; watch at 1) for {} ms after an unrecorded {} ms warm-up; {} round(s), the \
            order of ours/raw/valkeyrie rotating each round and case; every figure is the median over \
            the rounds (ops/s and latencies separately).\n\
+         * On etcd, every window that only reads (get, exists, list) starts, on every side, after \
+           etcd's read buffer is settled (a lease granted and revoked between two 150 ms pauses): \
+           etcd 3.4 copies that buffer at its full capacity on every read, so reads that follow a \
+           burst of writes run 2-3 times slower (docs/costs/etcd.md).\n\
+         * On DynamoDB Local, after each valkeyrie window the next window waits until three reads \
+           in a row answer within twice their quiet latency: valkeyrie's list is a Scan of its \
+           whole table whose calls time out at c=64, and the server goes on running the abandoned \
+           Scans after the driver exits.\n\
          * Values are 64 bytes. get/exists read 100 existing keys; put overwrites 100 keys per \
            task; delete deletes a key just written (latency: the delete alone; ops/s: put + delete pairs, \
            the same for every implementation); atomic_put CASes the \
