@@ -40,3 +40,17 @@ pub fn write_two_table_layout(file: &Path, keys: &[(&str, &[u8], u64, u64)], seq
     }
     txn.commit().unwrap();
 }
+
+/// Whether the database file still holds a table of the two-table layout.
+pub fn has_old_tables(file: &Path) -> bool {
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(file).unwrap();
+    let tables: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    tables.iter().any(|t| t == "kv/data" || t == "kv/meta")
+}
