@@ -254,15 +254,9 @@ async fn open(client: async_nats::Client, config: Config) -> Result<NatsStore> {
     js.set_timeout(config.request_timeout);
     let name = format!("KV_{}", config.bucket);
     let limit = config.request_timeout;
-    let stream = match tokio::time::timeout(limit, js.get_stream(&name)).await {
-        Err(_) => return Err(timeout("open bucket", limit)),
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            let not_found = matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
-                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
-            if !not_found {
-                return Err(map_js_error(&error.to_string(), error));
-            }
+    let stream = match stream_when_led(&js, &name, limit).await? {
+        Some(stream) => stream,
+        None => {
             let create = js.create_stream(stream::Config {
                 name: name.clone(),
                 description: Some("kv-rs store (kv-nats)".into()),
@@ -281,19 +275,22 @@ async fn open(client: async_nats::Client, config: Config) -> Result<NatsStore> {
                 subject_delete_marker_ttl: Some(EXPIRY_MARKER_TTL),
                 ..Default::default()
             });
-            match tokio::time::timeout(limit, create).await {
+            let created = match tokio::time::timeout(limit, create).await {
                 Err(_) => return Err(timeout("create bucket", limit)),
-                Ok(Ok(stream)) => js.get_stream(&name).await.map_err(|e| {
-                    drop(stream);
-                    map_js_error(&e.to_string(), e)
-                })?,
-                Ok(Err(error)) => {
-                    // Created concurrently by another handle: open that one.
-                    match js.get_stream(&name).await {
-                        Ok(stream) => stream,
-                        Err(_) => return Err(map_js_error(&error.to_string(), error)),
-                    }
+                Ok(created) => created,
+            };
+            // Either way (created here, or concurrently by another handle, which the server
+            // answers as an error or as success), read the stream back from its leader.
+            match (stream_when_led(&js, &name, limit).await, created) {
+                (Ok(Some(stream)), _) => stream,
+                (Ok(None), Err(error)) => return Err(map_js_error(&error.to_string(), error)),
+                (Ok(None), Ok(_)) => {
+                    return Err(Error::backend(
+                        BACKEND,
+                        std::io::Error::other(format!("stream {name} vanished after its creation")),
+                    ));
                 }
+                (Err(error), _) => return Err(error),
             }
         }
     };
@@ -337,6 +334,57 @@ async fn open(client: async_nats::Client, config: Config) -> Result<NatsStore> {
             tasks: TaskSet::new(),
         }),
     })
+}
+
+/// The first stream-info attempt's limit; a healthy server answers in milliseconds. Each
+/// further attempt gets twice as long, so a slow server still gets a long enough one.
+const STREAM_INFO_FIRST_ATTEMPT: Duration = Duration::from_millis(250);
+/// The pause between stream-info attempts.
+const STREAM_INFO_PAUSE: Duration = Duration::from_millis(100);
+
+/// The bucket's stream (`None`: it does not exist), within `limit` in all. Only the stream's
+/// leader answers a stream-info request, and the server leaves it unanswered while the stream
+/// has none: just after its creation (the handles that lose a creation race see the stream at
+/// once) and while its replicas re-elect. So the request is asked again, in short attempts,
+/// while it times out or the server says it is between leaders (code 503). Without the retry,
+/// on the 3-server test cluster, two of four handles opening a new bucket at once waited the
+/// whole request timeout and failed (`concurrent_opens_of_a_new_replicated_bucket_all_succeed`).
+async fn stream_when_led(
+    js: &jetstream::Context,
+    name: &str,
+    limit: Duration,
+) -> Result<Option<stream::Stream>> {
+    use jetstream::context::GetStreamErrorKind as K;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut attempt = STREAM_INFO_FIRST_ATTEMPT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let last = match tokio::time::timeout(attempt.min(left), js.get_stream(name)).await {
+            Ok(Ok(stream)) => return Ok(Some(stream)),
+            Ok(Err(error)) => {
+                let retry = match error.kind() {
+                    K::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
+                        return Ok(None);
+                    }
+                    K::JetStream(e) => e.code() == 503,
+                    K::Request => error.to_string().contains("timed out"),
+                    _ => false,
+                };
+                let mapped = map_js_error(&error.to_string(), error);
+                if !retry {
+                    return Err(mapped);
+                }
+                mapped
+            }
+            Err(_) => timeout("open bucket", limit),
+        };
+        if tokio::time::Instant::now() + STREAM_INFO_PAUSE >= deadline {
+            tracing::debug!(stream = name, error = %last, "stream info unanswered until the request timeout");
+            return Err(last);
+        }
+        tokio::time::sleep(STREAM_INFO_PAUSE).await;
+        attempt = attempt.saturating_mul(2);
+    }
 }
 
 pub(crate) fn timeout(operation: &'static str, after: Duration) -> Error {
