@@ -2,17 +2,35 @@
 //! of every matching subject first (the current state), then every new message.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
-use kv_core::{Backoff, Error, KvPair, WatchSender, WatchStream, WatchTreeStream, spawn_watch};
+use kv_core::{
+    Backoff, Error, KvPair, Result, WatchSender, WatchStream, WatchTreeStream, spawn_watch,
+};
 
-use crate::store::{Inner, Record};
+use crate::store::{Inner, Record, timeout};
 
 /// How long a watch may be quiet before it checks that its stream is still the same one.
 const HISTORY_CHECK: Duration = Duration::from_secs(3);
+
+/// The first limit of a watch's own requests (stream info, consumer creation) when it
+/// (re)starts. Only the stream's leader answers them, and while the stream has none (its
+/// server down, its replicas electing) the server leaves them unanswered: a watch whose resync
+/// began during an outage, waiting the whole request timeout per request, stayed silent that
+/// long after the stream was back (`a_watch_resyncing_during_an_outage_catches_up`). Each
+/// failed try doubles the limit, up to the request timeout, so a slow server still gets its time.
+const FIRST_TRY: Duration = Duration::from_millis(500);
+
+/// `request`, ended with `Timeout` after `limit`.
+async fn within<T>(limit: Duration, request: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, request)
+        .await
+        .unwrap_or_else(|_| Err(timeout("watch: stream request", limit)))
+}
 
 /// True when the stream now is not the one first seen (created at another time) or its last
 /// sequence is below one already delivered.
@@ -52,11 +70,13 @@ where
     // sequences that come much later, if ever. The watch ends with an `Err` instead.
     let mut origin = None;
     let mut highest = 0u64;
+    let request_timeout = inner.config.request_timeout;
+    let mut limit = FIRST_TRY.min(request_timeout);
     loop {
         if tx.is_closed() {
             return;
         }
-        match (origin, inner.stream_identity().await) {
+        match (origin, within(limit, inner.stream_identity()).await) {
             (_, Err(error @ Error::Config(_))) => {
                 tx.fail(error);
                 return;
@@ -68,7 +88,8 @@ where
             }
             _ => {}
         }
-        let consumer = match inner.ordered(&filter, DeliverPolicy::LastPerSubject).await {
+        let ordered = inner.ordered(&filter, DeliverPolicy::LastPerSubject);
+        let consumer = match within(limit, ordered).await {
             Ok(consumer) => consumer,
             Err(error @ (Error::PermissionDenied { .. } | Error::Config(_))) => {
                 tx.fail(error);
@@ -76,6 +97,7 @@ where
             }
             Err(error) => {
                 tracing::debug!(%error, "watch: cannot create the consumer, retrying");
+                limit = limit.saturating_mul(2).min(request_timeout);
                 backoff.wait().await;
                 continue;
             }
@@ -94,13 +116,15 @@ where
             }
         };
         backoff.reset();
+        limit = FIRST_TRY.min(request_timeout);
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = tx.closed() => return,
                 // Quiet for a while: make sure the stream is still the one being followed.
                 _ = tokio::time::sleep(HISTORY_CHECK) => {
-                    if let (Some(first), Ok(now)) = (origin, inner.stream_identity().await)
+                    let identity = within(HISTORY_CHECK.min(request_timeout), inner.stream_identity());
+                    if let (Some(first), Ok(now)) = (origin, identity.await)
                         && history_lost(first, now, highest)
                     {
                         tx.fail(inner.history_lost_error());

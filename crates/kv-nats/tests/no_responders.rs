@@ -15,56 +15,16 @@ use kv_core::{Error, Store, WriteOptions};
 use kv_nats::NatsStore;
 use kv_test_support::cluster::Cluster;
 
+#[path = "support/single_replica.rs"]
+mod single_replica;
+
+use single_replica::{Revive, member_urls, stream_host, stream_info, urls_without};
+
 const BUCKET: &str = "noresponders";
-
-/// Restarts the killed member however the test ends, so later cluster tests find it.
-struct Revive(Option<String>);
-
-impl Drop for Revive {
-    fn drop(&mut self) {
-        if let Some(member) = self.0.take() {
-            Cluster::NATS.restart(&member);
-        }
-    }
-}
-
-fn member_urls() -> Vec<String> {
-    kv_test_support::env("KV_TEST_NATS_CLUSTER_URL")
-        .trim_end_matches('/')
-        .trim_start_matches("nats://")
-        .split(',')
-        .map(|a| format!("nats://{a}"))
-        .collect()
-}
-
-/// The bucket's stream info, as the server that `url` reaches reports it.
-async fn stream_info(url: &str) -> async_nats::jetstream::stream::Info {
-    let client = async_nats::connect(url).await.expect("raw connect");
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js
-        .get_stream(format!("KV_{BUCKET}"))
-        .await
-        .expect("the stream");
-    stream.info().await.expect("stream info").clone()
-}
 
 /// The stream's last sequence number: how many messages it has stored.
 async fn stream_last_sequence(url: &str) -> u64 {
-    stream_info(url).await.state.last_sequence
-}
-
-/// The member holding the R1 stream's only replica, from the stream's own info (its server
-/// names are `kvtest-<member>`).
-async fn stream_host(url: &str) -> String {
-    let leader = stream_info(url)
-        .await
-        .cluster
-        .and_then(|c| c.leader)
-        .expect("a clustered stream names its leader");
-    leader
-        .strip_prefix("kvtest-")
-        .unwrap_or_else(|| panic!("unexpected server name {leader:?}"))
-        .to_owned()
+    stream_info(url, BUCKET).await.state.last_sequence
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,12 +41,7 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
 
     // A fresh R1 bucket each run (the server holding its replica changes from run to run),
     // then find that server.
-    {
-        let client = async_nats::connect(&urls[0]).await.expect("raw connect");
-        let _ = async_nats::jetstream::new(client)
-            .delete_stream(format!("KV_{BUCKET}"))
-            .await;
-    }
+    single_replica::delete_bucket(&urls[0], BUCKET).await;
     let setup = NatsStore::connect(
         kv_nats::Config::builder()
             .servers(urls.clone())
@@ -115,17 +70,8 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
         .await
         .unwrap();
     setup.close().await.unwrap();
-    let host = stream_host(&urls[0]).await;
-    let host_index = members
-        .iter()
-        .position(|m| *m == host)
-        .unwrap_or_else(|| panic!("stream host {host:?} is not among {members:?}"));
-    let others: Vec<String> = urls
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != host_index)
-        .map(|(_, u)| u.clone())
-        .collect();
+    let host = stream_host(&urls[0], BUCKET).await;
+    let others = urls_without(&urls, &members, &host);
     let before = stream_last_sequence(&others[0]).await;
 
     // A handle on the two other servers only, patient enough to outlast a restart.
