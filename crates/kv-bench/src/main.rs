@@ -195,6 +195,21 @@ enum RawAny {
     Dynamo(Arc<raw::RawDynamo>),
 }
 
+impl RawAny {
+    /// Deletes what the raw client wrote, so that runs do not pile keys up on the servers
+    /// (the embedded store's files go with the run's temporary directory).
+    async fn clear(&self) -> Result<(), String> {
+        match self {
+            RawAny::Etcd(t) => t.clear().await,
+            RawAny::Consul(t) => t.clear().await,
+            RawAny::Zk(t) => t.clear().await,
+            RawAny::Redis(t) => t.clear().await,
+            RawAny::Redb(_) => Ok(()),
+            RawAny::Dynamo(t) => t.clear().await,
+        }
+    }
+}
+
 /// Everything opened for one backend.
 struct Backend {
     name: String,
@@ -424,7 +439,7 @@ async fn main() {
     match run(&o).await {
         Ok(failures) if failures == 0 || !o.smoke => {}
         Ok(failures) => {
-            eprintln!("smoke: {failures} case(s) measured nothing");
+            eprintln!("smoke: {failures} case(s) measured nothing or left keys behind");
             std::process::exit(1);
         }
         Err(e) => {
@@ -646,6 +661,8 @@ async fn run(o: &Options) -> Result<usize, String> {
             }
         }
     }
+    // A failure to clean up counts like a case that measured nothing (the smoke run fails).
+    let mut failures = 0;
     for b in &backends {
         for dir in ["fixture", "listns"]
             .into_iter()
@@ -655,13 +672,18 @@ async fn run(o: &Options) -> Result<usize, String> {
             let _ = b.ours.store.delete_tree(&dir).await;
         }
         let _ = b.ours.store.close().await;
+        if let Err(err) = b.raw.clear().await {
+            let note = format!("{}: the raw client's keys were not deleted: {err}", b.name);
+            eprintln!("{note}");
+            results.notes.push(note);
+            failures += 1;
+        }
     }
     let _ = std::fs::remove_dir_all(&tmp);
     let elapsed = started.elapsed();
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     // Smoke: every case of ours and raw must have completed at least one operation.
-    let mut failures = 0;
     for b in &o.backends {
         for &op in &o.ops {
             for &conc in op.concurrencies() {
@@ -757,6 +779,9 @@ async fn run_layers(o: &Options) -> Result<(), String> {
             let _ = b.ours.store.delete_tree(&dir).await;
         }
         let _ = b.ours.store.close().await;
+        if let Err(err) = b.raw.clear().await {
+            eprintln!("{name}: the raw client's keys were not deleted: {err}");
+        }
     }
     let _ = std::fs::remove_dir_all(&tmp);
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

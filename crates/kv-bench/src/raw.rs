@@ -77,6 +77,17 @@ impl RawEtcd {
         tokio::time::sleep(BATCH_INTERVAL).await;
         Ok(())
     }
+
+    /// Deletes every key this client wrote (all of them below its prefix).
+    pub async fn clear(&self) -> R<()> {
+        let all = etcd_client::DeleteOptions::new().with_prefix();
+        self.client
+            .kv_client()
+            .delete(format!("{}/", self.prefix), Some(all))
+            .await
+            .map_err(e)?;
+        Ok(())
+    }
 }
 
 impl Target for RawEtcd {
@@ -244,6 +255,15 @@ impl RawConsul {
     }
     fn full(&self, key: &str) -> String {
         format!("{}/{key}", self.prefix)
+    }
+    /// Deletes every key this client wrote (all of them below its prefix).
+    pub async fn clear(&self) -> R<()> {
+        let url = format!("{}/v1/kv/{}/?recurse", self.base, self.prefix);
+        let r = self.http.delete(url).send().await.map_err(e)?;
+        if !r.status().is_success() {
+            return Err(format!("consul: recursive delete answered {}", r.status()));
+        }
+        Ok(())
     }
     async fn txn_call(&self, ops: serde_json::Value) -> R<Option<Vec<u64>>> {
         let r = self
@@ -487,6 +507,40 @@ impl RawZk {
     }
     fn k(&self, key: &str) -> String {
         format!("{}/{key}", self.prefix)
+    }
+    /// Deletes every node this client wrote, its prefix node included: the tree is listed
+    /// level by level, then deleted deepest level first (each level's nodes concurrently).
+    pub async fn clear(&self) -> R<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let client = self.client();
+        let mut nodes = vec![self.prefix.clone()];
+        let mut next = 0;
+        while let Some(path) = nodes.get(next).cloned() {
+            match client.list_children(&path).await {
+                Ok(children) => nodes.extend(children.into_iter().map(|c| format!("{path}/{c}"))),
+                Err(zk::Error::NoNode) => {}
+                Err(err) => return Err(e(err)),
+            }
+            next += 1;
+        }
+        let depth = |path: &String| path.matches('/').count();
+        nodes.sort_by_key(|path| std::cmp::Reverse(depth(path)));
+        for level in nodes.chunk_by(|a, b| depth(a) == depth(b)) {
+            futures::stream::iter(level)
+                .map(|path| {
+                    let client = client.clone();
+                    async move {
+                        match client.delete(path, None).await {
+                            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                            Err(err) => Err(e(err)),
+                        }
+                    }
+                })
+                .buffer_unordered(64)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        Ok(())
     }
     /// The current session; one whose session expired or closed is replaced in the background.
     fn client(&self) -> zk::Client {
@@ -744,6 +798,25 @@ impl RawRedis {
     }
     fn k(&self, key: &str) -> String {
         format!("{}/{key}", self.prefix)
+    }
+    /// Deletes every key this client wrote (all of them below its prefix).
+    pub async fn clear(&self) -> R<()> {
+        let pattern = format!("{}/*", self.prefix);
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, page): (String, Vec<Key>) = self
+                .client
+                .scan_page(cursor, pattern.clone(), Some(1000), None)
+                .await
+                .map_err(e)?;
+            if !page.is_empty() {
+                let _: i64 = self.client.unlink(page).await.map_err(e)?;
+            }
+            if next == "0" {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }
 
@@ -1100,6 +1173,55 @@ impl RawDynamo {
             table: table.to_owned(),
             pk: pk.to_owned(),
         })
+    }
+    /// Deletes every item this client wrote (its whole partition), 25 per batch.
+    pub async fn clear(&self) -> R<()> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let sdk = |err| format!("{err:?}");
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :p")
+                .expression_attribute_values(":p", AttributeValue::S(self.pk.clone()))
+                .projection_expression("pk, sk")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|err| sdk(aws_sdk_dynamodb::Error::from(err)))?;
+            for chunk in page.items().chunks(25) {
+                let deletes = chunk
+                    .iter()
+                    .map(|item| {
+                        let delete = DeleteRequest::builder().set_key(Some(item.clone())).build();
+                        Ok(WriteRequest::builder()
+                            .delete_request(delete.map_err(e)?)
+                            .build())
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                let mut pending = HashMap::from([(self.table.clone(), deletes)]);
+                while !pending.is_empty() {
+                    let out = self
+                        .client
+                        .batch_write_item()
+                        .set_request_items(Some(pending))
+                        .send()
+                        .await
+                        .map_err(|err| sdk(aws_sdk_dynamodb::Error::from(err)))?;
+                    pending = out.unprocessed_items.unwrap_or_default();
+                    pending.retain(|_, requests| !requests.is_empty());
+                    if !pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(()),
+            }
+        }
     }
     fn key(&self, key: &str) -> HashMap<String, AttributeValue> {
         HashMap::from([
