@@ -799,24 +799,33 @@ impl RawRedis {
     fn k(&self, key: &str) -> String {
         format!("{}/{key}", self.prefix)
     }
-    /// Deletes every key this client wrote (all of them below its prefix).
-    pub async fn clear(&self) -> R<()> {
-        let pattern = format!("{}/*", self.prefix);
+    /// Every key matching `pattern` (`SCAN` pages of 1,000).
+    async fn scan_all(&self, pattern: String) -> R<Vec<Key>> {
         let mut cursor = "0".to_owned();
+        let mut keys: Vec<Key> = Vec::new();
         loop {
             let (next, page): (String, Vec<Key>) = self
                 .client
                 .scan_page(cursor, pattern.clone(), Some(1000), None)
                 .await
                 .map_err(e)?;
-            if !page.is_empty() {
-                let _: i64 = self.client.unlink(page).await.map_err(e)?;
-            }
+            keys.extend(page);
             if next == "0" {
-                return Ok(());
+                return Ok(keys);
             }
             cursor = next;
         }
+    }
+    /// Deletes every key this client wrote (all of them below its prefix).
+    pub async fn clear(&self) -> R<()> {
+        for batch in self
+            .scan_all(format!("{}/*", self.prefix))
+            .await?
+            .chunks(1000)
+        {
+            let _: i64 = self.client.unlink(batch.to_vec()).await.map_err(e)?;
+        }
+        Ok(())
     }
 }
 
@@ -862,21 +871,7 @@ impl Target for RawRedis {
         })
     }
     async fn list(&self, dir: &str) -> R<usize> {
-        let pattern = format!("{}/*", self.k(dir));
-        let mut cursor = "0".to_owned();
-        let mut keys: Vec<Key> = Vec::new();
-        loop {
-            let (next, page): (String, Vec<Key>) = self
-                .client
-                .scan_page(cursor, pattern.clone(), Some(1000), None)
-                .await
-                .map_err(e)?;
-            keys.extend(page);
-            if next == "0" {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = self.scan_all(format!("{}/*", self.k(dir))).await?;
         if keys.is_empty() {
             return Ok(0);
         }
