@@ -1172,7 +1172,6 @@ impl RawDynamo {
     /// Deletes every item this client wrote (its whole partition), 25 per batch.
     pub async fn clear(&self) -> R<()> {
         use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
-        let sdk = |err| format!("{err:?}");
         let mut start = None;
         loop {
             let page = self
@@ -1185,7 +1184,7 @@ impl RawDynamo {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|err| sdk(aws_sdk_dynamodb::Error::from(err)))?;
+                .map_err(|err| format!("{err:?}"))?;
             for chunk in page.items().chunks(25) {
                 let deletes = chunk
                     .iter()
@@ -1204,7 +1203,7 @@ impl RawDynamo {
                         .set_request_items(Some(pending))
                         .send()
                         .await
-                        .map_err(|err| sdk(aws_sdk_dynamodb::Error::from(err)))?;
+                        .map_err(|err| format!("{err:?}"))?;
                     pending = out.unprocessed_items.unwrap_or_default();
                     pending.retain(|_, requests| !requests.is_empty());
                     if !pending.is_empty() {

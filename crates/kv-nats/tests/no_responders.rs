@@ -18,7 +18,7 @@ use kv_test_support::cluster::Cluster;
 #[path = "support/single_replica.rs"]
 mod single_replica;
 
-use single_replica::{Revive, member_urls, stream_host, stream_info, urls_without};
+use single_replica::{Outage, member_urls, stream_host, stream_info, urls_without, watch_from};
 
 const BUCKET: &str = "noresponders";
 
@@ -90,24 +90,9 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
     );
 
     // A watch opened before the outage follows the key through it.
-    let mut watch = store
-        .watch("put", kv_core::ReadOptions::default())
-        .await
-        .unwrap();
-    let initial = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("the watch's first item")
-        .expect("an item")
-        .expect("not an error");
-    assert_eq!(initial.map(|p| p.value), Some(Bytes::from_static(b"0")));
+    let mut watch = watch_from(&store, "put", b"0").await;
 
-    let mut revive = Revive(Some(host.clone()));
-    {
-        let host = host.clone();
-        tokio::task::spawn_blocking(move || Cluster::NATS.kill(&host))
-            .await
-            .unwrap();
-    }
+    let outage = Outage::kill(&host).await;
     let killed = Instant::now();
     let put = {
         let store = store.clone();
@@ -166,13 +151,7 @@ async fn writes_refused_with_no_responders_land_exactly_once() {
         !put.is_finished(),
         "an unconditional write refused with no responders waits for the stream"
     );
-    {
-        let host = host.clone();
-        tokio::task::spawn_blocking(move || Cluster::NATS.restart(&host))
-            .await
-            .unwrap();
-    }
-    revive.0 = None;
+    outage.restart().await;
     let offline_for = killed.elapsed();
     eprintln!("stream host {host} back after {offline_for:?}");
 

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kv_core::{ReadOptions, Store, WriteOptions};
+use kv_core::{Error, Store, WriteOptions};
 use kv_nats::{Config, NatsStore};
 use kv_test_support::cluster::Cluster;
 
 #[path = "support/single_replica.rs"]
 mod single_replica;
 
-use single_replica::{Revive, member_urls, stream_host, urls_without};
+use single_replica::{Outage, member_urls, stream_host, urls_without, watch_from};
 
 const BUCKET: &str = "watchoutage";
 /// Two of async-nats' ordered-consumer idle heartbeats (5 s each), and a margin.
@@ -53,29 +53,37 @@ async fn a_watch_resyncing_during_an_outage_catches_up() {
     let others = urls_without(&urls, &members, &host);
 
     let store = NatsStore::connect(config(others.clone())).await.unwrap();
-    let mut watch = store.watch("k", ReadOptions::default()).await.unwrap();
-    let initial = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("the watch's first item")
-        .expect("an item")
-        .expect("not an error");
-    assert_eq!(initial.map(|p| p.value), Some(Bytes::from_static(b"0")));
+    let mut watch = watch_from(&store, "k", b"0").await;
 
-    let mut revive = Revive(Some(host.clone()));
-    {
-        let host = host.clone();
-        tokio::task::spawn_blocking(move || Cluster::NATS.kill(&host))
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(OUTAGE).await;
-    {
-        let host = host.clone();
-        tokio::task::spawn_blocking(move || Cluster::NATS.restart(&host))
-            .await
-            .unwrap();
-    }
-    revive.0 = None;
+    let outage = Outage::kill(&host).await;
+    let killed = Instant::now();
+    // Meanwhile, opening the offline bucket ends within its request timeout (`open` asks for
+    // the stream again and again while nobody answers), with a typed error.
+    let patience = Duration::from_secs(2);
+    let mut impatient = config(others.clone());
+    impatient.request_timeout = patience;
+    let opening = Instant::now();
+    let opened = NatsStore::connect(impatient).await;
+    let took = opening.elapsed();
+    eprintln!(
+        "opening the offline bucket: {took:?}, {:?}",
+        opened.as_ref().err()
+    );
+    assert!(
+        matches!(
+            opened,
+            Err(Error::Timeout { .. } | Error::Unavailable { .. })
+        ),
+        "opening an offline bucket: {:?}",
+        opened.map(|_| ())
+    );
+    // Two lookups and a create, each bounded by the request timeout, plus connecting.
+    assert!(
+        took < 3 * patience + Duration::from_secs(2),
+        "open took {took:?}"
+    );
+    tokio::time::sleep(OUTAGE.saturating_sub(killed.elapsed())).await;
+    outage.restart().await;
     let back = Instant::now();
 
     // A write from another handle, once the stream takes writes again.

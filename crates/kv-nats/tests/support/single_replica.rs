@@ -2,17 +2,56 @@
 //! `scripts/servers up nats-cluster`: kill the server holding the stream's only replica, and
 //! restart it however the test ends.
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kv_core::{ReadOptions, Store, WatchStream};
+use kv_nats::NatsStore;
 use kv_test_support::cluster::Cluster;
 
-/// Restarts the killed member however the test ends, so later cluster tests find it.
-pub struct Revive(pub Option<String>);
+/// A member SIGKILLed by [`Outage::kill`]; restarted by [`Outage::restart`], or however the
+/// test ends (on drop), so later cluster tests find it.
+pub struct Outage(Option<String>);
 
-impl Drop for Revive {
+impl Outage {
+    /// SIGKILLs `member` (from a blocking thread: the cluster helper waits for the process).
+    pub async fn kill(member: &str) -> Outage {
+        let killed = member.to_owned();
+        tokio::task::spawn_blocking(move || Cluster::NATS.kill(&killed))
+            .await
+            .unwrap();
+        Outage(Some(member.to_owned()))
+    }
+
+    /// Restarts the member (waiting until it serves).
+    pub async fn restart(mut self) {
+        if let Some(member) = self.0.take() {
+            tokio::task::spawn_blocking(move || Cluster::NATS.restart(&member))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Outage {
     fn drop(&mut self) {
         if let Some(member) = self.0.take() {
             Cluster::NATS.restart(&member);
         }
     }
+}
+
+/// A watch on `key`, after checking that its first item is the key's current value `first`.
+pub async fn watch_from(store: &NatsStore, key: &str, first: &'static [u8]) -> WatchStream {
+    let mut watch = store.watch(key, ReadOptions::default()).await.unwrap();
+    let initial = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch's first item")
+        .expect("an item")
+        .expect("not an error");
+    assert_eq!(initial.map(|p| p.value), Some(Bytes::from_static(first)));
+    watch
 }
 
 /// One `nats://` URL per cluster member, in the members' order.
