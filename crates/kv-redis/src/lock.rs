@@ -312,12 +312,16 @@ fn spawn_renewal(
             // When to ask again after a check that got no answer.
             let mut retry_at: Option<Instant> = None;
             // The acquisition's own `SET … PX` reports `set` then `expire`, adjacent (one
-            // command). The subscription was confirmed before that write, and events come in
-            // the server's order: every write after ours is reported after those two. So a
-            // leading `set`, `expire` is ours or older and needs no check. Anything else, a
-            // gap in the events (lagged), or a reconnection (events may have been lost) means
-            // every later event is checked.
+            // command). The server had run our subscription before that write (`send_to`
+            // waits for it), and events come in the server's order: every write after ours is
+            // reported after those two. So a leading `set`, `expire` is ours or older and
+            // needs no check. Anything else, a gap in the events (lagged), or a reconnection
+            // (events may have been lost) means every later event is checked.
             let mut own: &[&str] = &["set", "expire"];
+            // After a reconnection fred subscribes again, but reports that done before the
+            // server has run it: we subscribe again ourselves (confirmed) before the renewal,
+            // so no write after that renewal goes unheard.
+            let mut resubscribe = false;
             loop {
                 // An event calls for an ownership check; a reconnection (or a retry) for a
                 // renewal: the check plus a fresh TTL, after a time without renewals.
@@ -334,11 +338,21 @@ fn spawn_renewal(
                     _ = reconnects.next() => {
                         tracing::debug!(key = full, "reconnected: renewing a held lock at once");
                         own = &[];
+                        resubscribe = true;
                         true
                     }
                     _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)),
                         if retry_at.is_some() => true,
                 };
+                if resubscribe && let Some((subscription, _)) = &events {
+                    let subs = subscription.subscriptions();
+                    if let Err(error) = subs.resubscribe(subscription.channel()).await {
+                        tracing::debug!(%error, key = full, "re-subscribing failed; retrying");
+                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        continue;
+                    }
+                }
+                resubscribe = false;
                 // One check answers for every event received until it is sent.
                 drain_events(&mut events);
                 let (script, args): (_, Vec<Value>) = if renewal {

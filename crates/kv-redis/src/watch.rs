@@ -388,6 +388,7 @@ impl Subscriptions {
     }
 }
 
+/// (Un)subscribes `channel` on one node; a subscription returns once the server has run it.
 async fn send_to(
     client: &SubscriberClient,
     channel: &Channel,
@@ -396,11 +397,21 @@ async fn send_to(
 ) -> Result<()> {
     let request = async {
         match (channel, subscribe) {
-            (Channel::Key(c), true) => client.subscribe(c.as_str()).await,
-            (Channel::Key(c), false) => client.unsubscribe(c.as_str()).await,
-            (Channel::Pattern(p), true) => client.psubscribe(p.as_str()).await,
-            (Channel::Pattern(p), false) => client.punsubscribe(p.as_str()).await,
+            (Channel::Key(c), true) => client.subscribe(c.as_str()).await?,
+            (Channel::Key(c), false) => client.unsubscribe(c.as_str()).await?,
+            (Channel::Pattern(p), true) => client.psubscribe(p.as_str()).await?,
+            (Channel::Pattern(p), false) => client.punsubscribe(p.as_str()).await?,
         }
+        // fred completes (un)subscriptions once they are written, not when the server has
+        // run them (it drops the server's confirmations). The server runs one connection's
+        // commands in order, so the answer to a `PING` sent after it is the confirmation:
+        // every write made after this returns is published to the channel. Callers rely on
+        // that (a watch's first read, a lock's own events); without it a write landing
+        // between our read and the server's `SUBSCRIBE` went unheard.
+        if subscribe {
+            client.ping::<fred::types::Value>(None).await?;
+        }
+        Ok(())
     };
     match tokio::time::timeout(timeout, request).await {
         Ok(result) => result.map_err(|e| map_err(e, "subscribe", timeout)),

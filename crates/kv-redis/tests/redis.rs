@@ -1137,6 +1137,98 @@ async fn a_foreign_write_right_after_acquiring_is_noticed() {
     store.close().await.unwrap();
 }
 
+/// A new subscription is in force on the server when `watch` or `lock` returns: a plain
+/// client's write sent that instant is heard. (fred reports a `SUBSCRIBE` done once it is
+/// written, before the server has run it; a write landing in between went unheard, and a
+/// lock holder took a foreign `SET … PX` for the events of its own acquisition.) Four tasks,
+/// each subscribing afresh every round — on fresh keys, and on one key released and
+/// subscribed again — so the server has other connections' work in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_right_after_subscribing_is_heard() {
+    const ROUNDS: usize = 60;
+    let ns = unique("fresh-subscription");
+    let store = Arc::new(store_with_prefix(&ns).await);
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let raw = store.client().clone();
+            for round in 0..ROUNDS {
+                // Odd tasks reuse one key: the previous round's subscription is being released
+                // (UNSUBSCRIBE) while this one subscribes.
+                let key = if task % 2 == 0 {
+                    format!("w{task}/{round}")
+                } else {
+                    format!("w{task}")
+                };
+                let mut watch = store.watch(&key, ReadOptions::default()).await.unwrap();
+                let first = next(&mut watch, "first").await.unwrap();
+                let _: () = raw
+                    .set(
+                        store.value_key(&key),
+                        format!("v{round}"),
+                        None,
+                        None,
+                        false,
+                    )
+                    .await
+                    .unwrap();
+                let mut seen = first.map(|p| p.value);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while seen.as_deref() != Some(format!("v{round}").as_bytes()) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, watch.next()).await {
+                        Ok(Some(item)) => seen = item.unwrap().map(|p| p.value),
+                        _ => panic!("task {task} round {round}: the watch missed the write"),
+                    }
+                }
+                drop(watch);
+
+                let lock_key = format!("l{task}/{round}");
+                let mut lock = store
+                    .new_lock(
+                        &lock_key,
+                        LockOptions::default().ttl(Duration::from_secs(30)),
+                    )
+                    .await
+                    .unwrap();
+                let lease = lock.lock().await.unwrap();
+                // The same events (`set`, `expire`) as the acquisition's own write.
+                let _: () = raw
+                    .set(
+                        store.value_key(&lock_key),
+                        "intruder",
+                        Some(fred::types::Expiration::PX(30_000)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .unwrap();
+                let state = tokio::time::timeout(Duration::from_secs(5), lease.lost())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("task {task} round {round}: the lock missed the overwrite")
+                    });
+                assert_eq!(state, LockState::Lost);
+                assert!(matches!(lock.unlock().await, Err(Error::LockLost { .. })));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Foreign values count as keys of the namespace: this removes the intruders' too.
+    store.delete_tree("").await.unwrap();
+    assert!(
+        store
+            .list("", ReadOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_tasks_end_with_their_owners_and_on_close() {
     let ns = unique("tasks");
