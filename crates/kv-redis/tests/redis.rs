@@ -1161,8 +1161,9 @@ async fn a_write_right_after_subscribing_is_heard() {
                 } else {
                     format!("w{task}")
                 };
+                // Written before the watch's first item is taken: that item or a later one
+                // reports it.
                 let mut watch = store.watch(&key, ReadOptions::default()).await.unwrap();
-                let first = next(&mut watch, "first").await.unwrap();
                 let _: () = raw
                     .set(
                         store.value_key(&key),
@@ -1173,7 +1174,7 @@ async fn a_write_right_after_subscribing_is_heard() {
                     )
                     .await
                     .unwrap();
-                let mut seen = first.map(|p| p.value);
+                let mut seen = next(&mut watch, "first").await.unwrap().map(|p| p.value);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while seen.as_deref() != Some(format!("v{round}").as_bytes()) {
                     let left = deadline.saturating_duration_since(Instant::now());
