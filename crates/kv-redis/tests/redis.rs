@@ -1087,6 +1087,21 @@ async fn a_foreign_overwrite_loses_the_lock_at_once() {
     store.close().await.unwrap();
 }
 
+/// A foreign `SET key intruder PX 30000`: the same keyspace events (`set`, `expire`) as a
+/// lock's own acquiring write.
+async fn overwrite_with_ttl(raw: &fred::clients::Client, key: &str) {
+    let _: () = raw
+        .set(
+            key,
+            "intruder",
+            Some(fred::types::Expiration::PX(30_000)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+}
+
 /// The holder skips the keyspace events of its own acquisition (`set`, `expire`) but never a
 /// foreign write's, even one that reports the very same events right after them: an
 /// overwrite `SET … PX` (and a plain `SET`, a `DEL`) sent the instant `lock` returns is
@@ -1105,16 +1120,7 @@ async fn a_foreign_write_right_after_acquiring_is_noticed() {
         let lease = lock.lock().await.unwrap();
         match round % 3 {
             0 => {
-                let _: () = raw
-                    .set(
-                        &value_key,
-                        "intruder",
-                        Some(fred::types::Expiration::PX(30_000)),
-                        None,
-                        false,
-                    )
-                    .await
-                    .unwrap();
+                overwrite_with_ttl(&raw, &value_key).await;
             }
             1 => {
                 let _: () = raw
@@ -1194,17 +1200,7 @@ async fn a_write_right_after_subscribing_is_heard() {
                     .await
                     .unwrap();
                 let lease = lock.lock().await.unwrap();
-                // The same events (`set`, `expire`) as the acquisition's own write.
-                let _: () = raw
-                    .set(
-                        store.value_key(&lock_key),
-                        "intruder",
-                        Some(fred::types::Expiration::PX(30_000)),
-                        None,
-                        false,
-                    )
-                    .await
-                    .unwrap();
+                overwrite_with_ttl(&raw, &store.value_key(&lock_key)).await;
                 let state = tokio::time::timeout(Duration::from_secs(5), lease.lost())
                     .await
                     .unwrap_or_else(|_| {
