@@ -177,7 +177,9 @@ struct LockBook {
 ///   acknowledged increment lost in the failover is measured and reported instead of failing;
 /// * the lock, held by one handle and wanted by a contender: whoever acquires it finds the
 ///   other's lease not `Held` (the holder's `lost()` fired first), and fencing tokens strictly
-///   rise over all acquisitions;
+///   rise over all acquisitions; with `durable == false` a lock acquisition, an acknowledged
+///   write like the increments, may be lost too: two holders and falling tokens are counted
+///   and reported instead;
 /// * a watch on the counter and a `watch_tree` on its directory reach the final value, or end
 ///   with an `Err` — never silent;
 /// * a TTL key written before the fault is gone within its TTL + precision + slack, counted
@@ -419,20 +421,36 @@ pub async fn failover(
         "{name}: lock calls failed with non-transient errors: {:?}",
         book.fatal
     );
-    assert!(
-        book.overlaps.is_empty(),
-        "{name}: two holders at once: {:?}",
-        book.overlaps
-    );
     let tokens: Vec<u64> = book.acquisitions.iter().map(|(_, _, t)| *t).collect();
-    assert!(
-        tokens.windows(2).all(|w| w[0] < w[1]),
-        "{name}: fencing tokens not strictly rising over the acquisitions {:?}",
-        book.acquisitions
-            .iter()
-            .map(|(at, who, t)| (at.saturating_duration_since(faulted), *who, *t))
-            .collect::<Vec<_>>()
-    );
+    let token_falls = tokens.windows(2).filter(|w| w[0] >= w[1]).count();
+    // An acquisition is an acknowledged write: where those may be lost (Redis without
+    // `WAIT`), so may the lock. A frozen primary that resumes runs the commands queued on
+    // it, a lock acquisition among them, before Sentinel demotes it, while the new primary
+    // grants the same lock: measured there, never allowed where writes are durable.
+    report
+        .add("lock_overlaps", book.overlaps.len())
+        .add("token_falls", token_falls);
+    if durable {
+        assert!(
+            book.overlaps.is_empty(),
+            "{name}: two holders at once: {:?}",
+            book.overlaps
+        );
+        assert_eq!(
+            token_falls,
+            0,
+            "{name}: fencing tokens not strictly rising over the acquisitions {:?}",
+            book.acquisitions
+                .iter()
+                .map(|(at, who, t)| (at.saturating_duration_since(faulted), *who, *t))
+                .collect::<Vec<_>>()
+        );
+    } else if !book.overlaps.is_empty() {
+        eprintln!(
+            "{name}: two holders at once (not durable: measured): {:?}",
+            book.overlaps
+        );
+    }
     assert!(
         !book.acquisitions.is_empty(),
         "{name}: nobody ever got the lock"

@@ -311,15 +311,19 @@ mod consul {
 }
 
 /// The primary is both the leader and the member the clients use. Without `WAIT`, an
-/// acknowledged write the replicas had not copied may be lost: measured, not failed.
+/// acknowledged write the replicas had not copied may be lost, and a lock granted twice:
+/// measured, not failed.
 mod redis_sentinel {
     use super::*;
 
     failover_tests! {
         kill_leader: Backend::RedisSentinel(None), Kill, Victim::Leader, false;
         pause_leader: Backend::RedisSentinel(None), Pause, Victim::Leader, false;
-        /// With `WAIT` for one replica nothing acknowledged may be lost.
+        /// With `WAIT` for one replica nothing acknowledged may be lost, a lock neither.
         kill_leader_wait: Backend::RedisSentinel(Some(1)), Kill, Victim::Leader, true;
+        /// The frozen primary resumes and runs what was queued on it before Sentinel demotes
+        /// it; with `WAIT` none of that counts (its replicas follow the new primary).
+        pause_leader_wait: Backend::RedisSentinel(Some(1)), Pause, Victim::Leader, true;
     }
 }
 
