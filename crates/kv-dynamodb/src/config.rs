@@ -119,6 +119,12 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How often a waiting `lock()` retries the conditional create.
     pub lock_retry_interval: Duration,
+    /// With a stream: the longest a watch goes without re-reading its key or subtree when
+    /// the stream reported nothing. A bound on how stale a watch can be if its stream reader
+    /// misses records or stalls (one reader on DynamoDB Local was once seen to report
+    /// nothing for over 15 s, cause unknown). A re-read that finds nothing new reports
+    /// nothing. Costs one read per watch per interval.
+    pub watch_resync: Duration,
     /// How long a deletion's tombstone stays before DynamoDB's TTL removes it (it carries the
     /// key's version across delete and re-create; see the crate documentation).
     pub tombstone_ttl: Duration,
@@ -140,6 +146,7 @@ impl Default for Config {
             watch_mode: WatchMode::Auto,
             poll_interval: Duration::from_millis(250),
             lock_retry_interval: Duration::from_millis(200),
+            watch_resync: Duration::from_secs(5),
             tombstone_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -247,6 +254,12 @@ impl Config {
         self
     }
 
+    /// Sets the longest a stream watch goes without re-reading ([`Config::watch_resync`]).
+    pub fn watch_resync(mut self, interval: Duration) -> Self {
+        self.watch_resync = interval;
+        self
+    }
+
     /// Sets how long tombstones are kept.
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
         self.tombstone_ttl = ttl;
@@ -259,7 +272,7 @@ impl Config {
     /// `access_key_id` + `secret_access_key` (+ `session_token`), `namespace`, `ca_file`,
     /// `connect_timeout_ms`, `request_timeout_ms`, `max_attempts`, `create_table`
     /// (`true`/`false`), `watch` (`auto`/`poll`), `poll_interval_ms`,
-    /// `lock_retry_interval_ms`, `tombstone_ttl_s`. Unknown parameters are an error.
+    /// `lock_retry_interval_ms`, `watch_resync_ms`, `tombstone_ttl_s`. Unknown parameters are an error.
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url
             .strip_prefix("dynamodb://")
@@ -297,6 +310,7 @@ impl Config {
                 "request_timeout_ms" => config.request_timeout = millis(&value)?,
                 "poll_interval_ms" => config.poll_interval = millis(&value)?,
                 "lock_retry_interval_ms" => config.lock_retry_interval = millis(&value)?,
+                "watch_resync_ms" => config.watch_resync = millis(&value)?,
                 "tombstone_ttl_s" => {
                     config.tombstone_ttl = Duration::from_secs(value.parse().map_err(|_| {
                         Error::Config(format!("tombstone_ttl_s={value:?} is not a number"))
@@ -369,7 +383,10 @@ impl Config {
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::Config("timeouts must be positive".into()));
         }
-        if self.poll_interval.is_zero() || self.lock_retry_interval.is_zero() {
+        if self.poll_interval.is_zero()
+            || self.lock_retry_interval.is_zero()
+            || self.watch_resync.is_zero()
+        {
             return Err(Error::Config("poll intervals must be positive".into()));
         }
         Ok(())
@@ -384,9 +401,10 @@ mod tests {
     fn parses_urls() {
         let c = Config::from_url(
             "dynamodb://t_1?endpoint=http%3A%2F%2F127.0.0.1%3A28000&region=us-east-1&watch=poll\
-             &poll_interval_ms=100&max_attempts=1&create_table",
+             &poll_interval_ms=100&max_attempts=1&create_table&watch_resync_ms=1500",
         )
         .unwrap();
+        assert_eq!(c.watch_resync, Duration::from_millis(1500));
         assert_eq!(c.table, "t_1");
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:28000"));
         assert_eq!(c.watch_mode, WatchMode::Poll);

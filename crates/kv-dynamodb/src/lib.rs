@@ -178,7 +178,11 @@
 //!   missing or without a stream, a request DynamoDB refuses) end the watches with that
 //!   error once they have lasted longer than [`Config::request_timeout`]; an unreachable or
 //!   throttling server is retried for as long as it takes. A watch never waits silently on
-//!   a stream that will not speak again. Tables without a stream, or [`WatchMode::Poll`], fall
+//!   a stream that will not speak again. And a watch the stream told nothing for
+//!   [`Config::watch_resync`] (5 s by default) re-reads anyway, reporting only a change: a
+//!   bound on staleness should the reader miss records or stall (one reader on a DynamoDB
+//!   Local slowed by many earlier writes once reported nothing for over 15 s; the cause was
+//!   not found). Tables without a stream, or [`WatchMode::Poll`], fall
 //!   back to **polling**: the watched key or subtree is re-read every
 //!   [`Config::poll_interval`] (the declared fallback; one read per watch per interval).
 //!   [`DynamoStore::watches_use_streams`] says which is in use.

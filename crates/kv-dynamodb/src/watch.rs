@@ -45,8 +45,6 @@ const DRAIN_CALLS: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Events buffered per watch before it lags (a lagging watch simply re-reads).
 const HUB_CAPACITY: usize = 256;
-/// How long a watch on a stream waits for an event before re-reading anyway.
-const IDLE_REREAD: Duration = Duration::from_secs(3600);
 
 /// What the hub tells the watches.
 #[derive(Debug, Clone)]
@@ -318,8 +316,9 @@ fn is_terminal(error: &Error) -> bool {
 
 /// The shared watch loop: subscribes to the stream (before reading, so nothing is missed),
 /// reads and publishes the state, then re-reads whenever a changed key concerns the watch,
-/// the stream was reopened, a TTL deadline of the published state passes, or (without a
-/// stream) every poll interval. A failed read or subscription is retried with backoff,
+/// the stream was reopened, a TTL deadline of the published state passes, the stream said
+/// nothing for [`Config::watch_resync`](crate::Config::watch_resync), or (without a stream)
+/// every poll interval. A failed read or subscription is retried with backoff,
 /// until [`Failures`] says to give up; the stream then ends with the error.
 async fn run<T, M, R, Fut>(
     inner: Arc<Inner>,
@@ -334,7 +333,12 @@ async fn run<T, M, R, Fut>(
     Fut: Future<Output = Result<(T, Option<u64>)>> + Send,
 {
     let poll_interval = inner.config.poll_interval;
+    let resync = inner.config.watch_resync;
     let streams = inner.stream_arn.is_some();
+    // What was published last, and whether the pending read is a resync (one that finds a
+    // change the stream did not report is logged).
+    let mut published: Option<T> = None;
+    let mut resyncing = false;
     let mut backoff = Backoff::new(poll_interval, MAX_BACKOFF);
     let mut failures = Failures::default();
     let mut consistent = first_consistent;
@@ -356,6 +360,16 @@ async fn run<T, M, R, Fut>(
             match result {
                 Ok((state, next)) => {
                     deadline = next;
+                    if resyncing && subscription.is_some() && published.as_ref() != Some(&state) {
+                        // Also when the stream's record is merely on its way (written within
+                        // the last poll interval): a hint, not a verdict.
+                        tracing::debug!(
+                            "dynamodb watch: a periodic re-read found a change the stream has \
+                             not reported (yet)"
+                        );
+                    }
+                    resyncing = false;
+                    published = Some(state.clone());
                     if !tx.send(state) {
                         return;
                     }
@@ -380,7 +394,7 @@ async fn run<T, M, R, Fut>(
             Some(at) => at,
             None => {
                 let idle = if subscription.is_some() {
-                    IDLE_REREAD
+                    resync
                 } else {
                     poll_interval
                 };
@@ -409,8 +423,9 @@ async fn run<T, M, R, Fut>(
         };
         let now = Instant::now();
         match event {
-            // A retry, a deadline, a poll or the idle timer: read (a retry keeps its time).
+            // A retry, a deadline, a poll or the resync timer: read (a retry keeps its time).
             None => {
+                resyncing = read_at.is_none() && deadline.is_none();
                 read_at.get_or_insert(now);
             }
             Some(Ok(Event::Changed(keys))) => {

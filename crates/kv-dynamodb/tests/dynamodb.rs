@@ -752,6 +752,64 @@ async fn streams_watch_sees_another_handles_writes_and_polling_mode_too() {
     }
 }
 
+/// A stream reader that reports nothing (here: one that polls once a minute) leaves no watch
+/// staler than `watch_resync`; a re-read that finds nothing new reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_leaves_no_watch_staler_than_the_resync_interval() {
+    let resync = Duration::from_millis(800);
+    let base = config(TABLE);
+    let watcher = store(
+        base.clone()
+            .poll_interval(Duration::from_secs(60))
+            .watch_resync(resync),
+    )
+    .await;
+    let writer = store(base).await;
+    assert!(watcher.watches_use_streams());
+    let mut watch = watcher.watch("r/k", ReadOptions::default()).await.unwrap();
+    let mut tree = watcher
+        .watch_tree("r", ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut watch, "first").await, None);
+    assert!(next(&mut tree, "first tree").await.is_empty());
+    let bound = resync + Duration::from_secs(3);
+    for round in 1..=3u8 {
+        let value = Bytes::from(vec![b'0' + round]);
+        writer
+            .put("r/k", value.clone(), WriteOptions::default())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let seen = until(&mut watch, bound, "the watch", |p: &Option<KvPair>| {
+            p.as_ref().is_some_and(|p| p.value == value)
+        })
+        .await;
+        assert_eq!(seen.map(|p| p.value), Some(value.clone()));
+        until(&mut tree, bound, "the tree watch", |pairs: &Vec<KvPair>| {
+            pairs.len() == 1 && pairs[0].value == value
+        })
+        .await;
+        eprintln!(
+            "round {round}: seen after {:?} (resync {resync:?})",
+            started.elapsed()
+        );
+    }
+    // Several resyncs with nothing new: nothing is reported.
+    let quiet = tokio::time::timeout(resync * 3, watch.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a re-read without a change reported {quiet:?}"
+    );
+    let quiet = tokio::time::timeout(resync, tree.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a re-read without a change reported {quiet:?}"
+    );
+    watcher.close().await.unwrap();
+    writer.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_tasks_end_with_their_owners_and_on_close() {
     let store = Arc::new(store(config(TABLE)).await);
