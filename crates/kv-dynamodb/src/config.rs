@@ -123,7 +123,8 @@ pub struct Config {
     /// the stream reported nothing. A bound on how stale a watch can be if its stream reader
     /// misses records or stalls (one reader on DynamoDB Local was once seen to report
     /// nothing for over 15 s, cause unknown). A re-read that finds nothing new reports
-    /// nothing. Costs one read per watch per interval.
+    /// nothing (the watch drops a state equal to the last). Costs one read per watch per
+    /// interval.
     pub watch_resync: Duration,
     /// How long a deletion's tombstone stays before DynamoDB's TTL removes it (it carries the
     /// key's version across delete and re-create; see the crate documentation).

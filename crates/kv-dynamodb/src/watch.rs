@@ -335,10 +335,6 @@ async fn run<T, M, R, Fut>(
     let poll_interval = inner.config.poll_interval;
     let resync = inner.config.watch_resync;
     let streams = inner.stream_arn.is_some();
-    // What was published last, and whether the pending read is a resync (one that finds a
-    // change the stream did not report is logged).
-    let mut published: Option<T> = None;
-    let mut resyncing = false;
     let mut backoff = Backoff::new(poll_interval, MAX_BACKOFF);
     let mut failures = Failures::default();
     let mut consistent = first_consistent;
@@ -360,16 +356,6 @@ async fn run<T, M, R, Fut>(
             match result {
                 Ok((state, next)) => {
                     deadline = next;
-                    if resyncing && subscription.is_some() && published.as_ref() != Some(&state) {
-                        // Also when the stream's record is merely on its way (written within
-                        // the last poll interval): a hint, not a verdict.
-                        tracing::debug!(
-                            "dynamodb watch: a periodic re-read found a change the stream has \
-                             not reported (yet)"
-                        );
-                    }
-                    resyncing = false;
-                    published = Some(state.clone());
                     if !tx.send(state) {
                         return;
                     }
@@ -425,7 +411,6 @@ async fn run<T, M, R, Fut>(
         match event {
             // A retry, a deadline, a poll or the resync timer: read (a retry keeps its time).
             None => {
-                resyncing = read_at.is_none() && deadline.is_none();
                 read_at.get_or_insert(now);
             }
             Some(Ok(Event::Changed(keys))) => {
