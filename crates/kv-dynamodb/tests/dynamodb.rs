@@ -84,6 +84,21 @@ fn n(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
     item[name].as_n().unwrap().parse().unwrap()
 }
 
+/// A watch on `dir/k` and a `watch_tree` on `dir`, both checked to start empty.
+async fn empty_watches(
+    store: &DynamoStore,
+    dir: &str,
+) -> (kv_core::WatchStream, kv_core::WatchTreeStream) {
+    let mut watch = store
+        .watch(&format!("{dir}/k"), ReadOptions::default())
+        .await
+        .unwrap();
+    let mut tree = store.watch_tree(dir, ReadOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch, "first").await, None);
+    assert!(next(&mut tree, "first tree").await.is_empty());
+    (watch, tree)
+}
+
 async fn next<S, T>(stream: &mut S, what: &str) -> T
 where
     S: futures::Stream<Item = kv_core::Result<T>> + Unpin,
@@ -666,13 +681,7 @@ async fn without_a_stream_watches_poll() {
     let watcher = store(cfg.clone()).await;
     let writer = store(cfg.clone()).await;
     assert!(!watcher.watches_use_streams());
-    let mut watch = watcher.watch("w/k", ReadOptions::default()).await.unwrap();
-    let mut tree = watcher
-        .watch_tree("w", ReadOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(next(&mut watch, "first").await, None);
-    assert!(next(&mut tree, "first tree").await.is_empty());
+    let (mut watch, mut tree) = empty_watches(&watcher, "w").await;
     writer
         .put("w/k", Bytes::from_static(b"1"), WriteOptions::default())
         .await
@@ -703,13 +712,7 @@ async fn streams_watch_sees_another_handles_writes_and_polling_mode_too() {
         let watcher = store(cfg.clone()).await;
         let writer = store(cfg.clone()).await;
         assert_eq!(watcher.watches_use_streams(), mode == WatchMode::Auto);
-        let mut watch = watcher.watch("s/k", ReadOptions::default()).await.unwrap();
-        let mut tree = watcher
-            .watch_tree("s", ReadOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(next(&mut watch, "first").await, None);
-        assert!(next(&mut tree, "first tree").await.is_empty());
+        let (mut watch, mut tree) = empty_watches(&watcher, "s").await;
         let started = Instant::now();
         writer
             .put("s/k", Bytes::from_static(b"1"), WriteOptions::default())
@@ -766,13 +769,7 @@ async fn a_silent_stream_leaves_no_watch_staler_than_the_resync_interval() {
     .await;
     let writer = store(base).await;
     assert!(watcher.watches_use_streams());
-    let mut watch = watcher.watch("r/k", ReadOptions::default()).await.unwrap();
-    let mut tree = watcher
-        .watch_tree("r", ReadOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(next(&mut watch, "first").await, None);
-    assert!(next(&mut tree, "first tree").await.is_empty());
+    let (mut watch, mut tree) = empty_watches(&watcher, "r").await;
     let bound = resync + Duration::from_secs(3);
     for round in 1..=3u8 {
         let value = Bytes::from(vec![b'0' + round]);
